@@ -1,0 +1,40 @@
+# fruitpipe — the two commands of the quick start are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED_BACKBONE := $(abspath ../shared/models/mobilenet_v2_1.0_224_int8)
+# Offline machines (CI, this workplace) take the backbone from ../shared; elsewhere it is downloaded.
+ifneq ($(wildcard $(SHARED_BACKBONE)),)
+export FRUITPIPE_BACKBONE ?= $(SHARED_BACKBONE)
+endif
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STORE ?= var
+
+.PHONY: setup run test test-fast synth layer bench load-test cloud-demo train-default clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[serve,train,infra,dev]'
+	touch $@
+
+setup: $(STAMP)
+
+run: $(STAMP)  ## set up .venv and start the local service on http://127.0.0.1:8000
+	$(VENV)/bin/fruitpipe serve --host $(HOST) --port $(PORT) --store $(STORE)
+
+test: $(STAMP)  ## set up .venv and run every test
+	bash scripts/ensure_test_tools.sh
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+train-default: $(STAMP)  ## retrain the shipped model from ../shared/data/fruits
+	$(PY) scripts/train_default.py
+
+clean:
+	rm -rf $(VENV) cdk.out layers/build .pytest_cache

@@ -1,0 +1,110 @@
+"""The interface the API talks to. Two implementations: local (store folder) and AWS.
+
+Nothing in :mod:`fruitpipe.api` knows which one it has; that is what lets the same FastAPI app
+run under uvicorn on a laptop and in Lambda behind API Gateway.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+UploadStatus = Literal["added", "duplicate", "rejected"]
+VersionStatus = Literal["live", "available", "rejected"]
+RunState = Literal["idle", "running", "succeeded", "rejected", "failed"]
+
+
+class NotFound(LookupError):
+    """A model version (or run) that does not exist."""
+
+
+class RetrainRunning(RuntimeError):
+    """A retrain was asked for while one is running (HTTP 409)."""
+
+
+@dataclass
+class UploadResult:
+    filename: str
+    status: UploadStatus
+    label: str | None = None
+    sha256: str | None = None
+    key: str | None = None
+    error: str | None = None  # stable code when rejected (imaging codes, unknown_class)
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelVersion:
+    version: str
+    created: str
+    status: VersionStatus
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why a version was rejected by the gate
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RetrainStatus:
+    state: RunState = "idle"
+    run_id: str | None = None
+    trigger: str | None = None
+    stage: str | None = None
+    percent: float = 0.0
+    started: str | None = None
+    finished: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DataStore(ABC):
+    @abstractmethod
+    def add(self, label: str, data: bytes, filename: str) -> UploadResult:
+        """Validate and file one image; never raises for bad input (status ``rejected``)."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Images per class in the dataset (all six classes present)."""
+
+
+class ModelRegistry(ABC):
+    @abstractmethod
+    def versions(self) -> list[ModelVersion]:
+        """Every version, newest first."""
+
+    @abstractmethod
+    def live_version(self) -> str | None: ...
+
+    @abstractmethod
+    def fetch(self, version: str) -> Path:
+        """A local folder holding the verified bundle of ``version`` (raises :class:`NotFound`)."""
+
+    @abstractmethod
+    def activate(self, version: str) -> None:
+        """Move the live pointer (rollback or roll forward). Raises :class:`NotFound`."""
+
+
+class Trainer(ABC):
+    @abstractmethod
+    def start(self, trigger: str = "manual") -> RetrainStatus:
+        """Start a retrain; raises :class:`RetrainRunning` if one is already running."""
+
+    @abstractmethod
+    def status(self) -> RetrainStatus: ...
+
+
+@dataclass
+class Backend:
+    name: str
+    store: DataStore
+    registry: ModelRegistry
+    trainer: Trainer

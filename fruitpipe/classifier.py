@@ -1,0 +1,174 @@
+"""LiteRT inference: int8 backbone → 1280-d embedding → head → six probabilities → verdict.
+
+Thread safety: a LiteRT ``Interpreter`` must not be used by two threads at once. A
+:class:`Classifier` owns a small pool of interpreters (``workers``, default 1) and lends one to
+each call, so one instance can be shared by every request thread of a server; with more workers
+than cores, calls simply wait. Everything else (head, rejection rule) is read-only numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import backbone, bundle, imaging
+from .head import Head, softmax
+from .labels import LABELS, Verdict
+from .rejection import Rejector
+
+# Importing LiteRT lazily keeps `fruitpipe --help` and the pure-python modules fast.
+_interpreter_cls = None
+
+
+def _interpreter(model: bytes, num_threads: int):  # type: ignore[no-untyped-def]
+    global _interpreter_cls
+    if _interpreter_cls is None:
+        from ai_edge_litert.interpreter import Interpreter
+        _interpreter_cls = Interpreter
+    it = _interpreter_cls(model_content=model, num_threads=num_threads)
+    it.allocate_tensors()
+    return it
+
+
+@dataclass(frozen=True)
+class Prediction:
+    predicted_class: str
+    confidence: float
+    probabilities: dict[str, float]
+    verdict: Verdict
+    model_version: str
+    scores: dict[str, float] = field(default_factory=dict)
+    timestamp: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "predicted_class": self.predicted_class,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "verdict": self.verdict,
+            "model_version": self.model_version,
+            "scores": self.scores,
+            "timestamp": self.timestamp,
+        }
+
+
+class Backbone:
+    """The int8 backbone as an embedding function, with its ImageNet classifier kept in numpy."""
+
+    def __init__(self, path: Path | None = None, *, num_threads: int = 1, workers: int = 1) -> None:
+        self.path = backbone.resolve(path)
+        model = backbone.embedding_model(self.path.read_bytes())
+        self._pool: queue.Queue = queue.Queue()
+        for _ in range(max(1, workers)):
+            self._pool.put(_interpreter(model, num_threads))
+        it = self._pool.queue[0]
+        out = it.get_output_details()[0]
+        if out["index"] != backbone.EMBEDDING_TENSOR:
+            raise backbone.BackboneError("embedding output rewrite did not take effect")
+        self._input_index = it.get_input_details()[0]["index"]
+        self._out_scale, self._out_zero = out["quantization"]
+        details = it.get_tensor_details()
+        w_q = it.get_tensor(backbone.IMAGENET_WEIGHTS_TENSOR).reshape(1001, -1).astype(np.float32)
+        w_scales = details[backbone.IMAGENET_WEIGHTS_TENSOR]["quantization_parameters"]["scales"]
+        b_q = it.get_tensor(backbone.IMAGENET_BIAS_TENSOR).astype(np.float32)
+        self._imagenet_kernel = np.ascontiguousarray((w_q * w_scales[:, None]).T)  # [1280, 1001]
+        self._imagenet_bias = b_q * w_scales * self._out_scale
+
+    @contextmanager
+    def _lease(self) -> Iterator[object]:
+        it = self._pool.get()
+        try:
+            yield it
+        finally:
+            self._pool.put(it)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """``uint8 [N, 224, 224, 3]`` → ``float32 [N, 1280]`` (dequantized pooled embeddings)."""
+        images = np.asarray(images, dtype=np.uint8)
+        if images.ndim == 3:
+            images = images[None]
+        out = np.empty((len(images), backbone.EMBEDDING_DIM), dtype=np.float32)
+        with self._lease() as it:
+            for i, img in enumerate(images):
+                it.set_tensor(self._input_index, img[None])  # type: ignore[attr-defined]
+                it.invoke()  # type: ignore[attr-defined]
+                q = it.get_tensor(backbone.EMBEDDING_TENSOR)  # type: ignore[attr-defined]
+                out[i] = (q.reshape(-1).astype(np.float32) - self._out_zero) * self._out_scale
+        return out
+
+    def imagenet_probs(self, embeddings: np.ndarray) -> np.ndarray:
+        """The backbone's own 1001-way ImageNet softmax, computed from the embedding."""
+        return softmax(embeddings @ self._imagenet_kernel + self._imagenet_bias)
+
+
+class Classifier:
+    """A verified model bundle on a provisioned backbone."""
+
+    def __init__(self, bundle_dir: Path | str, *, backbone_path: Path | str | None = None,
+                 num_threads: int | None = None, workers: int = 1,
+                 shared_backbone: Backbone | None = None) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = bundle.verify(self.bundle_dir)
+        threads = num_threads or int(os.environ.get("FRUITPIPE_THREADS", "1"))
+        self.backbone = shared_backbone or Backbone(
+            Path(backbone_path) if backbone_path else None, num_threads=threads, workers=workers)
+        self.head = Head.load(self.bundle_dir / self.manifest.head["file"],
+                              [layer["activation"] for layer in self.manifest.head["layers"]])
+        if self.head.input_dim != backbone.EMBEDDING_DIM or self.head.output_dim != len(LABELS):
+            raise bundle.BundleError(f"head shape {self.head.input_dim}→{self.head.output_dim} does "
+                                     f"not map {backbone.EMBEDDING_DIM} to {len(LABELS)}")
+        self.rejector = Rejector.from_manifest(self.manifest.rejection, self.bundle_dir)
+        self.size = int(self.manifest.preprocessing.get("size", imaging.INPUT_SIZE))
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def predict_arrays(self, images: np.ndarray) -> list[Prediction]:
+        """Classify preprocessed ``uint8 [N, 224, 224, 3]`` images (one batch)."""
+        emb = self.backbone.embed(images)
+        probs = self.head(emb)
+        scores = self.rejector.scores(emb, self.backbone.imagenet_probs(emb), probs)
+        top = probs.argmax(axis=1)
+        verdicts = self.rejector.verdicts(scores, top)
+        stamp = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        return [
+            Prediction(
+                predicted_class=LABELS[int(top[i])],
+                confidence=float(probs[i, top[i]]),
+                probabilities={label: float(p) for label, p in zip(LABELS, probs[i])},
+                verdict=verdicts[i],
+                model_version=self.version,
+                scores={name: float(vals[i]) for name, vals in scores.items()},
+                timestamp=stamp,
+            )
+            for i in range(len(top))
+        ]
+
+    def predict_bytes(self, data: bytes) -> Prediction:
+        """Decode, preprocess and classify one encoded image. Raises ``InvalidImage``."""
+        return self.predict_arrays(imaging.load_image(data, size=self.size)[None])[0]
+
+    def predict_many(self, blobs: Sequence[bytes]) -> list[Prediction | imaging.InvalidImage]:
+        """Classify several images in one batch; a bad one yields its error, not an exception."""
+        arrays: list[np.ndarray] = []
+        slots: list[int] = []
+        results: list[Prediction | imaging.InvalidImage] = []
+        for data in blobs:
+            try:
+                arrays.append(imaging.load_image(data, size=self.size))
+                slots.append(len(results))
+                results.append(imaging.InvalidImage("empty", "placeholder"))
+            except imaging.InvalidImage as exc:
+                results.append(exc)
+        if arrays:
+            for slot, pred in zip(slots, self.predict_arrays(np.stack(arrays))):
+                results[slot] = pred
+        return results

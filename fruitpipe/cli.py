@@ -1,0 +1,96 @@
+"""The ``fruitpipe`` command line. Each subcommand is a thin wrapper over the package.
+
+Exit codes: 0 success, 1 a runtime failure (e.g. training failed), 2 bad input or usage
+(one line on stderr saying what was wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, configure: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
+    """Register a subcommand: ``configure`` adds its arguments, the decorated function runs it."""
+    def register(fn: Handler) -> Handler:
+        _COMMANDS[name] = (configure, fn)
+        return fn
+    return register
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def default_model() -> Path:
+    from .models_path import default_model_dir
+    return default_model_dir()
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP)")
+    p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
+    p.add_argument("--backbone", default=None, help="backbone file or folder (default: $FRUITPIPE_BACKBONE, cache, download)")
+
+
+@command("predict", _predict_args)
+def _predict(args: argparse.Namespace) -> int:
+    """Classify images; one JSON object per image on stdout."""
+    from .classifier import Classifier
+    from .imaging import InvalidImage
+
+    clf = Classifier(args.model or default_model(), backbone_path=args.backbone)
+    status = 0
+    for path in args.images:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            print(f"error: {path}: cannot read ({exc.strerror or exc})", file=sys.stderr)
+            status = 2
+            continue
+        try:
+            pred = clf.predict_bytes(data)
+        except InvalidImage as exc:
+            print(f"error: {path}: {exc.code}: {exc.detail}", file=sys.stderr)
+            status = 2
+            continue
+        print(json.dumps({"file": str(path), **pred.as_dict()}), flush=True)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruitpipe", description="Fresh-vs-rotten fruit classifier.")
+    parser.add_argument("--version", action="version", version=f"fruitpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (configure, fn) in _COMMANDS.items():
+        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
+        configure(p)
+        p.set_defaults(handler=fn)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .backbone import BackboneError
+    from .bundle import BundleError
+    try:
+        return int(args.handler(args))
+    except (UsageError, BundleError, BackboneError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

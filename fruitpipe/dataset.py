@@ -1,0 +1,51 @@
+"""Filing training images: validate, de-duplicate by content, name safely.
+
+Shared by the local store and the S3 ingest function, so an image is filed the same way whichever
+door it came through: ``dataset/<class>/<sha256>.jpg``, where the sha256 is of the stored bytes.
+The client's filename is never used in a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Final
+
+from . import imaging
+from .labels import LABELS
+
+DATASET_PREFIX: Final[str] = "dataset"
+INCOMING_PREFIX: Final[str] = "incoming"
+QUARANTINE_PREFIX: Final[str] = "quarantine"
+
+
+class UnknownClass(ValueError):
+    """A class name that is not one of the six labels."""
+
+    code = "unknown_class"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown class {name!r}; expected one of {', '.join(LABELS)}")
+        self.name = name
+
+
+def check_label(name: str) -> str:
+    if name not in LABELS:
+        raise UnknownClass(name)
+    return name
+
+
+@dataclass(frozen=True)
+class FiledImage:
+    label: str
+    sha256: str
+    key: str  # relative key / path: dataset/<class>/<sha256>.jpg
+    data: bytes  # the bytes to store (JPEG)
+
+
+def prepare(label: str, data: bytes) -> FiledImage:
+    """Validate ``data`` and return what to store and where. Raises ``InvalidImage``/``UnknownClass``."""
+    check_label(label)
+    stored = imaging.to_jpeg(data)
+    digest = hashlib.sha256(stored).hexdigest()
+    return FiledImage(label=label, sha256=digest, key=f"{DATASET_PREFIX}/{label}/{digest}.jpg", data=stored)
