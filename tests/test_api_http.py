@@ -114,3 +114,49 @@ def test_invalid_image_over_http_is_json_4xx(server):
         for payload, status in [(b"", 400), (b"text", 415), (jpeg(5, 5), 422)]:
             r = c.post("/predict", files={"file": ("x.jpg", payload, "image/jpeg")})
             assert r.status_code == status and r.headers["content-type"] == "application/json"
+
+
+def test_fruitpipe_serve_command(tmp_path):
+    """`fruitpipe serve`: generates the admin token once (0600), prints it, serves, stops cleanly."""
+    import os
+    import signal
+    import stat
+    import subprocess
+    import sys
+
+    from .service_support import free_port
+
+    store = tmp_path / "var"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FRUITPIPE_ADMIN_TOKEN"}
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fruitpipe", "serve", "--store", str(store), "--port", str(port),
+                             "--workers", "2"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        token = (store / "admin-token").read_text().strip()
+        assert stat.S_IMODE((store / "admin-token").stat().st_mode) == 0o600
+        assert token in log.read_text()
+        files = [("files", ("a.jpg", fruit("freshoranges", 2), "image/jpeg"))]
+        assert httpx.post(url + "/upload-training-data", data={"class_name": "freshoranges"},
+                          files=files).status_code == 401
+        r = httpx.post(url + "/upload-training-data", data={"class_name": "freshoranges"}, files=files,
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and (store / r.json()["results"][0]["key"]).is_file()
+        assert (store / "models" / "live.json").is_file()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    bad = subprocess.run([sys.executable, "-m", "fruitpipe", "serve", "--port", "70000", "--store", str(store)],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "port" in bad.stderr
