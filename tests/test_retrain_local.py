@@ -124,3 +124,15 @@ def test_status_survives_restart(tmp_path, data):
     with TestClient(make_app(make_backend(store, mode="crash", seed=seed, eval_dir=eval_dir))) as c2:
         again = c2.get("/retraining-status").json()
         assert again["run_id"] == first["run_id"] and again["state"] == "failed"
+
+
+def test_relative_store_path_works_from_any_directory(tmp_path, data, monkeypatch):
+    """`fruitpipe serve --store var` from anywhere: the run process gets absolute paths."""
+    from pathlib import Path
+    monkeypatch.chdir(tmp_path)
+    seed, eval_dir = data
+    with TestClient(make_app(make_backend(Path("var"), mode="crash", seed=seed, eval_dir=eval_dir))) as c:
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "failed" and "exited with status 3" in status["result"]["error"], status
+        assert (tmp_path / "var" / "retrain" / "runs" / status["run_id"] / "data").is_dir()

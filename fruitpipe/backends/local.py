@@ -265,8 +265,10 @@ class TrainerConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"train_command": list(self.train_command), "seed_dirs": [str(p) for p in self.seed_dirs],
-                "eval_dir": str(self.eval_dir) if self.eval_dir else None, "evaluate": self.evaluate,
+        # absolute paths: the run process does not share the server's working directory
+        return {"train_command": list(self.train_command),
+                "seed_dirs": [str(Path(p).resolve()) for p in self.seed_dirs],
+                "eval_dir": str(Path(self.eval_dir).resolve()) if self.eval_dir else None, "evaluate": self.evaluate,
                 "gate_tolerance": self.gate_tolerance, "nice": self.nice}
 
 
@@ -296,7 +298,7 @@ class LocalTrainer(Trainer):
     """
 
     def __init__(self, root: Path, registry: LocalRegistry, config: TrainerConfig | None = None) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.registry = registry
         self.config = config or TrainerConfig()
         self.dir = self.root / "retrain"
@@ -357,7 +359,9 @@ class LocalTrainer(Trainer):
                         [sys.executable, "-m", "fruitpipe.backends.local_run", "--store", str(self.root),
                          "--run-id", run_id],
                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                        start_new_session=True, cwd=str(REPO))
+                        start_new_session=True,
+                        # in a checkout, run from its top so `python -m training_job` is found
+                        cwd=str(REPO) if (REPO / "pyproject.toml").is_file() else None)
                     log.close()
                     self._procs[proc.pid] = proc
                     status["pid"] = proc.pid
@@ -395,7 +399,7 @@ def create_local_backend(store: Path | str = "var", *, seed_bundle: Path | None 
                          trainer_config: TrainerConfig | None = None) -> Backend:
     """The backend ``fruitpipe serve`` uses: everything under one folder."""
     from ..models_path import default_model_dir
-    root = Path(store)
+    root = Path(store).resolve()
     root.mkdir(parents=True, exist_ok=True)
     registry = LocalRegistry(root, seed_bundle if seed_bundle is not None else default_model_dir())
     return Backend(name="local", store=LocalDataStore(root), registry=registry,

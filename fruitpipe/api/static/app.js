@@ -162,8 +162,10 @@ function drawPerformance(live) {
     $("perf-source").textContent = `The live model (${live?.version || "none"}) has no per-class metrics in its manifest` +
       (acc != null ? `; its recorded accuracy is ${pct(acc)}.` : ".");
     barChart($("f1-chart"), []); conf.replaceChildren();
+    $("perf-charts").hidden = true;
     return;
   }
+  $("perf-charts").hidden = false;
   $("perf-source").textContent = `From ${p.src}: accuracy ${pct(p.ev.accuracy)}, macro F1 ${pct(p.ev.macro_f1)}.`;
   barChart($("f1-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.ev.per_class[c]?.f1 ?? 0, color: classColor(c) })),
     { max: 1, fmt: pct });
