@@ -135,4 +135,5 @@ def test_relative_store_path_works_from_any_directory(tmp_path, data, monkeypatc
         assert c.post("/retrain", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "failed" and "exited with status 3" in status["result"]["error"], status
-        assert (tmp_path / "var" / "retrain" / "runs" / status["run_id"] / "data").is_dir()
+        run_dir = tmp_path / "var" / "retrain" / "runs" / status["run_id"]
+        assert (run_dir / "config.json").is_file() and not (run_dir / "data").exists()

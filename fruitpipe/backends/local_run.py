@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -149,6 +150,13 @@ class Run:
             os.nice(int(self.config.get("nice", 10)))
         except OSError:
             pass
+        try:
+            return self._run()
+        finally:
+            # the snapshot is only symlinks, but thousands per run: drop them, keep log and config
+            shutil.rmtree(self.dir / "data", ignore_errors=True)
+
+    def _run(self) -> int:
         self.update(stage="starting", percent=0.0)
         try:
             data, counts = self.snapshot()
