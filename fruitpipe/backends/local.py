@@ -28,7 +28,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .. import bundle, dataset, imaging
 from ..labels import LABELS
@@ -404,7 +404,3 @@ def create_local_backend(store: Path | str = "var", *, seed_bundle: Path | None 
     registry = LocalRegistry(root, seed_bundle if seed_bundle is not None else default_model_dir())
     return Backend(name="local", store=LocalDataStore(root), registry=registry,
                    trainer=LocalTrainer(root, registry, trainer_config))
-
-
-def seed_dirs_from(paths: Sequence[str | Path]) -> list[Path]:
-    return [Path(p) for p in paths if Path(p).is_dir()]
