@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mimetypes
 import os
 import sys
 import urllib.error
@@ -62,10 +63,15 @@ def _post_json(url: str, body: dict, token: str) -> dict:
         raise UsageError(f"{url}: {exc.reason}") from None
 
 
-def _put(url: str, data: bytes) -> None:
-    req = urllib.request.Request(url, data=data, method="PUT")
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        resp.read()
+def _put(url: str, data: bytes, name: str) -> None:
+    # An explicit type: urllib would otherwise send application/x-www-form-urlencoded.
+    ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    req = urllib.request.Request(url, data=data, method="PUT", headers={"content-type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            resp.read()
+    except urllib.error.URLError as exc:
+        raise UsageError(f"PUT {name}: {getattr(exc, 'code', '')} {getattr(exc, 'reason', exc)}".strip()) from None
 
 
 @command("upload", _args)
@@ -104,7 +110,7 @@ def _upload(args: argparse.Namespace) -> int:
                 answer = _post_json(f"{base}/upload-url", {"class_name": args.label,
                                                            "filenames": [f.name for f in chunk]}, token)
                 for f, slot in zip(chunk, answer["uploads"]):
-                    _put(slot["url"], f.read_bytes())
+                    _put(slot["url"], f.read_bytes(), f.name)
                     sent += 1
                     bar.update(1)
     finally:
