@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -97,7 +96,3 @@ def oversize_response(event: dict[str, Any], limit: int) -> dict[str, Any] | Non
             "body": json.dumps({"error": "too_large", "detail": detail, "upload_url": "/upload-url"}),
             "isBase64Encoded": False}
 
-
-def decode_body(event: dict[str, Any]) -> bytes:  # pragma: no cover - debugging helper
-    body = event.get("body") or ""
-    return base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()

@@ -178,3 +178,25 @@ def test_retrain_without_state_machine_is_501(api):
 def test_health(api):
     status, out = api("GET", "/health")
     assert status == 200
+
+
+def test_tampered_version_is_never_served(api, aws, tmp_path):
+    reg = registry(aws, tmp_path)
+    good = reg.publish(copy_bundle(tmp_path, "v20260105-000000-eeeeee"))
+    reg.activate(good)
+    assert api("GET", "/model-info")[1]["version"] == good
+    bad = copy_bundle(tmp_path, "v20260106-000000-ffffff")
+    head = next(p for p in bad.iterdir() if p.suffix == ".npz")
+    head.write_bytes(head.read_bytes()[:-16] + b"\0" * 16)  # bytes changed after the manifest pinned them
+    for f in bad.iterdir():
+        aws["s3"].upload_file(str(f), aws["models"], f"versions/{bad.name}/{f.name}")
+    status, out = api("POST", f"/models/{bad.name}/activate", headers=auth())
+    assert status == 503 and out["error"] == "model_invalid"  # activate verifies before moving the pointer
+    assert json.loads(aws["s3"].get_object(Bucket=aws["models"], Key="live.json")["Body"].read())["version"] == good
+    # a pointer moved behind the app's back to the bad version: the instance keeps the good model
+    aws["s3"].put_object(Bucket=aws["models"], Key="live.json",
+                         Body=json.dumps({"version": bad.name, "updated": "now"}).encode())
+    time.sleep(REFRESH + 0.2)
+    body, ctype = multipart({}, [("file", "a.jpg", jpeg(seed=2), "image/jpeg")])
+    status, out = api("POST", "/predict", body=body, headers={"content-type": ctype})
+    assert status == 200 and out["model_version"] == good
