@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import Stack, Tags
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -50,11 +50,6 @@ class FruitpipeStack(Stack):
         self.ingest = Ingest(self, "Ingest", storage=self.storage, code=self.code, layer=self.layer,
                              settings=self.settings, reserved_concurrency=config.ingest_concurrency,
                              retain=config.retain)
-
-        CfnOutput(self, "DataBucket", value=self.storage.data_bucket.bucket_name,
-                  description="drop folder: aws s3 cp FILES s3://<this>/incoming/<class>/")
-        CfnOutput(self, "ModelsBucket", value=self.storage.models_bucket.bucket_name)
-        CfnOutput(self, "StateTable", value=self.storage.state_table.table_name)
 
         # --- AWS part 2 hook points ------------------------------------------------------------
         # Everything part 2 needs is on ``self``: storage (buckets, state_table), code, layer,

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 from urllib.parse import unquote_plus
 
 from .. import bundle, dataset, imaging
@@ -501,3 +501,5 @@ def create_aws_backend(config: AwsConfig | None = None, *, seed_bundle: Path | N
         trainer=StepFunctionsTrainer(config.state_machine_arn),
     )
 
+
+TokenProvider = Callable[[], "str | None"]

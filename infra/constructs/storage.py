@@ -6,7 +6,7 @@ access into a separate access-log bucket. Data outlives the stack by default (``
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import CfnOutput, Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -87,3 +87,8 @@ class Storage(Construct):
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             removal_policy=removal,
         )
+
+        CfnOutput(self, "DataBucket", value=self.data_bucket.bucket_name,
+                  description="drop folder: aws s3 cp FILES s3://<this>/incoming/<class>/")
+        CfnOutput(self, "ModelsBucket", value=self.models_bucket.bucket_name)
+        CfnOutput(self, "StateTable", value=self.state_table.table_name)
