@@ -88,7 +88,7 @@ class Storage(Construct):
             removal_policy=removal,
         )
 
-        CfnOutput(self, "DataBucket", value=self.data_bucket.bucket_name,
+        CfnOutput(self, "DataBucketName", value=self.data_bucket.bucket_name,
                   description="drop folder: aws s3 cp FILES s3://<this>/incoming/<class>/")
-        CfnOutput(self, "ModelsBucket", value=self.models_bucket.bucket_name)
-        CfnOutput(self, "StateTable", value=self.state_table.table_name)
+        CfnOutput(self, "ModelsBucketName", value=self.models_bucket.bucket_name)
+        CfnOutput(self, "StateTableName", value=self.state_table.table_name)
