@@ -64,7 +64,11 @@ def estimate(bench: dict) -> str:
     container_month = fargate_month + alb_month
     pointer_checks = 60 * 24 * 30 * PRICES["s3_get_per_1000"] / 1000  # one HEAD per minute, one warm instance
     default = rows[0]
-    break_even = container_month / default[7] if default[7] else float("inf")
+    break_even_millions = container_month / default[7] if default[7] else float("inf")
+    # The reference's Keras float MobileNetV2 takes 74-81 ms per image on one core (DESIGN §5,
+    # measured here), so one 1-vCPU task serves at most about 1000/77 predictions per second.
+    keras_ms = 77.0
+    container_capacity_millions = 1000 / keras_ms * 3600 * HOURS_PER_MONTH / 1e6
 
     lines = [
         "# Cost per million predictions",
@@ -75,7 +79,7 @@ def estimate(bench: dict) -> str:
         + "). Prices are public us-east-1 list prices taken as **assumptions** (no free tier):",
         "",
         "| item | price assumed |", "|---|---|",
-        f"| Lambda x86_64 | ${PRICES['lambda_gb_s_x86']} per GB-s, ${PRICES['lambda_per_million_requests']:.2f} per million requests |",
+        f"| Lambda x86_64 | ${PRICES['lambda_gb_s_x86']:.10f} per GB-s, ${PRICES['lambda_per_million_requests']:.2f} per million requests |",
         f"| API Gateway HTTP API | ${PRICES['http_api_per_million']:.2f} per million requests (each 512 KB counts as one) |",
         f"| API Gateway REST API (not used) | ${PRICES['rest_api_per_million']:.2f} per million |",
         f"| S3 GET/HEAD | ${PRICES['s3_get_per_1000']} per 1,000 |",
@@ -107,7 +111,7 @@ def estimate(bench: dict) -> str:
         "## Always-on container (the reference project's shape)",
         "",
         "The reference served the model from one always-on container. Assumed here: one Fargate task with "
-        "1 vCPU and 2 GB (a Keras MobileNetV2 needs the memory) behind an Application Load Balancer, "
+        "1 vCPU and 2 GB (assumed; TensorFlow and a float Keras model) behind an Application Load Balancer, "
         "running all month:",
         "",
         f"- Fargate: (1 × ${PRICES['fargate_vcpu_hour']} + 2 × ${PRICES['fargate_gb_hour']}) × {HOURS_PER_MONTH} h = **${fargate_month:.2f} per month**",
@@ -115,10 +119,13 @@ def estimate(bench: dict) -> str:
         f"- total **${container_month:.2f} per month**, whatever the traffic (zero or millions).",
         "",
         f"At the default 1024 MB and the measured median, the serverless stack costs about ${default[7]:.2f} per "
-        f"million predictions, so it is cheaper below about **{break_even / 1e6:.0f} million predictions per "
-        "month** and costs nothing when idle. Above that volume a container (or provisioned concurrency) "
-        "becomes cheaper per request; one task also serves many requests at once, which Lambda does by "
-        "running more environments.",
+        f"million predictions, so it is cheaper below about **{break_even_millions:.0f} million predictions per "
+        "month** and costs nothing when idle. That is also about what the reference container could serve at "
+        f"all: its float Keras MobileNetV2 takes {keras_ms:.0f} ms per image on one core (DESIGN §5), so one "
+        f"1-vCPU task tops out near {container_capacity_millions:.0f} million predictions a month at 100% "
+        "utilisation; beyond that it needs more tasks, while Lambda adds environments by itself. A container "
+        "running this project's int8 LiteRT model instead would serve about ten times more per task, which is "
+        "where a container (or provisioned concurrency) starts to win on price at steady high volume.",
         "",
     ]
     return "\n".join(lines)
