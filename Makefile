@@ -33,6 +33,9 @@ test: $(STAMP)  ## set up .venv and run every test
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+load-test: $(STAMP)  ## our server vs a reference-style server under locust; writes results/load_test.md
+	$(PY) scripts/load_test.py
+
 train-default: $(STAMP)  ## retrain the shipped model from ../shared/data/fruits
 	$(PY) scripts/train_default.py
 
