@@ -128,7 +128,7 @@ class NewImageCounter:
 
 # --- data ----------------------------------------------------------------------------------------
 
-IngestStatus = Literal["added", "duplicate", "quarantined", "gone"]
+IngestStatus = Literal["added", "duplicate", "quarantined", "gone", "skipped"]
 
 
 @dataclass
@@ -236,6 +236,8 @@ class S3DataStore(DataStore):
         same picture dropped twice is filed once (``duplicate``). Nothing is deleted before it
         is either filed or copied to quarantine with its reason.
         """
+        if event_key.endswith("/"):  # a "folder" the S3 console creates: nothing to file
+            return IngestOutcome(event_key, "skipped", detail="folder marker")
         key = self._locate(event_key)
         if key is None:
             return IngestOutcome(event_key, "gone", detail="already processed (or deleted)")

@@ -22,7 +22,7 @@ logger = Logger()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Fruitpipe"))
 _stores: dict[str, S3DataStore] = {}
 
-METRIC = {"added": "ImagesAdded", "duplicate": "Duplicates", "quarantined": "Rejected", "gone": "Redelivered"}
+METRIC = {"added": "ImagesAdded", "duplicate": "Duplicates", "quarantined": "Rejected", "gone": "Redelivered", "skipped": "Ignored"}
 
 
 def store_for(bucket: str) -> S3DataStore:

@@ -109,3 +109,9 @@ def test_event_for_another_bucket_is_ignored(aws, ingest):
     from functions.ingest import handler as module
     event = object_created_event("someone-elses-bucket", "incoming/freshapples/a.jpg", 10)
     assert module.handler(event, FakeContext())["status"] == "ignored"
+
+
+def test_console_folder_marker_is_left_alone(aws, ingest):
+    out = ingest("incoming/freshapples/", b"")
+    assert out["status"] == "skipped"
+    assert keys(aws) == ["incoming/freshapples/"]  # not quarantined as an "empty image"
