@@ -15,6 +15,14 @@ from ..backends.base import RetrainRunning, RetrainStatus, Trainer
 from . import states, trigger
 
 
+def _json(text: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat() if hasattr(value, "isoformat") else (str(value) if value else None)
 
@@ -41,7 +49,7 @@ class StepFunctionsTrainer(Trainer):
         if not runs:
             return RetrainStatus()
         ex = self.sfn.describe_execution(executionArn=runs[0]["executionArn"])
-        inp = json.loads(ex.get("input") or "{}")
+        inp = _json(ex.get("input"))
         st = RetrainStatus(run_id=ex["executionArn"], trigger=inp.get("trigger"),
                            started=_iso(ex.get("startDate")), finished=_iso(ex.get("stopDate")))
         stage, percent, version, log = None, 0.0, None, []
@@ -52,7 +60,7 @@ class StepFunctionsTrainer(Trainer):
                 log.append(f"{_iso(ev.get('timestamp'))} {entered['name']}")
             exited = ev.get("stateExitedEventDetails")
             if exited and exited.get("name") == states.PREPARE:
-                version = (json.loads(exited.get("output") or "{}").get("prepare") or {}).get("version")
+                version = (_json(exited.get("output")).get("prepare") or {}).get("version")
         st.stage, st.percent, st.log_tail = stage, float(percent), log[-20:]
         if version:
             st.result["training_job"] = version
@@ -68,7 +76,7 @@ class StepFunctionsTrainer(Trainer):
         if status == "RUNNING":
             st.state = "running"
         elif status == "SUCCEEDED":
-            out = json.loads(ex.get("output") or "{}")
+            out = _json(ex.get("output"))
             report = out.get("report") or {}
             outcome = report.get("outcome") or ("skipped" if not (out.get("prepare") or {}).get("proceed", True)
                                                 else None)
