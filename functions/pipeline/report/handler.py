@@ -9,4 +9,4 @@ from fruitpipe.pipeline import report
 
 def handler(event, context):
     return report.run(boto3.client("cloudwatch"), event,
-                      namespace=os.environ.get("METRICS_NAMESPACE", report.NAMESPACE))
+                      namespace=os.environ.get("FRUITPIPE_RETRAIN_NAMESPACE", report.NAMESPACE))

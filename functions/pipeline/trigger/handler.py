@@ -9,6 +9,6 @@ from fruitpipe.pipeline import trigger
 
 def handler(event, context):
     return trigger.handle_event(event, sfn=boto3.client("stepfunctions"), ddb=boto3.client("dynamodb"),
-                                state_machine_arn=os.environ["STATE_MACHINE_ARN"],
-                                table=os.environ.get("STATE_TABLE"),
-                                threshold=int(os.environ.get("NEW_IMAGES_THRESHOLD", "1000")))
+                                state_machine_arn=os.environ["FRUITPIPE_STATE_MACHINE_ARN"],
+                                table=os.environ.get("FRUITPIPE_STATE_TABLE"),
+                                threshold=int(os.environ.get("FRUITPIPE_NEW_IMAGES_THRESHOLD", "1000")))

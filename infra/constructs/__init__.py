@@ -1,0 +1,1 @@
+"""CDK constructs composed by :class:`infra.stack.FruitpipeStack`."""
