@@ -38,3 +38,11 @@ train-default: $(STAMP)  ## retrain the shipped model from ../shared/data/fruits
 
 clean:
 	rm -rf $(VENV) cdk.out layers/build .pytest_cache
+
+ARCH ?= x86_64
+layer: $(STAMP)  ## build the Lambda layer and function assets into layers/build (no Docker)
+	$(PY) scripts/build_layer.py --arch $(ARCH)
+
+synth: $(STAMP)  ## synthesize the CDK app offline into cdk.out (cdk-nag checks included)
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CDK_OUTDIR=cdk.out $(PY) infra/app.py
+	$(VENV)/bin/cfn-lint --non-zero-exit-code error cdk.out/fruitpipe-*.template.json

@@ -1,0 +1,82 @@
+"""Stack parameters, read from CDK context (``cdk.json`` or ``-c key=value``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ARCHITECTURES = ("x86_64", "arm64")
+
+
+class ConfigError(ValueError):
+    """A context value that cannot be used; the message names the key."""
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "retain"):
+        return True
+    if text in ("false", "0", "no", "destroy"):
+        return False
+    raise ConfigError(f"context {key}={value!r}: expected true/false")
+
+
+def _int(value: Any, key: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"context {key}={value!r}: expected an integer") from None
+    if not low <= number <= high:
+        raise ConfigError(f"context {key}={number}: expected {low}..{high}")
+    return number
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stage: str = "dev"
+    architecture: str = "x86_64"
+    memory_mb: int = 1024
+    reserved_concurrency: int | None = 20  # None: no reservation (new accounts have only 10 in all)
+    ingest_concurrency: int | None = 5
+    throttle_rate: float = 50.0
+    throttle_burst: int = 100
+    retain: bool = True
+
+    @property
+    def stack_name(self) -> str:
+        return f"fruitpipe-{self.stage}"
+
+    @classmethod
+    def from_context(cls, get: Any) -> "StackConfig":
+        """``get(key)`` returns a context value or None (``app.node.try_get_context``)."""
+        d = cls()
+
+        def opt(key: str, default: Any) -> Any:
+            value = get(key)
+            return default if value is None else value
+
+        stage = str(opt("stage", d.stage))
+        if not stage.replace("-", "").isalnum() or len(stage) > 20:
+            raise ConfigError(f"context stage={stage!r}: letters, digits and '-' (at most 20)")
+        arch = str(opt("architecture", d.architecture))
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"context architecture={arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+
+        def concurrency(key: str, default: int | None) -> int | None:
+            value = opt(key, default)
+            if value is None or str(value).lower() in ("none", "0", ""):
+                return None
+            return _int(value, key, 1, 1000)
+
+        return cls(
+            stage=stage,
+            architecture=arch,
+            memory_mb=_int(opt("memory", d.memory_mb), "memory", 128, 10240),
+            reserved_concurrency=concurrency("reservedConcurrency", d.reserved_concurrency),
+            ingest_concurrency=concurrency("ingestConcurrency", d.ingest_concurrency),
+            throttle_rate=float(opt("throttleRate", d.throttle_rate)),
+            throttle_burst=_int(opt("throttleBurst", d.throttle_burst), "throttleBurst", 1, 5000),
+            retain=_bool(opt("retain", d.retain), "retain"),
+        )

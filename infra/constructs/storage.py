@@ -1,0 +1,89 @@
+"""Storage: the data bucket (drop folder, dataset, quarantine), the models bucket, the state table.
+
+Every bucket blocks public access, refuses plain HTTP, is encrypted (SSE-S3) and logs its
+access into a separate access-log bucket. Data outlives the stack by default (``retain``).
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+# Lifecycle: ingest deletes every incoming object it handled, so what stays in incoming/ is an
+# object whose event failed every retry; a week is time enough to look at it. Quarantined files
+# carry a reason for a person to read; a month, then they go.
+INCOMING_EXPIRY_DAYS = 7
+QUARANTINE_EXPIRY_DAYS = 30
+NONCURRENT_MODEL_VERSIONS_DAYS = 90
+
+
+class Storage(Construct):
+    """``data_bucket``, ``models_bucket``, ``state_table`` and the ``access_logs_bucket``."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, retain: bool = True) -> None:
+        super().__init__(scope, construct_id)
+        removal = RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY
+        common = dict(
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=removal,
+            auto_delete_objects=not retain,
+        )
+
+        # Server access logs need SSE-S3 (not KMS) on the target bucket and bucket-owner ACLs off.
+        self.access_logs_bucket = s3.Bucket(
+            self, "AccessLogs",
+            lifecycle_rules=[s3.LifecycleRule(id="expire-logs", expiration=Duration.days(365),
+                                              abort_incomplete_multipart_upload_after=Duration.days(1))],
+            **common,
+        )
+
+        self.data_bucket = s3.Bucket(
+            self, "Data",
+            server_access_logs_bucket=self.access_logs_bucket,
+            server_access_logs_prefix="data/",
+            lifecycle_rules=[
+                s3.LifecycleRule(id="expire-unprocessed-incoming", prefix="incoming/",
+                                 expiration=Duration.days(INCOMING_EXPIRY_DAYS)),
+                s3.LifecycleRule(id="expire-quarantine", prefix="quarantine/",
+                                 expiration=Duration.days(QUARANTINE_EXPIRY_DAYS)),
+                s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(1)),
+            ],
+            cors=[s3.CorsRule(allowed_methods=[s3.HttpMethods.PUT], allowed_origins=["*"],
+                              allowed_headers=["*"], max_age=3000)],
+            **common,
+        )
+
+        # incoming/ → EventBridge → ingest. Set on the CloudFormation resource itself: the L2
+        # ``event_bridge_enabled`` flag deploys a custom-resource Lambda with a wildcard policy.
+        cfn_data = self.data_bucket.node.default_child
+        cfn_data.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(  # type: ignore[union-attr]
+            event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True))
+
+        # Versions are immutable folders and the live pointer is one small object; bucket
+        # versioning keeps every earlier pointer and guards against an accidental overwrite.
+        self.models_bucket = s3.Bucket(
+            self, "Models",
+            versioned=True,
+            server_access_logs_bucket=self.access_logs_bucket,
+            server_access_logs_prefix="models/",
+            lifecycle_rules=[
+                s3.LifecycleRule(id="expire-old-object-versions",
+                                 noncurrent_version_expiration=Duration.days(NONCURRENT_MODEL_VERSIONS_DAYS)),
+                s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(1)),
+            ],
+            **common,
+        )
+
+        self.state_table = dynamodb.Table(
+            self, "StateTable",
+            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True),
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            removal_policy=removal,
+        )
