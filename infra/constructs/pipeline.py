@@ -33,6 +33,8 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from constructs import Construct
 
 from fruitpipe.pipeline import states
+
+from ..nag import acknowledge, iam5_object_finding
 from fruitpipe.pipeline.report import NAMESPACE as RETRAIN_NAMESPACE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,6 +132,49 @@ class RetrainPipeline(Construct):
             logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
         )
         self._triggers(cfg)
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """cdk-nag IAM5 findings of this construct, each with why the wildcard is the narrowest choice."""
+        data, models = self.storage.data_bucket, self.storage.models_bucket
+        steps = [self.prepare_fn, self.evaluate_fn, self.publish_fn, self.reject_fn, self.report_fn,
+                 self.trigger_function]
+        star = ("X-Ray (xray:PutTraceSegments/PutTelemetryRecords), cloudwatch:PutMetricData (limited by a "
+                "cloudwatch:namespace condition) and ecr:GetAuthorizationToken support no resource-level "
+                "permissions; AWS documents '*' as their only resource.")
+        for fn in steps:
+            acknowledge(fn.role, "AwsSolutions-IAM5[Resource::*]", star)  # type: ignore[arg-type]
+        acknowledge(self.training_role, "AwsSolutions-IAM5[Resource::*]", star)
+        acknowledge(self.state_machine.role, "AwsSolutions-IAM5[Resource::*]", star)
+        prefixes = {"runs/*": "per-run training inputs and outputs, named by the run's version",
+                    "cache/embeddings/*": "embedding-cache shards, named by image hash",
+                    "versions/*": "immutable model versions, named at training time",
+                    "rejected/*": "rejected candidates, named at training time",
+                    "dataset/*": "filed images, named by content hash"}
+        grants = {self.prepare_fn.role: ["runs/*"], self.evaluate_fn.role: ["runs/*", "cache/embeddings/*",
+                  "versions/*", "dataset/*"], self.publish_fn.role: ["runs/*", "versions/*"],
+                  self.reject_fn.role: ["runs/*", "rejected/*"],
+                  self.training_role: ["runs/*", "cache/embeddings/*", "dataset/*"]}
+        for role, patterns in grants.items():
+            for pattern in patterns:
+                bucket = data if pattern == "dataset/*" else models
+                acknowledge(role, iam5_object_finding(bucket, pattern),  # type: ignore[arg-type]
+                            f"Objects under one prefix of one bucket ({prefixes[pattern]}); keys are not "
+                            "known when the stack is deployed.")
+        acknowledge(self.training_role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:"
+                    "<AWS::AccountId>:log-group:/aws/sagemaker/TrainingJobs:*]",
+                    "SageMaker writes one log stream per training job into this one log group; stream names "
+                    "are chosen by SageMaker.")
+        stack = Stack.of(self)
+        for fn in steps[:5]:
+            lid = stack.get_logical_id(fn.node.default_child)  # type: ignore[arg-type]
+            acknowledge(self.state_machine.role, f"AwsSolutions-IAM5[Resource::<{lid}.Arn>:*]",
+                        "CDK's LambdaInvoke grant covers the function's versions and aliases (ARN:*); the "
+                        "function itself is named exactly.")
+        acknowledge(self.state_machine.role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:"
+                    "<AWS::Region>:<AWS::AccountId>:training-job/*]",
+                    "Training jobs are named per run (the candidate version) at run time; the .sync "
+                    "integration must describe/stop whichever job this execution created.")
 
     # ------------------------------------------------------------------------------------------------
     def _function(self, name: str, step: str, env: dict[str, str], *, memory: int, timeout: Duration,
@@ -274,7 +319,7 @@ class RetrainPipeline(Construct):
                 channel("cache", "$.prepare.cache_uri", tasks.S3DataType.S3_PREFIX),
             ],
             output_data_config=tasks.OutputDataConfig(
-                s3_output_location=tasks.S3Location.from_bucket(models, "runs/")),
+                s3_output_location=tasks.S3Location.from_json_expression("$.prepare.output_uri")),
             resource_config=tasks.ResourceConfig(
                 instance_count=1, instance_type=ec2.InstanceType(str(cfg["trainingInstanceType"]).removeprefix("ml.")),
                 volume_size=Size.gibibytes(int(cfg["trainingVolumeGb"]))),
@@ -346,13 +391,25 @@ class RetrainPipeline(Construct):
         self.rules[construct_id] = rule
         return rule
 
-    def connect_starter(self, grantee: iam.IGrantable) -> None:
-        """Let ``grantee`` (the API) start executions and read their status + training jobs."""
-        self.state_machine.grant_start_execution(grantee)
-        self.state_machine.grant_read(grantee)
+    def grant_status_read(self, grantee: iam.IGrantable) -> None:
+        """Let ``grantee`` (the API, which already may start and read executions) read the training
+        job of a run, for ``GET /retraining-status``."""
         grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
             sid="ReadTrainingJobs", actions=["sagemaker:DescribeTrainingJob"],
             resources=[Stack.of(self).format_arn(service="sagemaker", resource="training-job", resource_name="*")]))
+        stack = Stack.of(self)
+        sm_id = stack.get_logical_id(self.state_machine.node.default_child)  # type: ignore[arg-type]
+        acknowledge(grantee.grant_principal, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:"
+                    "<AWS::AccountId>:training-job/*]",
+                    "Training jobs are named per run at run time; status reads whichever job the latest "
+                    "execution started (DescribeTrainingJob only).")
+        acknowledge(grantee.grant_principal, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:"
+                    "<AWS::AccountId>:execution:{\"Fn::Select\":[6,{\"Fn::Split\":[\":\",{\"Ref\":\""
+                    f"{sm_id}\"}}]}}]}}:*]",
+                    "Executions of this one state machine (names are chosen per run): status reads the latest.")
+        acknowledge(grantee.grant_principal, "AwsSolutions-IAM5[Resource::*]",
+                    "StateMachine.grant_read includes states:ListStateMachines/ListActivities, which AWS "
+                    "allows only on '*'; X-Ray as well.")
 
 
 def _colon() -> Any:
