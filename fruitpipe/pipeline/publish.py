@@ -93,17 +93,32 @@ def publish(s3: Any, *, models_bucket: str, model_artifacts: str, expected_versi
 
 def reject(s3: Any, *, models_bucket: str, model_artifacts: str, version: str | None, reason: str,
            evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Keep a rejected candidate under ``rejected/<version>/`` with ``reason.json``; live untouched."""
+    """Keep a rejected candidate under ``rejected/<version>/`` (its archive, and its manifest when
+    readable, so ``GET /models`` can list it) with ``rejection.json``; the live pointer is untouched."""
     version = version or model_artifacts.rstrip("/").split("/")[-3]
     prefix = f"{s3util.REJECTED_PREFIX}/{version}/"
     bucket, key = s3util.split_uri(model_artifacts)
     if s3util.exists(s3, bucket, key):
         s3.copy_object(Bucket=models_bucket, Key=prefix + "model.tar.gz",
                        CopySource={"Bucket": bucket, "Key": key})
-    s3util.put_json(s3, models_bucket, prefix + "reason.json",
+    manifest = _archive_manifest(s3, bucket, key)
+    if manifest is not None:
+        s3.put_object(Bucket=models_bucket, Key=prefix + "manifest.json", Body=manifest,
+                      ContentType="application/json")
+    s3util.put_json(s3, models_bucket, prefix + "rejection.json",
                     {"version": version, "reason": reason, "rejected": bundle.now_iso(),
                      "evaluation": evaluation or {}})
     return {"version": version, "rejected": True, "reason": reason}
+
+
+def _archive_manifest(s3: Any, bucket: str, key: str) -> bytes | None:
+    """The ``manifest.json`` bytes inside a model archive, or None (missing or unreadable archive)."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            s3util.safe_extract(s3.get_object(Bucket=bucket, Key=key)["Body"].read(), Path(tmp))
+            return (s3util.find_bundle(Path(tmp)) / "manifest.json").read_bytes()
+    except Exception:  # noqa: BLE001 - a corrupt candidate is still kept, just without its manifest
+        return None
 
 
 def versions_summary(s3: Any, bucket: str) -> list[dict[str, Any]]:
@@ -117,7 +132,7 @@ def versions_summary(s3: Any, bucket: str) -> list[dict[str, Any]]:
                         "status": "live" if raw.get("version") == live else "available",
                         "metrics": raw.get("metrics", {})})
     for key in s3util.list_keys(s3, bucket, s3util.REJECTED_PREFIX + "/"):
-        if key.endswith("/reason.json"):
+        if key.endswith("/rejection.json"):
             raw = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
             out.append({"version": raw.get("version"), "created": raw.get("rejected"), "status": "rejected",
                         "metrics": (raw.get("evaluation") or {}).get("candidate") or {},

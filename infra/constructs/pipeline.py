@@ -19,6 +19,7 @@ from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -116,8 +117,15 @@ class RetrainPipeline(Construct):
 
         # --- SageMaker ------------------------------------------------------------------------------
         self.training_role = self._training_role()
-        self.training_image = tasks.DockerImage.from_asset(
+        # The same asset DockerImage.from_asset makes (built and pushed at deploy time, only staged at
+        # synth), held here so the pull grant can go on the role explicitly: the task receives an
+        # immutable view of the role, because for JSON-path S3 locations it would otherwise add
+        # s3:GetObject/PutObject/ListBucket on "*".
+        self.training_asset = ecr_assets.DockerImageAsset(
             self, "TrainingImage", directory=str(training_dir or REPO / "training_job"))
+        self.training_asset.repository.grant_pull(self.training_role)
+        self.training_image = tasks.DockerImage.from_ecr_repository(
+            self.training_asset.repository, self.training_asset.image_tag)
 
         # --- state machine --------------------------------------------------------------------------
         self.log_group = logs.LogGroup(
@@ -307,7 +315,7 @@ class RetrainPipeline(Construct):
             self, states.TRAIN, state_name=states.TRAIN,
             integration_pattern=sfn.IntegrationPattern.RUN_JOB,
             training_job_name=sfn.JsonPath.string_at("$.prepare.version"),
-            role=self.training_role,
+            role=self.training_role.without_policy_updates(),
             algorithm_specification=tasks.AlgorithmSpecification(
                 training_image=self.training_image, training_input_mode=tasks.InputMode.FILE,
                 metric_definitions=[tasks.MetricDefinition(name=d["Name"], regex=d["Regex"])

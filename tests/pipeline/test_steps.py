@@ -205,7 +205,8 @@ def test_reject_keeps_candidate_with_reason(env, published_live):
     uri = upload_candidate(s3, make_bundle(env["tmp"], "v12-rej"))
     out = publish.reject(s3, models_bucket=MODELS, model_artifacts=uri, version="v12-rej", reason="worse")
     assert out["rejected"] and s3util.exists(s3, MODELS, "rejected/v12-rej/model.tar.gz")
-    assert s3util.get_json(s3, MODELS, "rejected/v12-rej/reason.json")["reason"] == "worse"
+    assert s3util.get_json(s3, MODELS, "rejected/v12-rej/rejection.json")["reason"] == "worse"
+    assert s3util.get_json(s3, MODELS, "rejected/v12-rej/manifest.json")["version"] == "v12-rej"
     assert s3util.live_version(s3, MODELS) == "v1-live"
     listed = {v["version"]: v["status"] for v in publish.versions_summary(s3, MODELS)}
     assert listed["v12-rej"] == "rejected" and listed["v1-live"] == "live"
