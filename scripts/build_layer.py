@@ -148,6 +148,19 @@ def ensure_layer(arch: str = "x86_64", force: bool = False) -> Path:
     return build_layer(arch)
 
 
+def ensure_runtime_stand_in(arch: str = "x86_64") -> Path:
+    """boto3 for 3.12 in ``layers/build/runtime-<arch>``: what the Lambda runtime provides and
+    the layer leaves out. Used only by the local smoke test, never deployed."""
+    out = BUILD / f"runtime-{arch}"
+    if (out / "boto3").is_dir():
+        return out
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    *[arg for tag in GLIBC_TAGS for arg in ("--platform", f"{tag}_{PLATFORMS[arch]}")],
+                    "--python-version", PYTHON_VERSION, "--implementation", "cp", "--only-binary=:all:",
+                    "--target", str(out), "boto3>=1.34,<2"], check=True)
+    return out
+
+
 def _copy_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "tests"))
 

@@ -68,7 +68,8 @@ class AwsConfig:
         return cls(data_bucket=env["FRUITPIPE_DATA_BUCKET"], models_bucket=env["FRUITPIPE_MODELS_BUCKET"],
                    state_table=env.get("FRUITPIPE_STATE_TABLE") or None,
                    state_machine_arn=env.get("FRUITPIPE_STATE_MACHINE_ARN") or None,
-                   admin_token_secret=env.get("FRUITPIPE_ADMIN_TOKEN_SECRET") or None)
+                   admin_token_secret=env.get("FRUITPIPE_ADMIN_TOKEN_SECRET") or None,
+                   model_cache=Path(env.get("FRUITPIPE_MODEL_CACHE") or cls.model_cache))
 
 
 def _client(service: str) -> Any:

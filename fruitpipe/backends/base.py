@@ -20,6 +20,10 @@ class NotFound(LookupError):
     """A model version (or run) that does not exist."""
 
 
+class VersionRejected(ValueError):
+    """Activating a version the gate rejected (HTTP 409)."""
+
+
 class RetrainRunning(RuntimeError):
     """A retrain was asked for while one is running (HTTP 409)."""
 

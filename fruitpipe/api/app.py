@@ -1,0 +1,46 @@
+"""``create_app(backend, settings)``: the FastAPI app, independent of where it runs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..backends.base import Backend
+from . import errors
+from .deps import AppState, ModelHolder
+from .metrics import Metrics
+from .middleware import BodyFence, MetricsMiddleware
+from .routers import dashboard, data, health, models, predict, retrain
+from .settings import Settings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("fruitpipe.api")
+
+
+def create_app(backend: Backend, settings: Settings | None = None, *, load_model: bool = True) -> FastAPI:
+    """Build the app. With ``load_model`` the live model is loaded now (first request is fast);
+    a registry without a live version still starts, and predictions answer 503 until one exists."""
+    settings = settings or Settings()
+    metrics = Metrics(settings.latency_window)
+    app = FastAPI(title=settings.title, version=__version__,
+                  description="Fresh-or-rotten fruit classifier. Writes need `Authorization: Bearer <token>`.")
+    holder = ModelHolder(backend, settings, metrics)
+    app.state.fruitpipe = AppState(backend=backend, settings=settings, holder=holder, metrics=metrics,
+                                   static_dir=STATIC_DIR)
+    errors.install(app)
+    for router in (dashboard.router, predict.router, data.router, retrain.router, models.router,
+                   health.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # outermost first: metrics see the fence's 413/415 answers too
+    app.add_middleware(BodyFence, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if load_model:
+        holder.refresh(force=True)
+        if holder.current is None:
+            log.warning("no live model: %s", holder.last_error or "the registry has no live version")
+    return app

@@ -1,0 +1,125 @@
+"""Shared state of one app: the backend, the live-model holder, auth, metrics."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+from ..backends.base import Backend
+from ..bundle import BundleError
+from ..classifier import Backbone, Classifier
+from .errors import ApiError
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("fruitpipe.api")
+
+
+class ModelHolder:
+    """The live :class:`Classifier`, re-read from the registry when its pointer moves.
+
+    ``get()`` checks the pointer at most every ``refresh_seconds`` (a ``stat`` locally), loads
+    the new version on the shared :class:`Backbone` (only the small head is read) and swaps the
+    reference in one assignment. A request that already holds the old classifier finishes with
+    it; nothing is closed under its feet. A version that fails to load leaves the old one live.
+    """
+
+    def __init__(self, backend: Backend, settings: Settings, metrics: Metrics) -> None:
+        self.registry = backend.registry
+        self.settings = settings
+        self.metrics = metrics
+        self._backbone: Backbone | None = None
+        self._current: Classifier | None = None
+        self._signature: Any = object()
+        self._next_check = 0.0
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = Backbone(self.settings.backbone_path, num_threads=self.settings.inference_threads,
+                                      workers=self.settings.inference_workers)
+        return self._backbone
+
+    def _signature_now(self) -> Any:
+        sig = getattr(self.registry, "pointer_signature", None)
+        return sig() if callable(sig) else self.registry.live_version()
+
+    def refresh(self, force: bool = False) -> None:
+        """Check the pointer now; load and swap if it moved. Only one thread loads at a time."""
+        if not self._lock.acquire(blocking=self._current is None or force):
+            return  # another request is already refreshing; keep serving the current model
+        try:
+            self._next_check = time.monotonic() + self.settings.model_refresh_seconds
+            signature = self._signature_now()
+            if signature == self._signature and not force and self._current is not None:
+                return
+            version = self.registry.live_version()
+            if version is None:
+                self._signature = signature
+                return
+            if self._current is not None and self._current.version == version:
+                self._signature = signature
+                return
+            try:
+                clf = Classifier(self.registry.fetch(version), shared_backbone=self.backbone)
+            except (BundleError, OSError, ValueError, LookupError) as exc:
+                self.last_error = f"cannot load model {version}: {exc}"
+                log.error(self.last_error)
+                return  # keep the old one; try again at the next check
+            self._current = clf  # the swap: one reference assignment
+            self._signature = signature
+            self.last_error = None
+            self.metrics.set_model(clf.version)
+            log.info("serving model %s", clf.version)
+        finally:
+            self._lock.release()
+
+    def get(self) -> Classifier:
+        if self._current is None or time.monotonic() >= self._next_check:
+            self.refresh()
+        clf = self._current
+        if clf is None:
+            raise ApiError(503, "no_model", self.last_error or "no live model in the registry yet")
+        return clf
+
+    @property
+    def current(self) -> Classifier | None:
+        return self._current
+
+
+@dataclass
+class AppState:
+    backend: Backend
+    settings: Settings
+    holder: ModelHolder
+    metrics: Metrics
+    static_dir: Path
+
+
+def state(request: Request) -> AppState:
+    return request.app.state.fruitpipe
+
+
+def require_admin(request: Request) -> None:
+    """Writes need ``Authorization: Bearer <token>``: 401 without one, 403 with a wrong one."""
+    st: AppState = request.app.state.fruitpipe
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(401, "unauthorized", "this action needs 'Authorization: Bearer <admin token>'",
+                       challenge)
+    expected = st.settings.token_provider()
+    if not expected:
+        raise ApiError(503, "auth_unavailable", "no admin token is configured on the server")
+    if not secrets.compare_digest(given.strip().encode(), expected.encode()):
+        raise ApiError(403, "forbidden", "the admin token is not valid")

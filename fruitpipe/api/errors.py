@@ -1,0 +1,129 @@
+"""Every error leaves as JSON ``{"error": code, "detail": text}`` with a 4xx/503 status.
+
+Client input never produces a 500: invalid images map to their :mod:`fruitpipe.imaging` code,
+malformed multipart bodies to 400, validation errors to 422, oversize bodies to 413. An
+unexpected server-side bug still answers JSON (500, ``internal_error``) without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import imaging
+from ..backends.base import NotFound, RetrainRunning, VersionRejected
+from ..bundle import BundleError
+from ..dataset import UnknownClass
+
+log = logging.getLogger("fruitpipe.api")
+
+IMAGE_STATUS: dict[str, int] = {
+    "empty": 400,
+    "truncated": 400,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+    "too_large": 413,
+    "too_many_pixels": 413,
+    "too_small": 422,
+}
+
+HTTP_CODES: dict[int, str] = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid_request", 503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """Raised by handlers: a status, a stable code and a human sentence."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while streaming a body past the limit (an HTTPException so FastAPI re-raises it)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail, **extra}
+
+
+def respond(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(code, detail, **extra), status_code=status, headers=headers)
+
+
+def image_error(exc: imaging.InvalidImage) -> ApiError:
+    return ApiError(IMAGE_STATUS.get(exc.code, 400), exc.code, exc.detail)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request is not valid"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return respond(exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
+
+    @app.exception_handler(imaging.InvalidImage)
+    async def _invalid_image(_: Request, exc: imaging.InvalidImage) -> JSONResponse:
+        return respond(IMAGE_STATUS.get(exc.code, 400), exc.code, exc.detail)
+
+    @app.exception_handler(UnknownClass)
+    async def _unknown_class(_: Request, exc: UnknownClass) -> JSONResponse:
+        return respond(422, "unknown_class", str(exc))
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return respond(404, "not_found", str(exc))
+
+    @app.exception_handler(RetrainRunning)
+    async def _running(_: Request, exc: RetrainRunning) -> JSONResponse:
+        return respond(409, "retrain_running", str(exc))
+
+    @app.exception_handler(VersionRejected)
+    async def _rejected(_: Request, exc: VersionRejected) -> JSONResponse:
+        return respond(409, "version_rejected", str(exc))
+
+    @app.exception_handler(BundleError)
+    async def _bundle(_: Request, exc: BundleError) -> JSONResponse:
+        return respond(503, "model_invalid", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return respond(422, "invalid_request", _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status = exc.status_code
+        code = HTTP_CODES.get(status, "error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if status == 400 and "parsing the body" in detail:
+            code, detail = "malformed_body", "the request body is not valid multipart/form-data"
+        return respond(status, code, detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - bugs only
+        log.exception("unhandled error")
+        return respond(500, "internal_error", "an unexpected server error happened; it was logged")

@@ -1,0 +1,100 @@
+"""Prometheus metrics on a per-app registry, plus the recent-latency window for the dashboard.
+
+A per-app :class:`CollectorRegistry` (not the process-global default) lets tests and the load
+test create several apps in one process without "duplicated timeseries" errors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter as PyCounter, deque
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..labels import LABELS, VERDICTS
+
+BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, latency_window: int = 2000) -> None:
+        self.registry = CollectorRegistry()
+        self.started = time.time()
+        r = self.registry
+        self.requests = Counter("fruitpipe_http_requests_total", "HTTP requests",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("fruitpipe_http_request_duration_seconds", "HTTP request latency",
+                                 ["method", "route", "status"], buckets=BUCKETS, registry=r)
+        self.predictions = Counter("fruitpipe_predictions_total", "Images classified",
+                                   ["predicted_class", "verdict"], registry=r)
+        self.inference = Histogram("fruitpipe_inference_seconds", "Decode + inference time per request",
+                                   ["endpoint"], buckets=BUCKETS, registry=r)
+        self.model_info = Gauge("fruitpipe_model_info", "The live model version (value 1)",
+                                ["version"], registry=r)
+        self.model_swaps = Counter("fruitpipe_model_swaps_total", "Live model changes picked up", registry=r)
+        self.retrain_runs = Counter("fruitpipe_retrain_runs_total", "Retrain runs started",
+                                    ["trigger"], registry=r)
+        self.uploads = Counter("fruitpipe_uploads_total", "Uploaded training files", ["status"], registry=r)
+        self.uptime = Gauge("fruitpipe_uptime_seconds", "Seconds since the app started", registry=r)
+        self.uptime.set_function(lambda: time.time() - self.started)
+        self._lock = threading.Lock()
+        self._latencies: deque[float] = deque(maxlen=latency_window)
+        self._by_class: PyCounter[str] = PyCounter()
+        self._by_verdict: PyCounter[str] = PyCounter()
+        self._count = 0
+        self._version: str | None = None
+
+    def set_model(self, version: str) -> None:
+        with self._lock:
+            if self._version == version:
+                return
+            if self._version is not None:
+                self.model_info.remove(self._version)
+                self.model_swaps.inc()
+            self._version = version
+        self.model_info.labels(version=version).set(1)
+
+    def record_prediction(self, predicted_class: str, verdict: str) -> None:
+        self.predictions.labels(predicted_class=predicted_class, verdict=verdict).inc()
+        with self._lock:
+            self._count += 1
+            self._by_class[predicted_class] += 1
+            self._by_verdict[verdict] += 1
+
+    def record_predict_latency(self, seconds: float) -> None:
+        with self._lock:
+            self._latencies.append(seconds * 1000.0)
+
+    @property
+    def prediction_count(self) -> int:
+        return self._count
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            lat = sorted(self._latencies)
+            recent = list(self._latencies)[-120:]
+            by_class = {c: self._by_class.get(c, 0) for c in LABELS}
+            by_verdict = {v: self._by_verdict.get(v, 0) for v in VERDICTS}
+            count = self._count
+
+        def pct(q: float) -> float | None:
+            if not lat:
+                return None
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)
+
+        return {
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "model_version": self._version,
+            "predictions": count,
+            "by_class": by_class,
+            "by_verdict": by_verdict,
+            "latency_ms": {"p50": pct(0.5), "p95": pct(0.95),
+                           "mean": round(sum(lat) / len(lat), 2) if lat else None},
+            "latency_samples": len(lat),
+            "recent_latencies_ms": [round(x, 2) for x in recent],
+        }
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

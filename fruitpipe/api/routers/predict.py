@@ -1,0 +1,79 @@
+"""``POST /predict`` and ``POST /predict/batch``.
+
+Both handlers are plain ``def``: FastAPI runs them in its threadpool, so decoding and LiteRT
+inference (which release the GIL) never block the event loop, and the Classifier's interpreter
+pool (one per core) serves that many requests at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, File, Request, UploadFile
+
+from ... import imaging
+from ..deps import state
+from ..errors import ApiError, image_error
+from ..schemas import BatchItem, BatchResponse, PredictionResponse
+from .common import errors, read_upload
+
+router = APIRouter(tags=["predict"])
+
+
+def _response(pred, latency_ms: float) -> PredictionResponse:  # type: ignore[no-untyped-def]
+    return PredictionResponse(**pred.as_dict(), latency_ms=round(latency_ms, 3))
+
+
+@router.post("/predict", response_model=PredictionResponse,
+             responses=errors(400, 413, 415, 422, 503))
+def predict(request: Request, file: UploadFile = File(..., description="a JPEG, PNG or WebP image")
+            ) -> PredictionResponse:
+    """Classify one image: class, confidence, all six probabilities and a verdict."""
+    st = state(request)
+    t0 = time.perf_counter()
+    data = read_upload(file, st.settings.max_file_bytes)
+    clf = st.holder.get()
+    try:
+        pred = clf.predict_bytes(data)
+    except imaging.InvalidImage as exc:
+        raise image_error(exc) from None
+    elapsed = time.perf_counter() - t0
+    st.metrics.inference.labels(endpoint="predict").observe(elapsed)
+    st.metrics.record_prediction(pred.predicted_class, pred.verdict)
+    return _response(pred, elapsed * 1000)
+
+
+@router.post("/predict/batch", response_model=BatchResponse,
+             responses=errors(400, 413, 415, 422, 503))
+def predict_batch(request: Request, files: list[UploadFile] = File(..., description="up to 32 images")
+                  ) -> BatchResponse:
+    """Classify several images in one inference batch; a bad file gets its own error entry."""
+    st = state(request)
+    if len(files) > st.settings.max_batch_files:
+        raise ApiError(413, "too_many_files",
+                       f"{len(files)} files; at most {st.settings.max_batch_files} per batch")
+    t0 = time.perf_counter()
+    blobs: list[bytes | None] = []
+    items: list[BatchItem] = []
+    for f in files:
+        name = (f.filename or "(unnamed)")[:200]
+        try:
+            blobs.append(read_upload(f, st.settings.max_file_bytes))
+            items.append(BatchItem(filename=name, ok=False))
+        except ApiError as exc:
+            blobs.append(None)
+            items.append(BatchItem(filename=name, ok=False, error=exc.code, detail=exc.detail))
+    clf = st.holder.get()
+    good = [i for i, b in enumerate(blobs) if b is not None]
+    results = clf.predict_many([blobs[i] for i in good])  # type: ignore[misc]
+    elapsed = time.perf_counter() - t0
+    for i, res in zip(good, results):
+        if isinstance(res, imaging.InvalidImage):
+            items[i].error, items[i].detail = res.code, res.detail
+        else:
+            items[i].ok = True
+            items[i].prediction = _response(res, elapsed * 1000 / max(1, len(good)))
+            st.metrics.record_prediction(res.predicted_class, res.verdict)
+    st.metrics.inference.labels(endpoint="predict_batch").observe(elapsed)
+    return BatchResponse(model_version=clf.version, count=len(items), ok=sum(it.ok for it in items),
+                         results=items)

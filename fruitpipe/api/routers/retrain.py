@@ -1,0 +1,32 @@
+"""``POST /retrain`` (admin) and ``GET /retraining-status``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import require_admin, state
+from ..schemas import RetrainStatusResponse
+from .common import errors
+
+router = APIRouter(tags=["retrain"])
+
+
+@router.post("/retrain", response_model=RetrainStatusResponse, status_code=202,
+             responses=errors(401, 403, 409), dependencies=[Depends(require_admin)])
+async def retrain(request: Request) -> RetrainStatusResponse:
+    """Start a retrain in a separate process; 409 if one is already running."""
+    st = state(request)
+    status = await run_in_threadpool(st.backend.trainer.start, "manual")
+    st.metrics.retrain_runs.labels(trigger="manual").inc()
+    return RetrainStatusResponse(**status.as_dict())
+
+
+@router.get("/retraining-status", response_model=RetrainStatusResponse)
+def retraining_status(request: Request) -> RetrainStatusResponse:
+    """The current or last run: stage, percent, log tail, result (gate decision)."""
+    st = state(request)
+    status = st.backend.trainer.status()
+    if status.state in ("succeeded",):
+        st.holder.refresh()  # pick up a published version without waiting for the next check
+    return RetrainStatusResponse(**status.as_dict())

@@ -1,0 +1,129 @@
+"""Pydantic response models: what every route answers, errors included (shown in ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+Verdict = Literal["fresh", "rotten", "not_fruit", "uncertain"]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="stable machine-readable code, e.g. not_an_image, unauthorized")
+    detail: str = Field(description="a human sentence saying what was wrong")
+
+
+class PredictionResponse(BaseModel):
+    predicted_class: str
+    confidence: float
+    probabilities: dict[str, float]
+    verdict: Verdict
+    model_version: str
+    timestamp: str
+    scores: dict[str, float] = Field(default_factory=dict, description="rejection signals")
+    latency_ms: float = Field(description="server time for this request's decode + inference")
+
+
+class BatchItem(BaseModel):
+    filename: str
+    ok: bool
+    prediction: Optional[PredictionResponse] = None
+    error: Optional[str] = None
+    detail: Optional[str] = None
+
+
+class BatchResponse(BaseModel):
+    model_version: str
+    count: int
+    ok: int
+    results: list[BatchItem]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    uptime_seconds: float
+    predictions: int
+    model_version: Optional[str]
+    model_loaded: bool
+    backend: str
+
+
+class ModelInfoResponse(BaseModel):
+    version: str
+    created: str
+    labels: list[str]
+    metrics: dict[str, Any]
+    rejection: dict[str, Any]
+    preprocessing: dict[str, Any]
+    training_data: dict[str, Any]
+    backbone: dict[str, Any]
+
+
+class ModelVersionResponse(BaseModel):
+    version: str
+    created: str
+    status: Literal["live", "available", "rejected"]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    reason: Optional[str] = None
+
+
+class ModelsResponse(BaseModel):
+    live: Optional[str]
+    versions: list[ModelVersionResponse]
+
+
+class ActivateResponse(BaseModel):
+    live: str
+    previous: Optional[str]
+
+
+class UploadItem(BaseModel):
+    filename: str
+    status: Literal["added", "duplicate", "rejected"]
+    label: Optional[str] = None
+    sha256: Optional[str] = None
+    key: Optional[str] = None
+    error: Optional[str] = None
+    detail: Optional[str] = None
+
+
+class UploadResponse(BaseModel):
+    class_name: str
+    added: int
+    duplicates: int
+    rejected: int
+    results: list[UploadItem]
+    counts: dict[str, int]
+
+
+class UploadRejectedResponse(ErrorResponse):
+    results: list[UploadItem]
+
+
+class RetrainStatusResponse(BaseModel):
+    state: Literal["idle", "running", "succeeded", "rejected", "failed"]
+    run_id: Optional[str] = None
+    trigger: Optional[str] = None
+    stage: Optional[str] = None
+    percent: float = 0.0
+    started: Optional[str] = None
+    finished: Optional[str] = None
+    log_tail: list[str] = Field(default_factory=list)
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetResponse(BaseModel):
+    counts: dict[str, int]
+    total: int
+
+
+class StatsResponse(BaseModel):
+    uptime_seconds: float
+    model_version: Optional[str]
+    predictions: int
+    by_class: dict[str, int]
+    by_verdict: dict[str, int]
+    latency_ms: dict[str, Optional[float]] = Field(description="p50 / p95 / mean over recent /predict calls")
+    latency_samples: int
+    recent_latencies_ms: list[float] = Field(description="the last 120 /predict latencies, oldest first")

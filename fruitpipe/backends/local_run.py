@@ -1,0 +1,275 @@
+"""One local retraining run, in its own process: snapshot → train → evaluate → gate → publish.
+
+Started by :class:`fruitpipe.backends.local.LocalTrainer` as ``python -m
+fruitpipe.backends.local_run --store DIR --run-id ID``. It never runs inside the server process,
+so a slow or crashing training cannot stall or kill predictions; it runs at a lower CPU priority
+(``nice``) for the same reason. It writes ``retrain/status.json`` after every step. Whatever goes
+wrong, the live pointer is only moved by the final publish step, after the gate said yes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import bundle, gate
+from ..labels import LABELS, OOD_FOLDER
+from .local import LocalRegistry, atomic_write_json, read_json
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# share of the progress bar each stage covers
+TRAIN_SPAN = (5.0, 80.0)
+
+
+class RunFailed(RuntimeError):
+    """A step failed; the message is what the status shows."""
+
+
+class Run:
+    def __init__(self, store: Path, run_id: str) -> None:
+        self.store = Path(store)
+        self.run_id = run_id
+        self.dir = self.store / "retrain" / "runs" / run_id
+        self.status_path = self.store / "retrain" / "status.json"
+        self.config = json.loads((self.dir / "config.json").read_text())
+        self.registry = LocalRegistry(self.store)
+        self.tail: deque[str] = deque(maxlen=40)
+        self.status: dict[str, Any] = read_json(self.status_path) or {}
+        if self.status.get("run_id") != run_id:
+            raise SystemExit(f"status.json is not for run {run_id}")
+        self.status["pid"] = os.getpid()
+
+    def update(self, **fields: Any) -> None:
+        self.status.update(fields)
+        self.status["log_tail"] = list(self.tail)
+        atomic_write_json(self.status_path, self.status)
+
+    def log(self, line: str) -> None:
+        self.tail.append(line.rstrip()[:300])
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[Path, dict[str, int]]:
+        """A folder of symlinks: the seed data plus the store's dataset, one folder per class."""
+        self.update(stage="snapshot", percent=1.0)
+        data = self.dir / "data"
+        counts = dict.fromkeys(LABELS, 0)
+        sources = [Path(p) for p in self.config.get("seed_dirs", [])] + [self.store / "dataset"]
+        for s, source in enumerate(sources):
+            for label in LABELS:
+                folder = source / label
+                if not folder.is_dir():
+                    continue
+                out = data / label
+                out.mkdir(parents=True, exist_ok=True)
+                for path in sorted(folder.iterdir()):
+                    if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                        (out / f"s{s}-{path.name}").symlink_to(path.resolve())
+                        counts[label] += 1
+        self.log(f"snapshot: {sum(counts.values())} images " + json.dumps(counts))
+        if sum(counts.values()) == 0:
+            raise RunFailed("no training images (seed folders and the store's dataset are empty)")
+        return data, counts
+
+    def train(self, data: Path) -> Path:
+        out = self.dir / "candidate"
+        cmd = list(self.config["train_command"]) + ["--data", str(data), "--out", str(out),
+                                                      "--cache", str(self.store / "cache" / "embeddings")]
+        if self.config.get("eval_dir"):
+            cmd += ["--validation", self.config["eval_dir"]]
+        self.update(stage="train", percent=TRAIN_SPAN[0])
+        self.log("$ " + " ".join(cmd))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, stdin=subprocess.DEVNULL, errors="replace")
+        assert proc.stdout is not None
+        metrics: dict[str, str] = {}
+        last_write = 0.0
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            self.log(line)
+            key, sep, value = line.partition("=")
+            if sep and " " not in key:
+                if key == "stage":
+                    self.status["stage"] = f"train:{value.strip()}"
+                elif key == "progress":
+                    try:
+                        pct = min(100.0, max(0.0, float(value)))
+                        self.status["percent"] = TRAIN_SPAN[0] + (TRAIN_SPAN[1] - TRAIN_SPAN[0]) * pct / 100
+                    except ValueError:
+                        pass
+                else:
+                    metrics[key] = value.strip()
+            now = time.monotonic()
+            if now - last_write > 0.5:
+                self.update()
+                last_write = now
+        code = proc.wait()
+        self.status.setdefault("result", {})["training_metrics"] = metrics
+        if code != 0:
+            raise RunFailed(f"the training job exited with status {code}")
+        try:
+            bundle.verify(out)
+        except bundle.BundleError as exc:
+            raise RunFailed(f"the training job wrote an invalid bundle: {exc}") from None
+        return out
+
+    def evaluate(self, candidate: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Candidate and live on the same evaluation images, sharing one backbone."""
+        from ..classifier import Backbone, Classifier
+        eval_dir = self.config.get("eval_dir")
+        if not eval_dir or not Path(eval_dir).is_dir():
+            raise RunFailed("no evaluation images configured: the gate cannot compare models")
+        self.update(stage="evaluate", percent=82.0)
+        evaluate = load_callable(self.config.get("evaluate") or f"{__name__}:evaluate")
+        backbone = Backbone(None)
+        cand = evaluate(Classifier(candidate, shared_backbone=backbone), Path(eval_dir))
+        self.log(f"candidate: accuracy={cand.get('accuracy')} macro_f1={cand.get('macro_f1')}")
+        self.update(percent=90.0)
+        live_version = self.registry.live_version()
+        live = None
+        if live_version is not None:
+            live = evaluate(Classifier(self.registry.fetch(live_version), shared_backbone=backbone),
+                            Path(eval_dir))
+            self.log(f"live {live_version}: accuracy={live.get('accuracy')} macro_f1={live.get('macro_f1')}")
+        return cand, live
+
+    def run(self) -> int:
+        try:
+            os.nice(int(self.config.get("nice", 10)))
+        except OSError:
+            pass
+        self.update(stage="starting", percent=0.0)
+        try:
+            data, counts = self.snapshot()
+            self.status.setdefault("result", {})["images"] = counts
+            candidate = self.train(data)
+            cand_metrics, live_metrics = self.evaluate(candidate)
+            self.update(stage="gate", percent=95.0)
+            version = bundle.read_manifest(candidate).version
+            live_version = self.registry.live_version()
+            try:
+                decision = gate.decide(cand_metrics, live_metrics,
+                                       tolerance=float(self.config.get("gate_tolerance", 0.0)))
+            except gate.GateError as exc:
+                decision = gate.Decision(False, f"metrics cannot be compared: {exc}", {}, None)
+            evaluation = {"candidate": cand_metrics, "live": live_metrics, "live_version": live_version,
+                          "eval_dir": self.config.get("eval_dir")}
+            result = dict(self.status.get("result") or {}, version=version, promoted=decision.promote,
+                          reason=decision.reason, candidate=_summary(cand_metrics),
+                          live=_summary(live_metrics), live_version=live_version)
+            self.log(("promote: " if decision.promote else "reject: ") + decision.reason)
+            if decision.promote:
+                self.update(stage="publish", percent=97.0)
+                self.registry.add(candidate, version, evaluation=evaluation)
+                self.registry.activate(version)
+                self.update(state="succeeded", stage="done", percent=100.0, finished=bundle.now_iso(),
+                            result=result)
+            else:
+                self.registry.add(candidate, version, rejected_reason=decision.reason, evaluation=evaluation)
+                self.update(state="rejected", stage="done", percent=100.0, finished=bundle.now_iso(),
+                            result=result)
+            return 0
+        except RunFailed as exc:
+            self.log(f"failed: {exc}")
+            result = dict(self.status.get("result") or {}, error=str(exc))
+            self.update(state="failed", finished=bundle.now_iso(), result=result)
+            return 1
+        except Exception as exc:  # a bug or an I/O error: record it, leave the live model alone
+            for line in traceback.format_exc().splitlines()[-8:]:
+                self.log(line)
+            result = dict(self.status.get("result") or {}, error=f"{type(exc).__name__}: {exc}")
+            self.update(state="failed", finished=bundle.now_iso(), result=result)
+            return 1
+
+
+def _summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {k: metrics.get(k) for k in ("n", "accuracy", "macro_f1", "ood_rejected_rate") if k in metrics}
+
+
+def load_callable(spec: str) -> Callable[..., dict[str, Any]]:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def evaluate(classifier: Any, data_dir: Path) -> dict[str, Any]:
+    """The evaluation the gate compares: ``fruitpipe.evaluation.evaluate`` when present.
+
+    MERGE NOTE: the ML helper's ``fruitpipe.evaluation.evaluate`` is the real one; until it
+    lands this falls back to :func:`minimal_evaluate` (same field names, fewer of them).
+    """
+    try:
+        from ..evaluation import evaluate as ml_evaluate  # type: ignore[import-not-found]
+    except ImportError:
+        return minimal_evaluate(classifier, data_dir)
+    return ml_evaluate(classifier, data_dir)
+
+
+def minimal_evaluate(classifier: Any, data_dir: Path, batch: int = 32) -> dict[str, Any]:
+    """Accuracy (a rejected fruit counts as wrong), macro-F1 and the not-fruit rejection rate."""
+    items: list[tuple[str, Path]] = []
+    for folder in sorted(Path(data_dir).iterdir()):
+        if folder.is_dir() and (folder.name in LABELS or folder.name == OOD_FOLDER):
+            items += [(folder.name, p) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    truth: list[str] = []
+    pred: list[str] = []
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        for (label, _), res in zip(chunk, classifier.predict_many([p.read_bytes() for _, p in chunk])):
+            truth.append(label)
+            if isinstance(res, Exception):
+                pred.append("invalid")
+            elif res.verdict in ("not_fruit", "uncertain"):
+                pred.append(OOD_FOLDER)
+            else:
+                pred.append(res.predicted_class)
+    t = np.array(truth)
+    p = np.array(pred)
+    fruit = t != OOD_FOLDER
+    per_class: dict[str, dict[str, float]] = {}
+    for label in LABELS:
+        tp = int(((t == label) & (p == label)).sum())
+        fp = int(((t != label) & (p == label)).sum())
+        fn = int(((t == label) & (p != label)).sum())
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per_class[label] = {"precision": prec, "recall": rec, "f1": f1, "n": int((t == label).sum())}
+    present = [label for label in LABELS if per_class[label]["n"]]
+    n_fruit = int(fruit.sum())
+    ood_n = int((~fruit).sum())
+    return {
+        "n": n_fruit,
+        "accuracy": float((t[fruit] == p[fruit]).mean()) if n_fruit else 0.0,
+        "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])) if present else 0.0,
+        "per_class": per_class,
+        "confusion": [[int(((t == a) & (p == b)).sum()) for b in LABELS] for a in LABELS],
+        "ood_n": ood_n,
+        "ood_rejected_rate": float((p[~fruit] == OOD_FOLDER).mean()) if ood_n else None,
+        "fruit_rejected_rate": float((p[fruit] == OOD_FOLDER).mean()) if n_fruit else 0.0,
+        "model_version": classifier.version,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fruitpipe.backends.local_run")
+    parser.add_argument("--store", required=True, type=Path)
+    parser.add_argument("--run-id", required=True)
+    args = parser.parse_args(argv)
+    return Run(args.store, args.run_id).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``fruitpipe upload --class C DIR [--bucket B | --api URL]``: fill the S3 drop folder.
+
+With ``--bucket`` the files go straight to ``s3://B/incoming/<class>/`` with your AWS credentials;
+with ``--api`` the service hands out presigned URLs (``POST /upload-url``, admin token) and the
+files are PUT to S3 directly, so neither API Gateway's nor Lambda's payload limits apply. Either
+way the ingest function validates, de-duplicates and files them within seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..cli import UsageError, command
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+BATCH = 100
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--class", dest="label", required=True, help="class of every image in the folder")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bucket", help="data bucket name (uses your AWS credentials)")
+    where.add_argument("--api", help="service base URL (uses presigned URLs from POST /upload-url)")
+    p.add_argument("--token", default=None, help="admin token for --api (default: $FRUITPIPE_ADMIN_TOKEN)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"no .jpg/.jpeg/.png/.webp files in {folder}")
+    return files
+
+
+def _progress(total: int, quiet: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+    return tqdm(total=total, unit="file", disable=quiet, file=sys.stderr, desc="upload")
+
+
+def _post_json(url: str, body: dict, token: str) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "content-type": "application/json", "authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail", "")
+        except ValueError:
+            detail = ""
+        raise UsageError(f"{url}: HTTP {exc.code} {detail}".strip()) from None
+    except urllib.error.URLError as exc:
+        raise UsageError(f"{url}: {exc.reason}") from None
+
+
+def _put(url: str, data: bytes) -> None:
+    req = urllib.request.Request(url, data=data, method="PUT")
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        resp.read()
+
+
+@command("upload", _args)
+def _upload(args: argparse.Namespace) -> int:
+    """Upload a folder of images of one class to the S3 drop folder."""
+    from .. import imaging
+    from ..dataset import check_label, UnknownClass
+    try:
+        check_label(args.label)
+    except UnknownClass as exc:
+        raise UsageError(str(exc)) from None
+    files = _images(args.folder)
+    too_big = [f for f in files if f.stat().st_size > imaging.MAX_BYTES]
+    for f in too_big:
+        print(f"skipped: {f}: larger than {imaging.MAX_BYTES} bytes", file=sys.stderr)
+    files = [f for f in files if f not in too_big]
+    sent = 0
+    bar = _progress(len(files), args.quiet)
+    try:
+        if args.bucket:
+            import boto3
+            from ..backends.aws import safe_name
+            s3 = boto3.client("s3")
+            for f in files:
+                rel = "_".join(f.relative_to(args.folder).parts[:-1] + (safe_name(f.name),))
+                s3.upload_file(str(f), args.bucket, f"incoming/{args.label}/{rel}")
+                sent += 1
+                bar.update(1)
+        else:
+            token = args.token or os.environ.get("FRUITPIPE_ADMIN_TOKEN")
+            if not token:
+                raise UsageError("--api needs an admin token: --token or $FRUITPIPE_ADMIN_TOKEN")
+            base = args.api.rstrip("/")
+            for start in range(0, len(files), BATCH):
+                chunk = files[start:start + BATCH]
+                answer = _post_json(f"{base}/upload-url", {"class_name": args.label,
+                                                           "filenames": [f.name for f in chunk]}, token)
+                for f, slot in zip(chunk, answer["uploads"]):
+                    _put(slot["url"], f.read_bytes())
+                    sent += 1
+                    bar.update(1)
+    finally:
+        bar.close()
+    print(json.dumps({"uploaded": sent, "skipped": len(too_big), "class": args.label,
+                      "note": "the ingest function files them into dataset/ (duplicates once, bad files "
+                              "to quarantine/ with a reason)"}))
+    return 2 if too_big and not sent else 0

@@ -1,0 +1,57 @@
+"""Lambda ``api``: the shared FastAPI app with the AWS backend, served through Mangum.
+
+Built once per execution environment (during Lambda's init phase): the backbone and the live
+model are loaded here, not per request. The app re-checks the live pointer (``live.json``) at
+most every ``FRUITPIPE_MODEL_REFRESH_SECONDS`` (60), so a newly published version reaches every
+warm instance within a minute without a redeploy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mangum import Mangum
+
+from fruitpipe.api.app import create_app
+from fruitpipe.api.settings import Settings
+from fruitpipe.backends import aws_http
+from fruitpipe.backends.aws import AwsConfig, SecretsManagerToken, create_aws_backend
+from fruitpipe.models_path import default_model_dir
+
+MAX_REQUEST_BYTES = int(os.environ.get("FRUITPIPE_MAX_REQUEST_BYTES", str(4 * 1024 * 1024)))
+
+
+def build() -> Mangum:
+    config = AwsConfig.from_env()
+    backend = create_aws_backend(config, seed_bundle=default_model_dir())
+    refresh = float(os.environ.get("FRUITPIPE_MODEL_REFRESH_SECONDS", "60"))
+    backbone = os.environ.get("FRUITPIPE_BACKBONE")
+    settings = Settings(
+        model_refresh_seconds=refresh,
+        token_provider=SecretsManagerToken(config.admin_token_secret, ttl=min(refresh, 60.0)),
+        inference_workers=1,  # one request at a time per Lambda environment
+        inference_threads=int(os.environ.get("FRUITPIPE_THREADS", "1")),
+        backbone_path=Path(backbone) if backbone else None,
+    )
+    app = create_app(backend, settings)
+    aws_http.install(app)
+    return Mangum(app, lifespan="off")
+
+
+_app: Mangum | None = None
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    global _app
+    too_big = aws_http.oversize_response(event, MAX_REQUEST_BYTES)
+    if too_big is not None:
+        return too_big
+    if _app is None:  # only when the init-phase build below was skipped
+        _app = build()
+    return _app(event, context)
+
+
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # in Lambda: build in the init phase, before the first request
+    _app = build()

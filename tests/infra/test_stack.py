@@ -1,0 +1,236 @@
+"""The synthesized CloudFormation template: assertions, cdk-nag (AwsSolutions) and cfn-lint.
+
+One real synth per configuration (module fixtures): the default (x86_64, retain) and a throw-away
+arm64 stage with retain=false. The layer and function assets are built first (cached).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+pytestmark = pytest.mark.slow
+
+
+def synth(outdir: Path, context: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+    sys.path.insert(0, str(REPO))
+    from infra.app import build_app
+    app, stack = build_app(context or {}, outdir=str(outdir))
+    app.synth()  # raises ValidationFailed on any unacknowledged cdk-nag finding
+    path = outdir / f"{stack.stack_name}.template.json"
+    return json.loads(path.read_text()), path
+
+
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory) -> tuple[dict[str, Any], Path]:
+    return synth(tmp_path_factory.mktemp("cdk"))
+
+
+@pytest.fixture(scope="module")
+def template(synthesized):
+    from aws_cdk.assertions import Template
+    return Template.from_json(synthesized[0])
+
+
+def resources(tpl: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in tpl["Resources"].items() if v["Type"] == kind}
+
+
+def functions(tpl):
+    return {k: v["Properties"] for k, v in resources(tpl, "AWS::Lambda::Function").items()}
+
+
+def test_functions_runtime_architecture_memory_timeout_layer(synthesized):
+    tpl, _ = synthesized
+    fns = functions(tpl)
+    assert len(fns) == 2, fns.keys()
+    layers = resources(tpl, "AWS::Lambda::LayerVersion")
+    assert len(layers) == 1
+    (layer_id,) = layers
+    assert layers[layer_id]["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+    by_handler = {p["Handler"]: p for p in fns.values()}
+    assert set(by_handler) == {"functions.api.handler.handler", "functions.ingest.handler.handler"}
+    for props in fns.values():
+        assert props["Runtime"] == "python3.12"
+        assert props["Architectures"] == ["x86_64"]
+        assert props["Layers"] == [{"Ref": layer_id}]
+    api = by_handler["functions.api.handler.handler"]
+    assert api["MemorySize"] == 1024 and api["Timeout"] == 29
+    assert api["ReservedConcurrentExecutions"] == 20
+    env = api["Environment"]["Variables"]
+    for key in ("FRUITPIPE_DATA_BUCKET", "FRUITPIPE_MODELS_BUCKET", "FRUITPIPE_STATE_TABLE",
+                "FRUITPIPE_ADMIN_TOKEN_SECRET", "FRUITPIPE_BACKBONE", "POWERTOOLS_METRICS_NAMESPACE"):
+        assert key in env, key
+    assert env["FRUITPIPE_MODEL_REFRESH_SECONDS"] == "60"
+    ingest = by_handler["functions.ingest.handler.handler"]
+    assert ingest["Timeout"] == 60 and ingest["ReservedConcurrentExecutions"] == 5
+    assert "FRUITPIPE_DATA_BUCKET" in ingest["Environment"]["Variables"]
+
+
+def test_http_api_throttling_and_access_logs(synthesized):
+    tpl, _ = synthesized
+    (api,) = resources(tpl, "AWS::ApiGatewayV2::Api").values()
+    assert api["Properties"]["ProtocolType"] == "HTTP"
+    (stage,) = resources(tpl, "AWS::ApiGatewayV2::Stage").values()
+    route = stage["Properties"]["DefaultRouteSettings"]
+    assert route["ThrottlingRateLimit"] == 50 and route["ThrottlingBurstLimit"] == 100
+    assert "DestinationArn" in stage["Properties"]["AccessLogSettings"]
+    (integration,) = resources(tpl, "AWS::ApiGatewayV2::Integration").values()
+    assert integration["Properties"]["PayloadFormatVersion"] == "2.0"
+
+
+def test_every_bucket_blocks_public_access_is_encrypted_and_retained(synthesized):
+    tpl, _ = synthesized
+    buckets = resources(tpl, "AWS::S3::Bucket")
+    assert len(buckets) == 3
+    for name, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True}, name
+        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256", name
+        assert bucket["DeletionPolicy"] == "Retain" and bucket["UpdateReplacePolicy"] == "Retain", name
+    (table,) = resources(tpl, "AWS::DynamoDB::Table").values()
+    assert table["DeletionPolicy"] == "Retain"
+    assert table["Properties"]["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+
+
+def test_every_bucket_refuses_plain_http(synthesized):
+    tpl, _ = synthesized
+    policies = {p["Properties"]["Bucket"]["Ref"]: p["Properties"]["PolicyDocument"]["Statement"]
+                for p in resources(tpl, "AWS::S3::BucketPolicy").values()}
+    assert set(policies) == set(resources(tpl, "AWS::S3::Bucket"))
+    for bucket, statements in policies.items():
+        assert any(s["Effect"] == "Deny" and s["Action"] == "s3:*"
+                   and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements), bucket
+
+
+def test_data_and_models_buckets(synthesized):
+    tpl, _ = synthesized
+    buckets = resources(tpl, "AWS::S3::Bucket")
+    data = next(b["Properties"] for k, b in buckets.items() if k.startswith("StorageData"))
+    models = next(b["Properties"] for k, b in buckets.items() if k.startswith("StorageModels"))
+    logs = next(k for k in buckets if k.startswith("StorageAccessLogs"))
+    rules = {r["Id"]: r for r in data["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-unprocessed-incoming"]["Prefix"] == "incoming/"
+    assert rules["expire-unprocessed-incoming"]["ExpirationInDays"] == 7
+    assert rules["expire-quarantine"]["Prefix"] == "quarantine/"
+    assert data["NotificationConfiguration"] == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
+    assert models["VersioningConfiguration"] == {"Status": "Enabled"}
+    for props in (data, models):
+        assert props["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": logs}
+
+
+def test_eventbridge_rule_sends_incoming_objects_to_ingest(synthesized):
+    tpl, _ = synthesized
+    (rule,) = resources(tpl, "AWS::Events::Rule").values()
+    pattern = rule["Properties"]["EventPattern"]
+    data_bucket = next(k for k in resources(tpl, "AWS::S3::Bucket") if k.startswith("StorageData"))
+    assert pattern == {"source": ["aws.s3"], "detail-type": ["Object Created"],
+                       "detail": {"bucket": {"name": [{"Ref": data_bucket}]},
+                                  "object": {"key": [{"prefix": "incoming/"}]}}}
+    (target,) = rule["Properties"]["Targets"]
+    ingest = next(k for k, v in resources(tpl, "AWS::Lambda::Function").items()
+                  if v["Properties"]["Handler"] == "functions.ingest.handler.handler")
+    assert target["Arn"] == {"Fn::GetAtt": [ingest, "Arn"]}
+    assert "DeadLetterConfig" in target and target["RetryPolicy"]["MaximumRetryAttempts"] == 4
+
+
+def _statements(tpl):
+    for name, policy in resources(tpl, "AWS::IAM::Policy").items():
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+            yield name, st
+
+
+def test_least_privilege_iam(synthesized):
+    tpl, _ = synthesized
+    seen = 0
+    for name, st in _statements(tpl):
+        seen += 1
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        for action in actions:
+            assert "*" not in action, (name, action)
+        res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        for r in res:
+            assert r != "*", (name, st)
+            if isinstance(r, dict) and "Fn::Join" in r:
+                parts = r["Fn::Join"][1]
+                suffix = "".join(p for p in parts if isinstance(p, str))
+                # object ARNs are scoped to a bucket (a GetAtt) and one prefix
+                assert any(isinstance(p, dict) for p in parts), (name, r)
+                assert suffix.strip("/") in {"versions/*", "rejected/*", "live.json", "dataset/*",
+                                             "incoming/*", "quarantine/*"}, (name, suffix)
+    assert seen >= 8
+    assert not resources(tpl, "AWS::IAM::ManagedPolicy")
+    for role in resources(tpl, "AWS::IAM::Role").values():
+        assert not role["Properties"].get("ManagedPolicyArns"), role
+
+
+def test_ingest_may_not_touch_models_and_api_may_not_delete(synthesized):
+    tpl, _ = synthesized
+    text = {name: json.dumps(p["Properties"]["PolicyDocument"]) for name, p in
+            resources(tpl, "AWS::IAM::Policy").items()}
+    ingest = next(v for k, v in text.items() if k.startswith("IngestRole"))
+    api = next(v for k, v in text.items() if k.startswith("ApiRole"))
+    assert "StorageModels" not in ingest and "secretsmanager" not in ingest
+    assert "s3:DeleteObject" not in api
+
+
+def test_cfn_lint_has_no_errors(synthesized):
+    _, path = synthesized
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    proc = subprocess.run([str(cfn_lint), "--non-zero-exit-code", "error", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cdk_nag_clean_and_every_acknowledgement_has_a_reason(synthesized, tmp_path):
+    tpl, path = synthesized
+    report = json.loads((path.parent / "validation-report.json").read_text())
+    assert all(r.get("conclusion") != "failure" for r in report["pluginReports"]), report
+    from infra import nag
+    assert nag.acknowledge.__code__.co_varnames[:3] == ("scope", "rule", "reason")
+
+
+def test_unacknowledged_findings_fail_the_synth(tmp_path):
+    """cdk-nag really runs: a bucket without TLS enforcement or logs makes synth fail."""
+    import aws_cdk as cdk
+    from aws_cdk import aws_s3 as s3
+    from cdk_nag import AwsSolutionsChecks
+    app = cdk.App(outdir=str(tmp_path))
+    stack = cdk.Stack(app, "Bad")
+    s3.Bucket(stack, "Open")
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    with pytest.raises(Exception) as failed:
+        app.synth()
+    assert "alidation" in str(failed.value), failed.value
+
+
+def test_arm64_throwaway_stage(tmp_path):
+    tpl, path = synth(tmp_path, {"stage": "test", "architecture": "arm64", "memory": "2048",
+                                 "retain": "false", "reservedConcurrency": "none"})
+    fns = {k: p for k, p in functions(tpl).items() if p.get("Handler", "").startswith("functions.")}
+    assert len(fns) == 2 and all(p["Architectures"] == ["arm64"] for p in fns.values())
+    api = next(p for p in fns.values() if p["Handler"] == "functions.api.handler.handler")
+    assert api["MemorySize"] == 2048 and "ReservedConcurrentExecutions" not in api
+    for bucket in resources(tpl, "AWS::S3::Bucket").values():
+        assert bucket["DeletionPolicy"] == "Delete"
+    (layer,) = resources(tpl, "AWS::Lambda::LayerVersion").values()
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+
+
+def test_bad_context_is_refused():
+    from infra.config import ConfigError, StackConfig
+    with pytest.raises(ConfigError, match="architecture"):
+        StackConfig.from_context({"architecture": "sparc"}.get)
+    with pytest.raises(ConfigError, match="memory"):
+        StackConfig.from_context({"memory": "64"}.get)

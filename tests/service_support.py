@@ -1,0 +1,114 @@
+"""Helpers for the service tests: a store with the default model, real images, a live server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+
+from .conftest import DEFAULT_MODEL, FRUITS
+
+TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TINY_JOB = Path(__file__).resolve().parent / "helpers" / "tiny_training_job.py"
+
+
+def fruit(label: str = "freshapples", index: int = 0, split: str = "test") -> bytes:
+    return sorted((FRUITS / split / label).glob("*.jpg"))[index].read_bytes()
+
+
+def jpeg(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "JPEG")
+    return out.getvalue()
+
+
+def tree_hash(root: Path, ignore: tuple[str, ...] = ()) -> str:
+    """sha256 over every file's relative path and content (the 'store unchanged' check)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if any(rel.startswith(i) for i in ignore):
+            continue
+        h.update(rel.encode() + b"\0")
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def small_dataset(dest: Path, split: str, per_class: int, offset: int = 0) -> Path:
+    """A folder of ``per_class`` real photos per class copied from ../shared."""
+    from fruitpipe.labels import LABELS
+    for label in LABELS:
+        (dest / label).mkdir(parents=True, exist_ok=True)
+        for p in sorted((FRUITS / split / label).glob("*.jpg"))[offset:offset + per_class]:
+            shutil.copy(p, dest / label / p.name)
+    return dest
+
+
+def make_backend(store: Path, *, mode: str = "good", seed: Path | None = None, eval_dir: Path | None = None,
+                 sleep: float = 0.0, train_command: list[str] | None = None):  # type: ignore[no-untyped-def]
+    from fruitpipe.backends.local import TrainerConfig, create_local_backend
+    cmd = train_command or [sys.executable, str(TINY_JOB), "--init", str(DEFAULT_MODEL), "--mode", mode,
+                            "--sleep", str(sleep)]
+    config = TrainerConfig(train_command=cmd, seed_dirs=[seed] if seed else [], eval_dir=eval_dir, nice=0,
+                           extra_env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    return create_local_backend(store, seed_bundle=DEFAULT_MODEL, trainer_config=config)
+
+
+def make_app(backend, **settings_kw):  # type: ignore[no-untyped-def]
+    from fruitpipe.api.app import create_app
+    from fruitpipe.api.settings import Settings
+    settings = Settings(token_provider=lambda: TOKEN, inference_workers=2, model_refresh_seconds=0.2,
+                        **settings_kw)
+    return create_app(backend, settings)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Run ``app`` under real uvicorn on 127.0.0.1 and a free port; yields the base URL."""
+    import uvicorn
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def wait_for_run(client, timeout: float = 120.0) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get("/retraining-status").json()
+        if status["state"] != "running":
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"retrain did not finish in {timeout}s: {status}")
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")

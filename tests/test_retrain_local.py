@@ -1,0 +1,126 @@
+"""Retraining end to end on the local backend: a real training process, gate, publish, swap."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fruitpipe import bundle
+
+from .conftest import DEFAULT_MODEL, needs_shared
+from .service_support import AUTH, fruit, make_app, make_backend, small_dataset, tree_hash, wait_for_run
+
+pytestmark = [needs_shared, pytest.mark.slow]
+LIVE = bundle.verify(DEFAULT_MODEL).version
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrain-data")
+    return small_dataset(root / "seed", "train", 4), small_dataset(root / "eval", "val", 3)
+
+
+def run_retrain(tmp_path, data, mode, **kw):  # type: ignore[no-untyped-def]
+    seed, eval_dir = data
+    store = tmp_path / "store"
+    app = make_app(make_backend(store, mode=mode, seed=seed, eval_dir=eval_dir, **kw))
+    return store, app
+
+
+def test_gate_accepts_and_server_swaps_without_restart(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "good")
+    with TestClient(app) as c:
+        # an upload joins the training data
+        up = c.post("/upload-training-data", data={"class_name": "rottenapples"},
+                    files=[("files", ("u.jpg", fruit("rottenapples", 5, "train"), "image/jpeg"))], headers=AUTH)
+        assert up.status_code == 200
+        r = c.post("/retrain", headers=AUTH)
+        assert r.status_code == 202 and r.json()["state"] == "running"
+        status = wait_for_run(c)
+        assert status["state"] == "succeeded", status
+        res = status["result"]
+        assert res["promoted"] is True and res["candidate"]["accuracy"] >= res["live"]["accuracy"]
+        assert res["images"]["rottenapples"] == 5  # 4 seed + 1 upload
+        assert any(line.startswith("stage=") for line in status["log_tail"])
+        new = res["version"]
+        assert new != LIVE
+        assert c.get("/health").json()["model_version"] == new
+        assert c.post("/predict", files={"file": ("a.jpg", fruit(), "image/jpeg")}).json()["model_version"] == new
+        models = c.get("/models").json()
+        assert models["live"] == new and {v["version"] for v in models["versions"]} == {new, LIVE}
+        assert "evaluation" in [v for v in models["versions"] if v["version"] == new][0]["metrics"]
+        assert 'fruitpipe_retrain_runs_total{trigger="manual"} 1.0' in c.get("/metrics").text
+
+
+def test_gate_rejects_worse_candidate_and_keeps_it(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "bad")
+    with TestClient(app) as c:
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "rejected", status
+        assert status["result"]["promoted"] is False and "worse" in status["result"]["reason"]
+        assert c.get("/health").json()["model_version"] == LIVE
+        rejected = [v for v in c.get("/models").json()["versions"] if v["status"] == "rejected"]
+        assert len(rejected) == 1 and "worse" in rejected[0]["reason"]
+
+
+def test_training_crash_keeps_live_model_serving(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "crash")
+    with TestClient(app) as c:
+        models_before = tree_hash(store / "models")
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "failed"
+        assert "exited with status 3" in status["result"]["error"]
+        assert any("simulated out-of-memory" in line for line in status["log_tail"])
+        assert tree_hash(store / "models") == models_before
+        r = c.post("/predict", files={"file": ("a.jpg", fruit(), "image/jpeg")})
+        assert r.status_code == 200 and r.json()["model_version"] == LIVE
+
+
+def test_missing_training_command_fails_cleanly(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "good", train_command=[sys.executable, "-m", "no_such_training_module"])
+    with TestClient(app) as c:
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "failed" and c.get("/health").json()["model_version"] == LIVE
+
+
+def test_two_concurrent_retrains_one_409(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "good", sleep=3.0)
+    with TestClient(app) as c:
+        results: list[int] = []
+        barrier = threading.Barrier(2)
+
+        def go() -> None:
+            barrier.wait()
+            results.append(c.post("/retrain", headers=AUTH).status_code)
+
+        threads = [threading.Thread(target=go) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [202, 409]
+        r = c.post("/retrain", headers=AUTH)
+        assert r.status_code == 409 and r.json()["error"] == "retrain_running"
+        # predictions keep working while it trains
+        assert c.post("/predict", files={"file": ("a.jpg", fruit(), "image/jpeg")}).status_code == 200
+        assert wait_for_run(c)["state"] == "succeeded"
+        assert c.post("/retrain", headers=AUTH).status_code == 202  # the lock is free again
+        wait_for_run(c)
+
+
+def test_status_survives_restart(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "crash")
+    with TestClient(app) as c:
+        c.post("/retrain", headers=AUTH)
+        first = wait_for_run(c)
+    seed, eval_dir = data
+    with TestClient(make_app(make_backend(store, mode="crash", seed=seed, eval_dir=eval_dir))) as c2:
+        again = c2.get("/retraining-status").json()
+        assert again["run_id"] == first["run_id"] and again["state"] == "failed"
