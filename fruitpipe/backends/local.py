@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -242,7 +243,13 @@ def default_eval_dir() -> Path | None:
 
 
 def default_train_command() -> list[str]:
-    """The training job (ML helper's contract); the run appends ``--data --out [--validation] --cache``."""
+    """The training job (contract: ``--data --out --cache [--validation]`` are appended).
+
+    ``$FRUITPIPE_TRAIN_COMMAND`` (shell words) overrides it, e.g. ``fruitpipe train``.
+    """
+    env = os.environ.get("FRUITPIPE_TRAIN_COMMAND")
+    if env:
+        return shlex.split(env)
     return [sys.executable, "-m", "training_job"]
 
 

@@ -1,0 +1,349 @@
+// fruitpipe dashboard: plain JS, no libraries. Every number drawn comes from the API.
+"use strict";
+
+const LABELS = ["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges"];
+const NICE = { freshapples: "fresh apples", freshbanana: "fresh banana", freshoranges: "fresh oranges",
+  rottenapples: "rotten apples", rottenbanana: "rotten banana", rottenoranges: "rotten oranges" };
+const VERDICT_COLORS = { fresh: "#2f9e5b", rotten: "#b4532a", not_fruit: "#6a6fb3", uncertain: "#c99a1b" };
+const classColor = (c) => (c.startsWith("fresh") ? "#2f9e5b" : "#b4532a");
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+
+function el(tag, attrs = {}, text) {
+  const n = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+  if (text !== undefined) n.textContent = text;
+  return n;
+}
+
+// Horizontal bar chart in SVG. items: [{label, value, color}]; the value is also kept in data-value.
+function barChart(svg, items, { max = null, fmt = (v) => String(v), labelWidth = 110 } = {}) {
+  const width = Math.max(svg.clientWidth || 300, 200);
+  const rowH = 22, gap = 6;
+  const top = max ?? Math.max(1, ...items.map((i) => i.value));
+  svg.setAttribute("viewBox", `0 0 ${width} ${items.length * (rowH + gap)}`);
+  svg.setAttribute("height", items.length * (rowH + gap));
+  svg.replaceChildren();
+  const barMax = width - labelWidth - 60;
+  items.forEach((it, i) => {
+    const y = i * (rowH + gap);
+    const w = top > 0 ? Math.max(0, (it.value / top) * barMax) : 0;
+    svg.append(el("text", { x: 0, y: y + rowH * 0.7 }, it.label));
+    svg.append(el("rect", { x: labelWidth, y, width: barMax, height: rowH, rx: 5, fill: "#f0eee8" }));
+    svg.append(el("rect", { x: labelWidth, y, width: w, height: rowH, rx: 5, fill: it.color || "#2f6f4f",
+      class: "bar", "data-label": it.key ?? it.label, "data-value": it.value }));
+    svg.append(el("text", { x: labelWidth + barMax + 6, y: y + rowH * 0.7, class: "val" }, fmt(it.value)));
+  });
+}
+
+// Latency sparkline on a canvas (device-pixel sharp).
+function sparkline(canvas, values) {
+  const dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || 300, h = canvas.clientHeight || 70;
+  canvas.width = w * dpr; canvas.height = h * dpr;
+  const ctx = canvas.getContext("2d");
+  ctx.scale(dpr, dpr);
+  ctx.clearRect(0, 0, w, h);
+  canvas.dataset.points = String(values.length);
+  if (!values.length) {
+    ctx.fillStyle = "#6b756f"; ctx.font = "12px system-ui"; ctx.fillText("no predictions yet", 8, h / 2 + 4);
+    return;
+  }
+  const max = Math.max(...values) * 1.1 || 1;
+  const step = values.length > 1 ? (w - 8) / (values.length - 1) : 0;
+  ctx.beginPath();
+  values.forEach((v, i) => {
+    const x = 4 + i * step, y = h - 6 - (v / max) * (h - 16);
+    i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+  });
+  ctx.strokeStyle = "#2f6f4f"; ctx.lineWidth = 1.6; ctx.stroke();
+  ctx.fillStyle = "#6b756f"; ctx.font = "11px system-ui";
+  ctx.fillText(`max ${Math.max(...values).toFixed(1)} ms`, w - 90, 12);
+}
+
+const fmtMs = (v) => (v == null ? "–" : `${v.toFixed(v < 10 ? 1 : 0)} ms`);
+const pct = (v) => `${(v * 100).toFixed(1)}%`;
+
+function fmtUptime(s) {
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+async function api(path, opts = {}) {
+  const r = await fetch(path, opts);
+  let body = null;
+  try { body = await r.json(); } catch (_) { /* not JSON */ }
+  if (!r.ok) {
+    const err = new Error(body?.detail || `${r.status} ${r.statusText}`);
+    err.status = r.status; err.body = body;
+    throw err;
+  }
+  return body;
+}
+
+function showError(id, msg) {
+  const n = $(id);
+  n.textContent = msg || ""; n.hidden = !msg;
+}
+
+// ---------------------------------------------------------------- predict
+async function predictFile(file) {
+  showError("predict-error", "");
+  const url = URL.createObjectURL(file);
+  $("preview").src = url; $("preview").hidden = false; $("drop-hint").hidden = true;
+  const form = new FormData(); form.append("file", file);
+  try {
+    const p = await api("/predict", { method: "POST", body: form });
+    const v = $("verdict");
+    v.textContent = p.verdict.replace("_", " "); v.className = `verdict ${p.verdict}`;
+    v.dataset.verdict = p.verdict;
+    $("pred-class").textContent = p.verdict === "not_fruit" ? "doesn't look like an apple, banana or orange"
+      : `${NICE[p.predicted_class]} · ${pct(p.confidence)}`;
+    $("pred-meta").textContent = `model ${p.model_version} · ${p.latency_ms.toFixed(1)} ms on the server`;
+    $("result").hidden = false;
+    barChart($("prob-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.probabilities[c], color: classColor(c) })),
+      { max: 1, fmt: pct });
+    refreshStats();
+  } catch (e) {
+    $("result").hidden = true;
+    showError("predict-error", `${e.body?.error ? e.body.error + ": " : ""}${e.message}`);
+  }
+}
+
+function setupDrop() {
+  const drop = $("drop"), input = $("file");
+  input.addEventListener("change", () => input.files[0] && predictFile(input.files[0]));
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+  drop.addEventListener("drop", (e) => { const f = e.dataTransfer.files[0]; if (f) predictFile(f); });
+}
+
+// ---------------------------------------------------------------- stats, health, dataset
+async function refreshStats() {
+  try {
+    const [s, h] = await Promise.all([api("/stats"), api("/health")]);
+    $("health-dot").className = `dot ${h.status === "ok" ? "ok" : "bad"}`;
+    $("live-version").textContent = h.model_version || "none";
+    $("uptime").textContent = fmtUptime(h.uptime_seconds);
+    $("kpi-predictions").textContent = s.predictions;
+    $("kpi-p50").textContent = fmtMs(s.latency_ms.p50);
+    $("kpi-p95").textContent = fmtMs(s.latency_ms.p95);
+    $("stats-age").textContent = `· ${s.latency_samples} recent requests`;
+    sparkline($("latency-chart"), s.recent_latencies_ms);
+    barChart($("verdict-chart"), Object.entries(s.by_verdict).map(([k, v]) => ({ key: k, label: k.replace("_", " "), value: v, color: VERDICT_COLORS[k] })));
+    barChart($("class-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: s.by_class[c] || 0, color: classColor(c) })));
+  } catch (e) {
+    $("health-dot").className = "dot bad";
+  }
+}
+
+async function refreshDataset() {
+  const d = await api("/dataset");
+  $("dataset-total").textContent = d.total;
+  barChart($("dataset-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: d.counts[c] || 0, color: classColor(c) })));
+}
+
+// ---------------------------------------------------------------- model performance + versions
+function perfFrom(version) {
+  const m = version?.metrics || {};
+  if (m.per_class) return { src: "the live model's manifest", ev: m };
+  if (m.evaluation?.candidate?.per_class) return { src: `the gate evaluation on ${m.evaluation.candidate.n} images`, ev: m.evaluation.candidate };
+  if (m.evaluation?.per_class) return { src: "the live model's evaluation", ev: m.evaluation };
+  return null;
+}
+
+function drawPerformance(live) {
+  const p = perfFrom(live);
+  const conf = $("confusion");
+  if (!p) {
+    const acc = live?.metrics?.test_accuracy ?? live?.metrics?.accuracy;
+    $("perf-source").textContent = `The live model (${live?.version || "none"}) has no per-class metrics in its manifest` +
+      (acc != null ? `; its recorded accuracy is ${pct(acc)}.` : ".");
+    barChart($("f1-chart"), []); conf.replaceChildren();
+    return;
+  }
+  $("perf-source").textContent = `From ${p.src}: accuracy ${pct(p.ev.accuracy)}, macro F1 ${pct(p.ev.macro_f1)}.`;
+  barChart($("f1-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.ev.per_class[c]?.f1 ?? 0, color: classColor(c) })),
+    { max: 1, fmt: pct });
+  const m = p.ev.confusion;
+  if (!Array.isArray(m)) { conf.replaceChildren(); return; }
+  const t = document.createElement("table");
+  const max = Math.max(1, ...m.flat());
+  const short = (c) => c.replace("fresh", "F·").replace("rotten", "R·").replace("apples", "apl").replace("banana", "ban").replace("oranges", "org");
+  t.innerHTML = `<thead><tr><th title="rows: true class, columns: predicted">true \\ pred</th>${LABELS.map((c) => `<th title="${c}">${short(c)}</th>`).join("")}</tr></thead>`;
+  const body = document.createElement("tbody");
+  m.forEach((row, i) => {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<th title="${LABELS[i]}">${short(LABELS[i])}</th>` + row.map((v, j) => {
+      const a = v / max;
+      const bg = i === j ? `rgba(47,158,91,${0.12 + 0.7 * a})` : v ? `rgba(180,83,42,${0.15 + 0.7 * a})` : "transparent";
+      return `<td style="background:${bg}" data-value="${v}">${v}</td>`;
+    }).join("");
+    body.append(tr);
+  });
+  t.append(body);
+  conf.replaceChildren(t);
+}
+
+async function refreshVersions() {
+  const data = await api("/models");
+  const tbody = $("versions").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const v of data.versions) {
+    const ev = v.metrics?.evaluation?.candidate || v.metrics || {};
+    const acc = ev.accuracy ?? v.metrics?.test_accuracy;
+    const tr = document.createElement("tr");
+    tr.dataset.version = v.version;
+    tr.innerHTML = `<td><code>${v.version}</code></td><td>${v.created.replace("T", " ").replace("Z", "")}</td>
+      <td><span class="pill ${v.status}">${v.status}</span></td><td>${acc != null ? pct(acc) : "–"}</td>
+      <td>${ev.macro_f1 != null ? pct(ev.macro_f1) : "–"}</td><td></td>`;
+    const cell = tr.lastElementChild;
+    if (v.status === "available") {
+      const b = document.createElement("button");
+      b.className = "ghost"; b.textContent = "activate";
+      b.addEventListener("click", () => activate(v.version));
+      cell.append(b);
+    }
+    tbody.append(tr);
+    if (v.status === "rejected" && v.reason) {
+      const r = document.createElement("tr");
+      r.innerHTML = `<td colspan="6" class="reason">rejected: ${v.reason.replace(/</g, "&lt;")}</td>`;
+      tbody.append(r);
+    }
+  }
+  drawPerformance(data.versions.find((v) => v.status === "live"));
+}
+
+// ---------------------------------------------------------------- admin: token, upload, retrain, activate
+const token = () => $("token").value.trim() || sessionStorage.getItem("fruitpipe-token") || "";
+function authHeaders() {
+  const t = token();
+  if (t) sessionStorage.setItem("fruitpipe-token", t);
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+async function activate(version) {
+  showError("admin-error", "");
+  try {
+    await api(`/models/${encodeURIComponent(version)}/activate`, { method: "POST", headers: authHeaders() });
+    await Promise.all([refreshVersions(), refreshStats()]);
+  } catch (e) {
+    showError("admin-error", `activate ${version}: ${e.message}`);
+  }
+}
+
+function uploadOne(file, label, li) {
+  // XMLHttpRequest (not fetch) for upload progress events.
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    const bar = li.querySelector("progress"), st = li.querySelector(".st");
+    xhr.open("POST", "/upload-training-data");
+    const h = authHeaders();
+    if (h.Authorization) xhr.setRequestHeader("Authorization", h.Authorization);
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = e.loaded / e.total; };
+    xhr.onload = () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (_) { /* ignore */ }
+      bar.value = 1;
+      const item = body?.results?.[0];
+      if (item) {
+        st.textContent = item.status + (item.error ? ` (${item.error})` : "");
+        st.className = `st st-${item.status}`;
+      } else {
+        st.textContent = `error: ${body?.detail || xhr.status}`;
+        st.className = "st st-rejected";
+      }
+      li.dataset.status = item?.status || "error";
+      resolve(xhr.status);
+    };
+    xhr.onerror = () => { st.textContent = "network error"; st.className = "st st-rejected"; resolve(0); };
+    const form = new FormData();
+    form.append("class_name", label); form.append("files", file);
+    xhr.send(form);
+  });
+}
+
+async function upload(e) {
+  e.preventDefault();
+  showError("admin-error", "");
+  const files = [...$("upload-files").files];
+  const label = $("upload-class").value;
+  if (!files.length) return;
+  const list = $("upload-list");
+  list.replaceChildren();
+  const items = files.map((f) => {
+    const li = document.createElement("li");
+    li.innerHTML = `<span class="name"></span><span class="st">waiting</span><progress max="1" value="0"></progress>`;
+    li.querySelector(".name").textContent = f.name;
+    list.append(li);
+    return li;
+  });
+  for (let i = 0; i < files.length; i++) {
+    const status = await uploadOne(files[i], label, items[i]);
+    if (status === 401 || status === 403) { showError("admin-error", "the admin token is missing or wrong"); break; }
+  }
+  refreshDataset();
+}
+
+let polling = null;
+function renderRetrain(s) {
+  $("retrain-state").textContent = s.state;
+  $("retrain-state").dataset.state = s.state;
+  $("retrain-stage").textContent = s.stage ? `· ${s.stage}` : "";
+  $("retrain-pct").textContent = s.state === "idle" ? "" : `· ${Math.round(s.percent)}%`;
+  $("retrain-bar").style.width = `${s.percent}%`;
+  $("retrain-btn").disabled = s.state === "running";
+  const r = s.result || {};
+  let text = "";
+  if (s.state === "succeeded") text = `Promoted ${r.version}: ${r.reason}`;
+  else if (s.state === "rejected") text = `Kept ${r.live_version} live; candidate ${r.version} rejected: ${r.reason}`;
+  else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}. The live model kept serving.`;
+  $("retrain-result").textContent = text;
+  const log = $("retrain-log");
+  log.hidden = !s.log_tail?.length;
+  log.textContent = (s.log_tail || []).join("\n");
+  log.scrollTop = log.scrollHeight;
+}
+
+async function pollRetrain() {
+  try {
+    const s = await api("/retraining-status");
+    renderRetrain(s);
+    if (s.state !== "running" && polling) {
+      clearInterval(polling); polling = null;
+      refreshVersions(); refreshStats();
+    } else if (s.state === "running" && !polling) {
+      polling = setInterval(pollRetrain, 1000);
+    }
+  } catch (_) { /* next tick */ }
+}
+
+async function retrain(e) {
+  e.preventDefault();
+  showError("admin-error", "");
+  try {
+    renderRetrain(await api("/retrain", { method: "POST", headers: authHeaders() }));
+    if (!polling) polling = setInterval(pollRetrain, 1000);
+  } catch (err) {
+    showError("admin-error", `retrain: ${err.message}`);
+  }
+}
+
+// ---------------------------------------------------------------- start
+function init() {
+  const sel = $("upload-class");
+  LABELS.forEach((c) => sel.append(new Option(NICE[c], c)));
+  const saved = sessionStorage.getItem("fruitpipe-token");
+  if (saved) $("token").value = saved;
+  setupDrop();
+  $("upload-form").addEventListener("submit", upload);
+  $("token-form").addEventListener("submit", retrain);
+  refreshStats(); refreshDataset(); refreshVersions(); pollRetrain();
+  setInterval(refreshStats, 3000);
+  setInterval(refreshDataset, 15000);
+  setInterval(refreshVersions, 15000);
+  window.addEventListener("resize", () => { refreshStats(); refreshDataset(); });
+}
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,116 @@
+"""The API through real HTTP: uvicorn on 127.0.0.1 and a free port, httpx as the client."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import socket
+import time
+
+import httpx
+import pytest
+
+from .conftest import needs_shared
+from .service_support import AUTH, fruit, jpeg, live_server, make_app, make_backend, tree_hash
+from .test_api import second_version
+
+pytestmark = needs_shared
+
+
+@pytest.fixture()
+def server(tmp_path):
+    store = tmp_path / "store"
+    with live_server(make_app(make_backend(store))) as url:
+        yield url, store
+
+
+def test_every_public_route_over_http(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        assert c.get("/model-info").status_code == 200
+        assert c.get("/models").status_code == 200
+        assert c.get("/dataset").status_code == 200
+        assert c.get("/stats").status_code == 200
+        assert c.get("/retraining-status").json()["state"] == "idle"
+        assert c.get("/metrics").headers["content-type"].startswith("text/plain")
+        assert c.get("/docs").status_code == 200
+        assert "<canvas" in c.get("/").text or "<svg" in c.get("/").text
+        r = c.post("/predict", files={"file": ("f.jpg", fruit("rottenoranges"), "image/jpeg")})
+        assert r.status_code == 200 and r.json()["predicted_class"] == "rottenoranges"
+        r = c.post("/predict/batch", files=[("files", ("a.jpg", fruit("freshapples"), "image/jpeg")),
+                                            ("files", ("b.jpg", fruit("freshbanana"), "image/jpeg"))])
+        assert [x["prediction"]["predicted_class"] for x in r.json()["results"]] == ["freshapples", "freshbanana"]
+
+
+def test_huge_body_is_refused_before_it_is_read(server):
+    """A 30 MB upload gets 413 over a real socket, and the server keeps serving."""
+    url, store = server
+    before = tree_hash(store)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/predict", files={"file": ("big.jpg", b"\xff\xd8\xff" + b"0" * (30 << 20), "image/jpeg")})
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        r = c.post("/upload-training-data", headers=AUTH, data={"class_name": "freshapples"},
+                   files=[("files", ("big.jpg", b"\xff\xd8\xff" + b"0" * (11 << 20), "image/jpeg"))])
+        assert r.status_code == 400 and r.json()["results"][0]["error"] == "too_large"
+        assert c.get("/health").status_code == 200
+    assert tree_hash(store) == before
+
+
+def test_chunked_body_over_limit_is_cut_off(server):
+    """No Content-Length (chunked): the streamed body is counted and cut at the limit."""
+    url, _ = server
+
+    def chunks():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+        for _ in range(24):
+            yield b"0" * (1 << 20)
+        yield b"\r\n--b--\r\n"
+
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/predict", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert c.get("/health").status_code == 200
+
+
+def test_garbage_on_the_socket_does_not_hurt(server):
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"\x00\x01GARBAGE \xff\r\n\r\n")
+        s.recv(1024)
+    with httpx.Client(base_url=url, timeout=10) as c:
+        assert c.get("/health").status_code == 200
+
+
+def test_activation_during_load_fails_no_request(server):
+    """Many concurrent predictions while the live version flips back and forth: all succeed."""
+    url, store = server
+    new = second_version(store, "d")
+    with httpx.Client(base_url=url, timeout=30) as c:
+        old = c.get("/health").json()["model_version"]
+    img = fruit("freshoranges")
+    seen: set[str] = set()
+
+    def one(_: int) -> int:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            r = c.post("/predict", files={"file": ("a.jpg", img, "image/jpeg")})
+            if r.status_code == 200:
+                seen.add(r.json()["model_version"])
+            return r.status_code
+
+    with cf.ThreadPoolExecutor(8) as pool, httpx.Client(base_url=url, timeout=30) as admin:
+        futures = [pool.submit(one, i) for i in range(120)]
+        for i in range(6):
+            assert admin.post(f"/models/{new if i % 2 == 0 else old}/activate", headers=AUTH).status_code == 200
+            time.sleep(0.05)
+        codes = [f.result() for f in futures]
+    assert codes == [200] * 120
+    assert seen <= {old, new}
+
+
+def test_invalid_image_over_http_is_json_4xx(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for payload, status in [(b"", 400), (b"text", 415), (jpeg(5, 5), 422)]:
+            r = c.post("/predict", files={"file": ("x.jpg", payload, "image/jpeg")})
+            assert r.status_code == status and r.headers["content-type"] == "application/json"
