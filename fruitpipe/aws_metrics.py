@@ -113,3 +113,15 @@ class PredictionMetricsMiddleware:
                         record_prediction(pred, latency, self.baseline.get())
         except Exception:  # noqa: BLE001
             pass
+
+
+def install(app: Any, registry: Any, ttl: float = 60.0) -> None:
+    """Add :class:`PredictionMetricsMiddleware` to a FastAPI ``app``; the baseline is read from the
+    registry's live pointer (``live.json``) at most every ``ttl`` seconds. Emits ``ColdStart`` once."""
+    from .pipeline.s3util import LIVE_POINTER
+
+    def read_pointer() -> Mapping[str, Any] | None:
+        return registry._get_json(LIVE_POINTER)  # the S3 registry's JSON reader (None when missing)
+
+    app.add_middleware(PredictionMetricsMiddleware, baseline=BaselineCache(read_pointer, ttl))
+    record_cold_start()

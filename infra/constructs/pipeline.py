@@ -14,6 +14,7 @@ newImagesThreshold, newDataCheckMinutes (0 = off), minImagesPerClass, gateTolera
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "alertEmail": "",
 }
 # SageMaker parses these from the job's `name=value` log lines (see training_job).
-TRAINING_METRICS = ("accuracy", "macro_f1", "val_accuracy", "val_macro_f1", "loss", "val_loss",
-                    "embedded_new", "cached", "progress")
+TRAINING_METRICS = ("accuracy", "macro_f1", "train_accuracy", "train_loss", "val_accuracy", "val_loss",
+                    "embedded_new", "cached", "n_train", "n_validation", "train_seconds", "progress")
 LAMBDA_THROTTLES = ["Lambda.TooManyRequestsException", "Lambda.ServiceException",
                     "Lambda.AWSLambdaException", "Lambda.SdkClientException", "ThrottlingException"]
 
@@ -303,8 +304,8 @@ class RetrainPipeline(Construct):
             "input.$": "$", "execution_arn.$": "$$.Execution.Id",
             "state_machine_arn.$": "$$.StateMachine.Id"}, "$.prepare"))
 
-        hyper = {str(k): str(v) for k, v in dict(cfg["trainingHyperparameters"] or {}).items()}
-        hyper["version"] = sfn.JsonPath.string_at("$.prepare.version")
+        # Hyperparameters the job knows (fruitpipe.training.Config); it names the bundle version itself.
+        hyper = {str(k): str(v) for k, v in _mapping(cfg["trainingHyperparameters"]).items()}
 
         def channel(name: str, path: str, data_type: tasks.S3DataType) -> tasks.Channel:
             return tasks.Channel(channel_name=name, data_source=tasks.DataSource(s3_data_source=tasks.S3DataSource(
@@ -333,7 +334,7 @@ class RetrainPipeline(Construct):
                 volume_size=Size.gibibytes(int(cfg["trainingVolumeGb"]))),
             stopping_condition=tasks.StoppingCondition(
                 max_runtime=Duration.minutes(int(cfg["trainingMaxRuntimeMinutes"]))),
-            hyperparameters=hyper,
+            hyperparameters=hyper or None,
             result_selector={"job_name.$": "$.TrainingJobName", "status.$": "$.TrainingJobStatus",
                              "model_artifacts.$": "$.ModelArtifacts.S3ModelArtifacts"},
             result_path="$.training",
@@ -418,6 +419,15 @@ class RetrainPipeline(Construct):
         acknowledge(grantee.grant_principal, "AwsSolutions-IAM5[Resource::*]",
                     "StateMachine.grant_read includes states:ListStateMachines/ListActivities, which AWS "
                     "allows only on '*'; X-Ray as well.")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A context value that is a JSON object (``-c trainingHyperparameters='{"epochs": "60"}'``)."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"context trainingHyperparameters must be a JSON object, not {value!r}")
+    return value
 
 
 def _colon() -> Any:

@@ -123,7 +123,7 @@ def test_sagemaker_task_is_sync_with_parameters(definition):
     assert p["TrainingJobName.$"] == "$.prepare.version"
     assert p["ResourceConfig"] == {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 30}
     assert p["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
-    assert p["HyperParameters"] == {"version.$": "$.prepare.version"}
+    assert "HyperParameters" not in p  # none by default: the job's defaults (fruitpipe.training.Config)
     assert p["OutputDataConfig"] == {"S3OutputPath.$": "$.prepare.output_uri"}
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in p["InputDataConfig"]}
     assert channels["train"]["S3DataType"] == channels["validation"]["S3DataType"] == "ManifestFile"
@@ -246,9 +246,13 @@ def test_cfn_lint_has_no_errors(synthesized):
 
 def test_schedule_can_be_changed_or_turned_off(tmp_path):
     tpl, _ = synth(tmp_path, {"retrainSchedule": "off", "newImagesThreshold": "250",
-                              "trainingInstanceType": "ml.c5.xlarge"})
+                              "trainingInstanceType": "ml.c5.xlarge", "trainingHyperparameters": '{"epochs": 60}'})
     schedules = [r["Properties"].get("ScheduleExpression") for r in of_type(tpl, "AWS::Events::Rule").values()]
     assert "cron(0 3 ? * SUN *)" not in schedules and "rate(15 minutes)" in schedules
     (sm,) = of_type(tpl, "AWS::StepFunctions::StateMachine").values()
     d = json.loads(flatten(sm["Properties"]["DefinitionString"]))
     assert d["States"]["Train"]["Parameters"]["ResourceConfig"]["InstanceType"] == "ml.c5.xlarge"
+    assert d["States"]["Train"]["Parameters"]["HyperParameters"] == {"epochs": "60"}
+    trig = [f for f in of_type(tpl, "AWS::Lambda::Function").values()
+            if f["Properties"]["Handler"] == "functions.pipeline.trigger.handler.handler"]
+    assert trig[0]["Properties"]["Environment"]["Variables"]["FRUITPIPE_NEW_IMAGES_THRESHOLD"] == "250"
