@@ -76,6 +76,13 @@ def record_cold_start() -> None:
     emit([("ColdStart", 1.0, "Count", {})])
 
 
+def _quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class PredictionMetricsMiddleware:
     """ASGI middleware: for every ``POST /predict`` answered 200, emit :func:`prediction_metrics`
     from the JSON answer; every 5xx answer counts as an ``Errors`` datum. The body is passed
@@ -100,7 +107,11 @@ class PredictionMetricsMiddleware:
                 chunks.append(message.get("body", b""))
             await send(message)
 
-        await self.app(scope, receive, capture)
+        try:
+            await self.app(scope, receive, capture)
+        except Exception:
+            _quietly(record_error)  # an unhandled error becomes a 500 further out
+            raise
         try:
             if status["code"] >= 500:
                 record_error()
