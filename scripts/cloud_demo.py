@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import io
 import json
 import os
 import sys
@@ -100,23 +102,43 @@ def spread(total: int, start: int, split: str = "train") -> list[tuple[str, Path
     return out
 
 
-def ingest(cloud: Any, batch: list[tuple[str, Path]], log: Any) -> dict[str, int]:
+def emf_metrics(text: str) -> dict[str, float]:
+    """Sum the EMF metrics (CloudWatch embedded metric format) in captured Lambda stdout."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith('{"_aws"'):
+            continue
+        doc = json.loads(line)
+        for group in doc["_aws"]["CloudWatchMetrics"]:
+            for m in group["Metrics"]:
+                value = doc[m["Name"]]
+                out[m["Name"]] = out.get(m["Name"], 0.0) + (sum(value) if isinstance(value, list) else value)
+    return out
+
+
+def ingest(cloud: Any, batch: list[tuple[str, Path]], log: Any) -> dict[str, Any]:
+    """Put each photo into incoming/<class>/ and hand the Object Created event to the ingest handler."""
     from functions.ingest import handler as ingest_handler
     outcomes: dict[str, int] = {}
+    captured = io.StringIO()
     for label, path in batch:
         key = f"incoming/{label}/{path.name}"
         data = path.read_bytes()
         cloud.s3.put_object(Bucket=cloud.data_bucket, Key=key, Body=data)
-        result = ingest_handler.handler(object_created(cloud.data_bucket, key, len(data)), LambdaContext())
+        with contextlib.redirect_stdout(captured):  # Powertools logs + EMF metrics go to stdout
+            result = ingest_handler.handler(object_created(cloud.data_bucket, key, len(data)), LambdaContext())
         outcomes[result["status"]] = outcomes.get(result["status"], 0) + 1
-    log(f"  ingest: {len(batch)} objects → {outcomes}")
-    return outcomes
+    metrics = emf_metrics(captured.getvalue())
+    log(f"  ingest: {len(batch)} objects → {outcomes}; EMF metrics {metrics}")
+    return {"outcomes": outcomes, "emf": metrics}
 
 
 def api_calls(photo: Path) -> dict[str, Any]:
     """The API Lambda handler (FastAPI via Mangum), built as in Lambda's init phase."""
     from functions.api import handler as api_handler
-    app = api_handler.build()
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        app = api_handler.build()
     ctx = LambdaContext()
 
     def call(event: dict[str, Any]) -> tuple[int, Any]:
@@ -126,13 +148,15 @@ def api_calls(photo: Path) -> dict[str, Any]:
             body = base64.b64decode(body).decode()
         return resp["statusCode"], json.loads(body) if body else None
 
-    info_status, info = call(http_event("GET", "/model-info"))
-    body, ctype = multipart("file", photo.name, photo.read_bytes())
-    t0 = time.perf_counter()
-    pred_status, pred = call(http_event("POST", "/predict", body, {"content-type": ctype}))
+    with contextlib.redirect_stdout(captured):
+        info_status, info = call(http_event("GET", "/model-info"))
+        body, ctype = multipart("file", photo.name, photo.read_bytes())
+        t0 = time.perf_counter()
+        pred_status, pred = call(http_event("POST", "/predict", body, {"content-type": ctype}))
+        ms = round((time.perf_counter() - t0) * 1000, 1)
     return {"model_info_status": info_status, "model_info": info, "predict_status": pred_status,
-            "prediction": pred, "predict_ms": round((time.perf_counter() - t0) * 1000, 1),
-            "photo": f"{photo.parent.name}/{photo.name}"}
+            "prediction": pred, "predict_ms": ms, "photo": f"{photo.parent.name}/{photo.name}",
+            "emf": emf_metrics(captured.getvalue())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_summary(s: dict[str, Any], log: Any) -> None:
     log("\n=== summary ===")
-    log(f"images ingested: run 1 {s['ingest_1']}, run 2 {s['ingest_2']}")
+    log(f"images ingested: run 1 {s['ingest_1']['outcomes']}, run 2 {s['ingest_2']['outcomes']}")
     for i, run in enumerate(s["runs"], 1):
         if run.get("failed"):
             log(f"run {i}: FAILED {run['error']}")
@@ -229,7 +253,7 @@ def print_summary(s: dict[str, Any], log: Any) -> None:
         live, cand = ev.get("live") or {}, ev.get("candidate") or {}
         jm = tr.get("metrics", {})
         log(f"run {i}: {run['report']['outcome']} {ev.get('candidate_version')} "
-            f"(vs live {ev.get('live_version') or 'none'}) on {ev.get('n_eval_images')} evaluation images: "
+            f"(vs live {ev.get('live_version') or 'none: the seed bundle was serving'}) on {ev.get('n_eval_images')} evaluation images: "
             f"accuracy {live.get('accuracy', float('nan')):.4f} → {cand.get('accuracy', float('nan')):.4f}, "
             f"macro-F1 {live.get('macro_f1', float('nan')):.4f} → {cand.get('macro_f1', float('nan')):.4f}")
         log(f"        training: {p.get('n_train')} train images, job embedded_new={jm.get('embedded_new')} "
@@ -240,8 +264,9 @@ def print_summary(s: dict[str, Any], log: Any) -> None:
     log(f"API: /model-info {api['model_info_status']} version {(api['model_info'] or {}).get('version')}; "
         f"/predict {api['predict_status']} {api['photo']} → {pred.get('predicted_class')} "
         f"({pred.get('verdict')}, {pred.get('confidence')}) by {pred.get('model_version')} in {api['predict_ms']} ms")
-    log(f"live pointer: {s['live_version']}; retrain metrics written: {s['retrain_metrics_written']} "
-        f"({', '.join(s['retrain_metric_names'])})")
+    log(f"API EMF metrics: {api['emf']}")
+    log(f"live pointer: {s['live_version']}; retrain metrics written (PutMetricData): "
+        f"{s['retrain_metrics_written']} ({', '.join(s['retrain_metric_names'])})")
     log(f"total {s['seconds']} s")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +36,24 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _shards(cache: Path | None) -> set[str]:
+    return {p.name for p in cache.iterdir() if p.is_file()} if cache and cache.is_dir() else set()
+
+
+def _export_new_shards(cache: Path | None, before: set[str], output_data: Path | None) -> None:
+    """Copy the cache shards this run wrote into ``<output-data>/cache/``. On SageMaker the cache
+    channel's folder is thrown away with the instance; ``output.tar.gz`` is what comes back, and
+    the pipeline's evaluate step copies these shards into ``cache/embeddings/`` (only new names)."""
+    if cache is None or output_data is None:
+        return
+    new = sorted(_shards(cache) - before)
+    if new:
+        (output_data / "cache").mkdir(parents=True, exist_ok=True)
+        for name in new:
+            shutil.copy2(cache / name, output_data / "cache" / name)
+    print(f"cache_shards_exported={len(new)}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fruitpipe.backbone import BackboneError
     from fruitpipe.training import Config, TrainingError, main_error, train
@@ -51,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config.from_mapping(values)
         if args.validation is not None and not any(args.validation.iterdir()):
             args.validation = None
+        before = _shards(args.cache)
         train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
               output_data_dir=args.output_data, config=config)
+        _export_new_shards(args.cache, before, args.output_data)
     except (TrainingError, BackboneError, FileNotFoundError, ValueError, OSError) as exc:
         return main_error(exc)
     return 0
