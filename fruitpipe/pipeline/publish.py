@@ -119,22 +119,3 @@ def _archive_manifest(s3: Any, bucket: str, key: str) -> bytes | None:
             return (s3util.find_bundle(Path(tmp)) / "manifest.json").read_bytes()
     except Exception:  # noqa: BLE001 - a corrupt candidate is still kept, just without its manifest
         return None
-
-
-def versions_summary(s3: Any, bucket: str) -> list[dict[str, Any]]:
-    """Published and rejected versions, newest first (for ``GET /models``)."""
-    live = s3util.live_version(s3, bucket)
-    out: list[dict[str, Any]] = []
-    for key in s3util.list_keys(s3, bucket, s3util.VERSIONS_PREFIX + "/"):
-        if key.endswith("/manifest.json"):
-            raw = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            out.append({"version": raw.get("version"), "created": raw.get("created"),
-                        "status": "live" if raw.get("version") == live else "available",
-                        "metrics": raw.get("metrics", {})})
-    for key in s3util.list_keys(s3, bucket, s3util.REJECTED_PREFIX + "/"):
-        if key.endswith("/rejection.json"):
-            raw = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            out.append({"version": raw.get("version"), "created": raw.get("rejected"), "status": "rejected",
-                        "metrics": (raw.get("evaluation") or {}).get("candidate") or {},
-                        "reason": raw.get("reason")})
-    return sorted(out, key=lambda v: str(v["version"]), reverse=True)

@@ -208,8 +208,11 @@ def test_reject_keeps_candidate_with_reason(env, published_live):
     assert s3util.get_json(s3, MODELS, "rejected/v12-rej/rejection.json")["reason"] == "worse"
     assert s3util.get_json(s3, MODELS, "rejected/v12-rej/manifest.json")["version"] == "v12-rej"
     assert s3util.live_version(s3, MODELS) == "v1-live"
-    listed = {v["version"]: v["status"] for v in publish.versions_summary(s3, MODELS)}
-    assert listed["v12-rej"] == "rejected" and listed["v1-live"] == "live"
+    from fruitpipe.backends.aws import S3ModelRegistry  # the registry behind GET /models
+    registry = S3ModelRegistry(MODELS, env["tmp"] / "registry-cache", s3=s3)
+    listed = {v.version: v for v in registry.versions()}
+    assert listed["v12-rej"].status == "rejected" and listed["v12-rej"].reason == "worse"
+    assert listed["v1-live"].status == "live"
 
 
 # --- metrics ------------------------------------------------------------------------------------
