@@ -203,16 +203,18 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
     scale, zero = backbone._out_scale, backbone._out_zero
     result = Embedded(labels=[], paths=[], shas=[], views={v: np.empty(0) for v in views})
     rows: dict[str, list[np.ndarray]] = {v: [] for v in views}
-    pending: list[tuple[int, np.ndarray]] = []  # (row index, preprocessed image)
+    pending: list[tuple[int, np.ndarray, list[str]]] = []  # (row, preprocessed image, missing views)
     bar = Progress(stage, len(items)) if progress else None
 
     def run_pending() -> None:
         if not pending:
             return
-        imgs = np.stack([img for _, img in pending])
         for view in views:
-            q = _quantized(backbone, apply_view(imgs, view))
-            for (row, _), code in zip(pending, q):
+            todo = [(row, img) for row, img, missing in pending if view in missing]
+            if not todo:
+                continue
+            q = _quantized(backbone, apply_view(np.stack([img for _, img in todo]), view))
+            for (row, _), code in zip(todo, q):
                 cache.put(result.shas[row], view, code)
                 rows[view][row] = code
         pending.clear()
@@ -251,9 +253,9 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
             result.labels.append(item.label)
             result.paths.append(item.path)
             result.shas.append(sha)
-            for v in views:
-                rows[v].append(np.empty(0, np.int8))
-            pending.append((row, img))
+            for v, h in zip(views, hits):
+                rows[v].append(h if h is not None else np.empty(0, np.int8))
+            pending.append((row, img, [v for v, h in zip(views, hits) if h is None]))
             result.embedded_new += 1
             if len(pending) >= batch:
                 run_pending()

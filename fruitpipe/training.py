@@ -37,19 +37,20 @@ class TrainingError(RuntimeError):
 class Config:
     """Hyperparameters (SageMaker passes them as strings; :meth:`from_mapping` converts)."""
 
-    hidden: int = 128  # 0 = linear head
+    hidden: int = 256  # 0 = linear head
     dropout: float = 0.3
     label_smoothing: float = 0.1
     weight_decay: float = 1e-4
-    epochs: int = 40
-    batch_size: int = 64
+    epochs: int = 30
+    batch_size: int = 128
     learning_rate: float = 1e-3
     flip: bool = True  # train on mirrored views too (embedded once, cached)
     refit: bool = False  # after calibration, retrain on train+validation for the final head
-    prototypes_per_class: int = 16
+    prototypes_per_class: int = 12
     target_fruit_rejection: float = 0.005  # share of validation fruit the similarity rule may reject
-    target_other_rejection: float = 0.005  # extra share the other-fruit rule may reject
-    max_other_fruit: float = 0.5
+    target_other_rejection: float = 0.003  # extra share the other-fruit rule may reject
+    target_ood_rejection: float = 0.98  # with not_fruit/ in validation: lower the bar to what this needs
+    max_other_fruit: float = 0.8
     min_confidence: float = 0.5
     validation_split: float = 0.15  # used only without a validation channel
     head_dtype: str = "float16"
@@ -140,10 +141,18 @@ def _quantile_threshold(values: np.ndarray, share: float) -> float:
 
 
 def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, emb_val: np.ndarray,
-              imnet_val: np.ndarray, probs_val: np.ndarray) -> dict[str, Any]:
-    """Choose the thresholds on validation fruit so about the target share is rejected."""
+              imnet_val: np.ndarray, probs_val: np.ndarray,
+              ood_similarity: np.ndarray | None = None) -> dict[str, Any]:
+    """Choose the thresholds on validation fruit so about the target share is rejected.
+
+    With not-fruit validation images, the similarity bar is lowered to the level that still
+    rejects ``target_ood_rejection`` of them, when that is below the fruit-quantile bar: real fruit
+    far from the training photos then stays accepted.
+    """
     scores = compute_scores(emb_val, imnet_val, probs_val, other_classes, prototypes)
     min_sim = _quantile_threshold(scores["similarity"], cfg.target_fruit_rejection)
+    if ood_similarity is not None and len(ood_similarity):
+        min_sim = min(min_sim, _quantile_threshold(ood_similarity, cfg.target_ood_rejection))
     # Other-fruit rule: the highest similarity bar that rejects at most the extra target share.
     flagged = scores["other_fruit"] >= cfg.max_other_fruit
     base = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim)
@@ -272,7 +281,11 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
                                for c in range(len(LABELS))])
 
     prototypes = protos(tr_idx)
-    rejection = calibrate(cfg, prototypes, other, x_val, backbone.imagenet_probs(x_val), head(x_val))
+    ood_sim = None
+    if val_emb is not None and not vfruit.all():
+        x_ood = val_emb.views["orig"][~vfruit]
+        ood_sim = compute_scores(x_ood, backbone.imagenet_probs(x_ood), head(x_ood), other, prototypes)["similarity"]
+    rejection = calibrate(cfg, prototypes, other, x_val, backbone.imagenet_probs(x_val), head(x_val), ood_sim)
     if cfg.refit and len(y_val):
         print("stage=refit", flush=True)
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
