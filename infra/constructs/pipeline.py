@@ -416,9 +416,7 @@ class RetrainPipeline(Construct):
                     "<AWS::AccountId>:execution:{\"Fn::Select\":[6,{\"Fn::Split\":[\":\",{\"Ref\":\""
                     f"{sm_id}\"}}]}}]}}:*]",
                     "Executions of this one state machine (names are chosen per run): status reads the latest.")
-        acknowledge(grantee.grant_principal, "AwsSolutions-IAM5[Resource::*]",
-                    "StateMachine.grant_read includes states:ListStateMachines/ListActivities, which AWS "
-                    "allows only on '*'; X-Ray as well.")
+
 
 
 def _mapping(value: Any) -> dict[str, Any]:

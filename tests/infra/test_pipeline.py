@@ -256,3 +256,13 @@ def test_schedule_can_be_changed_or_turned_off(tmp_path):
     trig = [f for f in of_type(tpl, "AWS::Lambda::Function").values()
             if f["Properties"]["Handler"] == "functions.pipeline.trigger.handler.handler"]
     assert trig[0]["Properties"]["Environment"]["Variables"]["FRUITPIPE_NEW_IMAGES_THRESHOLD"] == "250"
+
+
+def test_api_may_start_and_read_runs_only(tpl):
+    statements = [s for s in policies_of(tpl, "ApiRole")
+                  if any(a.startswith(("states:", "sagemaker:")) for a in as_list(s["Action"]))]
+    actions = sorted(a for s in statements for a in as_list(s["Action"]))
+    assert actions == ["sagemaker:DescribeTrainingJob", "states:DescribeExecution", "states:GetExecutionHistory",
+                       "states:ListExecutions", "states:StartExecution"]
+    for s in statements:
+        assert s["Resource"] != "*" and "*" not in as_list(s["Resource"]), s

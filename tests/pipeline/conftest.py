@@ -95,29 +95,9 @@ def fill_dataset(s3: Any, bucket: str, per_class: int, split: str = "test") -> i
 
 
 def simple_evaluate(classifier: Any, data_dir: Path) -> dict[str, Any]:
-    """Accuracy and macro-F1 from the classifier's real predictions (stands in for
-    fruitpipe.evaluation.evaluate until it lands; used only when that module is missing)."""
-    try:
-        from fruitpipe.evaluation import evaluate
-        return evaluate(classifier, data_dir)
-    except ImportError:
-        pass
-    from fruitpipe.labels import LABELS
-    truth, pred = [], []
-    for label in LABELS:
-        paths = sorted((data_dir / label).glob("*"))
-        for p, r in zip(paths, classifier.predict_many([p.read_bytes() for p in paths])):
-            truth.append(label)
-            pred.append(r.predicted_class if r.verdict in ("fresh", "rotten") else "rejected")
-    f1s = {}
-    for c in LABELS:
-        tp = sum(t == c and p == c for t, p in zip(truth, pred))
-        fp = sum(t != c and p == c for t, p in zip(truth, pred))
-        fn = sum(t == c and p != c for t, p in zip(truth, pred))
-        f1s[c] = {"f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0, "n": tp + fn}
-    return {"n": len(truth), "accuracy": sum(t == p for t, p in zip(truth, pred)) / len(truth),
-            "macro_f1": sum(v["f1"] for v in f1s.values()) / len(f1s), "per_class": f1s,
-            "model_version": classifier.version}
+    """The real evaluation (what the evaluate Lambda runs)."""
+    from fruitpipe.evaluation import evaluate
+    return evaluate(classifier, data_dir)
 
 
 def copy_default(dest: Path) -> Path:
