@@ -267,9 +267,10 @@ class RetrainPipeline(Construct):
         return role
 
     # ------------------------------------------------------------------------------------------------
-    def _invoke(self, state: str, fn: lambda_.IFunction, payload: dict[str, Any], result: str) -> tasks.LambdaInvoke:
+    def _invoke(self, state: str, fn: lambda_.IFunction, payload: dict[str, Any] | None, result: str) -> tasks.LambdaInvoke:
         task = tasks.LambdaInvoke(self, state, state_name=state, lambda_function=fn,
-                                  payload=sfn.TaskInput.from_object(payload), payload_response_only=True,
+                                  payload=sfn.TaskInput.from_object(payload) if payload is not None else None,
+                                  payload_response_only=True,
                                   retry_on_service_exceptions=False, result_path=result)
         task.add_retry(errors=LAMBDA_THROTTLES, interval=Duration.seconds(2), max_attempts=6,
                        backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
@@ -291,8 +292,9 @@ class RetrainPipeline(Construct):
         notify.add_retry(errors=["SNS.ThrottledException", "SNS.InternalErrorException", "ThrottlingException"],
                          interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
         notify.add_catch(failed, result_path="$.notify_error")
-        report_failure = self._invoke(states.REPORT_FAILURE, self.report_fn, {
-            "error.$": "$.error", "prepare.$": "$.prepare"}, "$.report")
+        # The whole state: a failure in Prepare leaves no $.prepare, and a missing path here would be
+        # a States.Runtime error, which no Catch can handle (the SNS notification would be lost).
+        report_failure = self._invoke(states.REPORT_FAILURE, self.report_fn, None, "$.report")
         report_failure.add_catch(notify, result_path="$.report_error")
         report_failure.next(notify).next(failed)
 

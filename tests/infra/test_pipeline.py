@@ -114,6 +114,10 @@ def test_state_order_and_guard(definition):
     assert s["ReportOutcome"]["Next"] == "Done" and s["Done"]["Type"] == "Succeed"
     assert s["ReportFailure"]["Next"] == "NotifyFailure" and s["NotifyFailure"]["Next"] == "RetrainFailed"
     assert s["RetrainFailed"]["Type"] == "Fail"
+    # ReportFailure takes the whole state: it must not depend on paths a failed step never wrote
+    assert "Parameters" not in s["ReportFailure"] and "InputPath" not in s["ReportFailure"], s["ReportFailure"]
+    assert s["NotifyFailure"]["Parameters"]["Message"] == {"execution.$": "$$.Execution.Id", "error.$": "$.error.Error",
+                                                           "cause.$": "$.error.Cause", "live_model": "unchanged"}
 
 
 def test_sagemaker_task_is_sync_with_parameters(definition):
