@@ -159,9 +159,21 @@ def api_calls(photo: Path) -> dict[str, Any]:
             "emf": emf_metrics(captured.getvalue())}
 
 
+def seed_metrics(s3: Any, manifest: str, dest: Path) -> dict[str, Any]:
+    """The bundled seed model (what the API served before run 1) on run 1's evaluation images:
+    reported as "before"; the gate does not use it (see docs/retrain-pipeline.md)."""
+    from fruitpipe.classifier import Classifier
+    from fruitpipe.evaluation import evaluate
+    from fruitpipe.models_path import default_model_dir
+    from fruitpipe.pipeline.evaluate import download_eval_images
+    download_eval_images(s3, manifest, dest)
+    m = evaluate(Classifier(default_model_dir()), dest)
+    return {"version": m.get("model_version"), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--initial", type=int, default=40, help="images per class before the first retrain")
+    ap.add_argument("--initial", type=int, default=150, help="images per class before the first retrain")
     ap.add_argument("--more", type=int, default=100, help="new images (all classes) before the second retrain")
     ap.add_argument("--json", type=Path, help="write the summary here as JSON")
     args = ap.parse_args(argv)
@@ -219,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         run1 = local_runner.run_pipeline(cloud, work, log=log)
         summary["runs"].append(run1)
 
+        if run1.get("prepare", {}).get("validation_manifest"):
+            summary["seed_before"] = seed_metrics(s3, run1["prepare"]["validation_manifest"], work / "seed-eval")
+
         log(f"\n[3] drop {args.more} new photos and retrain")
         more = spread(args.more, args.initial)
         summary["ingest_2"] = ingest(cloud, more, log)
@@ -245,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(s: dict[str, Any], log: Any) -> None:
     log("\n=== summary ===")
     log(f"images ingested: run 1 {s['ingest_1']['outcomes']}, run 2 {s['ingest_2']['outcomes']}")
+    seed = s.get("seed_before")
+    if seed:
+        log(f"before: seed model {seed['version']} on run 1's {seed['n']} evaluation images: accuracy "
+            f"{seed['accuracy']:.4f}, macro-F1 {seed['macro_f1']:.4f} (trained on the shared dataset, "
+            "these images included; not used by the gate)")
     for i, run in enumerate(s["runs"], 1):
         if run.get("failed"):
             log(f"run {i}: FAILED {run['error']}")
