@@ -49,3 +49,6 @@ layer: $(STAMP)  ## build the Lambda layer and function assets into layers/build
 synth: $(STAMP)  ## synthesize the CDK app offline into cdk.out (cdk-nag checks included)
 	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CDK_OUTDIR=cdk.out $(PY) infra/app.py
 	$(VENV)/bin/cfn-lint --non-zero-exit-code error cdk.out/fruitpipe-*.template.json
+
+cloud-demo: $(STAMP)  ## the whole AWS flow (ingest → retrain → gate → publish → API) against a moto server on 127.0.0.1
+	$(PY) scripts/cloud_demo.py

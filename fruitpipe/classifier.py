@@ -133,7 +133,10 @@ class Classifier:
 
     def predict_arrays(self, images: np.ndarray) -> list[Prediction]:
         """Classify preprocessed ``uint8 [N, 224, 224, 3]`` images (one batch)."""
-        emb = self.backbone.embed(images)
+        return self.predict_embeddings(self.backbone.embed(images))
+
+    def predict_embeddings(self, emb: np.ndarray) -> list[Prediction]:
+        """Classify backbone embeddings ``float32 [N, 1280]`` (evaluation reuses cached ones)."""
         probs = self.head(emb)
         scores = self.rejector.scores(emb, self.backbone.imagenet_probs(emb), probs)
         top = probs.argmax(axis=1)

@@ -70,6 +70,8 @@ def _predict(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .commands import service  # noqa: F401  (registers `serve`)
     from .commands import aws as _aws_commands  # noqa: F401  (upload)
+    from .commands import ml  # noqa: F401  (registers train, evaluate)
+    from .commands import retrain  # noqa: F401  (retrain --aws, models --aws)
     parser = argparse.ArgumentParser(prog="fruitpipe", description="Fresh-vs-rotten fruit classifier.")
     parser.add_argument("--version", action="version", version=f"fruitpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -54,10 +54,11 @@ class Head:
                 h = softmax(h)
         return h
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, dtype: str = "float32") -> None:
+        """Write ``head.npz``; ``dtype="float16"`` halves the size (loading always computes in float32)."""
         arrays: dict[str, np.ndarray] = {}
         for i, (k, b) in enumerate(zip(self.kernels, self.biases)):
-            arrays[f"kernel_{i}"] = k.astype(np.float32)
+            arrays[f"kernel_{i}"] = k.astype(dtype)
             arrays[f"bias_{i}"] = b.astype(np.float32)
         with open(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)

@@ -14,6 +14,8 @@ from .nag import acknowledge
 from .config import StackConfig
 from .constructs.api import Api, FunctionSettings
 from .constructs.ingest import Ingest
+from .constructs.monitoring import Monitoring
+from .constructs.pipeline import RetrainPipeline
 from .constructs.storage import Storage
 
 ARCH = {"x86_64": lambda_.Architecture.X86_64, "arm64": lambda_.Architecture.ARM_64}
@@ -51,16 +53,12 @@ class FruitpipeStack(Stack):
                              settings=self.settings, reserved_concurrency=config.ingest_concurrency,
                              retain=config.retain)
 
-        # --- AWS part 2 hook points ------------------------------------------------------------
-        # Everything part 2 needs is on ``self``: storage (buckets, state_table), code, layer,
-        # settings, api, ingest. Wire the retrain pipeline so POST /retrain can start it:
-        #   from .constructs.pipeline import RetrainPipeline
-        #   self.pipeline = RetrainPipeline(self, "Retrain", storage=self.storage, code=self.code,
-        #                                   layer=self.layer, settings=self.settings)
-        #   self.api.connect_state_machine(self.pipeline.state_machine)
-        #   from .constructs.monitoring import Monitoring
-        #   self.monitoring = Monitoring(self, "Monitoring", api=self.api, ingest=self.ingest, ...)
-        # ----------------------------------------------------------------------------------------
+        # --- AWS part 2: retrain pipeline (Step Functions + SageMaker) and monitoring ------------
+        self.pipeline = RetrainPipeline(self, "Retrain", storage=self.storage, code=self.code, layer=self.layer,
+                                        settings=self.settings, retain=config.retain)
+        self.api.connect_state_machine(self.pipeline.state_machine)
+        self.pipeline.grant_status_read(self.api.function)
+        self.monitoring = Monitoring(self, "Monitoring", api=self.api, ingest=self.ingest, pipeline=self.pipeline)
 
         self._acknowledge()
 

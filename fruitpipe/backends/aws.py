@@ -393,7 +393,10 @@ class S3ModelRegistry(ModelRegistry):
         if where is None and version != self._seed_version:
             raise NotFound(f"no model version {version!r}")
         self.fetch(version)  # verify before anyone is pointed at it
-        body = json.dumps({"version": version, "updated": now_iso()}).encode()
+        # Keep the drift baseline recorded when the version was published (fruitpipe.pipeline.publish).
+        baseline = self._get_json(f"{VERSIONS}/{version}/baseline.json") if where == VERSIONS else None
+        body = json.dumps({"version": version, "updated": now_iso(), "previous": self.live_version(),
+                           "baseline": baseline}).encode()
         self.s3.put_object(Bucket=self.bucket, Key=LIVE_KEY, Body=body, ContentType="application/json")
 
     def publish(self, bundle_dir: Path, version: str | None = None) -> str:
@@ -500,8 +503,17 @@ def create_aws_backend(config: AwsConfig | None = None, *, seed_bundle: Path | N
         name="aws",
         store=S3DataStore(config.data_bucket, counter),
         registry=S3ModelRegistry(config.models_bucket, config.model_cache, seed_bundle=seed_bundle),
-        trainer=StepFunctionsTrainer(config.state_machine_arn),
+        trainer=_trainer(config.state_machine_arn),
     )
+
+
+def _trainer(state_machine_arn: str | None) -> Trainer:
+    """The retrain pipeline's trainer (status from execution history + DescribeTrainingJob) when a
+    state machine is deployed; otherwise the stub that answers 501."""
+    if not state_machine_arn:
+        return StepFunctionsTrainer(None)
+    from ..pipeline.trainer import StepFunctionsTrainer as PipelineTrainer
+    return PipelineTrainer(_client("stepfunctions"), _client("sagemaker"), state_machine_arn)
 
 
 TokenProvider = Callable[[], "str | None"]

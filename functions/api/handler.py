@@ -16,6 +16,7 @@ from mangum import Mangum
 
 from fruitpipe.api.app import create_app
 from fruitpipe.api.settings import Settings
+from fruitpipe import aws_metrics
 from fruitpipe.backends import aws_http
 from fruitpipe.backends.aws import AwsConfig, SecretsManagerToken, create_aws_backend
 from fruitpipe.models_path import default_model_dir
@@ -37,6 +38,8 @@ def build() -> Mangum:
     )
     app = create_app(backend, settings)
     aws_http.install(app)
+    # Production metrics (EMF): predictions by class/verdict, latency, confidence, drift deltas.
+    aws_metrics.install(app, backend.registry)
     return Mangum(app, lifespan="off")
 
 

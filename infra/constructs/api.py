@@ -170,5 +170,7 @@ class Api(Construct):
         """Hook for the retrain pipeline (AWS part 2): let ``POST /retrain`` start it and read status."""
         self.function.add_environment("FRUITPIPE_STATE_MACHINE_ARN", state_machine.state_machine_arn)
         state_machine.grant_start_execution(self.function)
-        state_machine.grant_read(self.function)
+        # Only what status needs (grant_read would add states:Describe*/List* on "*").
+        state_machine.grant(self.function, "states:ListExecutions")
+        state_machine.grant_execution(self.function, "states:DescribeExecution", "states:GetExecutionHistory")
 

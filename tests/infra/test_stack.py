@@ -50,7 +50,7 @@ def functions(tpl):
 
 def test_functions_runtime_architecture_memory_timeout_layer(synthesized):
     tpl, _ = synthesized
-    fns = functions(tpl)
+    fns = {k: p for k, p in functions(tpl).items() if k.startswith(("Api", "Ingest"))}  # part 2: test_pipeline.py
     assert len(fns) == 2, fns.keys()
     layers = resources(tpl, "AWS::Lambda::LayerVersion")
     assert len(layers) == 1
@@ -132,7 +132,8 @@ def test_data_and_models_buckets(synthesized):
 
 def test_eventbridge_rule_sends_incoming_objects_to_ingest(synthesized):
     tpl, _ = synthesized
-    (rule,) = resources(tpl, "AWS::Events::Rule").values()
+    (rule,) = [r for r in resources(tpl, "AWS::Events::Rule").values()
+               if r["Properties"].get("EventPattern", {}).get("source") == ["aws.s3"]]
     pattern = rule["Properties"]["EventPattern"]
     data_bucket = next(k for k in resources(tpl, "AWS::S3::Bucket") if k.startswith("StorageData"))
     assert pattern == {"source": ["aws.s3"], "detail-type": ["Object Created"],
@@ -146,8 +147,15 @@ def test_eventbridge_rule_sends_incoming_objects_to_ingest(synthesized):
 
 
 def _statements(tpl):
+    """Part 1's statements; the retrain pipeline's (and the API's grants on it) are asserted in
+    tests/infra/test_pipeline.py."""
     for name, policy in resources(tpl, "AWS::IAM::Policy").items():
+        if name.startswith(("Retrain", "Monitoring")):
+            continue
         for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            if all(a.startswith("states:") or a == "sagemaker:DescribeTrainingJob" for a in actions):
+                continue
             yield name, st
 
 
@@ -219,7 +227,7 @@ def test_arm64_throwaway_stage(tmp_path):
     tpl, path = synth(tmp_path, {"stage": "test", "architecture": "arm64", "memory": "2048",
                                  "retain": "false", "reservedConcurrency": "none"})
     fns = {k: p for k, p in functions(tpl).items() if p.get("Handler", "").startswith("functions.")}
-    assert len(fns) == 2 and all(p["Architectures"] == ["arm64"] for p in fns.values())
+    assert len(fns) == 8 and all(p["Architectures"] == ["arm64"] for p in fns.values())
     api = next(p for p in fns.values() if p["Handler"] == "functions.api.handler.handler")
     assert api["MemorySize"] == 2048 and "ReservedConcurrentExecutions" not in api
     for bucket in resources(tpl, "AWS::S3::Bucket").values():

@@ -1,0 +1,88 @@
+"""``fruitpipe train`` and ``fruitpipe evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..cli import UsageError, command, default_model
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="folder of <class>/ image folders")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to create (absent or empty)")
+    p.add_argument("--validation", type=Path, default=None,
+                   help="validation folder (default: a hash-based 15%% holdout of --data)")
+    p.add_argument("--cache", type=Path, default=None, help="embedding cache folder (append-only shards)")
+    p.add_argument("--output-data", type=Path, default=None,
+                   help="where metrics.json and the plots go (default: the bundle folder)")
+    p.add_argument("--base-model", type=Path, default=None,
+                   help="the live bundle; its hyperparameters are reused (the data are retrained)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a hyperparameter")
+    p.add_argument("--backbone", default=None, help="backbone file or folder")
+
+
+@command("train", _train_args)
+def _train(args: argparse.Namespace) -> int:
+    """Train a model bundle from a class-folder dataset (the training job, run locally)."""
+    from ..bundle import read_manifest
+    from ..training import Config, TrainingError, main_error, train
+
+    if not args.data.is_dir():
+        raise UsageError(f"--data {args.data} is not a folder")
+    if args.validation is not None and not args.validation.is_dir():
+        raise UsageError(f"--validation {args.validation} is not a folder")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UsageError(f"--out {args.out} exists and is not an empty folder")
+    values: dict[str, object] = {}
+    if args.base_model is not None:
+        values.update(read_manifest(args.base_model).raw.get("hyperparameters", {}))
+    try:
+        values.update(dict(item.split("=", 1) for item in args.set))
+        config = Config.from_mapping(values)
+    except (ValueError, TrainingError) as exc:
+        raise UsageError(f"bad hyperparameter: {exc}") from None
+    try:
+        train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
+              output_data_dir=args.output_data, config=config,
+              backbone_path=Path(args.backbone) if args.backbone else None)
+    except TrainingError as exc:
+        return main_error(exc)
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder of <class>/ folders; any other folder (e.g. not_fruit/) must be rejected")
+    p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--backbone", default=None, help="backbone file or folder")
+
+
+@command("evaluate", _evaluate_args)
+def _evaluate(args: argparse.Namespace) -> int:
+    """Score a model on a labelled folder (accuracy, macro-F1, rejection rates)."""
+    from ..classifier import Classifier
+    from ..evaluation import evaluate
+
+    if not args.data.is_dir():
+        raise UsageError(f"--data {args.data} is not a folder")
+    clf = Classifier(args.model or default_model(), backbone_path=args.backbone)
+    try:
+        result = evaluate(clf, args.data, progress=not args.json)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"model {result['model_version']}: n={result['n']} accuracy={result['accuracy']:.4f} "
+          f"macro_f1={result['macro_f1']:.4f} fruit_rejected_rate={result['fruit_rejected_rate']:.4f}")
+    if result["ood_n"]:
+        print(f"not-fruit images: n={result['ood_n']} rejected={result['ood_rejected_rate']:.4f}")
+    for label, m in result["per_class"].items():
+        print(f"  {label:14s} precision={m['precision']:.3f} recall={m['recall']:.3f} f1={m['f1']:.3f} n={m['n']}")
+    if result["skipped"]:
+        print(f"skipped unreadable images: {result['skipped']}", file=sys.stderr)
+    return 0

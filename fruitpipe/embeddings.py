@@ -1,0 +1,287 @@
+"""Embedding a class-folder dataset, with an append-only cache keyed by image content.
+
+Retraining only needs the backbone's embeddings, and the backbone is frozen, so an image is
+embedded once in its life. The cache is a folder of shard files (``emb-<time>-<rand>.npz``), each
+holding the raw int8 embeddings (exact: the backbone's output *is* int8) of a batch of images,
+keyed by the sha256 of the image file. A run loads every shard, embeds only what is missing and
+appends ONE new shard; shards are never rewritten, so ``aws s3 sync`` uploads only the new one.
+A shard records the backbone sha256 and preprocessing it was made with; others are ignored.
+
+Views: ``orig`` is the image as served; ``flip`` is its mirror image, a cheap training-time
+augmentation (a mirrored apple is still an apple). Serving only ever computes ``orig``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Final, Iterable, Sequence
+
+import numpy as np
+
+from . import backbone as bb
+from . import imaging
+from .labels import LABELS, OOD_FOLDER
+
+IMAGE_SUFFIXES: Final[frozenset[str]] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+VIEWS: Final[tuple[str, ...]] = ("orig", "flip")
+ALL_VIEWS: Final[tuple[str, ...]] = ("orig", "flip", "vflip", "rot30", "rot-30", "crop85")
+
+
+def apply_view(images: np.ndarray, view: str) -> np.ndarray:
+    """A training-time augmentation of preprocessed ``uint8 [N, 224, 224, 3]`` images."""
+    if view == "orig":
+        return images
+    if view == "flip":
+        return np.ascontiguousarray(images[:, :, ::-1, :])
+    if view == "vflip":
+        return np.ascontiguousarray(images[:, ::-1, :, :])
+    from PIL import Image
+    out = np.empty_like(images)
+    for i, arr in enumerate(images):
+        img = Image.fromarray(arr)
+        size = img.size[0]
+        if view.startswith("rot"):
+            img = img.rotate(float(view[3:]), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+        elif view.startswith("crop"):
+            side = int(size * int(view[4:]) / 100)
+            off = (size - side) // 2
+            img = img.crop((off, off, off + side, off + side)).resize((size, size), Image.Resampling.BILINEAR)
+        else:
+            raise ValueError(f"unknown view {view!r}")
+        out[i] = np.asarray(img)
+    return out
+SHARD_GLOB: Final[str] = "emb-*.npz"
+
+
+def _cache_tag() -> str:
+    """What an embedding depends on besides the image: the backbone and the preprocessing."""
+    meta = json.dumps({"backbone": bb.SHA256, "pre": imaging.PREPROCESSING.as_dict()}, sort_keys=True)
+    return hashlib.sha256(meta.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Item:
+    """One image file of a dataset folder."""
+
+    path: Path
+    label: str  # a class name, or the name of a non-class folder (e.g. not_fruit)
+    sha256: str = ""
+
+
+@dataclass
+class Embedded:
+    """The result of embedding a dataset: one row per usable image and view."""
+
+    labels: list[str]  # folder name per image
+    paths: list[Path]
+    shas: list[str]
+    views: dict[str, np.ndarray]  # view -> float32 [N, 1280]
+    skipped: Counter = field(default_factory=Counter)  # error code -> count
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (path, code)
+    embedded_new: int = 0
+    cached: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def list_dataset(root: Path) -> list[Item]:
+    """Every image file under ``root/<folder>/``, sorted; folders not named as classes are kept too."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    items: list[Item] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+                items.append(Item(path=path, label=folder.name))
+    return items
+
+
+class EmbeddingCache:
+    """A folder of append-only npz shards: sha256 → int8 embedding, per view."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = Path(folder) if folder else None
+        self.tag = _cache_tag()
+        self._q: dict[tuple[str, str], np.ndarray] = {}
+        self._new: dict[tuple[str, str], np.ndarray] = {}
+        if self.folder and self.folder.is_dir():
+            for shard in sorted(self.folder.glob(SHARD_GLOB)):
+                self._load(shard)
+
+    def _load(self, shard: Path) -> None:
+        try:
+            with np.load(shard, allow_pickle=False) as data:
+                if str(data["tag"]) != self.tag:
+                    return
+                keys, views, q = data["sha256"], data["view"], data["q"]
+        except (OSError, KeyError, ValueError) as exc:  # a torn upload must not stop training
+            print(f"warning: ignoring unreadable cache shard {shard.name} ({exc})", file=sys.stderr)
+            return
+        for key, view, row in zip(keys, views, q):
+            self._q[(str(key), str(view))] = row
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def get(self, sha: str, view: str) -> np.ndarray | None:
+        return self._q.get((sha, view))
+
+    def put(self, sha: str, view: str, q: np.ndarray) -> None:
+        self._q[(sha, view)] = q
+        self._new[(sha, view)] = q
+
+    def flush(self) -> Path | None:
+        """Append one shard with the entries added since loading (none → no file)."""
+        if not self.folder or not self._new:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"emb-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.urandom(4).hex()}.npz"
+        tmp = self.folder / f".{name}.tmp"
+        keys = list(self._new)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, tag=np.str_(self.tag), sha256=np.array([k[0] for k in keys]),
+                     view=np.array([k[1] for k in keys]), q=np.stack([self._new[k] for k in keys]))
+        os.replace(tmp, self.folder / name)
+        self._new.clear()
+        return self.folder / name
+
+
+class Progress:
+    """A tqdm bar on a terminal; ``stage=`` / ``progress=`` lines (every 5%) otherwise."""
+
+    def __init__(self, stage: str, total: int, stream=None) -> None:  # type: ignore[no-untyped-def]
+        self.stream = stream or sys.stdout
+        self.total = max(total, 1)
+        self.done = 0
+        self._last = -1
+        self._bar = None
+        print(f"stage={stage}", file=self.stream, flush=True)
+        if self.stream.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, desc=stage, unit="img", file=sys.stderr)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        pct = int(100 * self.done / self.total)
+        if pct // 5 != self._last // 5 or self.done >= self.total:
+            if pct != self._last:
+                print(f"progress={pct}", file=self.stream, flush=True)
+            self._last = pct
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _quantized(backbone, images: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Float embeddings → the exact int8 codes the backbone produced (lossless round trip)."""
+    emb = backbone.embed(images)
+    return np.rint(emb / backbone._out_scale + backbone._out_zero).astype(np.int8)
+
+
+def dequantize(backbone_scale: float, zero: float, q: np.ndarray) -> np.ndarray:
+    return (q.astype(np.float32) - zero) * backbone_scale
+
+
+def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type: ignore[no-untyped-def]
+                views: Sequence[str] = VIEWS, stage: str = "embed",
+                batch: int = 32, progress: bool = True,
+                on_skip: Callable[[Path, str], None] | None = None) -> Embedded:
+    """Embed ``items`` in every view, reading the cache first. Bad files are skipped and counted."""
+    scale, zero = backbone._out_scale, backbone._out_zero
+    result = Embedded(labels=[], paths=[], shas=[], views={v: np.empty(0) for v in views})
+    rows: dict[str, list[np.ndarray]] = {v: [] for v in views}
+    pending: list[tuple[int, np.ndarray, list[str]]] = []  # (row, preprocessed image, missing views)
+    bar = Progress(stage, len(items)) if progress else None
+
+    def run_pending() -> None:
+        if not pending:
+            return
+        for view in views:
+            todo = [(row, img) for row, img, missing in pending if view in missing]
+            if not todo:
+                continue
+            q = _quantized(backbone, apply_view(np.stack([img for _, img in todo]), view))
+            for (row, _), code in zip(todo, q):
+                cache.put(result.shas[row], view, code)
+                rows[view][row] = code
+        pending.clear()
+
+    for item in items:
+        try:
+            data = item.path.read_bytes()
+        except OSError:
+            result.skipped["unreadable"] += 1
+            result.skipped_files.append((str(item.path), "unreadable"))
+            if bar:
+                bar.update()
+            continue
+        sha = item.sha256 or hashlib.sha256(data).hexdigest()
+        hits = [cache.get(sha, v) for v in views]
+        if all(h is not None for h in hits):
+            row = len(result.labels)
+            result.labels.append(item.label)
+            result.paths.append(item.path)
+            result.shas.append(sha)
+            for v, h in zip(views, hits):
+                rows[v].append(h)
+            result.cached += 1
+        else:
+            try:
+                img = imaging.load_image(data)
+            except imaging.InvalidImage as exc:
+                result.skipped[exc.code] += 1
+                result.skipped_files.append((str(item.path), exc.code))
+                if on_skip:
+                    on_skip(item.path, exc.code)
+                if bar:
+                    bar.update()
+                continue
+            row = len(result.labels)
+            result.labels.append(item.label)
+            result.paths.append(item.path)
+            result.shas.append(sha)
+            for v, h in zip(views, hits):
+                rows[v].append(h if h is not None else np.empty(0, np.int8))
+            pending.append((row, img, [v for v, h in zip(views, hits) if h is None]))
+            result.embedded_new += 1
+            if len(pending) >= batch:
+                run_pending()
+        if bar:
+            bar.update()
+    run_pending()
+    if bar:
+        bar.close()
+    for v in views:
+        q = np.stack(rows[v]) if rows[v] else np.empty((0, bb.EMBEDDING_DIM), np.int8)
+        result.views[v] = dequantize(scale, zero, q)
+    return result
+
+
+def embed_folder(root: Path, backbone, cache: EmbeddingCache,  # type: ignore[no-untyped-def]
+                 views: Sequence[str] = VIEWS, stage: str = "embed", progress: bool = True) -> Embedded:
+    """:func:`embed_items` over :func:`list_dataset`."""
+    return embed_items(list_dataset(root), backbone, cache, views=views, stage=stage, progress=progress)
+
+
+def split_ood(labels: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (is a class image, is an image that must be rejected)."""
+    arr = np.array(list(labels), dtype=object)
+    is_class = np.array([lab in LABELS for lab in arr], dtype=bool)
+    return is_class, ~is_class
+
+
+__all__ = ["EmbeddingCache", "Embedded", "Item", "Progress", "VIEWS", "embed_folder", "embed_items",
+           "list_dataset", "split_ood", "OOD_FOLDER"]

@@ -1,0 +1,74 @@
+"""Evaluate a classifier on a class-folder dataset: the dict the gate, the CLI and the job share.
+
+A folder named as one of the six classes holds fruit of that class; any other folder (e.g.
+``not_fruit``) holds images that must be answered ``not_fruit``. Accuracy counts a fruit image
+answered ``not_fruit`` as wrong (``uncertain`` still names a class, and that class is scored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .labels import LABELS
+
+
+def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str],
+                             rejected: Sequence[bool], model_version: str = "") -> dict[str, Any]:
+    """Metrics from per-image folder labels, predicted classes and not-fruit flags."""
+    true = np.array(list(true_labels), dtype=object)
+    pred = np.array(list(predicted), dtype=object)
+    rej = np.asarray(list(rejected), dtype=bool)
+    is_fruit = np.array([t in LABELS for t in true], dtype=bool)
+    n = int(is_fruit.sum())
+    correct = is_fruit & ~rej & (pred == true)
+    per_class: dict[str, dict[str, float | int]] = {}
+    f1s = []
+    for label in LABELS:
+        tp = int((correct & (true == label)).sum())
+        predicted_as = int((~rej & (pred == label)).sum())  # includes OOD images let through
+        support = int((true == label).sum())
+        precision = tp / predicted_as if predicted_as else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "n": support}
+        if support:
+            f1s.append(f1)
+    columns = list(LABELS) + ["not_fruit"]
+    confusion = [[int(((true == t) & (np.where(rej, "not_fruit", pred) == c)).sum()) for c in columns]
+                 for t in LABELS]
+    ood_n = int((~is_fruit).sum())
+    return {
+        "n": n,
+        "accuracy": float(correct.sum() / n) if n else 0.0,
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "per_class": per_class,
+        "confusion": {"rows": list(LABELS), "columns": columns, "matrix": confusion},
+        "ood_n": ood_n,
+        "ood_rejected_rate": float(rej[~is_fruit].mean()) if ood_n else None,
+        "fruit_rejected_rate": float(rej[is_fruit].mean()) if n else 0.0,
+        "model_version": model_version,
+    }
+
+
+def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str],  # type: ignore[no-untyped-def]
+                        skipped: dict[str, int] | None = None) -> dict[str, Any]:
+    """Evaluate on precomputed embeddings (the training job reuses its cache)."""
+    preds = classifier.predict_embeddings(embeddings) if len(labels) else []
+    out = metrics_from_predictions(labels, [p.predicted_class for p in preds],
+                                   [p.verdict == "not_fruit" for p in preds], classifier.version)
+    out["uncertain_rate"] = float(np.mean([p.verdict == "uncertain" for p in preds])) if preds else 0.0
+    out["skipped"] = dict(skipped or {})
+    return out
+
+
+def evaluate(classifier, data_dir: Path | str, progress: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Embed every image of ``data_dir`` (through the one preprocessing path) and score it."""
+    from .embeddings import EmbeddingCache, embed_folder
+    emb = embed_folder(Path(data_dir), classifier.backbone, EmbeddingCache(None), views=("orig",),
+                       stage="evaluate", progress=progress)
+    if not len(emb):
+        raise ValueError(f"no usable images under {data_dir}")
+    return evaluate_embeddings(classifier, emb.views["orig"], emb.labels, dict(emb.skipped))

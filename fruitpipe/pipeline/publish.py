@@ -1,0 +1,121 @@
+"""Step 4: publish a promoted candidate, or keep a rejected one with its reason; move pointers.
+
+Publishing is idempotent and ordered so that the live pointer only ever names a complete,
+verified version: verify the archive's checksums → upload the files → ``baseline.json`` →
+``manifest.json`` last → read every object back and re-check its sha256 → only then rewrite
+``live.json``. Re-running after a crash at any point finishes the job; a version already in S3
+with different content is refused (versions are immutable). Any failure leaves ``live.json``
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .. import bundle
+from . import s3util
+
+
+class PublishError(RuntimeError):
+    """The candidate cannot be published; the live pointer was not touched."""
+
+
+def _verified_candidate(s3: Any, model_artifacts: str, dest: Path) -> tuple[Path, bundle.Manifest]:
+    bucket, key = s3util.split_uri(model_artifacts)
+    try:
+        s3util.safe_extract(s3.get_object(Bucket=bucket, Key=key)["Body"].read(), dest)
+        bdir = s3util.find_bundle(dest)
+        return bdir, bundle.verify(bdir)
+    except (bundle.BundleError, ValueError, FileNotFoundError) as exc:
+        raise PublishError(f"candidate refused: {exc}") from None
+
+
+def _check_remote(s3: Any, bucket: str, prefix: str, manifest: bundle.Manifest) -> None:
+    for name, sha in manifest.files.items():
+        data = s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
+        if bundle.sha256_bytes(data) != sha:
+            raise PublishError(f"{prefix}{name} in S3 does not match its manifest checksum")
+
+
+def move_pointer(s3: Any, bucket: str, version: str, *, baseline: dict[str, Any] | None = None,
+                 reason: str = "") -> dict[str, Any]:
+    """Point ``live.json`` at an existing, verified version (publish, rollback, roll forward)."""
+    prefix = f"{s3util.VERSIONS_PREFIX}/{version}/"
+    raw = s3util.get_json(s3, bucket, prefix + "manifest.json")
+    if raw is None:
+        raise PublishError(f"version {version} does not exist")
+    try:
+        manifest = bundle.Manifest.from_dict(raw)
+    except bundle.BundleError as exc:
+        raise PublishError(f"version {version} has a bad manifest: {exc}") from None
+    _check_remote(s3, bucket, prefix, manifest)
+    current = s3util.get_json(s3, bucket, s3util.LIVE_POINTER) or {}
+    if current.get("version") == version:
+        return {"version": version, "moved": False, "previous": current.get("previous")}
+    if baseline is None:
+        baseline = s3util.get_json(s3, bucket, prefix + "baseline.json")
+    pointer = {"version": version, "updated": bundle.now_iso(), "previous": current.get("version"),
+               "baseline": baseline, "reason": reason}
+    s3util.put_json(s3, bucket, s3util.LIVE_POINTER, pointer)
+    return {"version": version, "moved": True, "previous": current.get("version")}
+
+
+def publish(s3: Any, *, models_bucket: str, model_artifacts: str, expected_version: str | None = None,
+            baseline: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+            reason: str = "", workdir: Path | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        bdir, manifest = _verified_candidate(s3, model_artifacts, Path(tmp))
+        version = manifest.version
+        if expected_version and version != expected_version:
+            raise PublishError(f"archive holds version {version}, expected {expected_version}")
+        prefix = f"{s3util.VERSIONS_PREFIX}/{version}/"
+        existing = s3util.get_json(s3, models_bucket, prefix + "manifest.json")
+        if existing is not None and existing.get("files") != manifest.files:
+            raise PublishError(f"version {version} already exists with different content")
+        uploaded = 0
+        if existing is None:
+            for name in manifest.files:
+                s3.put_object(Bucket=models_bucket, Key=prefix + name, Body=(bdir / name).read_bytes())
+                uploaded += 1
+            s3util.put_json(s3, models_bucket, prefix + "baseline.json", baseline or {})
+            s3util.put_json(s3, models_bucket, prefix + "evaluation.json",
+                            {"gate_reason": reason, "metrics": metrics or {}})
+            s3.put_object(Bucket=models_bucket, Key=prefix + "manifest.json",
+                          Body=(bdir / "manifest.json").read_bytes(), ContentType="application/json")
+        _check_remote(s3, models_bucket, prefix, manifest)
+        moved = move_pointer(s3, models_bucket, version, baseline=baseline, reason=reason)
+        return {"version": version, "uploaded_files": uploaded, "already_published": existing is not None,
+                "pointer_moved": moved["moved"], "previous": moved["previous"]}
+
+
+def reject(s3: Any, *, models_bucket: str, model_artifacts: str, version: str | None, reason: str,
+           evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keep a rejected candidate under ``rejected/<version>/`` (its archive, and its manifest when
+    readable, so ``GET /models`` can list it) with ``rejection.json``; the live pointer is untouched."""
+    version = version or model_artifacts.rstrip("/").split("/")[-3]
+    prefix = f"{s3util.REJECTED_PREFIX}/{version}/"
+    bucket, key = s3util.split_uri(model_artifacts)
+    if s3util.exists(s3, bucket, key):
+        s3.copy_object(Bucket=models_bucket, Key=prefix + "model.tar.gz",
+                       CopySource={"Bucket": bucket, "Key": key})
+    manifest = _archive_manifest(s3, bucket, key)
+    if manifest is not None:
+        s3.put_object(Bucket=models_bucket, Key=prefix + "manifest.json", Body=manifest,
+                      ContentType="application/json")
+    s3util.put_json(s3, models_bucket, prefix + "rejection.json",
+                    {"version": version, "reason": reason, "rejected": bundle.now_iso(),
+                     "evaluation": evaluation or {}})
+    return {"version": version, "rejected": True, "reason": reason}
+
+
+def _archive_manifest(s3: Any, bucket: str, key: str) -> bytes | None:
+    """The ``manifest.json`` bytes inside a model archive, or None (missing or unreadable archive)."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            s3util.safe_extract(s3.get_object(Bucket=bucket, Key=key)["Body"].read(), Path(tmp))
+            return (s3util.find_bundle(Path(tmp)) / "manifest.json").read_bytes()
+    except Exception:  # noqa: BLE001 - a corrupt candidate is still kept, just without its manifest
+        return None

@@ -1,0 +1,351 @@
+"""The training job: embed (cached) → train the head with Keras → export → calibrate → evaluate → bundle.
+
+Runs unchanged as ``fruitpipe train``, as a local child process, and in SageMaker
+(``training_job/``). Prints ``stage=<name>`` / ``progress=<0-100>`` lines and metrics as
+``name=value`` lines (flushed) that SageMaker metric definitions scrape. On any failure it raises
+and writes no bundle: files are assembled in a temporary folder, checked by loading them with
+the serving :class:`~fruitpipe.classifier.Classifier`, and only then moved into place (manifest last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import bundle, imaging
+from .embeddings import EmbeddingCache, Embedded, embed_folder
+from .head import Head
+from .labels import LABELS
+from .rejection import FILE as REJECTION_FILE
+from .rejection import OTHER_PRODUCE, compute_scores, kmeans_prototypes, normalise, reject_mask
+
+
+class TrainingError(RuntimeError):
+    """Training cannot produce a model (e.g. a class has no usable image)."""
+
+
+@dataclass
+class Config:
+    """Hyperparameters (SageMaker passes them as strings; :meth:`from_mapping` converts)."""
+
+    hidden: int = 256  # 0 = linear head
+    dropout: float = 0.3
+    label_smoothing: float = 0.1
+    weight_decay: float = 1e-4
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    flip: bool = True  # train on mirrored views too (embedded once, cached)
+    refit: bool = False  # after calibration, retrain on train+validation for the final head
+    prototypes_per_class: int = 12
+    target_fruit_rejection: float = 0.005  # share of validation fruit the similarity rule may reject
+    target_other_rejection: float = 0.003  # extra share the other-fruit rule may reject
+    target_ood_rejection: float = 0.98  # with not_fruit/ in validation: lower the bar to what this needs
+    max_other_fruit: float = 0.8
+    min_confidence: float = 0.5
+    validation_split: float = 0.15  # used only without a validation channel
+    head_dtype: str = "float16"
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> "Config":
+        out = cls()
+        known = {f.name: f for f in fields(cls)}
+        for key, raw in values.items():
+            key = key.replace("-", "_")
+            if key not in known:
+                raise TrainingError(f"unknown hyperparameter {key!r}")
+            kind = type(getattr(out, key))
+            if kind is bool:
+                value: Any = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+            else:
+                value = kind(raw)
+            setattr(out, key, value)
+        return out
+
+
+def log(**values: Any) -> None:
+    """``name=value`` lines, flushed, for humans and SageMaker metric definitions."""
+    for name, value in values.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        print(f"{name}={value}", flush=True)
+
+
+def _targets(labels: list[str]) -> np.ndarray:
+    return np.array([LABELS.index(lab) for lab in labels], dtype=np.int64)
+
+
+def _holdout(emb: Embedded, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic per-class split by image hash (so a retrain keeps the same holdout)."""
+    val = np.array([int(sha[:8], 16) / 0xFFFFFFFF < share for sha in emb.shas])
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None = None,
+             y_val: np.ndarray | None = None) -> tuple[Head, dict[str, list[float]], Any]:
+    """Train the dense head with Keras; return it as a numpy :class:`Head`, the history and the model."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
+    inputs = keras.Input((x.shape[1],))
+    h = keras.layers.Dropout(cfg.dropout)(inputs)
+    if cfg.hidden:
+        h = keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=reg)(h)
+        h = keras.layers.Dropout(cfg.dropout)(h)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg)(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                  metrics=["accuracy"])
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            print(f"progress={int(100 * (epoch + 1) / cfg.epochs)}", flush=True)
+            log(epoch=epoch + 1, **{f"train_{k}" if not k.startswith("val_") else k: float(v)
+                                    for k, v in logs.items()})
+
+    val = None
+    if x_val is not None and y_val is not None and len(y_val):
+        val = (x_val, keras.utils.to_categorical(y_val, len(LABELS)))
+    hist = model.fit(x, keras.utils.to_categorical(y, len(LABELS)), validation_data=val,
+                     epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
+                     callbacks=[Report()])
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    head = Head(kernels=tuple(np.asarray(d.kernel.numpy(), np.float32) for d in dense),
+                biases=tuple(np.asarray(d.bias.numpy(), np.float32) for d in dense),
+                activations=tuple("relu" if i < len(dense) - 1 else "softmax" for i in range(len(dense))))
+    # The exported numpy head must compute what Keras computes.
+    probe = x[: min(256, len(x))]
+    diff = float(np.abs(head(probe) - model.predict(probe, verbose=0)).max())
+    if diff > 1e-4:
+        raise TrainingError(f"numpy head differs from the Keras model by {diff}")
+    log(export_max_abs_diff=diff)
+    return head, {k: [float(v) for v in vals] for k, vals in hist.history.items()}, model
+
+
+def _quantile_threshold(values: np.ndarray, share: float) -> float:
+    return float(np.quantile(values, share)) if len(values) else 0.0
+
+
+def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, emb_val: np.ndarray,
+              imnet_val: np.ndarray, probs_val: np.ndarray,
+              ood_similarity: np.ndarray | None = None) -> dict[str, Any]:
+    """Choose the thresholds on validation fruit so about the target share is rejected.
+
+    With not-fruit validation images, the similarity bar is lowered to the level that still
+    rejects ``target_ood_rejection`` of them, when that is below the fruit-quantile bar: real fruit
+    far from the training photos then stays accepted.
+    """
+    scores = compute_scores(emb_val, imnet_val, probs_val, other_classes, prototypes)
+    min_sim = _quantile_threshold(scores["similarity"], cfg.target_fruit_rejection)
+    if ood_similarity is not None and len(ood_similarity):
+        min_sim = min(min_sim, _quantile_threshold(ood_similarity, cfg.target_ood_rejection))
+    # Other-fruit rule: the highest similarity bar that rejects at most the extra target share.
+    flagged = scores["other_fruit"] >= cfg.max_other_fruit
+    base = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim)
+    candidates = np.sort(scores["similarity"][flagged & ~base])
+    allowed = int(np.floor(cfg.target_other_rejection * len(emb_val)))
+    min_sim_other = float(candidates[allowed] if allowed < len(candidates) else 1.0)
+    min_sim_other = max(min_sim_other, min_sim)
+    rejected = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim_other)
+    return {
+        "method": "prototype-similarity+imagenet-other-produce",
+        "file": REJECTION_FILE,
+        "other_classes": [int(c) for c in other_classes],
+        "min_similarity": min_sim,
+        "max_other_fruit": cfg.max_other_fruit,
+        "min_similarity_other": min_sim_other,
+        "min_confidence": cfg.min_confidence,
+        "calibration": {"n": int(len(emb_val)), "fruit_rejected_rate": float(rejected.mean()) if len(rejected) else 0.0,
+                        "target_fruit_rejection": cfg.target_fruit_rejection,
+                        "target_other_rejection": cfg.target_other_rejection},
+    }
+
+
+def _plots(out: Path, history: dict[str, list[float]], metrics: dict[str, Any]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(history.get(key, []), label=f"train {key}")
+        if f"val_{key}" in history:
+            ax.plot(history[f"val_{key}"], label=f"validation {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=80)
+    plt.close(fig)
+    conf = metrics["confusion"]
+    matrix = np.array(conf["matrix"])
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=45, ha="right")
+    ax.set_yticks(range(len(conf["rows"])), conf["rows"])
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"validation, accuracy {metrics['accuracy']:.3f}")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=80)
+    plt.close(fig)
+
+
+def _place(tmp: Path, out: Path) -> None:
+    """Move a finished bundle into ``out`` (absent or empty), manifest last."""
+    if out.exists() and any(out.iterdir()):
+        raise TrainingError(f"output folder {out} is not empty; refusing to overwrite a bundle")
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in tmp.iterdir() if p.name != bundle.MANIFEST) + [bundle.MANIFEST]
+    for name in names:
+        shutil.move(str(tmp / name), str(out / name))
+
+
+def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
+          cache_dir: Path | None = None, output_data_dir: Path | None = None,
+          config: Config | None = None, backbone_path: Path | None = None) -> dict[str, Any]:
+    """Train a bundle from ``data_dir/<class>/*``; return the metrics written to ``metrics.json``."""
+    from .classifier import Backbone, Classifier
+    from .evaluation import evaluate_embeddings
+
+    cfg = config or Config()
+    started = time.monotonic()
+    out_dir, output_data_dir = Path(out_dir), Path(output_data_dir or out_dir)
+    print("stage=load_backbone", flush=True)
+    backbone = Backbone(backbone_path, num_threads=int(os.environ.get("FRUITPIPE_THREADS", "2")))
+    cache = EmbeddingCache(cache_dir)
+    views = ("orig", "flip") if cfg.flip else ("orig",)
+    train_emb = embed_folder(Path(data_dir), backbone, cache, views=views, stage="embed_train")
+    val_emb = (embed_folder(Path(validation_dir), backbone, cache, views=views, stage="embed_validation")
+               if validation_dir else None)
+    cache.flush()
+    embedded_new = train_emb.embedded_new + (val_emb.embedded_new if val_emb else 0)
+    cached = train_emb.cached + (val_emb.cached if val_emb else 0)
+    skipped = train_emb.skipped + (val_emb.skipped if val_emb else type(train_emb.skipped)())
+    log(embedded_new=embedded_new, cached=cached, skipped=sum(skipped.values()),
+        **{f"skipped_{code}": n for code, n in sorted(skipped.items())})
+    for path, code in train_emb.skipped_files + (val_emb.skipped_files if val_emb else []):
+        print(f"skipped_file={path} reason={code}", flush=True)
+
+    # Keep only class folders for the head (non-class folders in validation are OOD checks).
+    fruit = np.array([lab in LABELS for lab in train_emb.labels], dtype=bool)
+    x_all = {v: train_emb.views[v][fruit] for v in views}
+    y_all = _targets([lab for lab, f in zip(train_emb.labels, fruit) if f])
+    if val_emb is not None:
+        tr_idx, va_idx = np.arange(len(y_all)), None
+        vfruit = np.array([lab in LABELS for lab in val_emb.labels], dtype=bool)
+        x_val, y_val = val_emb.views["orig"][vfruit], _targets([l for l, f in zip(val_emb.labels, vfruit) if f])
+        val_labels, val_x_full = val_emb.labels, val_emb.views["orig"]
+    else:
+        shas = [s for s, f in zip(train_emb.shas, fruit) if f]
+        tmp_emb = Embedded(labels=[], paths=[], shas=shas, views={})
+        tr_idx, va_idx = _holdout(tmp_emb, cfg.validation_split, cfg.seed)
+        x_val, y_val = x_all["orig"][va_idx], y_all[va_idx]
+        val_labels, val_x_full = [LABELS[i] for i in y_val], x_val
+    missing = [LABELS[c] for c in range(len(LABELS)) if not (y_all[tr_idx] == c).any()]
+    if missing:
+        raise TrainingError(f"no usable training image for {', '.join(missing)}")
+    log(n_train=len(tr_idx), n_validation=len(y_val))
+
+    def stack(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xs = np.concatenate([x_all[v][idx] for v in views])
+        return xs, np.tile(y_all[idx], len(views))
+
+    print("stage=train_head", flush=True)
+    x_tr, y_tr = stack(tr_idx)
+    head, history, _ = fit_head(x_tr, y_tr, cfg, x_val, y_val)
+
+    print("stage=calibrate", flush=True)
+    other = np.array(sorted(OTHER_PRODUCE), dtype=np.int64)
+
+    def protos(idx: np.ndarray) -> np.ndarray:
+        units = normalise(np.concatenate([x_all[v][idx] for v in views]))
+        labels = np.tile(y_all[idx], len(views))
+        return np.concatenate([kmeans_prototypes(units[labels == c], cfg.prototypes_per_class, seed=cfg.seed)
+                               for c in range(len(LABELS))])
+
+    prototypes = protos(tr_idx)
+    ood_sim = None
+    if val_emb is not None and not vfruit.all():
+        x_ood = val_emb.views["orig"][~vfruit]
+        ood_sim = compute_scores(x_ood, backbone.imagenet_probs(x_ood), head(x_ood), other, prototypes)["similarity"]
+    rejection = calibrate(cfg, prototypes, other, x_val, backbone.imagenet_probs(x_val), head(x_val), ood_sim)
+    if cfg.refit and len(y_val):
+        print("stage=refit", flush=True)
+        # The final head and prototypes see the validation images too; thresholds stay as calibrated.
+        x_rf, y_rf = stack(np.arange(len(y_all)))  # without a channel the holdout is inside y_all
+        if val_emb is not None:
+            x_rf = np.concatenate([x_rf] + [val_emb.views[v][vfruit] for v in views])
+            y_rf = np.concatenate([y_rf] + [y_val] * len(views))
+        head, _, _ = fit_head(x_rf, y_rf, cfg)
+        units = normalise(x_rf)
+        prototypes = np.concatenate([kmeans_prototypes(units[y_rf == c], cfg.prototypes_per_class, seed=cfg.seed)
+                                     for c in range(len(LABELS))])
+
+    print("stage=write_bundle", flush=True)
+    work = Path(tempfile.mkdtemp(prefix=".fruitpipe-train-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        staged = work / "bundle"
+        head_path, rej_path = work / "head.npz", work / REJECTION_FILE
+        head.save(head_path, dtype=cfg.head_dtype)
+        with open(rej_path, "wb") as fh:
+            np.savez_compressed(fh, prototypes=prototypes.astype(np.float16))
+        counts = {lab: int((y_all == i).sum()) for i, lab in enumerate(LABELS)}
+        manifest = bundle.Manifest(
+            version=bundle.new_version(salt=str(os.getpid())), created=bundle.now_iso(), labels=LABELS,
+            files={}, head={"file": "head.npz", "dtype": cfg.head_dtype,
+                            "layers": [{"activation": a, "units": int(k.shape[1])}
+                                       for a, k in zip(head.activations, head.kernels)]},
+            preprocessing=imaging.PREPROCESSING.as_dict(), rejection=rejection,
+            training_data={"train": counts, "validation_n": int(len(y_val)), "skipped": dict(skipped),
+                           "views": list(views), "refit": cfg.refit},
+            raw={"hyperparameters": asdict(cfg)})
+        bundle.write(staged, manifest, {"head.npz": head_path.read_bytes(), REJECTION_FILE: rej_path.read_bytes()})
+
+        print("stage=evaluate", flush=True)
+        clf = Classifier(staged, shared_backbone=backbone)  # the serving code path, checksums included
+        metrics = evaluate_embeddings(clf, val_x_full, val_labels)
+        metrics.update({"split": "validation" + (" (seen by the refit head)" if cfg.refit else ""),
+                        "embedded_new": embedded_new, "cached": cached, "skipped": dict(skipped),
+                        "train_seconds": round(time.monotonic() - started, 2),
+                        "calibration_fruit_rejected_rate": rejection["calibration"]["fruit_rejected_rate"]})
+        manifest.metrics = {k: metrics[k] for k in ("accuracy", "macro_f1", "fruit_rejected_rate",
+                                                   "ood_rejected_rate", "n", "ood_n", "split")}
+        (staged / bundle.MANIFEST).unlink()
+        shutil.rmtree(staged)
+        bundle.write(staged, manifest, {"head.npz": head_path.read_bytes(), REJECTION_FILE: rej_path.read_bytes()})
+        bundle.verify(staged)
+        metrics["model_version"] = manifest.version
+        log(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
+            fruit_rejected_rate=metrics["fruit_rejected_rate"],
+            **({"ood_rejected_rate": metrics["ood_rejected_rate"]} if metrics["ood_n"] else {}))
+        _place(staged, out_dir)
+        output_data_dir.mkdir(parents=True, exist_ok=True)
+        _plots(output_data_dir, history, metrics)
+        (output_data_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(train_seconds=round(time.monotonic() - started, 2))
+    print("stage=done", flush=True)
+    return metrics
+
+
+def main_error(exc: BaseException) -> int:
+    print(f"error: training failed: {exc}", file=sys.stderr, flush=True)
+    return 1

@@ -1,0 +1,167 @@
+"""``Monitoring``: one CloudWatch dashboard and the alarms, all notifying the alerts topic.
+
+Metric names are listed in docs/operations.md (with what to do when each alarm fires). The API's
+own metrics come from :mod:`fruitpipe.aws_metrics` (EMF, namespace ``Fruitpipe``, dimension
+``service=fruitpipe-api``); ingest's from its handler (``service=fruitpipe-ingest``); the
+pipeline's from :mod:`fruitpipe.pipeline.report` (``Fruitpipe/Retrain``).
+
+Drift: production has no labels, so the drift alarm watches what the model says about itself —
+mean top-1 confidence and the not-fruit rate — as deltas from the values measured on the
+evaluation images when the live version was published (the API emits ``ConfidenceDelta`` and
+``NotFruitExcess`` against the baseline in ``live.json``). When it fires, it starts a retrain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from constructs import Construct
+
+from fruitpipe.aws_metrics import API_SERVICE, INGEST_SERVICE, NAMESPACE
+from fruitpipe.labels import LABELS, VERDICTS
+from fruitpipe.pipeline.report import NAMESPACE as RETRAIN_NAMESPACE
+
+DEFAULTS: dict[str, Any] = {
+    "alarm5xxPercent": 5,  # % of requests answered 5xx over 5 minutes, 2 periods out of 3
+    "alarmP95LatencyMs": 1500,  # API Gateway p95 latency
+    "driftConfidenceDrop": 0.10,  # mean top-1 confidence this much below the publish-time baseline
+    "driftNotFruitRise": 0.15,  # not-fruit rate this much above the baseline
+    "driftWindowHours": 6,
+    "driftMinPredictions": 200,  # fewer predictions in the window: no verdict (not enough signal)
+}
+
+
+class Monitoring(Construct):
+    """``dashboard``, ``alarms`` (name → alarm), ``drift_alarm`` (composite)."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, api: Any, ingest: Any, pipeline: Any) -> None:
+        super().__init__(scope, construct_id)
+        cfg = {k: self.node.try_get_context(k) if self.node.try_get_context(k) is not None else v
+               for k, v in DEFAULTS.items()}
+        action = cw_actions.SnsAction(pipeline.alerts)
+        fn, http = api.function, api.http_api
+        five = Duration.minutes(5)
+
+        def app(name: str, stat: str = "Sum", period: Duration = five, **dims: str) -> cw.Metric:
+            return cw.Metric(namespace=NAMESPACE, metric_name=name, statistic=stat, period=period,
+                             dimensions_map={"service": API_SERVICE, **dims})
+
+        def ingest_m(name: str) -> cw.Metric:
+            return cw.Metric(namespace=NAMESPACE, metric_name=name, statistic="Sum", period=five,
+                             dimensions_map={"service": INGEST_SERVICE})
+
+        def retrain(name: str, stat: str = "Maximum", **dims: str) -> cw.Metric:
+            return cw.Metric(namespace=RETRAIN_NAMESPACE, metric_name=name, statistic=stat,
+                             period=Duration.days(1), dimensions_map=dims or None)
+
+        # --- alarms ----------------------------------------------------------------------------------
+        self.alarms: dict[str, cw.Alarm] = {}
+        rate = cw.MathExpression(
+            expression="IF(requests > 0, 100 * errors / requests, 0)", period=five, label="5xx %",
+            using_metrics={"errors": http.metric_server_error(period=five, statistic="Sum"),
+                           "requests": http.metric_count(period=five, statistic="Sum")})
+        self.alarms["Api5xxRate"] = rate.create_alarm(
+            self, "Api5xxRate", alarm_description="More than the allowed share of API requests end in 5xx",
+            threshold=float(cfg["alarm5xxPercent"]), evaluation_periods=3, datapoints_to_alarm=2,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
+        self.alarms["ApiP95Latency"] = http.metric_latency(period=five, statistic="p95").create_alarm(
+            self, "ApiP95Latency", alarm_description="API p95 latency above target",
+            threshold=float(cfg["alarmP95LatencyMs"]), evaluation_periods=3, datapoints_to_alarm=2,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
+        # Every failure path of the state machine ends in its Fail state: ExecutionsFailed counts them
+        # even when the failure-metric step itself could not run.
+        self.alarms["TrainingFailure"] = pipeline.state_machine.metric_failed(
+            period=Duration.minutes(5), statistic="Sum").create_alarm(
+            self, "TrainingFailure", alarm_description="A retrain execution failed; the live model is unchanged",
+            threshold=1, evaluation_periods=1, comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
+
+        window = Duration.hours(int(cfg["driftWindowHours"]))
+        n = app("Confidence", "SampleCount", window)
+        drop = cw.MathExpression(
+            expression=f"IF(n >= {int(cfg['driftMinPredictions'])}, delta, 0)", period=window,
+            label="mean confidence - baseline",
+            using_metrics={"delta": app("ConfidenceDelta", "Average", window), "n": n})
+        self.alarms["DriftConfidenceDrop"] = drop.create_alarm(
+            self, "DriftConfidenceDrop",
+            alarm_description="Mean top-1 confidence fell below the value measured when the live model was published",
+            threshold=-float(cfg["driftConfidenceDrop"]), evaluation_periods=1,
+            comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
+        rise = cw.MathExpression(
+            expression=f"IF(n >= {int(cfg['driftMinPredictions'])}, excess, 0)", period=window,
+            label="not-fruit rate - baseline",
+            using_metrics={"excess": app("NotFruitExcess", "Average", window), "n": n})
+        self.alarms["DriftNotFruitRise"] = rise.create_alarm(
+            self, "DriftNotFruitRise",
+            alarm_description="The not-fruit rate rose above the value measured when the live model was published",
+            threshold=float(cfg["driftNotFruitRise"]), evaluation_periods=1,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
+        self.drift_alarm = cw.CompositeAlarm(
+            self, "Drift", alarm_description="Production drift: retrain started automatically",
+            alarm_rule=cw.AlarmRule.any_of(self.alarms["DriftConfidenceDrop"], self.alarms["DriftNotFruitRise"]))
+        for alarm in [*self.alarms.values(), self.drift_alarm]:
+            alarm.add_alarm_action(action)
+        self.drift_rule = pipeline.retrain_on_alarm("DriftRetrainRule", self.drift_alarm)
+
+        # --- dashboard -------------------------------------------------------------------------------
+        d = cw.Dashboard(self, "Dashboard", dashboard_name=f"{pipeline.state_machine_name.removesuffix('-retrain')}")
+        self.dashboard = d
+        self.widgets: list[str] = []
+
+        def graph(title: str, left: list[Any], right: list[Any] | None = None, width: int = 8) -> cw.GraphWidget:
+            self.widgets.append(title)
+            return cw.GraphWidget(title=title, left=left, right=right or [], width=width, height=6)
+
+        d.add_widgets(cw.TextWidget(markdown="# fruitpipe\nAPI, ingest and retrain health. "
+                                    "Metric meanings and alarm runbooks: docs/operations.md", width=24, height=2))
+        d.add_widgets(
+            graph("API requests and errors (API Gateway)",
+                  [http.metric_count(period=five, statistic="Sum")],
+                  [http.metric_client_error(period=five, statistic="Sum"),
+                   http.metric_server_error(period=five, statistic="Sum")]),
+            graph("API latency p50/p95/p99 (API Gateway)",
+                  [http.metric_latency(period=five, statistic=s, label=s) for s in ("p50", "p95", "p99")]),
+            graph("Model latency p50/p95/p99 (app)", [app("Latency", s) for s in ("p50", "p95", "p99")]),
+        )
+        d.add_widgets(
+            graph("Predictions by class", [app("Predictions", "Sum", **{"class": c}) for c in LABELS]),
+            graph("Predictions by verdict", [app("Verdicts", "Sum", verdict=v) for v in VERDICTS]),
+            graph("Confidence and drift signals",
+                  [app("Confidence", "Average"), app("ConfidenceDelta", "Average"), app("NotFruitExcess", "Average")]),
+        )
+        d.add_widgets(
+            graph("API Lambda: invocations, errors, throttles",
+                  [fn.metric_invocations(period=five), fn.metric_errors(period=five), fn.metric_throttles(period=five)],
+                  [app("Errors"), app("ColdStart")]),
+            graph("API Lambda: duration p50/p95/p99 and concurrency",
+                  [fn.metric_duration(period=five, statistic=s) for s in ("p50", "p95", "p99")],
+                  [fn.metric("ConcurrentExecutions", period=five, statistic="Maximum")]),
+            graph("Ingest: added, duplicates, rejected",
+                  [ingest_m("ImagesAdded"), ingest_m("Duplicates"), ingest_m("Rejected")],
+                  [ingest.function.metric_errors(period=five)]),
+        )
+        d.add_widgets(
+            graph("Retrain outcomes", [retrain("RetrainOutcome", "Sum", Outcome=o)
+                                       for o in ("promoted", "rejected", "failed", "skipped")]),
+            graph("Retrain quality (candidate vs live)",
+                  [retrain("CandidateAccuracy"), retrain("LiveAccuracy"), retrain("CandidateMacroF1"),
+                   retrain("LiveMacroF1")]),
+            graph("Retrain per-class F1", [retrain("ClassF1", Class=c) for c in LABELS]),
+        )
+        d.add_widgets(
+            graph("Retrain data and duration",
+                  [retrain("TrainingImages"), retrain("NewImages"), retrain("EmbeddedNew")],
+                  [retrain("DurationSeconds")]),
+            graph("State machine executions",
+                  [pipeline.state_machine.metric_started(), pipeline.state_machine.metric_succeeded(),
+                   pipeline.state_machine.metric_failed()]),
+            cw.AlarmStatusWidget(title="Alarms", alarms=[*self.alarms.values(), self.drift_alarm], width=8, height=6),
+        )
+        self.widgets.append("Alarms")

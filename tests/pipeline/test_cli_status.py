@@ -1,0 +1,118 @@
+"""``fruitpipe retrain --aws`` / ``fruitpipe models --aws`` against a moto server, rollback through
+the S3 registry (the drift baseline follows the pointer), and the status reader on a real-shaped
+execution history with a moto SageMaker training job."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from fruitpipe.cli import main
+from fruitpipe.pipeline import publish, s3util, trainer
+from tests.conftest import needs_shared
+from tests.pipeline.conftest import make_bundle
+from tests.pipeline.test_steps import upload_candidate
+
+pytestmark = needs_shared
+MODELS = "fp-cli-models"
+
+
+@pytest.fixture(scope="module")
+def machine(aws):
+    role = aws.iam.create_role(RoleName="sfn-cli", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    return aws.stepfunctions.create_state_machine(name="cli-retrain", roleArn=role, definition=json.dumps(
+        {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}))["stateMachineArn"]
+
+
+def test_cli_retrain_starts_once(aws, machine, capsys):
+    assert main(["retrain", "--aws", "--state-machine", machine]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["state"] == "running" and first["trigger"] == "manual"
+    assert main(["retrain", "--aws", "--state-machine", machine]) == 1
+    assert "already running" in capsys.readouterr().err
+    assert len(aws.stepfunctions.list_executions(stateMachineArn=machine)["executions"]) == 1
+    assert main(["retrain", "--aws"]) == 2  # no ARN anywhere: a usage error
+    assert "--state-machine is required" in capsys.readouterr().err
+
+
+def test_cli_models_rollback_keeps_baseline(aws, tmp_path, capsys):
+    s3 = aws.s3
+    s3.create_bucket(Bucket=MODELS)
+    for version, conf in (("v20260101-000000-aaaaaa", 0.91), ("v20260102-000000-bbbbbb", 0.88)):
+        uri = upload_candidate_to(s3, make_bundle(tmp_path, version))
+        publish.publish(s3, models_bucket=MODELS, model_artifacts=uri,
+                        baseline={"mean_confidence": conf, "not_fruit_rate": 0.02})
+    assert s3util.live_version(s3, MODELS) == "v20260102-000000-bbbbbb"
+    assert main(["models", "--aws", "--bucket", MODELS, "--activate", "v20260101-000000-aaaaaa"]) == 0
+    pointer = s3util.get_json(s3, MODELS, "live.json")
+    assert pointer["version"] == "v20260101-000000-aaaaaa"
+    assert pointer["baseline"] == {"mean_confidence": 0.91, "not_fruit_rate": 0.02}
+    assert pointer["previous"] == "v20260102-000000-bbbbbb"
+    capsys.readouterr()
+    assert main(["models", "--aws", "--bucket", MODELS]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {v["version"]: v["status"] for v in listed}["v20260101-000000-aaaaaa"] == "live"
+    assert main(["models", "--aws", "--bucket", MODELS, "--activate", "v20990101-000000-cccccc"]) == 2
+
+
+def upload_candidate_to(s3, bundle_dir):
+    from tests.pipeline.conftest import archive
+    key = f"runs/{bundle_dir.name}/output/model.tar.gz"
+    s3.put_object(Bucket=MODELS, Key=key, Body=archive(bundle_dir))
+    return f"s3://{MODELS}/{key}"
+
+
+class RecordedSfn:
+    """A Step Functions client answering with the shapes AWS returns for a run in training (moto
+    keeps executions RUNNING with a canned history, so the history here is written out)."""
+
+    def __init__(self, status: str, output: dict | None = None) -> None:
+        t = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+        self.execution = {"executionArn": "arn:aws:states:us-east-1:123456789012:execution:sm:manual-1",
+                          "stateMachineArn": "arn:sm", "name": "manual-1", "status": status, "startDate": t,
+                          "input": json.dumps({"trigger": "schedule"}),
+                          **({"output": json.dumps(output), "stopDate": t} if output is not None else {})}
+        prep = {"prepare": {"proceed": True, "version": "v20261126-120000-abcdef"}}
+        self.events = [
+            {"timestamp": t, "type": "ExecutionStarted", "id": 1},
+            {"timestamp": t, "type": "TaskStateEntered", "id": 2, "stateEnteredEventDetails": {"name": "Prepare"}},
+            {"timestamp": t, "type": "TaskStateExited", "id": 3,
+             "stateExitedEventDetails": {"name": "Prepare", "output": json.dumps(prep)}},
+            {"timestamp": t, "type": "ChoiceStateEntered", "id": 4, "stateEnteredEventDetails": {"name": "Proceed?"}},
+            {"timestamp": t, "type": "TaskStateEntered", "id": 5, "stateEnteredEventDetails": {"name": "Train"}},
+        ]
+
+    def list_executions(self, **kw):
+        return {"executions": [self.execution]}
+
+    def describe_execution(self, executionArn):
+        return self.execution
+
+    def get_paginator(self, name):
+        events = self.events
+
+        class P:
+            def paginate(self, **kw):
+                yield {"events": events}
+        return P()
+
+
+def test_status_reads_stage_and_training_job(aws):
+    sm = aws.sagemaker
+    role = aws.iam.create_role(RoleName="sm-train", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    sm.create_training_job(
+        TrainingJobName="v20261126-120000-abcdef", RoleArn=role,
+        AlgorithmSpecification={"TrainingImage": "123.dkr.ecr.us-east-1.amazonaws.com/t:1", "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://b/runs/"}, StoppingCondition={"MaxRuntimeInSeconds": 3600},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 30})
+    st = trainer.StepFunctionsTrainer(RecordedSfn("RUNNING"), sm, "arn:sm").status()
+    assert st.state == "running" and st.stage == "training" and st.trigger == "schedule"
+    assert st.result["training_job"] == "v20261126-120000-abcdef"
+    assert st.result["training_status"] == sm.describe_training_job(
+        TrainingJobName="v20261126-120000-abcdef")["TrainingJobStatus"]
+    assert "training_metrics" in st.result
+    done = trainer.StepFunctionsTrainer(RecordedSfn("SUCCEEDED", {
+        "report": {"outcome": "rejected"}, "evaluation": {"reason": "worse"}}), sm, "arn:sm").status()
+    assert done.state == "rejected" and done.result["evaluation"] == {"reason": "worse"} and done.percent == 100

@@ -1,0 +1,90 @@
+"""The LiteRT classifier on real photos from ../shared."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fruitpipe import imaging
+from fruitpipe.labels import LABELS
+
+from .conftest import fruit_images, needs_shared
+
+pytestmark = needs_shared
+
+
+def test_embedding_matches_preserve_all_tensors(backbone) -> None:
+    """The rewritten graph output is exactly tensor 172 of the original model."""
+    from ai_edge_litert.interpreter import Interpreter
+    label, path = fruit_images("test", 1)[0]
+    img = imaging.load_image(path.read_bytes())
+    ref = Interpreter(model_path=str(backbone.path), experimental_preserve_all_tensors=True)
+    ref.allocate_tensors()
+    ref.set_tensor(ref.get_input_details()[0]["index"], img[None])
+    ref.invoke()
+    scale, zero = ref.get_tensor_details()[172]["quantization"]
+    expected = (ref.get_tensor(172).reshape(-1).astype(np.float32) - zero) * scale
+    assert np.array_equal(backbone.embed(img[None])[0], expected)
+    # and the numpy ImageNet head agrees with the model's own softmax output
+    probs = backbone.imagenet_probs(expected[None])[0]
+    assert int(probs.argmax()) == int(ref.get_tensor(176).reshape(-1).argmax())
+
+
+def test_accuracy_on_a_real_subset(classifier) -> None:
+    items = fruit_images("test", per_class=8)
+    preds = classifier.predict_many([p.read_bytes() for _, p in items])
+    correct = sum(p.predicted_class == label and p.verdict != "not_fruit" for (label, _), p in zip(items, preds))
+    assert correct / len(items) >= 0.9, correct
+    for (label, _), p in zip(items, preds):
+        assert set(p.probabilities) == set(LABELS) and abs(sum(p.probabilities.values()) - 1) < 1e-4
+        assert p.verdict in ("fresh", "rotten", "not_fruit", "uncertain")
+        if p.verdict in ("fresh", "rotten"):
+            assert p.verdict == ("fresh" if p.predicted_class.startswith("fresh") else "rotten")
+
+
+def test_not_fruit_verdicts_on_package_images(classifier) -> None:
+    from skimage import data
+    images = [data.astronaut(), data.chelsea(), data.rocket(), data.camera()]
+    blobs = []
+    for arr in images:
+        buf = io.BytesIO()
+        Image.fromarray(arr).convert("RGB").save(buf, "JPEG")
+        blobs.append(buf.getvalue())
+    verdicts = [p.verdict for p in classifier.predict_many(blobs)]
+    assert verdicts.count("not_fruit") >= 3, verdicts
+
+
+def test_batch_equals_single_and_bad_item_is_isolated(classifier) -> None:
+    items = fruit_images("val", per_class=1)
+    blobs = [p.read_bytes() for _, p in items]
+    many = classifier.predict_many(blobs[:2] + [b"junk"] + blobs[2:])
+    assert isinstance(many[2], imaging.InvalidImage) and many[2].code == "not_an_image"
+    single = classifier.predict_bytes(blobs[0])
+    assert many[0].probabilities == pytest.approx(single.probabilities, abs=1e-6)
+
+
+def test_concurrent_calls_share_one_classifier(backbone) -> None:
+    from fruitpipe.classifier import Classifier
+    from .conftest import DEFAULT_MODEL
+    clf = Classifier(DEFAULT_MODEL, shared_backbone=backbone)
+    blob = fruit_images("test", 1)[0][1].read_bytes()
+    expected = clf.predict_bytes(blob).probabilities
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(5):
+                assert clf.predict_bytes(blob).probabilities == pytest.approx(expected, abs=1e-6)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

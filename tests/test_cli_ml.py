@@ -1,0 +1,78 @@
+"""``fruitpipe predict | evaluate | train`` as a user runs them: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import FRUITS, REPO, needs_shared
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "fruitpipe", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@needs_shared
+def test_predict_bad_and_good_images(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    good = sorted((FRUITS / "test" / "freshbanana").glob("*.jpg"))[0]
+    proc = cli("predict", str(good), str(bad))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "bad.jpg" in lines[0] and "not_an_image" in lines[0]
+    out = json.loads(proc.stdout.splitlines()[0])
+    assert out["predicted_class"] == "freshbanana" and out["verdict"] == "fresh"
+
+
+@needs_shared
+def test_evaluate_json_is_one_object(tmp_path: Path) -> None:
+    folder = tmp_path / "freshoranges"
+    folder.mkdir()
+    for src in sorted((FRUITS / "test" / "freshoranges").glob("*.jpg"))[:3]:
+        (folder / src.name).symlink_to(src)
+    proc = cli("evaluate", "--data", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n"] == 3 and result["ood_n"] == 0 and result["model_version"]
+
+
+def test_evaluate_missing_folder_exits_2(tmp_path: Path) -> None:
+    proc = cli("evaluate", "--data", str(tmp_path / "nope"), "--json")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "not a folder" in proc.stderr
+
+
+def test_evaluate_empty_folder_exits_2(tmp_path: Path) -> None:
+    proc = cli("evaluate", "--data", str(tmp_path), "--json")
+    assert proc.returncode == 2 and "no usable images" in proc.stderr
+
+
+def test_train_refuses_non_empty_out_and_bad_hyperparameter(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").write_text("keep me")
+    proc = cli("train", "--data", str(tmp_path / "data"), "--out", str(out))
+    assert proc.returncode == 2 and "not an empty folder" in proc.stderr
+    assert (out / "x").read_text() == "keep me"
+    proc = cli("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o2"), "--set", "nope=1")
+    assert proc.returncode == 2 and "bad hyperparameter" in proc.stderr
+
+
+def test_predict_tampered_model_exits_2(tmp_path: Path) -> None:
+    import shutil
+    from .conftest import DEFAULT_MODEL
+    model = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL, model)
+    (model / "head.npz").write_bytes(b"0")
+    img = tmp_path / "a.png"
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(img)
+    proc = cli("predict", str(img), "--model", str(model))
+    assert proc.returncode == 2 and "modified" in proc.stderr

@@ -1,0 +1,121 @@
+"""The training job end to end on a small real subset, in the SageMaker layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fruitpipe import bundle
+from fruitpipe.labels import LABELS
+
+from .conftest import FRUITS, REPO, needs_shared
+
+PER_CLASS = 12
+
+
+def small_dataset(root: Path, split: str, per_class: int, bad: bool = False) -> Path:
+    for label in LABELS:
+        folder = root / label
+        folder.mkdir(parents=True)
+        for src in sorted((FRUITS / split / label).glob("*.jpg"))[:per_class]:
+            (folder / src.name).symlink_to(src)
+    if bad:
+        (root / LABELS[0] / "empty.jpg").write_bytes(b"")
+        (root / LABELS[1] / "notes.png").write_bytes(b"just some text, not a picture")
+        good = sorted((FRUITS / split / LABELS[2]).glob("*.jpg"))[-1].read_bytes()
+        (root / LABELS[2] / "cut.jpg").write_bytes(good[: len(good) // 2])
+    return root
+
+
+def run_job(env_extra: dict[str, str], args: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FRUITPIPE_THREADS": "1", **env_extra}
+    return subprocess.run([sys.executable, "-m", "training_job", *(args or [])], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def values(stdout: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line and " " not in line.split("=", 1)[0])
+
+
+@needs_shared
+@pytest.mark.slow
+def test_sagemaker_layout_end_to_end(tmp_path: Path) -> None:
+    train = small_dataset(tmp_path / "input" / "train", "train", PER_CLASS, bad=True)
+    val = small_dataset(tmp_path / "input" / "validation", "val", 4)
+    cache, model, output = tmp_path / "cache", tmp_path / "model", tmp_path / "output"
+    model.mkdir()  # SageMaker creates SM_MODEL_DIR before the job starts
+    hp = tmp_path / "hyperparameters.json"
+    hp.write_text(json.dumps({"epochs": "5", "hidden": "32", "prototypes_per_class": "3"}))
+    env = {"SM_CHANNEL_TRAIN": str(train), "SM_CHANNEL_VALIDATION": str(val), "SM_CHANNEL_CACHE": str(cache),
+           "SM_MODEL_DIR": str(model), "SM_OUTPUT_DATA_DIR": str(output), "SM_HYPERPARAMETERS_FILE": str(hp)}
+    started = time.monotonic()
+    first = run_job(env)
+    elapsed = time.monotonic() - started
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert elapsed < 60, elapsed
+    out = values(first.stdout)
+    n_images = 6 * PER_CLASS + 6 * 4
+    assert out["embedded_new"] == str(n_images) and out["cached"] == "0"
+    assert out["skipped"] == "3"
+    assert out["skipped_empty"] == "1" and out["skipped_not_an_image"] == "1" and out["skipped_truncated"] == "1"
+    assert "stage=train_head" in first.stdout and "progress=100" in first.stdout
+    assert 0.0 <= float(out["accuracy"]) <= 1.0
+    manifest = bundle.verify(model)
+    assert manifest.training_data["skipped"] == {"empty": 1, "not_an_image": 1, "truncated": 1}
+    metrics = json.loads((output / "metrics.json").read_text())
+    for key in ("n", "accuracy", "macro_f1", "per_class", "confusion", "model_version"):
+        assert key in metrics
+    assert (output / "confusion.png").stat().st_size > 1000 and (output / "curves.png").stat().st_size > 1000
+    shards = list(cache.glob("emb-*.npz"))
+    assert len(shards) == 1
+
+    # Retrain: nothing new to embed, one image added → exactly one new embedding, one new shard.
+    model2 = tmp_path / "model2"
+    extra = sorted((FRUITS / "train" / LABELS[3]).glob("*.jpg"))[PER_CLASS]
+    (train / LABELS[3] / extra.name).symlink_to(extra)
+    second = run_job({**env, "SM_MODEL_DIR": str(model2), "SM_OUTPUT_DATA_DIR": str(tmp_path / "o2")})
+    assert second.returncode == 0, second.stderr[-2000:]
+    out2 = values(second.stdout)
+    assert out2["embedded_new"] == "1" and out2["cached"] == str(n_images)
+    assert len(list(cache.glob("emb-*.npz"))) == 2
+    assert shards[0].exists()  # shards are append-only
+
+
+@needs_shared
+def test_failed_training_writes_no_bundle(tmp_path: Path) -> None:
+    train = tmp_path / "train"
+    small_dataset(train, "train", 2)
+    for f in (train / LABELS[5]).iterdir():
+        f.unlink()
+    (train / LABELS[5] / "bad.jpg").write_bytes(b"garbage")
+    model = tmp_path / "model"
+    proc = run_job({}, ["--data", str(train), "--out", str(model), "--set", "epochs=1"])
+    assert proc.returncode == 1
+    assert "no usable training image for rottenoranges" in proc.stderr
+    assert not model.exists() or not any(model.iterdir())
+
+
+def test_unknown_hyperparameter_is_refused(tmp_path: Path) -> None:
+    from fruitpipe.training import Config, TrainingError
+    with pytest.raises(TrainingError, match="unknown hyperparameter"):
+        Config.from_mapping({"learning-rat": "1"})
+    cfg = Config.from_mapping({"epochs": "3", "flip": "false", "dropout": "0.1"})
+    assert (cfg.epochs, cfg.flip, cfg.dropout) == (3, False, 0.1)
+
+
+def test_numpy_head_matches_keras() -> None:
+    """The exported numpy head computes what the Keras model computes (fit_head checks it too)."""
+    import numpy as np
+    from fruitpipe.training import Config, fit_head
+    rng = np.random.default_rng(0)
+    x = rng.random((120, 1280), dtype=np.float32)
+    y = np.arange(120) % 6
+    head, history, model = fit_head(x, y, Config(epochs=2, hidden=16))
+    assert np.allclose(head(x), model.predict(x, verbose=0), atol=1e-5)
+    assert len(history["loss"]) == 2

@@ -1,0 +1,1 @@
+"""SageMaker training entry point for fruitpipe (``python -m training_job``)."""
