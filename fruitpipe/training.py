@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import bundle, imaging
-from .embeddings import EmbeddingCache, Embedded, embed_folder
+from .embeddings import EmbeddingCache, embed_folder
 from .head import Head
 from .labels import LABELS
 from .rejection import FILE as REJECTION_FILE
@@ -85,9 +85,17 @@ def _targets(labels: list[str]) -> np.ndarray:
     return np.array([LABELS.index(lab) for lab in labels], dtype=np.int64)
 
 
-def _holdout(emb: Embedded, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic per-class split by image hash (so a retrain keeps the same holdout)."""
-    val = np.array([int(sha[:8], 16) / 0xFFFFFFFF < share for sha in emb.shas])
+def _holdout(shas: list[str], y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split by a salted image hash (a retrain keeps the same holdout).
+
+    A class whose images would all be held out keeps them for training.
+    """
+    import hashlib
+    draw = [int(hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for sha in shas]
+    val = np.array(draw) < share
+    for c in np.unique(y):
+        if val[y == c].all():
+            val[y == c] = False
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
@@ -254,8 +262,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         val_labels, val_x_full = val_emb.labels, val_emb.views["orig"]
     else:
         shas = [s for s, f in zip(train_emb.shas, fruit) if f]
-        tmp_emb = Embedded(labels=[], paths=[], shas=shas, views={})
-        tr_idx, va_idx = _holdout(tmp_emb, cfg.validation_split, cfg.seed)
+        tr_idx, va_idx = _holdout(shas, y_all, cfg.validation_split, cfg.seed)
         x_val, y_val = x_all["orig"][va_idx], y_all[va_idx]
         val_labels, val_x_full = [LABELS[i] for i in y_val], x_val
     missing = [LABELS[c] for c in range(len(LABELS)) if not (y_all[tr_idx] == c).any()]
@@ -304,6 +311,10 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         staged = work / "bundle"
         head_path, rej_path = work / "head.npz", work / REJECTION_FILE
         head.save(head_path, dtype=cfg.head_dtype)
+        stored = Head.load(head_path, head.activations)
+        probe = x_val[:256] if len(x_val) else x_tr[:256]
+        log(stored_head_max_abs_diff=float(np.abs(stored(probe) - head(probe)).max()),
+            stored_head_argmax_agreement=float((stored(probe).argmax(1) == head(probe).argmax(1)).mean()))
         with open(rej_path, "wb") as fh:
             np.savez_compressed(fh, prototypes=prototypes.astype(np.float16))
         counts = {lab: int((y_all == i).sum()) for i, lab in enumerate(LABELS)}
