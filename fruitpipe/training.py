@@ -40,7 +40,8 @@ class Config:
     hidden: int = 256  # 0 = linear head
     dropout: float = 0.3
     label_smoothing: float = 0.1
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-3
+    standardize: bool = True  # train on standardized embeddings; folded into the first layer on export
     epochs: int = 30
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -106,6 +107,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
+    mu = x.mean(axis=0) if cfg.standardize else np.zeros(x.shape[1], np.float32)
+    sd = x.std(axis=0) + 0.05 if cfg.standardize else np.ones(x.shape[1], np.float32)
+    x_in = (x - mu) / sd
     reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
     inputs = keras.Input((x.shape[1],))
     h = keras.layers.Dropout(cfg.dropout)(inputs)
@@ -127,17 +131,21 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
 
     val = None
     if x_val is not None and y_val is not None and len(y_val):
-        val = (x_val, keras.utils.to_categorical(y_val, len(LABELS)))
-    hist = model.fit(x, keras.utils.to_categorical(y, len(LABELS)), validation_data=val,
+        val = ((x_val - mu) / sd, keras.utils.to_categorical(y_val, len(LABELS)))
+    hist = model.fit(x_in, keras.utils.to_categorical(y, len(LABELS)), validation_data=val,
                      epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
                      callbacks=[Report()])
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    head = Head(kernels=tuple(np.asarray(d.kernel.numpy(), np.float32) for d in dense),
-                biases=tuple(np.asarray(d.bias.numpy(), np.float32) for d in dense),
+    kernels = [np.asarray(d.kernel.numpy(), np.float32) for d in dense]
+    biases = [np.asarray(d.bias.numpy(), np.float32) for d in dense]
+    # Fold the standardization into the first layer: ((x - mu) / sd) @ W + b == x @ W' + b'.
+    biases[0] = (biases[0] - (mu / sd) @ kernels[0]).astype(np.float32)
+    kernels[0] = (kernels[0] / sd[:, None]).astype(np.float32)
+    head = Head(kernels=tuple(kernels), biases=tuple(biases),
                 activations=tuple("relu" if i < len(dense) - 1 else "softmax" for i in range(len(dense))))
     # The exported numpy head must compute what Keras computes.
     probe = x[: min(256, len(x))]
-    diff = float(np.abs(head(probe) - model.predict(probe, verbose=0)).max())
+    diff = float(np.abs(head(probe) - model.predict((probe - mu) / sd, verbose=0)).max())
     if diff > 1e-4:
         raise TrainingError(f"numpy head differs from the Keras model by {diff}")
     log(export_max_abs_diff=diff)
