@@ -26,7 +26,8 @@ from .embeddings import EmbeddingCache, embed_folder
 from .head import Head
 from .labels import LABELS
 from .rejection import FILE as REJECTION_FILE
-from .rejection import OTHER_PRODUCE, compute_scores, kmeans_prototypes, normalise, reject_mask
+from .evaluation import metrics_from_predictions
+from .rejection import OTHER_PRODUCE, Rejector, compute_scores, kmeans_prototypes, normalise, reject_mask
 
 
 class TrainingError(RuntimeError):
@@ -217,7 +218,7 @@ def _plots(out: Path, history: dict[str, list[float]], metrics: dict[str, Any]) 
         ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"validation, accuracy {metrics['accuracy']:.3f}")
+    ax.set_title(f"{metrics.get('split', 'validation')}, accuracy {metrics['accuracy']:.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=80)
     plt.close(fig)
@@ -301,7 +302,14 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         x_ood = val_emb.views["orig"][~vfruit]
         ood_sim = compute_scores(x_ood, backbone.imagenet_probs(x_ood), head(x_ood), other, prototypes)["similarity"]
     rejection = calibrate(cfg, prototypes, other, x_val, backbone.imagenet_probs(x_val), head(x_val), ood_sim)
+    honest = None
     if cfg.refit and len(y_val):
+        # Score the pre-refit model on validation now: after the refit it has seen those images.
+        pre = Rejector(other, prototypes, rejection["min_similarity"], rejection["max_other_fruit"],
+                       rejection["min_similarity_other"], rejection["min_confidence"])
+        probs = head(val_x_full)
+        flags = pre.not_fruit(pre.scores(val_x_full, backbone.imagenet_probs(val_x_full), probs))
+        honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
         print("stage=refit", flush=True)
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
         x_rf, y_rf = stack(np.arange(len(y_all)))  # without a channel the holdout is inside y_all
@@ -340,7 +348,11 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         print("stage=evaluate", flush=True)
         clf = Classifier(staged, shared_backbone=backbone)  # the serving code path, checksums included
         metrics = evaluate_embeddings(clf, val_x_full, val_labels)
-        metrics.update({"split": "validation" + (" (seen by the refit head)" if cfg.refit else ""),
+        if honest is not None:
+            seen = metrics
+            metrics = {**honest, "uncertain_rate": seen["uncertain_rate"], "skipped": seen["skipped"],
+                       "model_version": seen["model_version"], "refit_validation_accuracy": seen["accuracy"]}
+        metrics.update({"split": "validation" + (" (scored before the train+validation refit)" if honest else ""),
                         "embedded_new": embedded_new, "cached": cached, "skipped": dict(skipped),
                         "train_seconds": round(time.monotonic() - started, 2),
                         "calibration_fruit_rejected_rate": rejection["calibration"]["fruit_rejected_rate"]})
