@@ -31,7 +31,7 @@ from .labels import LABELS, OOD_FOLDER
 
 IMAGE_SUFFIXES: Final[frozenset[str]] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 VIEWS: Final[tuple[str, ...]] = ("orig", "flip")
-ALL_VIEWS: Final[tuple[str, ...]] = ("orig", "flip", "vflip", "rot30", "rot-30", "crop85")
+ALL_VIEWS: Final[tuple[str, ...]] = ("orig", "flip", "vflip", "rot30", "rot-30", "rotb30", "rotb-45", "crop85")
 
 
 def apply_view(images: np.ndarray, view: str) -> np.ndarray:
@@ -47,7 +47,9 @@ def apply_view(images: np.ndarray, view: str) -> np.ndarray:
     for i, arr in enumerate(images):
         img = Image.fromarray(arr)
         size = img.size[0]
-        if view.startswith("rot"):
+        if view.startswith("rotb"):  # black corners, like the data set's own rotated copies
+            img = img.rotate(float(view[4:]), resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+        elif view.startswith("rot"):
             img = img.rotate(float(view[3:]), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
         elif view.startswith("crop"):
             side = int(size * int(view[4:]) / 100)

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from . import bundle, imaging
-from .embeddings import EmbeddingCache, Embedded, embed_folder
+from .embeddings import EmbeddingCache, embed_folder
 from .head import Head
 from .labels import LABELS
 from .rejection import FILE as REJECTION_FILE
-from .rejection import OTHER_PRODUCE, compute_scores, kmeans_prototypes, normalise, reject_mask
+from .evaluation import metrics_from_predictions
+from .rejection import OTHER_PRODUCE, Rejector, compute_scores, kmeans_prototypes, normalise, reject_mask
 
 
 class TrainingError(RuntimeError):
@@ -40,7 +41,8 @@ class Config:
     hidden: int = 256  # 0 = linear head
     dropout: float = 0.3
     label_smoothing: float = 0.1
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-3
+    standardize: bool = True  # train on standardized embeddings; folded into the first layer on export
     epochs: int = 30
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -85,9 +87,17 @@ def _targets(labels: list[str]) -> np.ndarray:
     return np.array([LABELS.index(lab) for lab in labels], dtype=np.int64)
 
 
-def _holdout(emb: Embedded, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic per-class split by image hash (so a retrain keeps the same holdout)."""
-    val = np.array([int(sha[:8], 16) / 0xFFFFFFFF < share for sha in emb.shas])
+def _holdout(shas: list[str], y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split by a salted image hash (a retrain keeps the same holdout).
+
+    A class whose images would all be held out keeps them for training.
+    """
+    import hashlib
+    draw = [int(hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for sha in shas]
+    val = np.array(draw) < share
+    for c in np.unique(y):
+        if val[y == c].all():
+            val[y == c] = False
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
@@ -98,6 +108,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
+    mu = x.mean(axis=0) if cfg.standardize else np.zeros(x.shape[1], np.float32)
+    sd = x.std(axis=0) + 0.05 if cfg.standardize else np.ones(x.shape[1], np.float32)
+    x_in = (x - mu) / sd
     reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
     inputs = keras.Input((x.shape[1],))
     h = keras.layers.Dropout(cfg.dropout)(inputs)
@@ -119,17 +132,21 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
 
     val = None
     if x_val is not None and y_val is not None and len(y_val):
-        val = (x_val, keras.utils.to_categorical(y_val, len(LABELS)))
-    hist = model.fit(x, keras.utils.to_categorical(y, len(LABELS)), validation_data=val,
+        val = ((x_val - mu) / sd, keras.utils.to_categorical(y_val, len(LABELS)))
+    hist = model.fit(x_in, keras.utils.to_categorical(y, len(LABELS)), validation_data=val,
                      epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
                      callbacks=[Report()])
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    head = Head(kernels=tuple(np.asarray(d.kernel.numpy(), np.float32) for d in dense),
-                biases=tuple(np.asarray(d.bias.numpy(), np.float32) for d in dense),
+    kernels = [np.asarray(d.kernel.numpy(), np.float32) for d in dense]
+    biases = [np.asarray(d.bias.numpy(), np.float32) for d in dense]
+    # Fold the standardization into the first layer: ((x - mu) / sd) @ W + b == x @ W' + b'.
+    biases[0] = (biases[0] - (mu / sd) @ kernels[0]).astype(np.float32)
+    kernels[0] = (kernels[0] / sd[:, None]).astype(np.float32)
+    head = Head(kernels=tuple(kernels), biases=tuple(biases),
                 activations=tuple("relu" if i < len(dense) - 1 else "softmax" for i in range(len(dense))))
     # The exported numpy head must compute what Keras computes.
     probe = x[: min(256, len(x))]
-    diff = float(np.abs(head(probe) - model.predict(probe, verbose=0)).max())
+    diff = float(np.abs(head(probe) - model.predict((probe - mu) / sd, verbose=0)).max())
     if diff > 1e-4:
         raise TrainingError(f"numpy head differs from the Keras model by {diff}")
     log(export_max_abs_diff=diff)
@@ -201,7 +218,7 @@ def _plots(out: Path, history: dict[str, list[float]], metrics: dict[str, Any]) 
         ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"validation, accuracy {metrics['accuracy']:.3f}")
+    ax.set_title(f"{metrics.get('split', 'validation')}, accuracy {metrics['accuracy']:.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=80)
     plt.close(fig)
@@ -254,8 +271,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         val_labels, val_x_full = val_emb.labels, val_emb.views["orig"]
     else:
         shas = [s for s, f in zip(train_emb.shas, fruit) if f]
-        tmp_emb = Embedded(labels=[], paths=[], shas=shas, views={})
-        tr_idx, va_idx = _holdout(tmp_emb, cfg.validation_split, cfg.seed)
+        tr_idx, va_idx = _holdout(shas, y_all, cfg.validation_split, cfg.seed)
         x_val, y_val = x_all["orig"][va_idx], y_all[va_idx]
         val_labels, val_x_full = [LABELS[i] for i in y_val], x_val
     missing = [LABELS[c] for c in range(len(LABELS)) if not (y_all[tr_idx] == c).any()]
@@ -286,7 +302,14 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         x_ood = val_emb.views["orig"][~vfruit]
         ood_sim = compute_scores(x_ood, backbone.imagenet_probs(x_ood), head(x_ood), other, prototypes)["similarity"]
     rejection = calibrate(cfg, prototypes, other, x_val, backbone.imagenet_probs(x_val), head(x_val), ood_sim)
+    honest = None
     if cfg.refit and len(y_val):
+        # Score the pre-refit model on validation now: after the refit it has seen those images.
+        pre = Rejector(other, prototypes, rejection["min_similarity"], rejection["max_other_fruit"],
+                       rejection["min_similarity_other"], rejection["min_confidence"])
+        probs = head(val_x_full)
+        flags = pre.not_fruit(pre.scores(val_x_full, backbone.imagenet_probs(val_x_full), probs))
+        honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
         print("stage=refit", flush=True)
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
         x_rf, y_rf = stack(np.arange(len(y_all)))  # without a channel the holdout is inside y_all
@@ -304,6 +327,10 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         staged = work / "bundle"
         head_path, rej_path = work / "head.npz", work / REJECTION_FILE
         head.save(head_path, dtype=cfg.head_dtype)
+        stored = Head.load(head_path, head.activations)
+        probe = x_val[:256] if len(x_val) else x_tr[:256]
+        log(stored_head_max_abs_diff=float(np.abs(stored(probe) - head(probe)).max()),
+            stored_head_argmax_agreement=float((stored(probe).argmax(1) == head(probe).argmax(1)).mean()))
         with open(rej_path, "wb") as fh:
             np.savez_compressed(fh, prototypes=prototypes.astype(np.float16))
         counts = {lab: int((y_all == i).sum()) for i, lab in enumerate(LABELS)}
@@ -321,7 +348,11 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         print("stage=evaluate", flush=True)
         clf = Classifier(staged, shared_backbone=backbone)  # the serving code path, checksums included
         metrics = evaluate_embeddings(clf, val_x_full, val_labels)
-        metrics.update({"split": "validation" + (" (seen by the refit head)" if cfg.refit else ""),
+        if honest is not None:
+            seen = metrics
+            metrics = {**honest, "uncertain_rate": seen["uncertain_rate"], "skipped": seen["skipped"],
+                       "model_version": seen["model_version"], "refit_validation_accuracy": seen["accuracy"]}
+        metrics.update({"split": "validation" + (" (scored before the train+validation refit)" if honest else ""),
                         "embedded_new": embedded_new, "cached": cached, "skipped": dict(skipped),
                         "train_seconds": round(time.monotonic() - started, 2),
                         "calibration_fruit_rejected_rate": rejection["calibration"]["fruit_rejected_rate"]})

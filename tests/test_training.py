@@ -116,6 +116,10 @@ def test_numpy_head_matches_keras() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((120, 1280), dtype=np.float32)
     y = np.arange(120) % 6
-    head, history, model = fit_head(x, y, Config(epochs=2, hidden=16))
+    head, history, model = fit_head(x, y, Config(epochs=2, hidden=16, standardize=False))
     assert np.allclose(head(x), model.predict(x, verbose=0), atol=1e-5)
+    # with standardization folded into the first layer, the head takes raw embeddings
+    head, _, model = fit_head(x, y, Config(epochs=2, hidden=16, standardize=True))
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 0.05
+    assert np.allclose(head(x), model.predict((x - mu) / sd, verbose=0), atol=1e-4)
     assert len(history["loss"]) == 2
