@@ -96,7 +96,7 @@ def test_health_stats_metrics_model_info(client):
     assert s["latency_ms"]["p95"] is not None and s["latency_samples"] == 1
     info = client.get("/model-info").json()
     assert info["labels"] == list(LABELS) and info["version"] == h["model_version"]
-    assert "min_fruit_mass" in info["rejection"]
+    assert "min_similarity" in info["rejection"] and "other_classes" not in info["rejection"]
     text = client.get("/metrics").text
     assert 'fruitpipe_predictions_total{predicted_class="freshapples",verdict="fresh"} 1.0' in text
     assert 'fruitpipe_http_requests_total{method="POST",route="/predict",status="200"} 1.0' in text

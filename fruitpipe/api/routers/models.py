@@ -17,7 +17,7 @@ def model_info(request: Request) -> ModelInfoResponse:
     """The live model's manifest: version, labels, metrics, rejection thresholds, created."""
     m = state(request).holder.get().manifest
     raw = m.to_dict()
-    rejection = {k: v for k, v in m.rejection.items() if k != "imagenet_classes"}
+    rejection = {k: v for k, v in m.rejection.items() if k != "other_classes"}
     return ModelInfoResponse(version=m.version, created=m.created, labels=list(m.labels), metrics=m.metrics,
                              rejection=rejection, preprocessing=m.preprocessing,
                              training_data=m.training_data, backbone=raw.get("backbone", {}))
