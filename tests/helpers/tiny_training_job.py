@@ -58,10 +58,12 @@ def main() -> int:
     print("stage=fit", flush=True)
     init = bundle.verify(args.init)
     head = Head.load(args.init / init.head["file"], [l["activation"] for l in init.head["layers"]])
-    if len(head.kernels) != 1:
-        raise SystemExit("--init must have a one-layer head")
-    w = head.kernels[0].copy()
-    b = head.biases[0].copy()
+    # Keep every layer but the last as a fixed feature extractor and refit only the output layer.
+    features = Head(head.kernels[:-1], head.biases[:-1], head.activations[:-1]) if len(head.kernels) > 1 else None
+    if features is not None:
+        x = features(x)
+    w = head.kernels[-1].copy()
+    b = head.biases[-1].copy()
     onehot = np.eye(len(LABELS), dtype=np.float32)[y]
     lr = 0.05 if args.mode == "good" else 0.5
     steps = 200
@@ -79,11 +81,12 @@ def main() -> int:
     tmp = args.out.with_name(args.out.name + ".tmp")
     head_path = tmp.parent / (tmp.name + ".head.npz")
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    Head((w,), (b,), ("softmax",)).save(head_path)
+    Head(head.kernels[:-1] + (w,), head.biases[:-1] + (b,), head.activations).save(head_path)
     files = {"head.npz": head_path.read_bytes(),
              init.rejection.get("file", "rejection.npz"): (args.init / init.rejection.get("file", "rejection.npz")).read_bytes()}
     head_path.unlink()
     raw = init.to_dict()
+    raw["head"] = {**init.head, "dtype": "float32"}
     raw.update(version=bundle.new_version(salt=args.mode + str(time.time())), created=bundle.now_iso(),
                metrics={"train_accuracy": acc, "note": f"tiny test training job, mode {args.mode}"},
                training_data={"images": len(items)})
