@@ -22,10 +22,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from .. import bundle, gate
-from ..labels import LABELS, OOD_FOLDER
+from ..labels import LABELS
 from .local import LocalRegistry, atomic_write_json, read_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -213,62 +212,10 @@ def load_callable(spec: str) -> Callable[..., dict[str, Any]]:
 
 
 def evaluate(classifier: Any, data_dir: Path) -> dict[str, Any]:
-    """The evaluation the gate compares: ``fruitpipe.evaluation.evaluate`` when present.
+    """The evaluation the gate compares (the same function as ``fruitpipe evaluate``)."""
+    from ..evaluation import evaluate as ml_evaluate
 
-    MERGE NOTE: the ML helper's ``fruitpipe.evaluation.evaluate`` is the real one; until it
-    lands this falls back to :func:`minimal_evaluate` (same field names, fewer of them).
-    """
-    try:
-        from ..evaluation import evaluate as ml_evaluate  # type: ignore[import-not-found]
-    except ImportError:
-        return minimal_evaluate(classifier, data_dir)
     return ml_evaluate(classifier, data_dir)
-
-
-def minimal_evaluate(classifier: Any, data_dir: Path, batch: int = 32) -> dict[str, Any]:
-    """Accuracy (a rejected fruit counts as wrong), macro-F1 and the not-fruit rejection rate."""
-    items: list[tuple[str, Path]] = []
-    for folder in sorted(Path(data_dir).iterdir()):
-        if folder.is_dir() and (folder.name in LABELS or folder.name == OOD_FOLDER):
-            items += [(folder.name, p) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    truth: list[str] = []
-    pred: list[str] = []
-    for i in range(0, len(items), batch):
-        chunk = items[i:i + batch]
-        for (label, _), res in zip(chunk, classifier.predict_many([p.read_bytes() for _, p in chunk])):
-            truth.append(label)
-            if isinstance(res, Exception):
-                pred.append("invalid")
-            elif res.verdict in ("not_fruit", "uncertain"):
-                pred.append(OOD_FOLDER)
-            else:
-                pred.append(res.predicted_class)
-    t = np.array(truth)
-    p = np.array(pred)
-    fruit = t != OOD_FOLDER
-    per_class: dict[str, dict[str, float]] = {}
-    for label in LABELS:
-        tp = int(((t == label) & (p == label)).sum())
-        fp = int(((t != label) & (p == label)).sum())
-        fn = int(((t == label) & (p != label)).sum())
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        rec = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[label] = {"precision": prec, "recall": rec, "f1": f1, "n": int((t == label).sum())}
-    present = [label for label in LABELS if per_class[label]["n"]]
-    n_fruit = int(fruit.sum())
-    ood_n = int((~fruit).sum())
-    return {
-        "n": n_fruit,
-        "accuracy": float((t[fruit] == p[fruit]).mean()) if n_fruit else 0.0,
-        "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])) if present else 0.0,
-        "per_class": per_class,
-        "confusion": [[int(((t == a) & (p == b)).sum()) for b in LABELS] for a in LABELS],
-        "ood_n": ood_n,
-        "ood_rejected_rate": float((p[~fruit] == OOD_FOLDER).mean()) if ood_n else None,
-        "fruit_rejected_rate": float((p[fruit] == OOD_FOLDER).mean()) if n_fruit else 0.0,
-        "model_version": classifier.version,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

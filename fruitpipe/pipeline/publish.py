@@ -10,7 +10,6 @@ exactly as it was.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any

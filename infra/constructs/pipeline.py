@@ -81,8 +81,6 @@ class RetrainPipeline(Construct):
         sm_arn = stack.format_arn(service="states", resource="stateMachine",
                                   resource_name=self.state_machine_name,
                                   arn_format=_colon())
-        exec_arn = stack.format_arn(service="states", resource="execution",
-                                    resource_name=f"{self.state_machine_name}:*", arn_format=_colon())
 
         # --- alerts ------------------------------------------------------------------------------
         key = kms.Key(self, "AlertsKey", enable_key_rotation=True,
@@ -277,7 +275,7 @@ class RetrainPipeline(Construct):
         return task
 
     def _definition(self) -> sfn.IChainable:
-        cfg, models = self.config, self.storage.models_bucket
+        cfg = self.config
         failed = sfn.Fail(self, states.FAILED, error="RetrainFailed",
                           cause="A retrain step failed; the live model was not changed (see the execution's error)")
         notify = tasks.SnsPublish(

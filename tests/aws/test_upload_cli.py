@@ -3,7 +3,6 @@ presigned URLs (the app served over real HTTP by uvicorn), then ingested."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 import time

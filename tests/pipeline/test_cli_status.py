@@ -13,7 +13,6 @@ from fruitpipe.cli import main
 from fruitpipe.pipeline import publish, s3util, trainer
 from tests.conftest import needs_shared
 from tests.pipeline.conftest import make_bundle
-from tests.pipeline.test_steps import upload_candidate
 
 pytestmark = needs_shared
 MODELS = "fp-cli-models"

@@ -169,18 +169,22 @@ function drawPerformance(live) {
   $("perf-source").textContent = `From ${p.src}: accuracy ${pct(p.ev.accuracy)}, macro F1 ${pct(p.ev.macro_f1)}.`;
   barChart($("f1-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.ev.per_class[c]?.f1 ?? 0, color: classColor(c) })),
     { max: 1, fmt: pct });
-  const m = p.ev.confusion;
+  // fruitpipe.evaluation gives {rows, columns, matrix}; columns may add "not_fruit" (rejected).
+  const cm = p.ev.confusion;
+  const cols = Array.isArray(cm?.columns) ? cm.columns : LABELS;
+  const m = Array.isArray(cm) ? cm : cm?.matrix;
   if (!Array.isArray(m)) { conf.replaceChildren(); return; }
   const t = document.createElement("table");
   const max = Math.max(1, ...m.flat());
   const short = (c) => c.replace("fresh", "F·").replace("rotten", "R·").replace("apples", "apl").replace("banana", "ban").replace("oranges", "org");
-  t.innerHTML = `<thead><tr><th title="rows: true class, columns: predicted">true \\ pred</th>${LABELS.map((c) => `<th title="${c}">${short(c)}</th>`).join("")}</tr></thead>`;
+  const head = (c) => c === "not_fruit" ? "rej." : short(c);
+  t.innerHTML = `<thead><tr><th title="rows: true class, columns: predicted">true \\ pred</th>${cols.map((c) => `<th title="${c}">${head(c)}</th>`).join("")}</tr></thead>`;
   const body = document.createElement("tbody");
   m.forEach((row, i) => {
     const tr = document.createElement("tr");
     tr.innerHTML = `<th title="${LABELS[i]}">${short(LABELS[i])}</th>` + row.map((v, j) => {
       const a = v / max;
-      const bg = i === j ? `rgba(47,158,91,${0.12 + 0.7 * a})` : v ? `rgba(180,83,42,${0.15 + 0.7 * a})` : "transparent";
+      const bg = cols[j] === LABELS[i] ? `rgba(47,158,91,${0.12 + 0.7 * a})` : v ? `rgba(180,83,42,${0.15 + 0.7 * a})` : "transparent";
       return `<td style="background:${bg}" data-value="${v}">${v}</td>`;
     }).join("");
     body.append(tr);
