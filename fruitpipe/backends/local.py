@@ -232,14 +232,15 @@ class LocalRegistry(ModelRegistry):
 
 
 def default_seed_dirs() -> list[Path]:
-    """Shared training photos beside the checkout, when present."""
-    train = SHARED_FRUITS / "train"
-    return [train] if train.is_dir() else []
+    """Shared training photos beside the checkout (train + val, what the shipped model learnt from)."""
+    return [d for d in (SHARED_FRUITS / "train", SHARED_FRUITS / "val") if d.is_dir()]
 
 
 def default_eval_dir() -> Path | None:
-    val = SHARED_FRUITS / "val"
-    return val if val.is_dir() else None
+    """The gate's images: the shared test split, which neither the shipped model nor a retrain
+    trains on, so candidate and live are compared on images both have never seen."""
+    test = SHARED_FRUITS / "test"
+    return test if test.is_dir() else None
 
 
 def default_train_command() -> list[str]:
