@@ -232,8 +232,17 @@ class LocalRegistry(ModelRegistry):
 
 
 def default_seed_dirs() -> list[Path]:
-    """Shared training photos beside the checkout (train + val, what the shipped model learnt from)."""
-    return [d for d in (SHARED_FRUITS / "train", SHARED_FRUITS / "val") if d.is_dir()]
+    """Shared training photos beside the checkout, when present."""
+    train = SHARED_FRUITS / "train"
+    return [train] if train.is_dir() else []
+
+
+def default_validation_dir() -> Path | None:
+    """Calibration photos for the training job (it then refits on train + validation, as the
+    shipped model was made); a separate split, because near-copies inside one split would make the
+    not-fruit thresholds too strict."""
+    val = SHARED_FRUITS / "val"
+    return val if val.is_dir() else None
 
 
 def default_eval_dir() -> Path | None:
@@ -259,6 +268,7 @@ class TrainerConfig:
     train_command: list[str] = field(default_factory=default_train_command)
     seed_dirs: list[Path] = field(default_factory=default_seed_dirs)
     eval_dir: Path | None = field(default_factory=default_eval_dir)
+    validation_dir: Path | None = field(default_factory=default_validation_dir)
     # Python callable "module:function" used by the run process to evaluate a classifier on a folder.
     evaluate: str = "fruitpipe.backends.local_run:evaluate"
     gate_tolerance: float = 0.0
@@ -269,7 +279,9 @@ class TrainerConfig:
         # absolute paths: the run process does not share the server's working directory
         return {"train_command": list(self.train_command),
                 "seed_dirs": [str(Path(p).resolve()) for p in self.seed_dirs],
-                "eval_dir": str(Path(self.eval_dir).resolve()) if self.eval_dir else None, "evaluate": self.evaluate,
+                "eval_dir": str(Path(self.eval_dir).resolve()) if self.eval_dir else None,
+                "validation_dir": str(Path(self.validation_dir).resolve()) if self.validation_dir else None,
+                "evaluate": self.evaluate,
                 "gate_tolerance": self.gate_tolerance, "nice": self.nice}
 
 

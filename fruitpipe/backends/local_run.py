@@ -86,8 +86,8 @@ class Run:
         out = self.dir / "candidate"
         cmd = list(self.config["train_command"]) + ["--data", str(data), "--out", str(out),
                                                       "--cache", str(self.store / "cache" / "embeddings")]
-        # No --validation: the job calibrates on a hash-split share of the training data, so the
-        # gate's images stay unseen by the candidate (thresholds are not tuned on them).
+        if self.config.get("validation_dir"):
+            cmd += ["--validation", self.config["validation_dir"]]
         self.update(stage="train", percent=TRAIN_SPAN[0])
         self.log("$ " + " ".join(cmd))
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

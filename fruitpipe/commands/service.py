@@ -18,7 +18,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="LiteRT interpreters serving predictions at once (default: number of cores)")
     p.add_argument("--seed-data", action="append", type=Path, default=None,
                    help="extra training-image folder(s) (<class>/*.jpg) used by retraining "
-                        "(default ../shared/data/fruits/train and val when present)")
+                        "(default ../shared/data/fruits/train when present; ../shared/data/fruits/val calibrates)")
     p.add_argument("--eval-data", type=Path, default=None,
                    help="evaluation folder for the promotion gate (default ../shared/data/fruits/test)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
