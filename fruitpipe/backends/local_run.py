@@ -82,12 +82,26 @@ class Run:
             raise RunFailed("no training images (seed folders and the store's dataset are empty)")
         return data, counts
 
+    def live_hyperparameters(self) -> dict[str, str]:
+        """The live model's recipe, so a retrain changes the data, not the recipe (SageMaker-style
+        string values)."""
+        live = self.registry.live_version()
+        if live is None:
+            return {}
+        raw = bundle.read_manifest(self.registry.fetch(live)).raw.get("hyperparameters") or {}
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+
     def train(self, data: Path) -> Path:
         out = self.dir / "candidate"
         cmd = list(self.config["train_command"]) + ["--data", str(data), "--out", str(out),
                                                       "--cache", str(self.store / "cache" / "embeddings")]
         if self.config.get("validation_dir"):
             cmd += ["--validation", self.config["validation_dir"]]
+        hyperparameters = self.live_hyperparameters()
+        if hyperparameters:
+            path = self.dir / "hyperparameters.json"
+            atomic_write_json(path, hyperparameters)
+            cmd += ["--hyperparameters", str(path)]
         self.update(stage="train", percent=TRAIN_SPAN[0])
         self.log("$ " + " ".join(cmd))
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
