@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STORE ?= var
 
-.PHONY: setup run test test-fast synth layer bench load-test cloud-demo train-default clean
+.PHONY: setup run test test-fast synth layer bench report load-test cloud-demo train-default clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ test-fast: $(STAMP)
 
 load-test: $(STAMP)  ## our server vs a reference-style server under locust; writes results/load_test.md
 	$(PY) scripts/load_test.py
+
+bench: $(STAMP)  ## speed benchmarks (predict path, cold start, training, Lambda handler) → results/, docs/benchmarks.md
+	$(PY) scripts/bench_predict.py
+	$(PY) scripts/bench_cold_start.py
+	$(PY) scripts/bench_training.py
+	$(PY) scripts/bench_lambda.py
+	$(PY) scripts/report.py --write
+
+report: $(STAMP)  ## print the results tables from results/*.json and refresh docs/benchmarks.md
+	$(PY) scripts/report.py --write
 
 train-default: $(STAMP)  ## retrain the shipped model from ../shared/data/fruits
 	$(PY) scripts/train_default.py

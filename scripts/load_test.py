@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import platform
@@ -138,13 +137,9 @@ def main() -> int:
     shared_backbone = REPO.parent / "shared" / "models" / "mobilenet_v2_1.0_224_int8"
     if shared_backbone.is_dir():
         env.setdefault("FRUITPIPE_BACKBONE", str(shared_backbone))
-    # the retrain scenario needs a training job: the real one when installed, else the small test job
-    if importlib.util.find_spec("training_job") is not None:
-        train_cmd = [PY, "-m", "training_job"]
-    else:
-        train_cmd = [PY, str(REPO / "tests" / "helpers" / "tiny_training_job.py"), "--init",
-                     str(REPO / "models" / "default")]
-        env["PYTHONPATH"] = str(REPO)
+    # the retrain scenario runs the real training job (repository root on the path)
+    train_cmd = [PY, "-m", "training_job"]
+    env["PYTHONPATH"] = str(REPO)
     env["FRUITPIPE_TRAIN_COMMAND"] = shlex.join(train_cmd)
 
     ours_port, ref_port = free_port(), free_port()

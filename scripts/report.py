@@ -1,0 +1,141 @@
+"""Render results/*.json (written by the benchmark, training and load-test scripts) as markdown.
+
+``python scripts/report.py`` prints the results tables used in the README and writes them into
+docs/benchmarks.md between its markers, so no figure in the docs is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def ok(cond: bool) -> str:
+    return "met" if cond else "**missed**"
+
+
+def model_table() -> list[str]:
+    m = load("default_model.json")
+    if not m:
+        return []
+    return [
+        "### Model (`make train-default`; `../shared/data/fruits/test` + held-out generated non-fruit images)",
+        "",
+        "| what | result | target | |",
+        "|---|---:|---:|---|",
+        f"| test accuracy (a rejected fruit photo counts as wrong), n={m['n']} | {pct(m['accuracy'])} | ≥ 98.0% | {ok(m['accuracy'] >= 0.98)} |",
+        f"| test macro-F1 | {pct(m['macro_f1'])} | ≥ 98.0% | {ok(m['macro_f1'] >= 0.98)} |",
+        f"| test fruit photos answered `not_fruit` | {pct(m['fruit_rejected_rate'])} | ≤ 2% | {ok(m['fruit_rejected_rate'] <= 0.02)} |",
+        f"| held-out non-fruit images answered `not_fruit`, n={m['ood_n']} | {pct(m['ood_rejected_rate'])} | ≥ 90% | {ok((m['ood_rejected_rate'] or 0) >= 0.9)} |",
+        f"| test fruit answered `uncertain` (class still given) | {pct(m.get('uncertain_rate'))} | | |",
+        f"| model bundle without the backbone | {m['bundle_bytes'] / 1e6:.2f} MB | ≤ 1 MB | {ok(m['bundle_bytes'] <= 1_000_000)} |",
+        "",
+    ]
+
+
+def speed_table() -> list[str]:
+    rows = ["### Speed (`make bench`)", "", "| what | result | baseline, same run | target | |",
+            "|---|---:|---:|---:|---|"]
+    p = load("bench_predict.json")
+    if p:
+        rows.append(f"| predict path, 640x480 JPEG, 1 thread (decode + preprocess + infer + head), median "
+                    f"| {p['ours_median_ms']:.1f} ms | Keras float MobileNetV2 `predict` {p['keras_median_ms']:.1f} ms "
+                    f"({p['speedup']:.1f}x) | ≤ 8 ms, ≥ 10x | {ok(p['ours_median_ms'] <= 8 and p['speedup'] >= 10)} |")
+    c = load("bench_cold_start.json")
+    if c:
+        rows.append(f"| cold start: new process to first prediction, median of {c['runs']} "
+                    f"| {c['first_prediction_median_s']:.2f} s | | ≤ 0.5 s | {ok(c['first_prediction_median_s'] <= 0.5)} |")
+    t = load("bench_training.json")
+    if t:
+        rows.append(f"| full training from an empty cache ({t['full_embedded_new']} images embedded) "
+                    f"| {t['full_from_empty_cache_s']:.0f} s | | ≤ 5 min | {ok(t['full_from_empty_cache_s'] <= 300)} |")
+        rows.append(f"| retrain after adding {t['added_images']} images (embedded {t['retrain_embedded_new']}, "
+                    f"cached {t['retrain_cached']}) | {t['retrain_after_adding_s']:.0f} s | | ≤ 60 s "
+                    f"| {ok(t['retrain_after_adding_s'] <= 60)} |")
+    lam = load("bench_lambda.json")
+    if lam:
+        w = lam["warm"]
+        rows.append(f"| Lambda handler warm, HTTP API v2 event, base64 multipart 640x480 JPEG, median "
+                    f"| {w['http_api_v2']['median_ms']:.1f} ms | `predict_bytes` {w['baseline_predict_bytes']['median_ms']:.1f} ms "
+                    f"| ≤ 15 ms | {ok(w['http_api_v2']['median_ms'] <= 15)} |")
+        rows.append(f"| Lambda init (import + model load), Python 3.12, layer + function only "
+                    f"| {lam['init']['lambda_assets_py312']['total_ms'] / 1000:.2f} s | | ≤ 1 s "
+                    f"| {ok(lam['init']['lambda_assets_py312']['total_ms'] <= 1000)} |")
+    return rows + [""]
+
+
+def load_table() -> list[str]:
+    d = load("load_test.json")
+    if not d:
+        return []
+    c = d["conditions"]
+    ours = d["reference_scenario_ours"]["/predict"]
+    rows = [f"### Load (`make load-test`; Locust on the same machine, 127.0.0.1; {c['date']}, "
+            f"load average at start {c['load_average_at_start'][0]})", "",
+            "| scenario | fruitpipe | reference-style server (Keras float, `async` handler) | target | |",
+            "|---|---:|---:|---:|---|"]
+    ref = d.get("reference_scenario_reference", {}).get("/predict")
+    ref_txt = (f"{int(ref['failures'])} failures, median {ref['median_ms']:.0f} ms, p95 {ref['p95_ms']:.0f} ms"
+               if ref else "–")
+    rows.append(f"| 100 users, 1-3 s wait, predict:health:model-info 10:2:1: `/predict` "
+                f"| {int(ours['failures'])} failures, median {ours['median_ms']:.0f} ms, p95 {ours['p95_ms']:.0f} ms "
+                f"| {ref_txt} | 0 failures, p95 ≤ 150 ms | {ok(ours['failures'] == 0 and ours['p95_ms'] <= 150)} |")
+    cap = d["capacity_ours"]["/predict"]
+    ref_cap = d.get("capacity_reference", {}).get("/predict")
+    ratio = cap["rps"] / ref_cap["rps"] if ref_cap and ref_cap["rps"] else None
+    rows.append(f"| capacity, no wait, `/predict` | {cap['rps']:.0f} req/s, {int(cap['failures'])} failures "
+                f"| {ref_cap['rps']:.1f} req/s ({ratio:.1f}x)" if ratio else "| –")
+    rows[-1] += f" | ≥ 150 req/s, ≥ 10x | {ok(cap['rps'] >= 150 and cap['failures'] == 0 and (ratio or 0) >= 10)} |"
+    r = d.get("retrain")
+    if r:
+        idle, busy = r["idle"]["/predict"]["p95_ms"], r["during"]["/predict"]["p95_ms"]
+        rows.append(f"| `/predict` p95 during a retrain vs idle | {busy:.0f} ms vs {idle:.0f} ms ({busy / idle:.2f}x) "
+                    f"| | ≤ 3x | {ok(busy <= 3 * idle)} |")
+    return rows + [""]
+
+
+def cloud_table() -> list[str]:
+    d = load("cloud_demo.json")
+    if not d:
+        return []
+    return ["### Cloud flow (`make cloud-demo`, moto server on 127.0.0.1)", "",
+            "```", json.dumps(d, indent=1)[:1500], "```", ""]
+
+
+def render() -> str:
+    return "\n".join(model_table() + speed_table() + load_table() + cloud_table()).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--write", action="store_true", help="also update docs/benchmarks.md between its markers")
+    args = ap.parse_args(argv)
+    text = render()
+    sys.stdout.write(text)
+    if args.write:
+        doc = REPO / "docs" / "benchmarks.md"
+        body = doc.read_text()
+        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), BEGIN + "\n" + text + END, body, flags=re.S)
+        doc.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
