@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, Size, Stack
+from aws_cdk import Duration, IgnoreMode, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_events as events
@@ -120,8 +120,13 @@ class RetrainPipeline(Construct):
         # synth), held here so the pull grant can go on the role explicitly: the task receives an
         # immutable view of the role, because for JSON-path S3 locations it would otherwise add
         # s3:GetObject/PutObject/ListBucket on "*".
+        # Build context = the repository root (the image installs the fruitpipe package), limited
+        # to what the Dockerfile copies so synth never hashes venvs, build output or data.
         self.training_asset = ecr_assets.DockerImageAsset(
-            self, "TrainingImage", directory=str(training_dir or REPO / "training_job"))
+            self, "TrainingImage", directory=str(training_dir or REPO), file="training_job/Dockerfile",
+            ignore_mode=IgnoreMode.DOCKER,
+            exclude=["*", "!pyproject.toml", "!README.md", "!fruitpipe", "!training_job",
+                     "**/__pycache__", "**/*.pyc"])
         self.training_asset.repository.grant_pull(self.training_role)
         self.training_image = tasks.DockerImage.from_ecr_repository(
             self.training_asset.repository, self.training_asset.image_tag)
