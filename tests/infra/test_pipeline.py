@@ -94,7 +94,10 @@ def test_synth_needs_no_docker_and_stages_the_training_image(synthesized):
     assets = json.loads((synthesized[1].parent / "fruitpipe-dev.assets.json").read_text())
     (image,) = assets["dockerImages"].values()
     staged = synthesized[1].parent / image["source"]["directory"]
-    assert (staged / "Dockerfile").is_file()
+    assert image["source"]["dockerFile"] == "training_job/Dockerfile"
+    assert (staged / "training_job" / "Dockerfile").is_file()
+    # the build context holds exactly what the Dockerfile copies (no venv, build output or data)
+    assert sorted(p.name for p in staged.iterdir()) == ["README.md", "fruitpipe", "pyproject.toml", "training_job"]
 
 
 def test_state_order_and_guard(definition):
