@@ -144,19 +144,25 @@ class IngestOutcome:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-class S3DataStore(DataStore):
-    """Training images in the data bucket, filed by content hash (so a file is stored once)."""
+class _S3Bound:
+    """An S3 client made on first use (Lambda init stays fast; tests pass a moto-bound one)."""
 
-    def __init__(self, bucket: str, counter: NewImageCounter | None = None, s3: Any = None) -> None:
-        self.bucket = bucket
-        self.counter = counter or NewImageCounter(None)
-        self._s3 = s3
+    _s3: Any = None
 
     @property
     def s3(self) -> Any:
         if self._s3 is None:
             self._s3 = _client("s3")
         return self._s3
+
+
+class S3DataStore(_S3Bound, DataStore):
+    """Training images in the data bucket, filed by content hash (so a file is stored once)."""
+
+    def __init__(self, bucket: str, counter: NewImageCounter | None = None, s3: Any = None) -> None:
+        self.bucket = bucket
+        self.counter = counter or NewImageCounter(None)
+        self._s3 = s3
 
     def _exists(self, key: str) -> bool:
         try:
@@ -265,7 +271,7 @@ class S3DataStore(DataStore):
 
 # --- models --------------------------------------------------------------------------------------
 
-class S3ModelRegistry(ModelRegistry):
+class S3ModelRegistry(_S3Bound, ModelRegistry):
     """Immutable versions under ``versions/<v>/``, the live pointer in ``live.json``.
 
     ``seed_bundle`` (the default model shipped in the function asset) is served while the bucket
@@ -278,12 +284,6 @@ class S3ModelRegistry(ModelRegistry):
         self.seed_bundle = Path(seed_bundle) if seed_bundle else None
         self._seed_version = bundle.read_manifest(self.seed_bundle).version if self.seed_bundle else None
         self._s3 = s3
-
-    @property
-    def s3(self) -> Any:
-        if self._s3 is None:
-            self._s3 = _client("s3")
-        return self._s3
 
     def _get_json(self, key: str) -> Any:
         try:
