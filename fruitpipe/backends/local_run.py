@@ -166,8 +166,12 @@ class Run:
         try:
             return self._run()
         finally:
-            # the snapshot is only symlinks, but thousands per run: drop them, keep log and config
-            shutil.rmtree(self.dir / "data", ignore_errors=True)
+            self.drop_snapshot()
+
+    def drop_snapshot(self) -> None:
+        """The snapshot is only symlinks, but thousands per run: drop them, keep log and config.
+        Done before the final status is written, so a finished run leaves nothing behind."""
+        shutil.rmtree(self.dir / "data", ignore_errors=True)
 
     def _run(self) -> int:
         self.update(stage="starting", percent=0.0)
@@ -175,6 +179,7 @@ class Run:
             data, counts = self.snapshot()
             self.status.setdefault("result", {})["images"] = counts
             candidate = self.train(data)
+            self.drop_snapshot()
             cand_metrics, live_metrics = self.evaluate(candidate)
             self.update(stage="gate", percent=95.0)
             version = bundle.read_manifest(candidate).version
@@ -202,11 +207,13 @@ class Run:
                             result=result)
             return 0
         except RunFailed as exc:
+            self.drop_snapshot()
             self.log(f"failed: {exc}")
             result = dict(self.status.get("result") or {}, error=str(exc))
             self.update(state="failed", finished=bundle.now_iso(), result=result)
             return 1
         except Exception as exc:  # a bug or an I/O error: record it, leave the live model alone
+            self.drop_snapshot()
             for line in traceback.format_exc().splitlines()[-8:]:
                 self.log(line)
             result = dict(self.status.get("result") or {}, error=f"{type(exc).__name__}: {exc}")
