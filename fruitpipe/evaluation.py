@@ -43,6 +43,8 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     return {
         "n": n,
         "accuracy": float(correct.sum() / n) if n else 0.0,
+        # the head's own accuracy, as if nothing were rejected: separates head errors from rejection losses
+        "head_accuracy": float((is_fruit & (pred == true)).sum() / n) if n else 0.0,
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
         "per_class": per_class,
         "confusion": {"rows": list(LABELS), "columns": columns, "matrix": confusion},
