@@ -1,4 +1,4 @@
-"""LiteRT inference: int8 backbone → 1280-d embedding → head → six probabilities → verdict.
+"""LiteRT inference: int8 backbone → 1280-d embedding (+ pooled earlier maps) → head → six probabilities → verdict.
 
 Thread safety: a LiteRT ``Interpreter`` must not be used by two threads at once. A
 :class:`Classifier` owns a small pool of interpreters (``workers``, default 1) and lends one to
@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import backbone, bundle, imaging
+from . import backbone, bundle, features, imaging
 from .head import Head, softmax
 from .labels import LABELS, Verdict
 from .rejection import Rejector
@@ -69,11 +69,14 @@ class Backbone:
         for _ in range(max(1, workers)):
             self._pool.put(_interpreter(model, num_threads))
         it = self._pool.queue[0]
-        out = it.get_output_details()[0]
-        if out["index"] != backbone.EMBEDDING_TENSOR:
-            raise backbone.BackboneError("embedding output rewrite did not take effect")
+        outs = it.get_output_details()
+        wanted = (backbone.EMBEDDING_TENSOR, *backbone.FEATURE_TENSORS)
+        if tuple(o["index"] for o in outs) != wanted:
+            raise backbone.BackboneError("output rewrite did not take effect")
         self._input_index = it.get_input_details()[0]["index"]
-        self._out_scale, self._out_zero = out["quantization"]
+        # (tensor index, scale, zero point) per output: each is dequantized with its own parameters.
+        self._outputs = [(o["index"], *o["quantization"]) for o in outs]
+        self._out_scale, self._out_zero = outs[0]["quantization"]
         details = it.get_tensor_details()
         w_q = it.get_tensor(backbone.IMAGENET_WEIGHTS_TENSOR).reshape(1001, -1).astype(np.float32)
         w_scales = details[backbone.IMAGENET_WEIGHTS_TENSOR]["quantization_parameters"]["scales"]
@@ -89,19 +92,31 @@ class Backbone:
         finally:
             self._pool.put(it)
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """``uint8 [N, 224, 224, 3]`` → ``float32 [N, 1280]`` (dequantized pooled embeddings)."""
+    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``uint8 [N, 224, 224, 3]`` → (``float32 [N, 1280]`` embeddings, ``float32 [N, 832]`` pooled maps).
+
+        The embedding feeds the rejection rule and the ImageNet head; the pooled maps (see
+        :mod:`fruitpipe.features`) complete the head's input. One forward pass gives both.
+        """
         images = np.asarray(images, dtype=np.uint8)
         if images.ndim == 3:
             images = images[None]
-        out = np.empty((len(images), backbone.EMBEDDING_DIM), dtype=np.float32)
+        emb = np.empty((len(images), backbone.EMBEDDING_DIM), dtype=np.float32)
+        pooled = np.empty((len(images), features.POOLED_DIM), dtype=np.float32)
+        (emb_index, scale, zero), *maps = self._outputs
         with self._lease() as it:
             for i, img in enumerate(images):
                 it.set_tensor(self._input_index, img[None])  # type: ignore[attr-defined]
                 it.invoke()  # type: ignore[attr-defined]
-                q = it.get_tensor(backbone.EMBEDDING_TENSOR)  # type: ignore[attr-defined]
-                out[i] = (q.reshape(-1).astype(np.float32) - self._out_zero) * self._out_scale
-        return out
+                q = it.get_tensor(emb_index)  # type: ignore[attr-defined]
+                emb[i] = (q.reshape(-1).astype(np.float32) - zero) * scale
+                pooled[i] = features.pool_maps(
+                    [(it.get_tensor(idx).astype(np.float32) - z) * s for idx, s, z in maps])[0]  # type: ignore[attr-defined]
+        return emb, pooled
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """``uint8 [N, 224, 224, 3]`` → ``float32 [N, 1280]`` (dequantized pooled embeddings)."""
+        return self.features(images)[0]
 
     def imagenet_probs(self, embeddings: np.ndarray) -> np.ndarray:
         """The backbone's own 1001-way ImageNet softmax, computed from the embedding."""
@@ -121,9 +136,15 @@ class Classifier:
             Path(backbone_path) if backbone_path else None, num_threads=threads, workers=workers)
         self.head = Head.load(self.bundle_dir / self.manifest.head["file"],
                               [layer["activation"] for layer in self.manifest.head["layers"]])
-        if self.head.input_dim != backbone.EMBEDDING_DIM or self.head.output_dim != len(LABELS):
+        # Bundles made before the recipe existed have no "features" entry: embedding only.
+        self.recipe = str(self.manifest.head.get("features", features.LEGACY))
+        try:
+            dim = features.input_dim(self.recipe)
+        except ValueError as exc:
+            raise bundle.BundleError(str(exc)) from None
+        if self.head.input_dim != dim or self.head.output_dim != len(LABELS):
             raise bundle.BundleError(f"head shape {self.head.input_dim}→{self.head.output_dim} does "
-                                     f"not map {backbone.EMBEDDING_DIM} to {len(LABELS)}")
+                                     f"not map {dim} ({self.recipe}) to {len(LABELS)}")
         self.rejector = Rejector.from_manifest(self.manifest.rejection, self.bundle_dir)
         self.size = int(self.manifest.preprocessing.get("size", imaging.INPUT_SIZE))
 
@@ -133,11 +154,12 @@ class Classifier:
 
     def predict_arrays(self, images: np.ndarray) -> list[Prediction]:
         """Classify preprocessed ``uint8 [N, 224, 224, 3]`` images (one batch)."""
-        return self.predict_embeddings(self.backbone.embed(images))
+        return self.predict_embeddings(*self.backbone.features(images))
 
-    def predict_embeddings(self, emb: np.ndarray) -> list[Prediction]:
-        """Classify backbone embeddings ``float32 [N, 1280]`` (evaluation reuses cached ones)."""
-        probs = self.head(emb)
+    def predict_embeddings(self, emb: np.ndarray, pooled: np.ndarray | None = None) -> list[Prediction]:
+        """Classify backbone outputs: embeddings ``float32 [N, 1280]`` and pooled maps ``[N, 832]``
+        (needed unless the bundle's recipe is the embedding alone); evaluation reuses cached ones."""
+        probs = self.head(features.head_input(self.recipe, emb, pooled))
         scores = self.rejector.scores(emb, self.backbone.imagenet_probs(emb), probs)
         top = probs.argmax(axis=1)
         verdicts = self.rejector.verdicts(scores, top)

@@ -3,7 +3,8 @@
 Retraining only needs the backbone's embeddings, and the backbone is frozen, so an image is
 embedded once in its life. The cache is a folder of shard files (``emb-<time>-<rand>.npz``), each
 holding the raw int8 embeddings (exact: the backbone's output *is* int8) of a batch of images,
-keyed by the sha256 of the image file. A run loads every shard, embeds only what is missing and
+keyed by the sha256 of the image file, plus the pooled earlier feature maps the head also reads
+(float32, exactly what :meth:`Backbone.features` returns; see :mod:`fruitpipe.features`). A run loads every shard, embeds only what is missing and
 appends ONE new shard; shards are never rewritten, so ``aws s3 sync`` uploads only the new one.
 A shard records the backbone sha256 and preprocessing it was made with; others are ignored.
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from . import backbone as bb
 from . import imaging
+from .features import POOLED_DIM
 from .labels import LABELS, OOD_FOLDER
 
 IMAGE_SUFFIXES: Final[frozenset[str]] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
@@ -64,7 +66,10 @@ SHARD_GLOB: Final[str] = "emb-*.npz"
 
 def _cache_tag() -> str:
     """What an embedding depends on besides the image: the backbone and the preprocessing."""
-    meta = json.dumps({"backbone": bb.SHA256, "pre": imaging.PREPROCESSING.as_dict()}, sort_keys=True)
+    # "outputs" versions the shard layout: shards from before the pooled maps are ignored, not misread.
+    meta = json.dumps({"backbone": bb.SHA256, "pre": imaging.PREPROCESSING.as_dict(),
+                       "outputs": [bb.EMBEDDING_TENSOR, *bb.FEATURE_TENSORS], "pooled": "mean+max"},
+                      sort_keys=True)
     return hashlib.sha256(meta.encode()).hexdigest()[:16]
 
 
@@ -84,7 +89,8 @@ class Embedded:
     labels: list[str]  # folder name per image
     paths: list[Path]
     shas: list[str]
-    views: dict[str, np.ndarray]  # view -> float32 [N, 1280]
+    views: dict[str, np.ndarray]  # view -> float32 [N, 1280] embeddings
+    pooled: dict[str, np.ndarray] = field(default_factory=dict)  # view -> float32 [N, 832] pooled maps
     skipped: Counter = field(default_factory=Counter)  # error code -> count
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (path, code)
     embedded_new: int = 0
@@ -108,13 +114,13 @@ def list_dataset(root: Path) -> list[Item]:
 
 
 class EmbeddingCache:
-    """A folder of append-only npz shards: sha256 → int8 embedding, per view."""
+    """A folder of append-only npz shards: (sha256, view) → (int8 embedding, float32 pooled maps)."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = Path(folder) if folder else None
         self.tag = _cache_tag()
-        self._q: dict[tuple[str, str], np.ndarray] = {}
-        self._new: dict[tuple[str, str], np.ndarray] = {}
+        self._q: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._new: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         if self.folder and self.folder.is_dir():
             for shard in sorted(self.folder.glob(SHARD_GLOB)):
                 self._load(shard)
@@ -124,22 +130,22 @@ class EmbeddingCache:
             with np.load(shard, allow_pickle=False) as data:
                 if str(data["tag"]) != self.tag:
                     return
-                keys, views, q = data["sha256"], data["view"], data["q"]
+                keys, views, q, pooled = data["sha256"], data["view"], data["q"], data["pooled"]
         except (OSError, KeyError, ValueError) as exc:  # a torn upload must not stop training
             print(f"warning: ignoring unreadable cache shard {shard.name} ({exc})", file=sys.stderr)
             return
-        for key, view, row in zip(keys, views, q):
-            self._q[(str(key), str(view))] = row
+        for key, view, row, prow in zip(keys, views, q, pooled):
+            self._q[(str(key), str(view))] = (row, prow)
 
     def __len__(self) -> int:
         return len(self._q)
 
-    def get(self, sha: str, view: str) -> np.ndarray | None:
+    def get(self, sha: str, view: str) -> tuple[np.ndarray, np.ndarray] | None:
         return self._q.get((sha, view))
 
-    def put(self, sha: str, view: str, q: np.ndarray) -> None:
-        self._q[(sha, view)] = q
-        self._new[(sha, view)] = q
+    def put(self, sha: str, view: str, q: np.ndarray, pooled: np.ndarray) -> None:
+        self._q[(sha, view)] = (q, pooled)
+        self._new[(sha, view)] = (q, pooled)
 
     def flush(self) -> Path | None:
         """Append one shard with the entries added since loading (none → no file)."""
@@ -151,7 +157,8 @@ class EmbeddingCache:
         keys = list(self._new)
         with open(tmp, "wb") as fh:
             np.savez(fh, tag=np.str_(self.tag), sha256=np.array([k[0] for k in keys]),
-                     view=np.array([k[1] for k in keys]), q=np.stack([self._new[k] for k in keys]))
+                     view=np.array([k[1] for k in keys]), q=np.stack([self._new[k][0] for k in keys]),
+                     pooled=np.stack([self._new[k][1] for k in keys]))
         os.replace(tmp, self.folder / name)
         self._new.clear()
         return self.folder / name
@@ -187,10 +194,11 @@ class Progress:
             self._bar.close()
 
 
-def _quantized(backbone, images: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Float embeddings → the exact int8 codes the backbone produced (lossless round trip)."""
-    emb = backbone.embed(images)
-    return np.rint(emb / backbone._out_scale + backbone._out_zero).astype(np.int8)
+def _quantized(backbone, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """:meth:`Backbone.features`, with the embedding as the exact int8 codes the backbone produced
+    (lossless round trip); the pooled maps stay float32 as computed."""
+    emb, pooled = backbone.features(images)
+    return np.rint(emb / backbone._out_scale + backbone._out_zero).astype(np.int8), pooled
 
 
 def dequantize(backbone_scale: float, zero: float, q: np.ndarray) -> np.ndarray:
@@ -204,7 +212,7 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
     """Embed ``items`` in every view, reading the cache first. Bad files are skipped and counted."""
     scale, zero = backbone._out_scale, backbone._out_zero
     result = Embedded(labels=[], paths=[], shas=[], views={v: np.empty(0) for v in views})
-    rows: dict[str, list[np.ndarray]] = {v: [] for v in views}
+    rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {v: [] for v in views}
     pending: list[tuple[int, np.ndarray, list[str]]] = []  # (row, preprocessed image, missing views)
     bar = Progress(stage, len(items)) if progress else None
 
@@ -215,10 +223,10 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
             todo = [(row, img) for row, img, missing in pending if view in missing]
             if not todo:
                 continue
-            q = _quantized(backbone, apply_view(np.stack([img for _, img in todo]), view))
-            for (row, _), code in zip(todo, q):
-                cache.put(result.shas[row], view, code)
-                rows[view][row] = code
+            q, pooled = _quantized(backbone, apply_view(np.stack([img for _, img in todo]), view))
+            for (row, _), code, prow in zip(todo, q, pooled):
+                cache.put(result.shas[row], view, code, prow)
+                rows[view][row] = (code, prow)
         pending.clear()
 
     for item in items:
@@ -256,7 +264,7 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
             result.paths.append(item.path)
             result.shas.append(sha)
             for v, h in zip(views, hits):
-                rows[v].append(h if h is not None else np.empty(0, np.int8))
+                rows[v].append(h if h is not None else (np.empty(0, np.int8), np.empty(0, np.float32)))
             pending.append((row, img, [v for v, h in zip(views, hits) if h is None]))
             result.embedded_new += 1
             if len(pending) >= batch:
@@ -267,8 +275,10 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
     if bar:
         bar.close()
     for v in views:
-        q = np.stack(rows[v]) if rows[v] else np.empty((0, bb.EMBEDDING_DIM), np.int8)
+        q = np.stack([r[0] for r in rows[v]]) if rows[v] else np.empty((0, bb.EMBEDDING_DIM), np.int8)
         result.views[v] = dequantize(scale, zero, q)
+        result.pooled[v] = (np.stack([r[1] for r in rows[v]]).astype(np.float32) if rows[v]
+                            else np.empty((0, POOLED_DIM), np.float32))
     return result
 
 

@@ -43,6 +43,8 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     return {
         "n": n,
         "accuracy": float(correct.sum() / n) if n else 0.0,
+        # the head's own accuracy, as if nothing were rejected: separates head errors from rejection losses
+        "head_accuracy": float((is_fruit & (pred == true)).sum() / n) if n else 0.0,
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
         "per_class": per_class,
         "confusion": {"rows": list(LABELS), "columns": columns, "matrix": confusion},
@@ -54,9 +56,10 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
 
 
 def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str],  # type: ignore[no-untyped-def]
-                        skipped: dict[str, int] | None = None) -> dict[str, Any]:
-    """Evaluate on precomputed embeddings (the training job reuses its cache)."""
-    preds = classifier.predict_embeddings(embeddings) if len(labels) else []
+                        skipped: dict[str, int] | None = None,
+                        pooled: np.ndarray | None = None) -> dict[str, Any]:
+    """Evaluate on precomputed backbone outputs (the training job reuses its cache)."""
+    preds = classifier.predict_embeddings(embeddings, pooled) if len(labels) else []
     out = metrics_from_predictions(labels, [p.predicted_class for p in preds],
                                    [p.verdict == "not_fruit" for p in preds], classifier.version)
     out["uncertain_rate"] = float(np.mean([p.verdict == "uncertain" for p in preds])) if preds else 0.0
@@ -71,4 +74,5 @@ def evaluate(classifier, data_dir: Path | str, progress: bool = False) -> dict[s
                        stage="evaluate", progress=progress)
     if not len(emb):
         raise ValueError(f"no usable images under {data_dir}")
-    return evaluate_embeddings(classifier, emb.views["orig"], emb.labels, dict(emb.skipped))
+    return evaluate_embeddings(classifier, emb.views["orig"], emb.labels, dict(emb.skipped),
+                               pooled=emb.pooled["orig"])

@@ -55,10 +55,21 @@ class Head:
         return h
 
     def save(self, path: Path, dtype: str = "float32") -> None:
-        """Write ``head.npz``; ``dtype="float16"`` halves the size (loading always computes in float32)."""
+        """Write ``head.npz``; ``float16`` halves the size, ``int8`` quarters it (loading always computes
+        in float32).
+
+        ``int8`` stores each kernel row (one input feature) as int8 codes times a float32 row scale
+        (``kernel_<i>_scale``): the first layer has the input standardization folded in, so its rows
+        differ in magnitude by the inputs' spread and a per-row scale keeps each one precise.
+        """
         arrays: dict[str, np.ndarray] = {}
         for i, (k, b) in enumerate(zip(self.kernels, self.biases)):
-            arrays[f"kernel_{i}"] = k.astype(dtype)
+            if dtype == "int8":
+                scale = np.maximum(np.abs(k).max(axis=1), 1e-12).astype(np.float32) / 127.0
+                arrays[f"kernel_{i}"] = np.clip(np.rint(k / scale[:, None]), -127, 127).astype(np.int8)
+                arrays[f"kernel_{i}_scale"] = scale
+            else:
+                arrays[f"kernel_{i}"] = k.astype(dtype)
             arrays[f"bias_{i}"] = b.astype(np.float32)
         with open(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)
@@ -67,6 +78,10 @@ class Head:
     def load(cls, path: Path, activations: Sequence[str]) -> "Head":
         with np.load(path, allow_pickle=False) as data:
             n = len(activations)
-            kernels = tuple(np.ascontiguousarray(data[f"kernel_{i}"], dtype=np.float32) for i in range(n))
+            kernels = tuple(
+                np.ascontiguousarray(data[f"kernel_{i}"].astype(np.float32) * data[f"kernel_{i}_scale"][:, None])
+                if f"kernel_{i}_scale" in data.files
+                else np.ascontiguousarray(data[f"kernel_{i}"], dtype=np.float32)
+                for i in range(n))
             biases = tuple(np.ascontiguousarray(data[f"bias_{i}"], dtype=np.float32) for i in range(n))
         return cls(kernels, biases, tuple(activations))

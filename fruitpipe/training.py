@@ -23,6 +23,7 @@ import numpy as np
 
 from . import bundle, imaging
 from .embeddings import EmbeddingCache, embed_folder
+from .features import DEFAULT as DEFAULT_FEATURES, head_input, input_dim
 from .head import Head
 from .labels import LABELS
 from .rejection import FILE as REJECTION_FILE
@@ -38,6 +39,7 @@ class TrainingError(RuntimeError):
 class Config:
     """Hyperparameters (SageMaker passes them as strings; :meth:`from_mapping` converts)."""
 
+    features: str = DEFAULT_FEATURES  # head input recipe (fruitpipe.features), recorded in the manifest
     hidden: int = 256  # 0 = linear head
     dropout: float = 0.3
     label_smoothing: float = 0.1
@@ -55,7 +57,7 @@ class Config:
     max_other_fruit: float = 0.8
     min_confidence: float = 0.5
     validation_split: float = 0.15  # used only without a validation channel
-    head_dtype: str = "float16"
+    head_dtype: str = "int8"  # float32 | float16 | int8 (per-row scales); int8 keeps the 2112x256 head ~0.5 MB
     seed: int = 0
 
     @classmethod
@@ -242,6 +244,10 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     from .evaluation import evaluate_embeddings
 
     cfg = config or Config()
+    try:
+        input_dim(cfg.features)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
     started = time.monotonic()
     out_dir, output_data_dir = Path(out_dir), Path(output_data_dir or out_dir)
     print("stage=load_backbone", flush=True)
@@ -262,18 +268,24 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
 
     # Keep only class folders for the head (non-class folders in validation are OOD checks).
     fruit = np.array([lab in LABELS for lab in train_emb.labels], dtype=bool)
-    x_all = {v: train_emb.views[v][fruit] for v in views}
+    # x: the head's input (recipe); e: the 1280-d embedding (prototypes, ImageNet head).
+    e_all = {v: train_emb.views[v][fruit] for v in views}
+    x_all = {v: head_input(cfg.features, e_all[v], train_emb.pooled[v][fruit]) for v in views}
     y_all = _targets([lab for lab, f in zip(train_emb.labels, fruit) if f])
     if val_emb is not None:
         tr_idx, va_idx = np.arange(len(y_all)), None
         vfruit = np.array([lab in LABELS for lab in val_emb.labels], dtype=bool)
-        x_val, y_val = val_emb.views["orig"][vfruit], _targets([l for l, f in zip(val_emb.labels, vfruit) if f])
-        val_labels, val_x_full = val_emb.labels, val_emb.views["orig"]
+        val_e_full, val_p_full = val_emb.views["orig"], val_emb.pooled["orig"]
+        val_x_full = head_input(cfg.features, val_e_full, val_p_full)
+        x_val, e_val = val_x_full[vfruit], val_e_full[vfruit]
+        y_val = _targets([l for l, f in zip(val_emb.labels, vfruit) if f])
+        val_labels = val_emb.labels
     else:
         shas = [s for s, f in zip(train_emb.shas, fruit) if f]
         tr_idx, va_idx = _holdout(shas, y_all, cfg.validation_split, cfg.seed)
-        x_val, y_val = x_all["orig"][va_idx], y_all[va_idx]
-        val_labels, val_x_full = [LABELS[i] for i in y_val], x_val
+        x_val, e_val, y_val = x_all["orig"][va_idx], e_all["orig"][va_idx], y_all[va_idx]
+        val_p_full = train_emb.pooled["orig"][fruit][va_idx]
+        val_labels, val_x_full, val_e_full = [LABELS[i] for i in y_val], x_val, e_val
     missing = [LABELS[c] for c in range(len(LABELS)) if not (y_all[tr_idx] == c).any()]
     if missing:
         raise TrainingError(f"no usable training image for {', '.join(missing)}")
@@ -291,7 +303,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     other = np.array(sorted(OTHER_PRODUCE), dtype=np.int64)
 
     def protos(idx: np.ndarray) -> np.ndarray:
-        units = normalise(np.concatenate([x_all[v][idx] for v in views]))
+        units = normalise(np.concatenate([e_all[v][idx] for v in views]))
         labels = np.tile(y_all[idx], len(views))
         return np.concatenate([kmeans_prototypes(units[labels == c], cfg.prototypes_per_class, seed=cfg.seed)
                                for c in range(len(LABELS))])
@@ -299,25 +311,29 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     prototypes = protos(tr_idx)
     ood_sim = None
     if val_emb is not None and not vfruit.all():
-        x_ood = val_emb.views["orig"][~vfruit]
-        ood_sim = compute_scores(x_ood, backbone.imagenet_probs(x_ood), head(x_ood), other, prototypes)["similarity"]
-    rejection = calibrate(cfg, prototypes, other, x_val, backbone.imagenet_probs(x_val), head(x_val), ood_sim)
+        e_ood = val_e_full[~vfruit]
+        ood_sim = compute_scores(e_ood, backbone.imagenet_probs(e_ood), head(val_x_full[~vfruit]), other,
+                                 prototypes)["similarity"]
+    rejection = calibrate(cfg, prototypes, other, e_val, backbone.imagenet_probs(e_val), head(x_val), ood_sim)
     honest = None
     if cfg.refit and len(y_val):
         # Score the pre-refit model on validation now: after the refit it has seen those images.
         pre = Rejector(other, prototypes, rejection["min_similarity"], rejection["max_other_fruit"],
                        rejection["min_similarity_other"], rejection["min_confidence"])
         probs = head(val_x_full)
-        flags = pre.not_fruit(pre.scores(val_x_full, backbone.imagenet_probs(val_x_full), probs))
+        flags = pre.not_fruit(pre.scores(val_e_full, backbone.imagenet_probs(val_e_full), probs))
         honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
         print("stage=refit", flush=True)
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
         x_rf, y_rf = stack(np.arange(len(y_all)))  # without a channel the holdout is inside y_all
+        e_rf = np.concatenate([e_all[v] for v in views])
         if val_emb is not None:
-            x_rf = np.concatenate([x_rf] + [val_emb.views[v][vfruit] for v in views])
+            x_rf = np.concatenate([x_rf] + [head_input(cfg.features, val_emb.views[v][vfruit],
+                                                       val_emb.pooled[v][vfruit]) for v in views])
+            e_rf = np.concatenate([e_rf] + [val_emb.views[v][vfruit] for v in views])
             y_rf = np.concatenate([y_rf] + [y_val] * len(views))
         head, _, _ = fit_head(x_rf, y_rf, cfg)
-        units = normalise(x_rf)
+        units = normalise(e_rf)
         prototypes = np.concatenate([kmeans_prototypes(units[y_rf == c], cfg.prototypes_per_class, seed=cfg.seed)
                                      for c in range(len(LABELS))])
 
@@ -336,7 +352,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         counts = {lab: int((y_all == i).sum()) for i, lab in enumerate(LABELS)}
         manifest = bundle.Manifest(
             version=bundle.new_version(salt=str(os.getpid())), created=bundle.now_iso(), labels=LABELS,
-            files={}, head={"file": "head.npz", "dtype": cfg.head_dtype,
+            files={}, head={"file": "head.npz", "dtype": cfg.head_dtype, "features": cfg.features,
                             "layers": [{"activation": a, "units": int(k.shape[1])}
                                        for a, k in zip(head.activations, head.kernels)]},
             preprocessing=imaging.PREPROCESSING.as_dict(), rejection=rejection,
@@ -347,7 +363,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
 
         print("stage=evaluate", flush=True)
         clf = Classifier(staged, shared_backbone=backbone)  # the serving code path, checksums included
-        metrics = evaluate_embeddings(clf, val_x_full, val_labels)
+        metrics = evaluate_embeddings(clf, val_e_full, val_labels, pooled=val_p_full)
         if honest is not None:
             seen = metrics
             metrics = {**honest, "uncertain_rate": seen["uncertain_rate"], "skipped": seen["skipped"],

@@ -26,9 +26,20 @@ def test_embedding_matches_preserve_all_tensors(backbone) -> None:
     ref.allocate_tensors()
     ref.set_tensor(ref.get_input_details()[0]["index"], img[None])
     ref.invoke()
-    scale, zero = ref.get_tensor_details()[172]["quantization"]
-    expected = (ref.get_tensor(172).reshape(-1).astype(np.float32) - zero) * scale
+    details = ref.get_tensor_details()
+
+    def deq(index: int) -> np.ndarray:
+        scale, zero = details[index]["quantization"]  # each output has its own quantization
+        return (ref.get_tensor(index).astype(np.float32) - zero) * scale
+
+    expected = deq(172).reshape(-1)
     assert np.array_equal(backbone.embed(img[None])[0], expected)
+    # the two earlier maps are graph outputs too: mean and max pooled per channel
+    emb, pooled = backbone.features(img[None])
+    assert np.array_equal(emb[0], expected) and pooled.shape == (1, 832)
+    m170, m156 = deq(170).reshape(-1, 320), deq(156).reshape(-1, 96)
+    want = np.concatenate([m170.mean(0), m170.max(0), m156.mean(0), m156.max(0)])
+    assert np.allclose(pooled[0], want, atol=1e-6)
     # and the numpy ImageNet head agrees with the model's own softmax output
     probs = backbone.imagenet_probs(expected[None])[0]
     assert int(probs.argmax()) == int(ref.get_tensor(176).reshape(-1).argmax())
@@ -88,3 +99,34 @@ def test_concurrent_calls_share_one_classifier(backbone) -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_bundle_without_feature_recipe_runs_on_the_embedding_alone(backbone, tmp_path) -> None:
+    """Bundles made before the head read the pooled maps (input 1280, no ``head.features``) still run."""
+    from fruitpipe import bundle
+    from fruitpipe.classifier import Classifier
+    from fruitpipe.head import Head
+    from .conftest import DEFAULT_MODEL
+    new = bundle.verify(DEFAULT_MODEL)
+    assert new.head["features"] == "emb+170mm+156mm"
+    items = fruit_images("train", per_class=4)
+    emb, _ = backbone.features(np.stack([imaging.load_image(p.read_bytes()) for _, p in items]))
+    y = np.array([LABELS.index(label) for label, _ in items])
+    # a nearest-class-mean linear head on the embedding alone, like the old bootstrap probe
+    means = np.stack([emb[y == c].mean(0) for c in range(len(LABELS))])
+    head = Head((means.T.astype(np.float32) * 10,), (np.zeros(len(LABELS), np.float32),), ("softmax",))
+    head.save(tmp_path / "head.npz")
+    raw = new.to_dict()
+    raw["head"] = {"file": "head.npz", "dtype": "float32", "layers": [{"activation": "softmax", "units": 6}]}
+    files = {"head.npz": (tmp_path / "head.npz").read_bytes(),
+             "rejection.npz": (DEFAULT_MODEL / "rejection.npz").read_bytes()}
+    bundle.write(tmp_path / "old", bundle.Manifest.from_dict(raw), files)
+    old = Classifier(tmp_path / "old", shared_backbone=backbone)
+    assert old.recipe == "emb" and old.head.input_dim == 1280
+    preds = old.predict_many([p.read_bytes() for _, p in items])
+    assert sum(p.predicted_class == label for (label, _), p in zip(items, preds)) >= len(items) * 0.8
+    # an unknown recipe is refused at load, not at the first prediction
+    raw["head"]["features"] = "emb+999"
+    bundle.write(tmp_path / "bad", bundle.Manifest.from_dict(raw), files)
+    with pytest.raises(bundle.BundleError, match="recipe"):
+        Classifier(tmp_path / "bad", shared_backbone=backbone)

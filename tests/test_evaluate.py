@@ -18,6 +18,7 @@ def test_metrics_count_rejected_fruit_as_wrong() -> None:
     rejected = [False, True, False, True, False]
     m = metrics_from_predictions(true, pred, rejected, "v1")
     assert m["n"] == 3 and m["accuracy"] == pytest.approx(2 / 3)
+    assert m["head_accuracy"] == 1.0  # the rejected apple was classified right: a rejection loss
     assert m["ood_n"] == 2 and m["ood_rejected_rate"] == 0.5
     assert m["fruit_rejected_rate"] == pytest.approx(1 / 3)
     assert m["per_class"]["freshapples"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "n": 2}

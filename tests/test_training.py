@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fruitpipe import bundle
@@ -123,3 +124,36 @@ def test_numpy_head_matches_keras() -> None:
     mu, sd = x.mean(axis=0), x.std(axis=0) + 0.05
     assert np.allclose(head(x), model.predict((x - mu) / sd, verbose=0), atol=1e-4)
     assert len(history["loss"]) == 2
+
+
+def test_int8_head_round_trip_keeps_predictions(tmp_path) -> None:
+    """int8 kernels with per-row scales (the shipped format) stay within 1e-2 of the float head."""
+    from fruitpipe.head import Head
+    rng = np.random.default_rng(1)
+    # rows of very different magnitude, like a kernel with the standardization folded in
+    k0 = (rng.normal(size=(64, 16)) * rng.uniform(0.01, 20, size=(64, 1))).astype(np.float32)
+    head = Head((k0, 0.1 * rng.normal(size=(16, 6)).astype(np.float32)),  # logits of a few units
+                (rng.normal(size=16).astype(np.float32), np.zeros(6, np.float32)), ("relu", "softmax"))
+    head.save(tmp_path / "h.npz", dtype="int8")
+    with np.load(tmp_path / "h.npz") as data:
+        assert data["kernel_0"].dtype == np.int8 and data["kernel_0_scale"].shape == (64,)
+    stored = Head.load(tmp_path / "h.npz", head.activations)
+    x = rng.normal(size=(200, 64)).astype(np.float32) / np.abs(k0).max(axis=1)
+    assert np.abs(stored(x) - head(x)).max() < 1e-2
+    assert (stored(x).argmax(1) == head(x).argmax(1)).mean() >= 0.98
+
+
+def test_cache_ignores_shards_of_the_old_layout(tmp_path) -> None:
+    """Shards written before the pooled maps (old tag, no ``pooled``) are skipped, not misread."""
+    from fruitpipe.embeddings import EmbeddingCache
+    old_tag = "0123456789abcdef"
+    with open(tmp_path / "emb-20260101-000000-00000000.npz", "wb") as fh:
+        np.savez(fh, tag=np.str_(old_tag), sha256=np.array(["a" * 64]), view=np.array(["orig"]),
+                 q=np.zeros((1, 1280), np.int8))
+    cache = EmbeddingCache(tmp_path)
+    assert cache.tag != old_tag and len(cache) == 0 and cache.get("a" * 64, "orig") is None
+    cache.put("b" * 64, "orig", np.ones(1280, np.int8), np.full(832, 0.5, np.float32))
+    cache.flush()
+    again = EmbeddingCache(tmp_path)
+    q, pooled = again.get("b" * 64, "orig")
+    assert len(again) == 1 and q.dtype == np.int8 and pooled.shape == (832,) and pooled[0] == np.float32(0.5)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fruitpipe import bundle, imaging
+from fruitpipe import features as recipes
 from fruitpipe.classifier import Backbone
 from fruitpipe.head import Head, softmax
 from fruitpipe.labels import LABELS
@@ -49,7 +50,10 @@ def main() -> int:
         return 3
     print("stage=embed", flush=True)
     backbone = Backbone(None)
-    x = backbone.embed(np.stack([imaging.load_image(path.read_bytes()) for _, path in items]))
+    # The head's input as the init bundle's recipe says (same function as serving).
+    recipe = bundle.verify(args.init).head.get("features", recipes.LEGACY)
+    x = recipes.head_input(recipe, *backbone.features(
+        np.stack([imaging.load_image(path.read_bytes()) for _, path in items])))
     y = np.array([i for i, _ in items])
     if args.mode == "bad":
         y = (y + 1) % len(LABELS)
