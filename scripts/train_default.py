@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "n": result["n"],
             "fruit_rejected_rate": result["fruit_rejected_rate"], "ood_n": result["ood_n"],
             "ood_rejected_rate": result["ood_rejected_rate"], "uncertain_rate": result["uncertain_rate"],
+            "head_accuracy": result.get("head_accuracy"),
+            "per_class": result["per_class"], "confusion": result["confusion"],
             "validation": validation_metrics,
         }
         files = {name: (staged / name).read_bytes() for name in manifest.files}
