@@ -61,4 +61,4 @@ synth: $(STAMP)  ## synthesize the CDK app offline into cdk.out (cdk-nag checks 
 	$(VENV)/bin/cfn-lint --non-zero-exit-code error cdk.out/fruitpipe-*.template.json
 
 cloud-demo: $(STAMP)  ## the whole AWS flow (ingest → retrain → gate → publish → API) against a moto server on 127.0.0.1
-	$(PY) scripts/cloud_demo.py
+	$(PY) scripts/cloud_demo.py --json results/cloud_demo.json
