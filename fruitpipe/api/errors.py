@@ -81,6 +81,22 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is not valid"
 
 
+# Domain exceptions raised below the API, and the answer each one gets.
+DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    UnknownClass: (422, "unknown_class"),
+    NotFound: (404, "not_found"),
+    RetrainRunning: (409, "retrain_running"),
+    VersionRejected: (409, "version_rejected"),
+    BundleError: (503, "model_invalid"),
+}
+
+
+def _domain_handler(status: int, code: str):  # type: ignore[no-untyped-def]
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return respond(status, code, str(exc))
+    return handle
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -90,25 +106,8 @@ def install(app: FastAPI) -> None:
     async def _invalid_image(_: Request, exc: imaging.InvalidImage) -> JSONResponse:
         return respond(IMAGE_STATUS.get(exc.code, 400), exc.code, exc.detail)
 
-    @app.exception_handler(UnknownClass)
-    async def _unknown_class(_: Request, exc: UnknownClass) -> JSONResponse:
-        return respond(422, "unknown_class", str(exc))
-
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return respond(404, "not_found", str(exc))
-
-    @app.exception_handler(RetrainRunning)
-    async def _running(_: Request, exc: RetrainRunning) -> JSONResponse:
-        return respond(409, "retrain_running", str(exc))
-
-    @app.exception_handler(VersionRejected)
-    async def _rejected(_: Request, exc: VersionRejected) -> JSONResponse:
-        return respond(409, "version_rejected", str(exc))
-
-    @app.exception_handler(BundleError)
-    async def _bundle(_: Request, exc: BundleError) -> JSONResponse:
-        return respond(503, "model_invalid", str(exc))
+    for exc_type, (status, code) in DOMAIN_ERRORS.items():
+        app.add_exception_handler(exc_type, _domain_handler(status, code))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

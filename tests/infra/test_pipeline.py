@@ -13,18 +13,9 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+from tests.infra.synth import REPO, synth
+
 pytestmark = pytest.mark.slow
-
-
-def synth(outdir: Path, context: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    sys.path.insert(0, str(REPO))
-    from infra.app import build_app
-    app, stack = build_app(context or {}, outdir=str(outdir))
-    app.synth()
-    path = outdir / f"{stack.stack_name}.template.json"
-    return json.loads(path.read_text()), path
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ arm64 stage with retain=false. The layer and function assets are built first (ca
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,9 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+from tests.infra.synth import synth
+
 pytestmark = pytest.mark.slow
-
-
-def synth(outdir: Path, context: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    sys.path.insert(0, str(REPO))
-    from infra.app import build_app
-    app, stack = build_app(context or {}, outdir=str(outdir))
-    app.synth()  # raises ValidationFailed on any unacknowledged cdk-nag finding
-    path = outdir / f"{stack.stack_name}.template.json"
-    return json.loads(path.read_text()), path
 
 
 @pytest.fixture(scope="module")
