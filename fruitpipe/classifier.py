@@ -14,14 +14,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import backbone, bundle, features, imaging
 from .head import Head, softmax
 from .labels import LABELS, Verdict
-from .rejection import Rejector
+from .rejection import Rejector, prototype_similarity
+
+# Rows of a batch → their preprocessed images ``uint8 [n, 224, 224, 3]``; lets callers that hold
+# only embeddings (evaluation, training) load images lazily for the rejection's second look.
+ImageSource = Callable[[np.ndarray], np.ndarray]
 
 # Importing LiteRT lazily keeps `fruitpipe --help` and the pure-python modules fast.
 _interpreter_cls = None
@@ -123,6 +127,17 @@ class Backbone:
         return softmax(embeddings @ self._imagenet_kernel + self._imagenet_bias)
 
 
+def zoom_similarity(backbone: Backbone, prototypes: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Best prototype similarity over each image's four zoomed quadrants, ``float32 [N]``.
+
+    Four backbone passes per image; the rejection asks for it only for images it would reject.
+    """
+    out = np.empty(len(images), dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = prototype_similarity(backbone.embed(imaging.zoom_views(image)), prototypes).max()
+    return out
+
+
 class Classifier:
     """A verified model bundle on a provisioned backbone."""
 
@@ -154,13 +169,28 @@ class Classifier:
 
     def predict_arrays(self, images: np.ndarray) -> list[Prediction]:
         """Classify preprocessed ``uint8 [N, 224, 224, 3]`` images (one batch)."""
-        return self.predict_embeddings(*self.backbone.features(images))
+        images = np.asarray(images, dtype=np.uint8)
+        return self.predict_embeddings(*self.backbone.features(images), images=lambda rows: images[rows])
 
-    def predict_embeddings(self, emb: np.ndarray, pooled: np.ndarray | None = None) -> list[Prediction]:
+    def zoom_similarity(self, images: np.ndarray) -> np.ndarray:
+        """The rejection's second look on preprocessed images (see :func:`zoom_similarity`)."""
+        return zoom_similarity(self.backbone, self.rejector.prototypes, images)
+
+    def predict_embeddings(self, emb: np.ndarray, pooled: np.ndarray | None = None,
+                           images: ImageSource | None = None) -> list[Prediction]:
         """Classify backbone outputs: embeddings ``float32 [N, 1280]`` and pooled maps ``[N, 832]``
-        (needed unless the bundle's recipe is the embedding alone); evaluation reuses cached ones."""
+        (needed unless the bundle's recipe is the embedding alone); evaluation reuses cached ones.
+
+        ``images`` gives the preprocessed images of rows the rejection wants a second look at;
+        without it, those rows are judged on the whole image only (stricter, never looser).
+        """
         probs = self.head(features.head_input(self.recipe, emb, pooled))
         scores = self.rejector.scores(emb, self.backbone.imagenet_probs(emb), probs)
+        rows = np.flatnonzero(self.rejector.needs_second_look(scores))
+        if images is not None and len(rows):
+            zoom = np.full(len(emb), np.nan, dtype=np.float32)
+            zoom[rows] = self.zoom_similarity(images(rows))
+            scores["zoom_similarity"] = zoom
         top = probs.argmax(axis=1)
         verdicts = self.rejector.verdicts(scores, top)
         stamp = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
@@ -171,7 +201,7 @@ class Classifier:
                 probabilities={label: float(p) for label, p in zip(LABELS, probs[i])},
                 verdict=verdicts[i],
                 model_version=self.version,
-                scores={name: float(vals[i]) for name, vals in scores.items()},
+                scores={name: float(vals[i]) for name, vals in scores.items() if not np.isnan(vals[i])},
                 timestamp=stamp,
             )
             for i in range(len(top))

@@ -139,6 +139,22 @@ def load_image(data: bytes, *, size: int = INPUT_SIZE, max_bytes: int = MAX_BYTE
     return resize(img, size)
 
 
+def zoom_views(image: np.ndarray) -> np.ndarray:
+    """The four quadrants of a model input, each enlarged back to full size: ``uint8 [4, S, S, 3]``.
+
+    The not-fruit rule's second look (see :mod:`fruitpipe.rejection`): a photo of several small
+    fruit (a row of bananas on a cloth, a bowl of oranges) can sit far from the single-fruit
+    training photos as a whole, while each quadrant shows one or two fruit at the scale the
+    model knows. Made from the already preprocessed input, so it adds no second decode.
+    """
+    size = image.shape[0]
+    half = size // 2
+    pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    boxes = [(0, 0, half, half), (half, 0, size, half), (0, half, half, size), (half, half, size, size)]
+    return np.stack([np.asarray(pil.crop(box).resize((size, size), Image.Resampling.BILINEAR))
+                     for box in boxes])
+
+
 def validate(data: bytes) -> tuple[int, int]:
     """Fully decode ``data`` (raising :class:`InvalidImage`) and return its oriented size."""
     img = decode(data)

@@ -7,6 +7,13 @@ person". Three cheap signals decide instead (measured on these data, see docs/ml
   centres of the training embeddings, original and mirrored). This is the main signal: fruit
   photos sit at 0.65-0.95, people, animals, objects, textures and synthetic images below ~0.6.
   It is one matrix product, so it costs nothing at serving time.
+* ``zoom_similarity``: a second look, only for images the first one would reject: the best
+  ``similarity`` of the four quadrants, each enlarged to full size
+  (:func:`fruitpipe.imaging.zoom_views`). A photo of many small fruit (bananas laid out on a
+  cloth, a bowl of oranges) is far from the single-fruit training photos as a whole, but each
+  quadrant shows a fruit at the scale the model knows. Its bar (``min_similarity_zoom``) is set
+  above every calibration not-fruit image the first look rejects, so it accepts no more of
+  them; it costs four more backbone passes, paid only by rejected (mostly not-fruit) images.
 * ``other_fruit``: the backbone's own ImageNet classifier (its 1x1 conv, reused on the
   embedding) — the largest probability it gives to another fruit or a vegetable it knows
   (strawberry, lemon, pineapple, fig, pomegranate, broccoli, mushroom, ...). Another fruit on a
@@ -15,10 +22,11 @@ person". Three cheap signals decide instead (measured on these data, see docs/ml
   rejects only together with a stricter similarity threshold (``min_similarity_other``).
 * ``confidence``: the head's top probability; a low one on a fruit → ``uncertain``.
 
-Verdict: ``not_fruit`` if ``similarity < min_similarity``, or if ``other_fruit >= max_other_fruit``
-and ``similarity < min_similarity_other``; else ``uncertain`` if ``confidence < min_confidence``;
-else fresh/rotten. Thresholds are chosen on validation fruit so that a small recorded share of
-real fruit is rejected (the training job), and stored with the model.
+Verdict: ``not_fruit`` if ``similarity < min_similarity`` (and, when the bundle has a zoom bar,
+``zoom_similarity < min_similarity_zoom``), or if ``other_fruit >= max_other_fruit`` and
+``similarity < min_similarity_other``; else ``uncertain`` if ``confidence < min_confidence``;
+else fresh/rotten. Thresholds are chosen on validation fruit (and validation not-fruit images,
+when given) by the training job, and stored with the model.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class Rejector:
     max_other_fruit: float
     min_similarity_other: float
     min_confidence: float
+    min_similarity_zoom: float | None = None  # None: no second look (bundles calibrated without not-fruit images)
 
     @classmethod
     def from_manifest(cls, rejection: dict[str, Any], bundle_dir: Path) -> "Rejector":
@@ -66,6 +75,7 @@ class Rejector:
             max_other_fruit=float(rejection["max_other_fruit"]),
             min_similarity_other=float(rejection["min_similarity_other"]),
             min_confidence=float(rejection["min_confidence"]),
+            min_similarity_zoom=_optional_float(rejection.get("min_similarity_zoom")),
         )
 
     def scores(self, embeddings: np.ndarray, imagenet_probs: np.ndarray,
@@ -73,9 +83,16 @@ class Rejector:
         """Per-image signals, each ``float32 [N]``."""
         return compute_scores(embeddings, imagenet_probs, probs, self.other_classes, self.prototypes)
 
+    def needs_second_look(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """Boolean ``[N]``: the images whose ``zoom_similarity`` could still change the verdict."""
+        if self.min_similarity_zoom is None:
+            return np.zeros(len(scores["similarity"]), dtype=bool)
+        return scores["similarity"] < self.min_similarity
+
     def not_fruit(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Boolean ``[N]``: the images this rule answers ``not_fruit``."""
-        return reject_mask(scores, self.min_similarity, self.max_other_fruit, self.min_similarity_other)
+        return reject_mask(scores, self.min_similarity, self.max_other_fruit, self.min_similarity_other,
+                           self.min_similarity_zoom)
 
     def verdicts(self, scores: dict[str, np.ndarray], top: np.ndarray) -> list[Verdict]:
         reject = self.not_fruit(scores)
@@ -91,21 +108,47 @@ class Rejector:
 
 
 def reject_mask(scores: dict[str, np.ndarray], min_similarity: float, max_other_fruit: float,
-                min_similarity_other: float) -> np.ndarray:
-    """The not-fruit rule, shared by calibration (training) and serving."""
+                min_similarity_other: float, min_similarity_zoom: float | None = None) -> np.ndarray:
+    """The not-fruit rule, shared by calibration (training) and serving.
+
+    ``scores["zoom_similarity"]`` (NaN where the second look was not taken) rescues a far image
+    only when the bundle has a zoom bar and the image's zoomed quadrants clear it.
+    """
     sim = scores["similarity"]
-    return (sim < min_similarity) | ((scores["other_fruit"] >= max_other_fruit) & (sim < min_similarity_other))
+    far = sim < min_similarity
+    zoom = scores.get("zoom_similarity")
+    if min_similarity_zoom is not None and zoom is not None:
+        far &= ~(np.nan_to_num(zoom, nan=-1.0) >= min_similarity_zoom)
+    return far | ((scores["other_fruit"] >= max_other_fruit) & (sim < min_similarity_other))
+
+
+def prototype_similarity(embeddings: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each embedding to its nearest prototype, ``float32 [N]``."""
+    if not len(prototypes):
+        return np.ones(len(embeddings), dtype=np.float32)
+    return (normalise(embeddings) @ prototypes.T).max(axis=1).astype(np.float32)
+
+
+def zoom_threshold(rejected_zoom: np.ndarray, min_similarity: float) -> float:
+    """The second look's bar: just above the zoom scores of every calibration not-fruit image
+    the first look rejects, so the second look accepts none of them; never below ``min_similarity``.
+    """
+    if not len(rejected_zoom):
+        return float(min_similarity)
+    return float(max(min_similarity, np.nextafter(np.float32(np.max(rejected_zoom)), np.float32(np.inf))))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def compute_scores(embeddings: np.ndarray, imagenet_probs: np.ndarray, probs: np.ndarray,
                    other_classes: np.ndarray, prototypes: np.ndarray) -> dict[str, np.ndarray]:
     """The signals, as a free function so calibration in training uses the exact same code."""
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    unit = embeddings / np.maximum(norms, 1e-12)
-    similarity = (unit @ prototypes.T).max(axis=1) if len(prototypes) else np.ones(len(unit))
-    other = imagenet_probs[:, other_classes].max(axis=1) if len(other_classes) else np.zeros(len(unit))
+    similarity = prototype_similarity(embeddings, prototypes)
+    other = imagenet_probs[:, other_classes].max(axis=1) if len(other_classes) else np.zeros(len(embeddings))
     return {
-        "similarity": similarity.astype(np.float32),
+        "similarity": similarity,
         "other_fruit": other.astype(np.float32),
         "confidence": probs.max(axis=1).astype(np.float32),
     }

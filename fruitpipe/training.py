@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -28,7 +28,11 @@ from .head import Head
 from .labels import LABELS
 from .rejection import FILE as REJECTION_FILE
 from .evaluation import metrics_from_predictions
-from .rejection import OTHER_PRODUCE, Rejector, compute_scores, kmeans_prototypes, normalise, reject_mask
+from .rejection import (OTHER_PRODUCE, Rejector, compute_scores, kmeans_prototypes, normalise, reject_mask,
+                        zoom_threshold)
+
+# Row indices → the rejection's second-look score of those rows (see Classifier.zoom_similarity).
+ZoomScore = Callable[[np.ndarray], np.ndarray]
 
 
 class TrainingError(RuntimeError):
@@ -161,30 +165,42 @@ def _quantile_threshold(values: np.ndarray, share: float) -> float:
 
 def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, emb_val: np.ndarray,
               imnet_val: np.ndarray, probs_val: np.ndarray,
-              ood_similarity: np.ndarray | None = None) -> dict[str, Any]:
+              ood_similarity: np.ndarray | None = None, ood_zoom: ZoomScore | None = None,
+              fruit_zoom: ZoomScore | None = None) -> dict[str, Any]:
     """Choose the thresholds on validation fruit so about the target share is rejected.
 
     With not-fruit validation images, the similarity bar is lowered to the level that still
     rejects ``target_ood_rejection`` of them, when that is below the fruit-quantile bar: real fruit
-    far from the training photos then stays accepted.
+    far from the training photos then stays accepted. With their second-look scores
+    (``ood_zoom``), the zoom bar is set just above every not-fruit image the first look rejects
+    (:func:`fruitpipe.rejection.zoom_threshold`); without not-fruit images there is no zoom bar.
     """
     scores = compute_scores(emb_val, imnet_val, probs_val, other_classes, prototypes)
     min_sim = _quantile_threshold(scores["similarity"], cfg.target_fruit_rejection)
+    min_zoom = None
     if ood_similarity is not None and len(ood_similarity):
         min_sim = min(min_sim, _quantile_threshold(ood_similarity, cfg.target_ood_rejection))
+        if ood_zoom is not None:
+            min_zoom = zoom_threshold(ood_zoom(np.flatnonzero(ood_similarity < min_sim)), min_sim)
+    if min_zoom is not None and fruit_zoom is not None:
+        far = np.flatnonzero(scores["similarity"] < min_sim)
+        scores["zoom_similarity"] = np.full(len(emb_val), np.nan, dtype=np.float32)
+        if len(far):
+            scores["zoom_similarity"][far] = fruit_zoom(far)
     # Other-fruit rule: the highest similarity bar that rejects at most the extra target share.
     flagged = scores["other_fruit"] >= cfg.max_other_fruit
-    base = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim)
+    base = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim, min_zoom)
     candidates = np.sort(scores["similarity"][flagged & ~base])
     allowed = int(np.floor(cfg.target_other_rejection * len(emb_val)))
     min_sim_other = float(candidates[allowed] if allowed < len(candidates) else 1.0)
     min_sim_other = max(min_sim_other, min_sim)
-    rejected = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim_other)
+    rejected = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim_other, min_zoom)
     return {
-        "method": "prototype-similarity+imagenet-other-produce",
+        "method": "prototype-similarity+zoom+imagenet-other-produce",
         "file": REJECTION_FILE,
         "other_classes": [int(c) for c in other_classes],
         "min_similarity": min_sim,
+        "min_similarity_zoom": min_zoom,
         "max_other_fruit": cfg.max_other_fruit,
         "min_similarity_other": min_sim_other,
         "min_confidence": cfg.min_confidence,
@@ -240,8 +256,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
           cache_dir: Path | None = None, output_data_dir: Path | None = None,
           config: Config | None = None, backbone_path: Path | None = None) -> dict[str, Any]:
     """Train a bundle from ``data_dir/<class>/*``; return the metrics written to ``metrics.json``."""
-    from .classifier import Backbone, Classifier
-    from .evaluation import evaluate_embeddings
+    from .classifier import Backbone, Classifier, zoom_similarity
+    from .evaluation import evaluate_embeddings, image_source
 
     cfg = config or Config()
     try:
@@ -279,13 +295,15 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         val_x_full = head_input(cfg.features, val_e_full, val_p_full)
         x_val, e_val = val_x_full[vfruit], val_e_full[vfruit]
         y_val = _targets([l for l, f in zip(val_emb.labels, vfruit) if f])
-        val_labels = val_emb.labels
+        val_labels, val_paths = val_emb.labels, val_emb.paths
     else:
         shas = [s for s, f in zip(train_emb.shas, fruit) if f]
         tr_idx, va_idx = _holdout(shas, y_all, cfg.validation_split, cfg.seed)
         x_val, e_val, y_val = x_all["orig"][va_idx], e_all["orig"][va_idx], y_all[va_idx]
         val_p_full = train_emb.pooled["orig"][fruit][va_idx]
         val_labels, val_x_full, val_e_full = [LABELS[i] for i in y_val], x_val, e_val
+        val_paths = [p for p, f in zip(train_emb.paths, fruit) if f]
+        val_paths = [val_paths[i] for i in va_idx]
     missing = [LABELS[c] for c in range(len(LABELS)) if not (y_all[tr_idx] == c).any()]
     if missing:
         raise TrainingError(f"no usable training image for {', '.join(missing)}")
@@ -302,26 +320,42 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     print("stage=calibrate", flush=True)
     other = np.array(sorted(OTHER_PRODUCE), dtype=np.int64)
 
-    def protos(idx: np.ndarray) -> np.ndarray:
-        units = normalise(np.concatenate([e_all[v][idx] for v in views]))
-        labels = np.tile(y_all[idx], len(views))
-        return np.concatenate([kmeans_prototypes(units[labels == c], cfg.prototypes_per_class, seed=cfg.seed)
-                               for c in range(len(LABELS))])
+    def protos(units: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        # Rounded to the float16 the bundle stores, so calibration scores exactly what serving will.
+        centres = np.concatenate([kmeans_prototypes(units[labels == c], cfg.prototypes_per_class, seed=cfg.seed)
+                                  for c in range(len(LABELS))])
+        return centres.astype(np.float16).astype(np.float32)
 
-    prototypes = protos(tr_idx)
-    ood_sim = None
+    prototypes = protos(normalise(np.concatenate([e_all[v][tr_idx] for v in views])),
+                        np.tile(y_all[tr_idx], len(views)))
+    val_images = image_source(val_paths, imaging.INPUT_SIZE)
+
+    def zoom_of(rows: np.ndarray) -> np.ndarray:  # validation rows → second-look score
+        return zoom_similarity(backbone, prototypes, val_images(rows)) if len(rows) else np.empty(0, np.float32)
+
+    ood_sim, ood_zoom = None, None
+    fruit_rows = np.flatnonzero([lab in LABELS for lab in val_labels])
     if val_emb is not None and not vfruit.all():
         e_ood = val_e_full[~vfruit]
         ood_sim = compute_scores(e_ood, backbone.imagenet_probs(e_ood), head(val_x_full[~vfruit]), other,
                                  prototypes)["similarity"]
-    rejection = calibrate(cfg, prototypes, other, e_val, backbone.imagenet_probs(e_val), head(x_val), ood_sim)
+        ood_rows = np.flatnonzero(~vfruit)
+        ood_zoom = lambda rows: zoom_of(ood_rows[rows])  # noqa: E731
+    rejection = calibrate(cfg, prototypes, other, e_val, backbone.imagenet_probs(e_val), head(x_val), ood_sim,
+                          ood_zoom=ood_zoom, fruit_zoom=lambda rows: zoom_of(fruit_rows[rows]))
+    log(min_similarity=rejection["min_similarity"], min_similarity_zoom=rejection["min_similarity_zoom"])
     honest = None
     if cfg.refit and len(y_val):
         # Score the pre-refit model on validation now: after the refit it has seen those images.
         pre = Rejector(other, prototypes, rejection["min_similarity"], rejection["max_other_fruit"],
-                       rejection["min_similarity_other"], rejection["min_confidence"])
+                       rejection["min_similarity_other"], rejection["min_confidence"],
+                       rejection["min_similarity_zoom"])
         probs = head(val_x_full)
-        flags = pre.not_fruit(pre.scores(val_e_full, backbone.imagenet_probs(val_e_full), probs))
+        pre_scores = pre.scores(val_e_full, backbone.imagenet_probs(val_e_full), probs)
+        again = np.flatnonzero(pre.needs_second_look(pre_scores))
+        pre_scores["zoom_similarity"] = np.full(len(probs), np.nan, dtype=np.float32)
+        pre_scores["zoom_similarity"][again] = zoom_of(again)
+        flags = pre.not_fruit(pre_scores)
         honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
         print("stage=refit", flush=True)
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
@@ -333,9 +367,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
             e_rf = np.concatenate([e_rf] + [val_emb.views[v][vfruit] for v in views])
             y_rf = np.concatenate([y_rf] + [y_val] * len(views))
         head, _, _ = fit_head(x_rf, y_rf, cfg)
-        units = normalise(e_rf)
-        prototypes = np.concatenate([kmeans_prototypes(units[y_rf == c], cfg.prototypes_per_class, seed=cfg.seed)
-                                     for c in range(len(LABELS))])
+        prototypes = protos(normalise(e_rf), y_rf)
 
     print("stage=write_bundle", flush=True)
     work = Path(tempfile.mkdtemp(prefix=".fruitpipe-train-", dir=out_dir.parent if out_dir.parent.exists() else None))
@@ -363,7 +395,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
 
         print("stage=evaluate", flush=True)
         clf = Classifier(staged, shared_backbone=backbone)  # the serving code path, checksums included
-        metrics = evaluate_embeddings(clf, val_e_full, val_labels, pooled=val_p_full)
+        metrics = evaluate_embeddings(clf, val_e_full, val_labels, pooled=val_p_full, paths=val_paths)
         if honest is not None:
             seen = metrics
             metrics = {**honest, "uncertain_rate": seen["uncertain_rate"], "skipped": seen["skipped"],

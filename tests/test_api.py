@@ -74,6 +74,20 @@ def test_predict_real_fruit(client):
     assert body["timestamp"].endswith("Z") and body["latency_ms"] > 0
 
 
+def test_predict_person_is_not_fruit_after_a_second_look(client):
+    from skimage import data
+    out = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(out, "JPEG")
+    r = client.post("/predict", files={"file": ("person.jpg", out.getvalue(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["verdict"] == "not_fruit"
+    # the zoomed quadrants were looked at too, and did not look like fruit either
+    assert body["scores"]["zoom_similarity"] < bundle.verify(DEFAULT_MODEL).rejection["min_similarity_zoom"]
+    fruit_body = client.post("/predict", files={"file": ("a.jpg", fruit("freshapples"), "image/jpeg")}).json()
+    assert "zoom_similarity" not in fruit_body["scores"]  # a fruit accepted at first sight pays no second look
+
+
 def test_predict_batch_mixes_good_and_bad(client):
     files = [("files", ("a.jpg", fruit("freshoranges"), "image/jpeg")),
              ("files", ("b.txt", b"hello", "text/plain")),

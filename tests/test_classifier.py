@@ -130,3 +130,33 @@ def test_bundle_without_feature_recipe_runs_on_the_embedding_alone(backbone, tmp
     bundle.write(tmp_path / "bad", bundle.Manifest.from_dict(raw), files)
     with pytest.raises(bundle.BundleError, match="recipe"):
         Classifier(tmp_path / "bad", shared_backbone=backbone)
+
+
+def test_second_look_accepts_photos_of_several_fruit(classifier) -> None:
+    """Four copies of a fruit photo in one frame: far from the single-fruit training photos as a
+    whole; the zoomed quadrants bring most of them back, and not-fruit stays rejected."""
+    import dataclasses
+    assert classifier.rejector.min_similarity_zoom is not None, "the default model has a zoom bar"
+
+    def two_by_two(img: np.ndarray) -> np.ndarray:
+        small = np.asarray(Image.fromarray(img).resize((112, 112), Image.Resampling.BILINEAR))
+        return np.concatenate([np.concatenate([small, small], axis=1)] * 2, axis=0)
+
+    items = fruit_images("val", per_class=6)
+    tiles = np.stack([two_by_two(imaging.load_image(p.read_bytes())) for _, p in items])
+    preds = classifier.predict_arrays(tiles)
+    looked = [p for p in preds if "zoom_similarity" in p.scores]
+    rejected = sum(p.verdict == "not_fruit" for p in preds)
+    # the first look alone would reject every tile it asked a second look for
+    assert len(looked) >= 6 and rejected <= len(looked) // 2, (len(looked), rejected)
+    whole_only = dataclasses.replace(classifier.rejector, min_similarity_zoom=None)
+    assert whole_only.not_fruit(whole_only.scores(*_signals(classifier, tiles))).sum() >= len(looked)
+    # images the first look accepts are not looked at twice
+    assert all(p.scores["similarity"] < classifier.rejector.min_similarity for p in looked)
+
+
+def _signals(classifier, images: np.ndarray):  # type: ignore[no-untyped-def]
+    from fruitpipe import features
+    emb, pooled = classifier.backbone.features(images)
+    probs = classifier.head(features.head_input(classifier.recipe, emb, pooled))
+    return emb, classifier.backbone.imagenet_probs(emb), probs

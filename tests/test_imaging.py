@@ -143,3 +143,14 @@ def test_to_jpeg_keeps_jpeg_and_converts_png() -> None:
     assert imaging.to_jpeg(jpg) == jpg
     png = encode(photo(), "PNG")
     assert imaging.to_jpeg(png)[:3] == b"\xff\xd8\xff"
+
+
+def test_zoom_views_are_the_four_quadrants_enlarged() -> None:
+    img = np.zeros((224, 224, 3), np.uint8)
+    img[:112, :112] = (255, 0, 0)
+    img[:112, 112:] = (0, 255, 0)
+    img[112:, :112] = (0, 0, 255)
+    img[112:, 112:] = (9, 9, 9)
+    views = imaging.zoom_views(img)
+    assert views.shape == (4, 224, 224, 3) and views.dtype == np.uint8
+    assert [tuple(v[112, 112]) for v in views] == [(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -69,6 +70,7 @@ def test_sagemaker_layout_end_to_end(tmp_path: Path) -> None:
     assert 0.0 <= float(out["accuracy"]) <= 1.0
     manifest = bundle.verify(model)
     assert manifest.training_data["skipped"] == {"empty": 1, "not_an_image": 1, "truncated": 1}
+    assert manifest.rejection["min_similarity_zoom"] is None  # no not-fruit images to set the zoom bar on
     metrics = json.loads((output / "metrics.json").read_text())
     for key in ("n", "accuracy", "macro_f1", "per_class", "confusion", "model_version"):
         assert key in metrics
@@ -86,6 +88,42 @@ def test_sagemaker_layout_end_to_end(tmp_path: Path) -> None:
     assert out2["embedded_new"] == "1" and out2["cached"] == str(n_images)
     assert len(list(cache.glob("emb-*.npz"))) == 2
     assert shards[0].exists()  # shards are append-only
+
+
+@needs_shared
+@pytest.mark.slow
+def test_not_fruit_validation_images_set_the_zoom_bar(tmp_path: Path) -> None:
+    """With a not_fruit/ folder in validation the job calibrates the second look's bar above every
+    not-fruit image the first look rejects, and the bundle it writes rejects them all again."""
+    from skimage import data
+    from PIL import Image
+
+    from fruitpipe.classifier import Classifier
+    from fruitpipe.evaluation import evaluate
+    from fruitpipe.training import Config, train
+
+    train_dir = small_dataset(tmp_path / "train", "train", PER_CLASS)
+    val = small_dataset(tmp_path / "validation", "val", 4)
+    ood = val / "not_fruit"
+    ood.mkdir()
+    for name in ("astronaut", "camera", "coffee", "rocket", "horse", "brick"):
+        arr = getattr(data, name)()
+        arr = arr if arr.dtype == np.uint8 else (arr * 255).astype(np.uint8)
+        Image.fromarray(arr).convert("RGB").save(ood / f"{name}.jpg")
+    train(train_dir, tmp_path / "model", validation_dir=val, cache_dir=tmp_path / "cache",
+          config=Config(epochs=5, hidden=32, prototypes_per_class=3))
+    manifest = bundle.verify(tmp_path / "model")
+    rejection = manifest.rejection
+    assert rejection["min_similarity_zoom"] is not None
+    assert rejection["min_similarity_zoom"] >= rejection["min_similarity"]
+    clf = Classifier(tmp_path / "model")
+    with_zoom = evaluate(clf, val)
+    clf.rejector = dataclasses.replace(clf.rejector, min_similarity_zoom=None)
+    whole_only = evaluate(clf, val)
+    assert with_zoom["ood_n"] == 6 and whole_only["ood_rejected_rate"] > 0
+    # the second look gives back no calibration not-fruit image the first look rejected
+    assert with_zoom["ood_rejected_rate"] == whole_only["ood_rejected_rate"]
+    assert with_zoom["fruit_rejected_rate"] <= whole_only["fruit_rejected_rate"]
 
 
 @needs_shared

@@ -1,0 +1,54 @@
+"""The not-fruit rule's arithmetic (no model needed): the zoom second look and its bar."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fruitpipe.rejection import Rejector, reject_mask, zoom_threshold
+
+
+def scores(sim, other=None, zoom=None) -> dict[str, np.ndarray]:
+    out = {"similarity": np.array(sim, np.float32),
+           "other_fruit": np.array(other if other is not None else [0.0] * len(sim), np.float32),
+           "confidence": np.ones(len(sim), np.float32)}
+    if zoom is not None:
+        out["zoom_similarity"] = np.array(zoom, np.float32)
+    return out
+
+
+def test_zoom_rescues_only_far_images_that_clear_its_bar() -> None:
+    s = scores([0.9, 0.5, 0.5, 0.5], zoom=[np.nan, 0.7, 0.6, np.nan])
+    # without a bar the zoom scores are ignored; NaN (look not taken) never rescues
+    assert reject_mask(s, 0.6, 0.8, 0.6).tolist() == [False, True, True, True]
+    assert reject_mask(s, 0.6, 0.8, 0.6, min_similarity_zoom=0.65).tolist() == [False, False, True, True]
+
+
+def test_zoom_does_not_override_the_other_fruit_rule() -> None:
+    s = scores([0.5], other=[0.95], zoom=[0.99])
+    assert reject_mask(s, 0.6, 0.8, 0.7, min_similarity_zoom=0.65).tolist() == [True]
+
+
+def test_zoom_bar_sits_above_every_rejected_calibration_image() -> None:
+    rejected_zoom = np.array([0.3, 0.62, 0.55], np.float32)
+    bar = zoom_threshold(rejected_zoom, 0.58)
+    assert bar > 0.62 and not (rejected_zoom >= bar).any()
+    assert zoom_threshold(np.array([0.2], np.float32), 0.58) == 0.58  # never below the first bar
+    assert zoom_threshold(np.empty(0, np.float32), 0.58) == 0.58
+
+
+def test_second_look_is_asked_only_for_far_images_and_only_with_a_bar() -> None:
+    protos = np.eye(3, dtype=np.float32)
+    with_bar = Rejector(np.array([], np.int64), protos, 0.6, 0.8, 0.7, 0.5, min_similarity_zoom=0.65)
+    s = scores([0.9, 0.59])
+    assert with_bar.needs_second_look(s).tolist() == [False, True]
+    without = Rejector(np.array([], np.int64), protos, 0.6, 0.8, 0.7, 0.5)
+    assert without.needs_second_look(s).tolist() == [False, False]
+
+
+def test_old_manifest_without_zoom_bar_loads(tmp_path) -> None:
+    np.savez(tmp_path / "rejection.npz", prototypes=np.eye(2, dtype=np.float32))
+    manifest = {"other_classes": [950], "min_similarity": 0.6, "max_other_fruit": 0.8,
+                "min_similarity_other": 0.7, "min_confidence": 0.5}
+    assert Rejector.from_manifest(manifest, tmp_path).min_similarity_zoom is None
+    manifest["min_similarity_zoom"] = 0.66
+    assert Rejector.from_manifest(manifest, tmp_path).min_similarity_zoom == 0.66
