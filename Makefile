@@ -41,6 +41,7 @@ bench: $(STAMP)  ## speed benchmarks (predict path, cold start, training, Lambda
 	$(PY) scripts/bench_cold_start.py
 	$(PY) scripts/bench_training.py
 	$(PY) scripts/bench_lambda.py
+	$(PY) scripts/eval_second_look.py
 	$(PY) scripts/cost_estimate.py > /dev/null
 	$(PY) scripts/report.py --write
 

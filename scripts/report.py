@@ -47,7 +47,18 @@ def model_table() -> list[str]:
         f"| images answered `uncertain` (test fruit + non-fruit; the class is still given) | {pct(m.get('uncertain_rate'))} | | |",
         f"| model bundle without the backbone | {m['bundle_bytes'] / 1e6:.2f} MB | ≤ 1 MB | {ok(m['bundle_bytes'] <= 1_000_000)} |",
         "",
-    ]
+    ] + second_look_table()
+
+
+def second_look_table() -> list[str]:
+    s = load("second_look.json")
+    if not s:
+        return []
+    rows = ["#### Photos of several fruit: the rejection's second look (`python scripts/eval_second_look.py`)", "",
+            "| images | n | answered `not_fruit`, whole image only | with the second look |", "|---|---:|---:|---:|"]
+    for name, r in s["sets"].items():
+        rows.append(f"| {name} | {r['n']} | {pct(r['whole_image_only'])} | {pct(r['with_second_look'])} |")
+    return rows + [""]
 
 
 def speed_table() -> list[str]:
@@ -58,6 +69,9 @@ def speed_table() -> list[str]:
         rows.append(f"| predict path, 640x480 JPEG, 1 thread (decode + preprocess + infer + head), median "
                     f"| {p['ours_median_ms']:.1f} ms | Keras float MobileNetV2 `predict` {p['keras_median_ms']:.1f} ms "
                     f"({p['speedup']:.1f}x) | ≤ 8 ms, ≥ 10x | {ok(p['ours_median_ms'] <= 8 and p['speedup'] >= 10)} |")
+        if "not_fruit_median_ms" in p:
+            rows.append(f"| same for a not-fruit photo (+ the rejection's second look: 4 zoomed quadrants), median "
+                        f"| {p['not_fruit_median_ms']:.1f} ms | | | |")
     c = load("bench_cold_start.json")
     if c:
         rows.append(f"| cold start: new process to first prediction, median of {c['runs']} "
