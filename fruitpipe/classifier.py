@@ -186,11 +186,8 @@ class Classifier:
         """
         probs = self.head(features.head_input(self.recipe, emb, pooled))
         scores = self.rejector.scores(emb, self.backbone.imagenet_probs(emb), probs)
-        rows = np.flatnonzero(self.rejector.needs_second_look(scores))
-        if images is not None and len(rows):
-            zoom = np.full(len(emb), np.nan, dtype=np.float32)
-            zoom[rows] = self.zoom_similarity(images(rows))
-            scores["zoom_similarity"] = zoom
+        if images is not None:
+            self.rejector.take_second_look(scores, lambda rows: self.zoom_similarity(images(rows)))
         top = probs.argmax(axis=1)
         verdicts = self.rejector.verdicts(scores, top)
         stamp = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")

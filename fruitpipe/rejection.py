@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 import numpy as np
 
@@ -84,10 +84,17 @@ class Rejector:
         return compute_scores(embeddings, imagenet_probs, probs, self.other_classes, self.prototypes)
 
     def needs_second_look(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """Boolean ``[N]``: the images whose ``zoom_similarity`` could still change the verdict."""
+        """Boolean ``[N]``: the images whose ``zoom_similarity`` could still change the verdict
+        (far from the prototypes, and not already rejected by the other-fruit rule)."""
         if self.min_similarity_zoom is None:
             return np.zeros(len(scores["similarity"]), dtype=bool)
-        return scores["similarity"] < self.min_similarity
+        sim = scores["similarity"]
+        other = (scores["other_fruit"] >= self.max_other_fruit) & (sim < self.min_similarity_other)
+        return (sim < self.min_similarity) & ~other
+
+    def take_second_look(self, scores: dict[str, np.ndarray], zoom_of: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Add ``zoom_similarity`` to ``scores`` for the images that need it (see :func:`add_zoom`)."""
+        add_zoom(scores, np.flatnonzero(self.needs_second_look(scores)), zoom_of)
 
     def not_fruit(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Boolean ``[N]``: the images this rule answers ``not_fruit``."""
@@ -120,6 +127,14 @@ def reject_mask(scores: dict[str, np.ndarray], min_similarity: float, max_other_
     if min_similarity_zoom is not None and zoom is not None:
         far &= ~(np.nan_to_num(zoom, nan=-1.0) >= min_similarity_zoom)
     return far | ((scores["other_fruit"] >= max_other_fruit) & (sim < min_similarity_other))
+
+
+def add_zoom(scores: dict[str, np.ndarray], rows: np.ndarray, zoom_of: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Set ``scores["zoom_similarity"]``: ``zoom_of(rows)`` at ``rows``, NaN (look not taken) elsewhere."""
+    zoom = np.full(len(scores["similarity"]), np.nan, dtype=np.float32)
+    if len(rows):
+        zoom[rows] = zoom_of(rows)
+    scores["zoom_similarity"] = zoom
 
 
 def prototype_similarity(embeddings: np.ndarray, prototypes: np.ndarray) -> np.ndarray:

@@ -28,8 +28,8 @@ from .head import Head
 from .labels import LABELS
 from .rejection import FILE as REJECTION_FILE
 from .evaluation import metrics_from_predictions
-from .rejection import (OTHER_PRODUCE, Rejector, compute_scores, kmeans_prototypes, normalise, reject_mask,
-                        zoom_threshold)
+from .rejection import (OTHER_PRODUCE, Rejector, add_zoom, compute_scores, kmeans_prototypes, normalise,
+                        reject_mask, zoom_threshold)
 
 # Row indices → the rejection's second-look score of those rows (see Classifier.zoom_similarity).
 ZoomScore = Callable[[np.ndarray], np.ndarray]
@@ -183,10 +183,7 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
         if ood_zoom is not None:
             min_zoom = zoom_threshold(ood_zoom(np.flatnonzero(ood_similarity < min_sim)), min_sim)
     if min_zoom is not None and fruit_zoom is not None:
-        far = np.flatnonzero(scores["similarity"] < min_sim)
-        scores["zoom_similarity"] = np.full(len(emb_val), np.nan, dtype=np.float32)
-        if len(far):
-            scores["zoom_similarity"][far] = fruit_zoom(far)
+        add_zoom(scores, np.flatnonzero(scores["similarity"] < min_sim), fruit_zoom)
     # Other-fruit rule: the highest similarity bar that rejects at most the extra target share.
     flagged = scores["other_fruit"] >= cfg.max_other_fruit
     base = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim, min_zoom)
@@ -352,9 +349,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
                        rejection["min_similarity_zoom"])
         probs = head(val_x_full)
         pre_scores = pre.scores(val_e_full, backbone.imagenet_probs(val_e_full), probs)
-        again = np.flatnonzero(pre.needs_second_look(pre_scores))
-        pre_scores["zoom_similarity"] = np.full(len(probs), np.nan, dtype=np.float32)
-        pre_scores["zoom_similarity"][again] = zoom_of(again)
+        pre.take_second_look(pre_scores, zoom_of)
         flags = pre.not_fruit(pre_scores)
         honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
         print("stage=refit", flush=True)

@@ -39,10 +39,16 @@ def test_zoom_bar_sits_above_every_rejected_calibration_image() -> None:
 def test_second_look_is_asked_only_for_far_images_and_only_with_a_bar() -> None:
     protos = np.eye(3, dtype=np.float32)
     with_bar = Rejector(np.array([], np.int64), protos, 0.6, 0.8, 0.7, 0.5, min_similarity_zoom=0.65)
-    s = scores([0.9, 0.59])
-    assert with_bar.needs_second_look(s).tolist() == [False, True]
+    # far and near; far but already rejected by the other-fruit rule (no look needed)
+    s = scores([0.9, 0.59, 0.5], other=[0.0, 0.0, 0.9])
+    assert with_bar.needs_second_look(s).tolist() == [False, True, False]
+    looked: list[list[int]] = []
+    with_bar.take_second_look(s, lambda rows: looked.append(rows.tolist()) or np.full(len(rows), 0.7))
+    assert looked == [[1]]
+    assert np.isnan(s["zoom_similarity"][[0, 2]]).all() and s["zoom_similarity"][1] == np.float32(0.7)
+    assert with_bar.not_fruit(s).tolist() == [False, False, True]
     without = Rejector(np.array([], np.int64), protos, 0.6, 0.8, 0.7, 0.5)
-    assert without.needs_second_look(s).tolist() == [False, False]
+    assert without.needs_second_look(s).tolist() == [False, False, False]
 
 
 def test_old_manifest_without_zoom_bar_loads(tmp_path) -> None:
