@@ -83,26 +83,24 @@ class Monitoring(Construct):
 
         window = Duration.hours(int(cfg["driftWindowHours"]))
         n = app("Confidence", "SampleCount", window)
-        drop = cw.MathExpression(
-            expression=f"IF(n >= {int(cfg['driftMinPredictions'])}, delta, 0)", period=window,
-            label="mean confidence - baseline",
-            using_metrics={"delta": app("ConfidenceDelta", "Average", window), "n": n})
-        self.alarms["DriftConfidenceDrop"] = drop.create_alarm(
-            self, "DriftConfidenceDrop",
-            alarm_description="Mean top-1 confidence fell below the value measured when the live model was published",
-            threshold=-float(cfg["driftConfidenceDrop"]), evaluation_periods=1,
-            comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
-        rise = cw.MathExpression(
-            expression=f"IF(n >= {int(cfg['driftMinPredictions'])}, excess, 0)", period=window,
-            label="not-fruit rate - baseline",
-            using_metrics={"excess": app("NotFruitExcess", "Average", window), "n": n})
-        self.alarms["DriftNotFruitRise"] = rise.create_alarm(
-            self, "DriftNotFruitRise",
-            alarm_description="The not-fruit rate rose above the value measured when the live model was published",
-            threshold=float(cfg["driftNotFruitRise"]), evaluation_periods=1,
-            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
+
+        def drift(name: str, metric: str, label: str, threshold: float,
+                  comparison: cw.ComparisonOperator, description: str) -> None:
+            """An alarm on a per-prediction delta against the published baseline, silent until
+            the window holds enough predictions to mean anything."""
+            expr = cw.MathExpression(
+                expression=f"IF(n >= {int(cfg['driftMinPredictions'])}, delta, 0)", period=window, label=label,
+                using_metrics={"delta": app(metric, "Average", window), "n": n})
+            self.alarms[name] = expr.create_alarm(
+                self, name, alarm_description=description, threshold=threshold, evaluation_periods=1,
+                comparison_operator=comparison, treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
+
+        drift("DriftConfidenceDrop", "ConfidenceDelta", "mean confidence - baseline",
+              -float(cfg["driftConfidenceDrop"]), cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+              "Mean top-1 confidence fell below the value measured when the live model was published")
+        drift("DriftNotFruitRise", "NotFruitExcess", "not-fruit rate - baseline",
+              float(cfg["driftNotFruitRise"]), cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+              "The not-fruit rate rose above the value measured when the live model was published")
         self.drift_alarm = cw.CompositeAlarm(
             self, "Drift", alarm_description="Production drift: retrain started automatically",
             alarm_rule=cw.AlarmRule.any_of(self.alarms["DriftConfidenceDrop"], self.alarms["DriftNotFruitRise"]))
