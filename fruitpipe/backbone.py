@@ -36,6 +36,10 @@ ORIGINAL_OUTPUT_TENSOR: Final[int] = 176
 # (rot spots, bruises) than the final pooled embedding. +1% val/test accuracy, measured (docs/ml.md).
 FEATURE_TENSORS: Final[tuple[int, ...]] = (170, 156)  # expanded_conv_17/project [1,7,7,320], expanded_conv_13/add [1,14,14,96]
 FEATURE_CHANNELS: Final[tuple[int, ...]] = (320, 96)
+# Block 17's input (expanded_conv_16/add [1,7,7,160]): a fine-tuned copy of block 17 runs on it in
+# numpy (fruitpipe.block) and replaces tensor 170 in the head's input.
+BLOCK_INPUT_TENSOR: Final[int] = 167
+OUTPUT_TENSORS: Final[tuple[int, ...]] = (EMBEDDING_TENSOR, *FEATURE_TENSORS, BLOCK_INPUT_TENSOR)
 
 
 class BackboneError(RuntimeError):
@@ -118,7 +122,7 @@ def fetch(dest: Path, url: str = URL, timeout: float = 60.0) -> Path:
 # LiteRT reuses intermediate buffers, so the pooled embedding cannot be read after invoke() unless
 # it is a graph output. Rather than keep every tensor alive (``experimental_preserve_all_tensors``,
 # a debugging option that costs memory), we rewrite the model's output list: a new int32 vector
-# [172, 170, 156] is appended at the end of the flatbuffer and SubGraph.outputs is pointed at it.
+# [172, 170, 156, 167] is appended at the end of the flatbuffer and SubGraph.outputs is pointed at it.
 # Nothing else moves, so every other offset stays valid; the cost per image is unchanged.
 
 def _u32(buf: bytes | bytearray, off: int) -> int:
@@ -135,7 +139,7 @@ def _field(buf: bytes | bytearray, table: int, index: int) -> int | None:
     return table + rel if rel else None
 
 
-def embedding_model(model: bytes, extra: tuple[int, ...] = FEATURE_TENSORS) -> bytes:
+def embedding_model(model: bytes, extra: tuple[int, ...] = OUTPUT_TENSORS[1:]) -> bytes:
     """A copy of the backbone whose outputs are the pooled embedding (first), then ``extra`` tensors."""
     buf = bytearray(model)
     root = _u32(buf, 0)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import backbone, bundle, features, imaging
+from . import backbone, block, bundle, features, imaging
 from .head import Head, softmax
 from .labels import LABELS, Verdict
 from .rejection import Rejector, prototype_similarity
@@ -74,8 +74,7 @@ class Backbone:
             self._pool.put(_interpreter(model, num_threads))
         it = self._pool.queue[0]
         outs = it.get_output_details()
-        wanted = (backbone.EMBEDDING_TENSOR, *backbone.FEATURE_TENSORS)
-        if tuple(o["index"] for o in outs) != wanted:
+        if tuple(o["index"] for o in outs) != backbone.OUTPUT_TENSORS:
             raise backbone.BackboneError("output rewrite did not take effect")
         self._input_index = it.get_input_details()[0]["index"]
         # (tensor index, scale, zero point) per output: each is dequantized with its own parameters.
@@ -96,18 +95,21 @@ class Backbone:
         finally:
             self._pool.put(it)
 
-    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``uint8 [N, 224, 224, 3]`` → (``float32 [N, 1280]`` embeddings, ``float32 [N, 832]`` pooled maps).
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``uint8 [N, 224, 224, 3]`` → (``float32 [N, 1280]`` embeddings, ``float32 [N, 832]`` pooled
+        maps, ``int8 [N, 7, 7, 160]`` block-17 inputs as the backbone's own codes).
 
         The embedding feeds the rejection rule and the ImageNet head; the pooled maps (see
-        :mod:`fruitpipe.features`) complete the head's input. One forward pass gives both.
+        :mod:`fruitpipe.features`) complete the head's input; a fine-tuned block 17 runs on the block
+        input (:meth:`block_input`). One forward pass gives all three.
         """
         images = np.asarray(images, dtype=np.uint8)
         if images.ndim == 3:
             images = images[None]
         emb = np.empty((len(images), backbone.EMBEDDING_DIM), dtype=np.float32)
         pooled = np.empty((len(images), features.POOLED_DIM), dtype=np.float32)
-        (emb_index, scale, zero), *maps = self._outputs
+        block_in = np.empty((len(images), *block.INPUT_SHAPE), dtype=np.int8)
+        (emb_index, scale, zero), *maps, (block_index, _, _) = self._outputs
         with self._lease() as it:
             for i, img in enumerate(images):
                 it.set_tensor(self._input_index, img[None])  # type: ignore[attr-defined]
@@ -116,7 +118,18 @@ class Backbone:
                 emb[i] = (q.reshape(-1).astype(np.float32) - zero) * scale
                 pooled[i] = features.pool_maps(
                     [(it.get_tensor(idx).astype(np.float32) - z) * s for idx, s, z in maps])[0]  # type: ignore[attr-defined]
+                block_in[i] = it.get_tensor(block_index)[0]  # type: ignore[attr-defined]
+        return emb, pooled, block_in
+
+    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`outputs` without the block input: embeddings and pooled maps."""
+        emb, pooled, _ = self.outputs(images)
         return emb, pooled
+
+    def block_input(self, codes: np.ndarray) -> np.ndarray:
+        """Block-17 input codes ``int8 [N, 7, 7, 160]`` → their ``float32`` values."""
+        _, scale, zero = self._outputs[-1]
+        return (np.asarray(codes, dtype=np.float32) - zero) * scale
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """``uint8 [N, 224, 224, 3]`` → ``float32 [N, 1280]`` (dequantized pooled embeddings)."""
@@ -157,6 +170,16 @@ class Classifier:
             dim = features.input_dim(self.recipe)
         except ValueError as exc:
             raise bundle.BundleError(str(exc)) from None
+        # A fine-tuned block 17 (recipe emb+b17mm+156mm) replaces tensor 170 in the head's input.
+        self.block: block.Block | None = None
+        if features.uses_block(self.recipe):
+            name = self.manifest.head.get("block", {}).get("file")
+            if not name:
+                raise bundle.BundleError(f"head recipe {self.recipe!r} needs a block file in the manifest")
+            try:
+                self.block = block.Block.load(self.bundle_dir / name)
+            except (OSError, KeyError, ValueError) as exc:
+                raise bundle.BundleError(f"cannot load the fine-tuned block {name}: {exc}") from None
         if self.head.input_dim != dim or self.head.output_dim != len(LABELS):
             raise bundle.BundleError(f"head shape {self.head.input_dim}→{self.head.output_dim} does "
                                      f"not map {dim} ({self.recipe}) to {len(LABELS)}")
@@ -170,21 +193,34 @@ class Classifier:
     def predict_arrays(self, images: np.ndarray) -> list[Prediction]:
         """Classify preprocessed ``uint8 [N, 224, 224, 3]`` images (one batch)."""
         images = np.asarray(images, dtype=np.uint8)
-        return self.predict_embeddings(*self.backbone.features(images), images=lambda rows: images[rows])
+        emb, pooled, block_in = self.backbone.outputs(images)
+        return self.predict_embeddings(emb, pooled, images=lambda rows: images[rows], block_in=block_in)
 
     def zoom_similarity(self, images: np.ndarray) -> np.ndarray:
         """The rejection's second look on preprocessed images (see :func:`zoom_similarity`)."""
         return zoom_similarity(self.backbone, self.rejector.prototypes, images)
 
+    def head_input(self, emb: np.ndarray, pooled: np.ndarray | None = None,
+                   block_in: np.ndarray | None = None) -> np.ndarray:
+        """The head's input for this bundle's recipe from backbone outputs (see :meth:`predict_embeddings`)."""
+        if self.block is not None and pooled is not None:
+            if block_in is None:
+                raise ValueError(f"head recipe {self.recipe!r} needs the block-17 inputs")
+            pooled = features.with_block(pooled, self.block(self.backbone.block_input(block_in)))
+        return features.head_input(self.recipe, emb, pooled)
+
     def predict_embeddings(self, emb: np.ndarray, pooled: np.ndarray | None = None,
-                           images: ImageSource | None = None) -> list[Prediction]:
-        """Classify backbone outputs: embeddings ``float32 [N, 1280]`` and pooled maps ``[N, 832]``
-        (needed unless the bundle's recipe is the embedding alone); evaluation reuses cached ones.
+                           images: ImageSource | None = None,
+                           block_in: np.ndarray | None = None) -> list[Prediction]:
+        """Classify backbone outputs (:meth:`Backbone.outputs`): embeddings ``float32 [N, 1280]``,
+        pooled maps ``[N, 832]`` (needed unless the bundle's recipe is the embedding alone) and
+        block-17 input codes ``int8 [N, 7, 7, 160]`` (needed when the bundle has a fine-tuned
+        block); evaluation reuses cached ones.
 
         ``images`` gives the preprocessed images of rows the rejection wants a second look at;
         without it, those rows are judged on the whole image only (stricter, never looser).
         """
-        probs = self.head(features.head_input(self.recipe, emb, pooled))
+        probs = self.head(self.head_input(emb, pooled, block_in))
         scores = self.rejector.scores(emb, self.backbone.imagenet_probs(emb), probs)
         if images is not None:
             self.rejector.take_second_look(scores, lambda rows: self.zoom_similarity(images(rows)))

@@ -4,7 +4,8 @@ Retraining only needs the backbone's embeddings, and the backbone is frozen, so 
 embedded once in its life. The cache is a folder of shard files (``emb-<time>-<rand>.npz``), each
 holding the raw int8 embeddings (exact: the backbone's output *is* int8) of a batch of images,
 keyed by the sha256 of the image file, plus the pooled earlier feature maps the head also reads
-(float32, exactly what :meth:`Backbone.features` returns; see :mod:`fruitpipe.features`). A run loads every shard, embeds only what is missing and
+(float32, exactly what :meth:`Backbone.outputs` returns; see :mod:`fruitpipe.features`) and the
+int8 input of block 17 (7.8 KB, exact), which fine-tuning that block needs. A run loads every shard, embeds only what is missing and
 appends ONE new shard; shards are never rewritten, so ``aws s3 sync`` uploads only the new one.
 A shard records the backbone sha256 and preprocessing it was made with; others are ignored.
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from . import backbone as bb
 from . import imaging
+from .block import INPUT_SHAPE
 from .features import POOLED_DIM
 from .labels import LABELS, OOD_FOLDER
 
@@ -62,13 +64,15 @@ def apply_view(images: np.ndarray, view: str) -> np.ndarray:
         out[i] = np.asarray(img)
     return out
 SHARD_GLOB: Final[str] = "emb-*.npz"
+# One cached (image, view): int8 embedding codes [1280], float32 pooled maps [832], int8 block input [7, 7, 160].
+Entry = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _cache_tag() -> str:
     """What an embedding depends on besides the image: the backbone and the preprocessing."""
     # "outputs" versions the shard layout: shards from before the pooled maps are ignored, not misread.
     meta = json.dumps({"backbone": bb.SHA256, "pre": imaging.PREPROCESSING.as_dict(),
-                       "outputs": [bb.EMBEDDING_TENSOR, *bb.FEATURE_TENSORS], "pooled": "mean+max"},
+                       "outputs": list(bb.OUTPUT_TENSORS), "pooled": "mean+max"},
                       sort_keys=True)
     return hashlib.sha256(meta.encode()).hexdigest()[:16]
 
@@ -91,6 +95,7 @@ class Embedded:
     shas: list[str]
     views: dict[str, np.ndarray]  # view -> float32 [N, 1280] embeddings
     pooled: dict[str, np.ndarray] = field(default_factory=dict)  # view -> float32 [N, 832] pooled maps
+    block_in: dict[str, np.ndarray] = field(default_factory=dict)  # view -> int8 [N, 7, 7, 160] codes
     skipped: Counter = field(default_factory=Counter)  # error code -> count
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (path, code)
     embedded_new: int = 0
@@ -114,13 +119,14 @@ def list_dataset(root: Path) -> list[Item]:
 
 
 class EmbeddingCache:
-    """A folder of append-only npz shards: (sha256, view) → (int8 embedding, float32 pooled maps)."""
+    """A folder of append-only npz shards: (sha256, view) → (int8 embedding, float32 pooled maps,
+    int8 block-17 input)."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = Path(folder) if folder else None
         self.tag = _cache_tag()
-        self._q: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        self._new: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._q: dict[tuple[str, str], Entry] = {}
+        self._new: dict[tuple[str, str], Entry] = {}
         if self.folder and self.folder.is_dir():
             for shard in sorted(self.folder.glob(SHARD_GLOB)):
                 self._load(shard)
@@ -130,22 +136,22 @@ class EmbeddingCache:
             with np.load(shard, allow_pickle=False) as data:
                 if str(data["tag"]) != self.tag:
                     return
-                keys, views, q, pooled = data["sha256"], data["view"], data["q"], data["pooled"]
+                keys, views, q, pooled, blk = (data[k] for k in ("sha256", "view", "q", "pooled", "block_in"))
         except (OSError, KeyError, ValueError) as exc:  # a torn upload must not stop training
             print(f"warning: ignoring unreadable cache shard {shard.name} ({exc})", file=sys.stderr)
             return
-        for key, view, row, prow in zip(keys, views, q, pooled):
-            self._q[(str(key), str(view))] = (row, prow)
+        for key, view, row, prow, brow in zip(keys, views, q, pooled, blk):
+            self._q[(str(key), str(view))] = (row, prow, brow)
 
     def __len__(self) -> int:
         return len(self._q)
 
-    def get(self, sha: str, view: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def get(self, sha: str, view: str) -> Entry | None:
         return self._q.get((sha, view))
 
-    def put(self, sha: str, view: str, q: np.ndarray, pooled: np.ndarray) -> None:
-        self._q[(sha, view)] = (q, pooled)
-        self._new[(sha, view)] = (q, pooled)
+    def put(self, sha: str, view: str, entry: Entry) -> None:
+        self._q[(sha, view)] = entry
+        self._new[(sha, view)] = entry
 
     def flush(self) -> Path | None:
         """Append one shard with the entries added since loading (none → no file)."""
@@ -158,7 +164,8 @@ class EmbeddingCache:
         with open(tmp, "wb") as fh:
             np.savez(fh, tag=np.str_(self.tag), sha256=np.array([k[0] for k in keys]),
                      view=np.array([k[1] for k in keys]), q=np.stack([self._new[k][0] for k in keys]),
-                     pooled=np.stack([self._new[k][1] for k in keys]))
+                     pooled=np.stack([self._new[k][1] for k in keys]),
+                     block_in=np.stack([self._new[k][2] for k in keys]))
         os.replace(tmp, self.folder / name)
         self._new.clear()
         return self.folder / name
@@ -194,11 +201,12 @@ class Progress:
             self._bar.close()
 
 
-def _quantized(backbone, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    """:meth:`Backbone.features`, with the embedding as the exact int8 codes the backbone produced
-    (lossless round trip); the pooled maps stay float32 as computed."""
-    emb, pooled = backbone.features(images)
-    return np.rint(emb / backbone._out_scale + backbone._out_zero).astype(np.int8), pooled
+def _quantized(backbone, images: np.ndarray) -> list[Entry]:  # type: ignore[no-untyped-def]
+    """:meth:`Backbone.outputs` per image, with the embedding as the exact int8 codes the backbone
+    produced (lossless round trip); the pooled maps stay float32 as computed."""
+    emb, pooled, block_in = backbone.outputs(images)
+    q = np.rint(emb / backbone._out_scale + backbone._out_zero).astype(np.int8)
+    return list(zip(q, pooled, block_in))
 
 
 def dequantize(backbone_scale: float, zero: float, q: np.ndarray) -> np.ndarray:
@@ -212,7 +220,7 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
     """Embed ``items`` in every view, reading the cache first. Bad files are skipped and counted."""
     scale, zero = backbone._out_scale, backbone._out_zero
     result = Embedded(labels=[], paths=[], shas=[], views={v: np.empty(0) for v in views})
-    rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {v: [] for v in views}
+    rows: dict[str, list[Entry | None]] = {v: [] for v in views}
     pending: list[tuple[int, np.ndarray, list[str]]] = []  # (row, preprocessed image, missing views)
     bar = Progress(stage, len(items)) if progress else None
 
@@ -223,10 +231,9 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
             todo = [(row, img) for row, img, missing in pending if view in missing]
             if not todo:
                 continue
-            q, pooled = _quantized(backbone, apply_view(np.stack([img for _, img in todo]), view))
-            for (row, _), code, prow in zip(todo, q, pooled):
-                cache.put(result.shas[row], view, code, prow)
-                rows[view][row] = (code, prow)
+            for (row, _), entry in zip(todo, _quantized(backbone, apply_view(np.stack([img for _, img in todo]), view))):
+                cache.put(result.shas[row], view, entry)
+                rows[view][row] = entry
         pending.clear()
 
     for item in items:
@@ -264,7 +271,7 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
             result.paths.append(item.path)
             result.shas.append(sha)
             for v, h in zip(views, hits):
-                rows[v].append(h if h is not None else (np.empty(0, np.int8), np.empty(0, np.float32)))
+                rows[v].append(h)  # None until run_pending() fills it
             pending.append((row, img, [v for v, h in zip(views, hits) if h is None]))
             result.embedded_new += 1
             if len(pending) >= batch:
@@ -274,11 +281,16 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
     run_pending()
     if bar:
         bar.close()
+    empty = (np.empty((0, bb.EMBEDDING_DIM), np.int8), np.empty((0, POOLED_DIM), np.float32),
+             np.empty((0, *INPUT_SHAPE), np.int8))
     for v in views:
-        q = np.stack([r[0] for r in rows[v]]) if rows[v] else np.empty((0, bb.EMBEDDING_DIM), np.int8)
+        done = [r for r in rows[v] if r is not None]
+        if len(done) != len(rows[v]):
+            raise RuntimeError("internal error: an image was left without backbone outputs")
+        q, pooled, block_in = (np.stack([r[i] for r in done]) if done else empty[i] for i in range(3))
         result.views[v] = dequantize(scale, zero, q)
-        result.pooled[v] = (np.stack([r[1] for r in rows[v]]).astype(np.float32) if rows[v]
-                            else np.empty((0, POOLED_DIM), np.float32))
+        result.pooled[v] = pooled.astype(np.float32)
+        result.block_in[v] = block_in
     return result
 
 

@@ -58,14 +58,15 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
 def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str],  # type: ignore[no-untyped-def]
                         skipped: dict[str, int] | None = None,
                         pooled: np.ndarray | None = None,
-                        paths: Sequence[Path] | None = None) -> dict[str, Any]:
+                        paths: Sequence[Path] | None = None,
+                        block_in: np.ndarray | None = None) -> dict[str, Any]:
     """Evaluate on precomputed backbone outputs (the training job reuses its cache).
 
     With ``paths`` (one per row), images the rejection wants a second look at are loaded again
     through :func:`fruitpipe.imaging.load_image`, so the verdicts are exactly the served ones.
     """
     source = image_source(paths, classifier.size) if paths is not None else None
-    preds = classifier.predict_embeddings(embeddings, pooled, images=source) if len(labels) else []
+    preds = classifier.predict_embeddings(embeddings, pooled, images=source, block_in=block_in) if len(labels) else []
     out = metrics_from_predictions(labels, [p.predicted_class for p in preds],
                                    [p.verdict == "not_fruit" for p in preds], classifier.version)
     out["uncertain_rate"] = float(np.mean([p.verdict == "uncertain" for p in preds])) if preds else 0.0
@@ -81,7 +82,7 @@ def evaluate(classifier, data_dir: Path | str, progress: bool = False) -> dict[s
     if not len(emb):
         raise ValueError(f"no usable images under {data_dir}")
     return evaluate_embeddings(classifier, emb.views["orig"], emb.labels, dict(emb.skipped),
-                               pooled=emb.pooled["orig"], paths=emb.paths)
+                               pooled=emb.pooled["orig"], paths=emb.paths, block_in=emb.block_in["orig"])
 
 
 def image_source(paths: Sequence[Path], size: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -21,9 +21,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import bundle, imaging
-from .embeddings import EmbeddingCache, embed_folder
-from .features import DEFAULT as DEFAULT_FEATURES, head_input, input_dim
+from . import bundle, finetune, imaging
+from .backbone import BLOCK_INPUT_TENSOR
+from .block import FILE as BLOCK_FILE, Block
+from .embeddings import Embedded, EmbeddingCache, embed_folder
+from .features import DEFAULT as DEFAULT_FEATURES, head_input, input_dim, uses_block
+from .finetune import Inputs
 from .head import Head
 from .labels import LABELS
 from .rejection import FILE as REJECTION_FILE
@@ -44,12 +47,14 @@ class Config:
     """Hyperparameters (SageMaker passes them as strings; :meth:`from_mapping` converts)."""
 
     features: str = DEFAULT_FEATURES  # head input recipe (fruitpipe.features), recorded in the manifest
-    hidden: int = 256  # 0 = linear head
+    hidden: int = 128  # 0 = linear head; 128 keeps head + fine-tuned block under 1 MB
     dropout: float = 0.3
     label_smoothing: float = 0.1
     weight_decay: float = 1e-3
     standardize: bool = True  # train on standardized embeddings; folded into the first layer on export
-    epochs: int = 30
+    epochs: int = 30  # head epochs (stage 1 when block 17 is fine-tuned)
+    finetune_epochs: int = 4  # block 17 + head epochs after the head alone (recipe emb+b17mm+156mm)
+    finetune_lr: float = 3e-4
     batch_size: int = 128
     learning_rate: float = 1e-3
     flip: bool = True  # train on mirrored views too (embedded once, cached)
@@ -105,6 +110,15 @@ def _holdout(shas: list[str], y: np.ndarray, share: float, seed: int) -> tuple[n
         if val[y == c].all():
             val[y == c] = False
     return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def _outputs(backbone, emb: Embedded, view: str, mask: np.ndarray) -> Inputs:  # type: ignore[no-untyped-def]
+    """The cached backbone outputs of the ``mask`` rows of ``emb`` in ``view``, block input dequantized."""
+    return Inputs(backbone.block_input(emb.block_in[view][mask]), emb.views[view][mask], emb.pooled[view][mask])
+
+
+def _rows(inputs: Inputs, idx: np.ndarray) -> Inputs:
+    return Inputs(*(a[idx] for a in inputs))
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None = None,
@@ -281,38 +295,57 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
 
     # Keep only class folders for the head (non-class folders in validation are OOD checks).
     fruit = np.array([lab in LABELS for lab in train_emb.labels], dtype=bool)
-    # x: the head's input (recipe); e: the 1280-d embedding (prototypes, ImageNet head).
-    e_all = {v: train_emb.views[v][fruit] for v in views}
-    x_all = {v: head_input(cfg.features, e_all[v], train_emb.pooled[v][fruit]) for v in views}
     y_all = _targets([lab for lab, f in zip(train_emb.labels, fruit) if f])
+    # Per view, the backbone outputs of the training fruit (rows of y_all); e: the 1280-d embedding
+    # (prototypes, ImageNet head).
+    tr_out = {v: _outputs(backbone, train_emb, v, fruit) for v in views}
+    e_all = {v: tr_out[v].embedding for v in views}
     if val_emb is not None:
         tr_idx, va_idx = np.arange(len(y_all)), None
         vfruit = np.array([lab in LABELS for lab in val_emb.labels], dtype=bool)
-        val_e_full, val_p_full = val_emb.views["orig"], val_emb.pooled["orig"]
-        val_x_full = head_input(cfg.features, val_e_full, val_p_full)
-        x_val, e_val = val_x_full[vfruit], val_e_full[vfruit]
+        val_full = _outputs(backbone, val_emb, "orig", np.ones(len(val_emb), dtype=bool))
+        val_codes = val_emb.block_in["orig"]
+        val_fruit = _rows(val_full, vfruit)
         y_val = _targets([l for l, f in zip(val_emb.labels, vfruit) if f])
         val_labels, val_paths = val_emb.labels, val_emb.paths
     else:
         shas = [s for s, f in zip(train_emb.shas, fruit) if f]
         tr_idx, va_idx = _holdout(shas, y_all, cfg.validation_split, cfg.seed)
-        x_val, e_val, y_val = x_all["orig"][va_idx], e_all["orig"][va_idx], y_all[va_idx]
-        val_p_full = train_emb.pooled["orig"][fruit][va_idx]
-        val_labels, val_x_full, val_e_full = [LABELS[i] for i in y_val], x_val, e_val
+        val_full = val_fruit = _rows(tr_out["orig"], va_idx)
+        val_codes = train_emb.block_in["orig"][fruit][va_idx]
+        y_val = y_all[va_idx]
+        val_labels = [LABELS[i] for i in y_val]
         val_paths = [p for p, f in zip(train_emb.paths, fruit) if f]
         val_paths = [val_paths[i] for i in va_idx]
+    e_val = val_fruit.embedding
     missing = [LABELS[c] for c in range(len(LABELS)) if not (y_all[tr_idx] == c).any()]
     if missing:
         raise TrainingError(f"no usable training image for {', '.join(missing)}")
     log(n_train=len(tr_idx), n_validation=len(y_val))
 
-    def stack(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        xs = np.concatenate([x_all[v][idx] for v in views])
-        return xs, np.tile(y_all[idx], len(views))
+    def stack(idx: np.ndarray, extra: list[Inputs] | None = None) -> tuple[Inputs, np.ndarray]:
+        parts = [_rows(tr_out[v], idx) for v in views] + (extra or [])
+        return Inputs(*(np.concatenate(arrays) for arrays in zip(*parts))), np.tile(y_all[idx], len(views))
 
-    print("stage=train_head", flush=True)
-    x_tr, y_tr = stack(tr_idx)
-    head, history, _ = fit_head(x_tr, y_tr, cfg, x_val, y_val)
+    block: Block | None = None
+    init_block = Block.from_backbone(backbone.path) if uses_block(cfg.features) else None
+
+    def fit(train_in: Inputs, y: np.ndarray, val_in: Inputs | None = None,
+            y_v: np.ndarray | None = None) -> tuple[Head, Block | None, dict[str, list[float]]]:
+        if init_block is not None:
+            return finetune.fit(train_in, y, cfg, init_block, val_in, y_v)
+        print("stage=train_head", flush=True)
+        x_v = head_input(cfg.features, val_in.embedding, val_in.pooled) if val_in is not None else None
+        fitted, hist, _ = fit_head(head_input(cfg.features, train_in.embedding, train_in.pooled), y, cfg, x_v, y_v)
+        return fitted, None, hist
+
+    def x_of(rows: Inputs) -> np.ndarray:  # the head's input for the fitted block (what serving computes)
+        return rows.head_input(block) if block is not None else head_input(cfg.features, rows.embedding, rows.pooled)
+
+    train_in, y_tr = stack(tr_idx)
+    head, block, history = fit(train_in, y_tr, val_fruit, y_val)
+    x_val, val_x_full = x_of(val_fruit), x_of(val_full)
+    del train_in
 
     print("stage=calibrate", flush=True)
     other = np.array(sorted(OTHER_PRODUCE), dtype=np.int64)
@@ -333,7 +366,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     ood_sim, ood_zoom = None, None
     fruit_rows = np.flatnonzero([lab in LABELS for lab in val_labels])
     if val_emb is not None and not vfruit.all():
-        e_ood = val_e_full[~vfruit]
+        e_ood = val_full.embedding[~vfruit]
         ood_sim = compute_scores(e_ood, backbone.imagenet_probs(e_ood), head(val_x_full[~vfruit]), other,
                                  prototypes)["similarity"]
         ood_rows = np.flatnonzero(~vfruit)
@@ -348,32 +381,38 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
                        rejection["min_similarity_other"], rejection["min_confidence"],
                        rejection["min_similarity_zoom"])
         probs = head(val_x_full)
-        pre_scores = pre.scores(val_e_full, backbone.imagenet_probs(val_e_full), probs)
+        pre_scores = pre.scores(val_full.embedding, backbone.imagenet_probs(val_full.embedding), probs)
         pre.take_second_look(pre_scores, zoom_of)
         flags = pre.not_fruit(pre_scores)
         honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
         print("stage=refit", flush=True)
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
-        x_rf, y_rf = stack(np.arange(len(y_all)))  # without a channel the holdout is inside y_all
-        e_rf = np.concatenate([e_all[v] for v in views])
-        if val_emb is not None:
-            x_rf = np.concatenate([x_rf] + [head_input(cfg.features, val_emb.views[v][vfruit],
-                                                       val_emb.pooled[v][vfruit]) for v in views])
-            e_rf = np.concatenate([e_rf] + [val_emb.views[v][vfruit] for v in views])
-            y_rf = np.concatenate([y_rf] + [y_val] * len(views))
-        head, _, _ = fit_head(x_rf, y_rf, cfg)
-        prototypes = protos(normalise(e_rf), y_rf)
+        # Without a channel the holdout is inside y_all; with one, its fruit joins in every view.
+        extra = [_outputs(backbone, val_emb, v, vfruit) for v in views] if val_emb is not None else []
+        rf_in, y_rf = stack(np.arange(len(y_all)), extra)
+        y_rf = np.concatenate([y_rf] + [y_val] * len(extra))
+        head, block, _ = fit(rf_in, y_rf)
+        prototypes = protos(normalise(rf_in.embedding), y_rf)
+        del rf_in
 
     print("stage=write_bundle", flush=True)
     work = Path(tempfile.mkdtemp(prefix=".fruitpipe-train-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         staged = work / "bundle"
-        head_path, rej_path = work / "head.npz", work / REJECTION_FILE
+        head_path, rej_path, block_path = work / "head.npz", work / REJECTION_FILE, work / BLOCK_FILE
         head.save(head_path, dtype=cfg.head_dtype)
         stored = Head.load(head_path, head.activations)
-        probe = x_val[:256] if len(x_val) else x_tr[:256]
-        log(stored_head_max_abs_diff=float(np.abs(stored(probe) - head(probe)).max()),
-            stored_head_argmax_agreement=float((stored(probe).argmax(1) == head(probe).argmax(1)).mean()))
+        files = {"head.npz": head_path}
+        probe_in = _rows(val_fruit if len(y_val) else tr_out["orig"], np.arange(min(256, len(y_val) or len(y_all))))
+        probe = x_of(probe_in)
+        if block is not None:
+            block.save(block_path)
+            files[BLOCK_FILE] = block_path
+            stored_x = probe_in.head_input(Block.load(block_path))
+        else:
+            stored_x = probe
+        log(stored_head_max_abs_diff=float(np.abs(stored(stored_x) - head(probe)).max()),
+            stored_head_argmax_agreement=float((stored(stored_x).argmax(1) == head(probe).argmax(1)).mean()))
         with open(rej_path, "wb") as fh:
             np.savez_compressed(fh, prototypes=prototypes.astype(np.float16))
         counts = {lab: int((y_all == i).sum()) for i, lab in enumerate(LABELS)}
@@ -381,16 +420,19 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
             version=bundle.new_version(salt=str(os.getpid())), created=bundle.now_iso(), labels=LABELS,
             files={}, head={"file": "head.npz", "dtype": cfg.head_dtype, "features": cfg.features,
                             "layers": [{"activation": a, "units": int(k.shape[1])}
-                                       for a, k in zip(head.activations, head.kernels)]},
+                                       for a, k in zip(head.activations, head.kernels)],
+                            **({"block": {"file": BLOCK_FILE, "dtype": "int8", "init": "backbone expanded_conv_17",
+                                          "input_tensor": BLOCK_INPUT_TENSOR}} if block is not None else {})},
             preprocessing=imaging.PREPROCESSING.as_dict(), rejection=rejection,
             training_data={"train": counts, "validation_n": int(len(y_val)), "skipped": dict(skipped),
                            "views": list(views), "refit": cfg.refit},
             raw={"hyperparameters": asdict(cfg)})
-        bundle.write(staged, manifest, {"head.npz": head_path.read_bytes(), REJECTION_FILE: rej_path.read_bytes()})
+        bundle.write(staged, manifest, {**{n: f.read_bytes() for n, f in files.items()}, REJECTION_FILE: rej_path.read_bytes()})
 
         print("stage=evaluate", flush=True)
         clf = Classifier(staged, shared_backbone=backbone)  # the serving code path, checksums included
-        metrics = evaluate_embeddings(clf, val_e_full, val_labels, pooled=val_p_full, paths=val_paths)
+        metrics = evaluate_embeddings(clf, val_full.embedding, val_labels, pooled=val_full.pooled, paths=val_paths,
+                                      block_in=val_codes)
         if honest is not None:
             seen = metrics
             metrics = {**honest, "uncertain_rate": seen["uncertain_rate"], "skipped": seen["skipped"],
@@ -403,7 +445,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
                                                    "ood_rejected_rate", "n", "ood_n", "split")}
         (staged / bundle.MANIFEST).unlink()
         shutil.rmtree(staged)
-        bundle.write(staged, manifest, {"head.npz": head_path.read_bytes(), REJECTION_FILE: rej_path.read_bytes()})
+        bundle.write(staged, manifest, {**{n: f.read_bytes() for n, f in files.items()}, REJECTION_FILE: rej_path.read_bytes()})
         bundle.verify(staged)
         metrics["model_version"] = manifest.version
         log(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],

@@ -47,7 +47,21 @@ def model_table() -> list[str]:
         f"| images answered `uncertain` (test fruit + non-fruit; the class is still given) | {pct(m.get('uncertain_rate'))} | | |",
         f"| model bundle without the backbone | {m['bundle_bytes'] / 1e6:.2f} MB | ≤ 1 MB | {ok(m['bundle_bytes'] <= 1_000_000)} |",
         "",
-    ] + second_look_table()
+    ] + finetune_table() + second_look_table()
+
+
+def finetune_table() -> list[str]:
+    e = load("experiment_finetune_block17.json")
+    if not e or "settings" not in e:
+        return []
+    rows = ["#### Fine-tuning block 17 vs a head on frozen features (`python scripts/experiment_finetune_block17.py`)", "",
+            f"`val` accuracy of the head's top class (no rejection), trained on `train` + mirrors (n={e['n_train']}), "
+            f"n={e['n_val']}; the training job's own fitting code, same run:", "",
+            "| setting | block-17 + head epochs | val accuracy per seed | mean | fit time (mean) |", "|---|---:|---|---:|---:|"]
+    for name, r in e["settings"].items():
+        rows.append(f"| {name} | {r['finetune_epochs']} | {' / '.join(f'{100 * a:.2f}%' for a in r['val_accuracy'])} "
+                    f"| {100 * r['mean']:.2f}% | {sum(r['fit_seconds']) / len(r['fit_seconds']):.0f} s |")
+    return rows + [""]
 
 
 def second_look_table() -> list[str]:

@@ -40,6 +40,10 @@ def test_embedding_matches_preserve_all_tensors(backbone) -> None:
     m170, m156 = deq(170).reshape(-1, 320), deq(156).reshape(-1, 96)
     want = np.concatenate([m170.mean(0), m170.max(0), m156.mean(0), m156.max(0)])
     assert np.allclose(pooled[0], want, atol=1e-6)
+    # block 17's input is a graph output too, as the backbone's own int8 codes
+    codes = backbone.outputs(img[None])[2]
+    assert codes.dtype == np.int8 and np.array_equal(codes[0], ref.get_tensor(167)[0])
+    assert np.allclose(backbone.block_input(codes)[0], deq(167)[0])
     # and the numpy ImageNet head agrees with the model's own softmax output
     probs = backbone.imagenet_probs(expected[None])[0]
     assert int(probs.argmax()) == int(ref.get_tensor(176).reshape(-1).argmax())

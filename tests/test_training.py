@@ -66,9 +66,13 @@ def test_sagemaker_layout_end_to_end(tmp_path: Path) -> None:
     assert out["embedded_new"] == str(n_images) and out["cached"] == "0"
     assert out["skipped"] == "3"
     assert out["skipped_empty"] == "1" and out["skipped_not_an_image"] == "1" and out["skipped_truncated"] == "1"
-    assert "stage=train_head" in first.stdout and "progress=100" in first.stdout
+    assert "stage=train_head" in first.stdout and "stage=finetune_block" in first.stdout
+    assert "progress=100" in first.stdout
     assert 0.0 <= float(out["accuracy"]) <= 1.0
     manifest = bundle.verify(model)
+    # the default recipe: block 17 fine-tuned with the head, stored beside it and checksummed
+    assert manifest.head["features"] == "emb+b17mm+156mm" and manifest.head["block"]["file"] in manifest.files
+    assert float(out["export_max_abs_diff"]) < 1e-3 and float(out["stored_head_argmax_agreement"]) >= 0.95
     assert manifest.training_data["skipped"] == {"empty": 1, "not_an_image": 1, "truncated": 1}
     assert manifest.rejection["min_similarity_zoom"] is None  # no not-fruit images to set the zoom bar on
     metrics = json.loads((output / "metrics.json").read_text())
@@ -110,9 +114,11 @@ def test_not_fruit_validation_images_set_the_zoom_bar(tmp_path: Path) -> None:
         arr = getattr(data, name)()
         arr = arr if arr.dtype == np.uint8 else (arr * 255).astype(np.uint8)
         Image.fromarray(arr).convert("RGB").save(ood / f"{name}.jpg")
+    # The frozen-feature recipe (the previous default) still trains; the fine-tuned one is covered above.
     train(train_dir, tmp_path / "model", validation_dir=val, cache_dir=tmp_path / "cache",
-          config=Config(epochs=5, hidden=32, prototypes_per_class=3))
+          config=Config(features="emb+170mm+156mm", epochs=5, hidden=32, prototypes_per_class=3))
     manifest = bundle.verify(tmp_path / "model")
+    assert manifest.head["features"] == "emb+170mm+156mm" and "block" not in manifest.head
     rejection = manifest.rejection
     assert rejection["min_similarity_zoom"] is not None
     assert rejection["min_similarity_zoom"] >= rejection["min_similarity"]
@@ -190,8 +196,9 @@ def test_cache_ignores_shards_of_the_old_layout(tmp_path) -> None:
                  q=np.zeros((1, 1280), np.int8))
     cache = EmbeddingCache(tmp_path)
     assert cache.tag != old_tag and len(cache) == 0 and cache.get("a" * 64, "orig") is None
-    cache.put("b" * 64, "orig", np.ones(1280, np.int8), np.full(832, 0.5, np.float32))
+    cache.put("b" * 64, "orig", (np.ones(1280, np.int8), np.full(832, 0.5, np.float32), np.full((7, 7, 160), -3, np.int8)))
     cache.flush()
     again = EmbeddingCache(tmp_path)
-    q, pooled = again.get("b" * 64, "orig")
+    q, pooled, block_in = again.get("b" * 64, "orig")
     assert len(again) == 1 and q.dtype == np.int8 and pooled.shape == (832,) and pooled[0] == np.float32(0.5)
+    assert block_in.dtype == np.int8 and block_in.shape == (7, 7, 160) and (block_in == -3).all()

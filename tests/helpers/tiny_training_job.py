@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fruitpipe import bundle, imaging
-from fruitpipe import features as recipes
-from fruitpipe.classifier import Backbone
+from fruitpipe.classifier import Classifier
 from fruitpipe.head import Head, softmax
 from fruitpipe.labels import LABELS
 
@@ -49,10 +48,9 @@ def main() -> int:
         print("error: simulated out-of-memory in the training job", file=sys.stderr, flush=True)
         return 3
     print("stage=embed", flush=True)
-    backbone = Backbone(None)
-    # The head's input as the init bundle's recipe says (same function as serving).
-    recipe = bundle.verify(args.init).head.get("features", recipes.LEGACY)
-    x = recipes.head_input(recipe, *backbone.features(
+    # The head's input as the init bundle computes it (the serving code path).
+    init_clf = Classifier(args.init)
+    x = init_clf.head_input(*init_clf.backbone.outputs(
         np.stack([imaging.load_image(path.read_bytes()) for _, path in items])))
     y = np.array([i for i, _ in items])
     if args.mode == "bad":
@@ -87,8 +85,9 @@ def main() -> int:
     head_path = tmp.parent / (tmp.name + ".head.npz")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     Head(head.kernels[:-1] + (w,), head.biases[:-1] + (b,), head.activations).save(head_path)
-    files = {"head.npz": head_path.read_bytes(),
-             init.rejection.get("file", "rejection.npz"): (args.init / init.rejection.get("file", "rejection.npz")).read_bytes()}
+    # Every other file of the init bundle (rejection prototypes, a fine-tuned block) is kept as is.
+    files = {name: (args.init / name).read_bytes() for name in init.files if name != init.head["file"]}
+    files["head.npz"] = head_path.read_bytes()
     head_path.unlink()
     raw = init.to_dict()
     raw["head"] = {**init.head, "dtype": "float32"}

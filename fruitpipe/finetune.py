@@ -1,0 +1,142 @@
+"""Train the head together with a fine-tuned block 17 (recipe ``emb+b17mm+156mm``), keras-io style.
+
+Two stages, both on cached backbone outputs (no image is decoded again):
+
+1. the head alone on the frozen features (the backbone's own map 170, already cached and pooled);
+2. block 17 and that head together, a few epochs at a lower learning rate.
+
+Stage 2 starting from a trained head is what keeps a fit short: training block and head from
+scratch needs ~15 epochs (86 s here) for the same accuracy; 30 head epochs + 4 joint epochs take
+~35 s (docs/ml.md). The head normalises its input with batch norm, which follows the block's
+features as they move; on export the batch norm is folded into the first dense layer, and block
+and head become numpy (:class:`~fruitpipe.block.Block`, :class:`~fruitpipe.head.Head`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from . import features
+from .block import Block
+from .head import Head
+from .labels import LABELS
+
+if TYPE_CHECKING:
+    from .training import Config
+
+POOLED_170 = 2 * features.FEATURE_CHANNELS[0]  # the pooled-map columns the block replaces
+
+
+class Inputs(NamedTuple):
+    """Cached backbone outputs of N rows: block input ``float32 [N, 7, 7, 160]``, embedding
+    ``[N, 1280]``, pooled maps ``[N, 832]``."""
+
+    block_in: np.ndarray
+    embedding: np.ndarray
+    pooled: np.ndarray
+
+    def head_input(self, block: Block) -> np.ndarray:
+        """The head's input with ``block`` in place of tensor 170 (what serving computes)."""
+        return features.head_input(features.FINETUNED, self.embedding,
+                                   features.with_block(self.pooled, block(self.block_in)))
+
+    def frozen_input(self) -> np.ndarray:
+        """The head's input with the backbone's own map 170 (already cached, pooled): what the
+        initial block computes, up to int8 rounding (cosine > 0.999, tests/test_block.py)."""
+        return features.head_input(features.FROZEN, self.embedding, self.pooled)
+
+    def keras(self) -> list[np.ndarray]:
+        """The joint model's inputs: block input, embedding, pooled map 156."""
+        return [self.block_in, self.embedding, self.pooled[:, POOLED_170:]]
+
+
+def _report(epochs: int, offset: int, total: int):  # type: ignore[no-untyped-def]
+    import keras
+
+    from .training import log
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            print(f"progress={int(100 * (offset + epoch + 1) / total)}", flush=True)
+            log(epoch=offset + epoch + 1, **{k if k.startswith("val_") else f"train_{k}": float(v)
+                                             for k, v in (logs or {}).items()})
+    return Report()
+
+
+def _export_head(head_model: Any) -> Head:
+    """Fold the input batch norm into the first dense layer: ``bn(x) @ W + b == x @ W' + b'``."""
+    import keras
+
+    bn = next(layer for layer in head_model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    shift = beta - mean * scale
+    dense = [layer for layer in head_model.layers if isinstance(layer, keras.layers.Dense)]
+    kernels = [np.asarray(d.kernel.numpy(), np.float64) for d in dense]
+    biases = [np.asarray(d.bias.numpy(), np.float64) for d in dense]
+    biases[0] = shift @ kernels[0] + biases[0]
+    kernels[0] = scale[:, None] * kernels[0]
+    return Head(kernels=tuple(k.astype(np.float32) for k in kernels), biases=tuple(b.astype(np.float32) for b in biases),
+                activations=tuple("relu" if i < len(dense) - 1 else "softmax" for i in range(len(dense))))
+
+
+def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
+        val: Inputs | None = None, y_val: np.ndarray | None = None) -> tuple[Head, Block, dict[str, list[float]]]:
+    """Stage 1 (head, ``cfg.epochs``) then stage 2 (block + head, ``cfg.finetune_epochs`` at
+    ``cfg.finetune_lr``), starting from ``init``. Returns the numpy head and block and the history."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
+    width = features.input_dim(features.FINETUNED)
+    layers: list[Any] = [keras.Input((width,)), keras.layers.BatchNormalization(), keras.layers.Dropout(cfg.dropout)]
+    if cfg.hidden:
+        layers += [keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=reg),
+                   keras.layers.Dropout(cfg.dropout)]
+    head = keras.Sequential(layers + [keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg)])
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    y_hot = keras.utils.to_categorical(y, len(LABELS))
+    has_val = val is not None and y_val is not None and len(y_val)
+    val_hot = keras.utils.to_categorical(y_val, len(LABELS)) if has_val else None
+    total = cfg.epochs + cfg.finetune_epochs
+
+    print("stage=train_head", flush=True)
+    # jit_compile=False: XLA makes these small convolutions several times slower on CPU (measured).
+    head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=["accuracy"], jit_compile=False)
+    hist1 = head.fit(train.frozen_input(), y_hot, epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
+                     verbose=0, validation_data=(val.frozen_input(), val_hot) if has_val else None,
+                     callbacks=[_report(cfg.epochs, 0, total)])
+
+    print("stage=finetune_block", flush=True)
+    block_in, emb, pooled_156 = (keras.Input(a.shape[1:]) for a in train.keras())
+    convs = {"expand": keras.layers.Conv2D(init.expand.shape[1], 1),
+             "depthwise": keras.layers.DepthwiseConv2D(3, padding="same"),
+             "project": keras.layers.Conv2D(init.project.shape[1], 1)}
+    x = convs["project"](keras.layers.ReLU(6.0)(convs["depthwise"](keras.layers.ReLU(6.0)(convs["expand"](block_in)))))
+    joined = keras.layers.Concatenate()([emb, keras.layers.GlobalAveragePooling2D()(x),
+                                         keras.layers.GlobalMaxPooling2D()(x), pooled_156])
+    model = keras.Model([block_in, emb, pooled_156], head(joined))
+    for name, weights in init.keras_weights().items():
+        convs[name].set_weights(weights)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.finetune_lr), loss=loss, metrics=["accuracy"], jit_compile=False)
+    hist2 = model.fit(train.keras(), y_hot, epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, shuffle=True,
+                      verbose=0, validation_data=(val.keras(), val_hot) if has_val else None,
+                      callbacks=[_report(cfg.finetune_epochs, cfg.epochs, total)]) if cfg.finetune_epochs else None
+
+    block = Block.from_keras({name: layer.get_weights() for name, layer in convs.items()})
+    numpy_head = _export_head(head)
+    # The exported numpy block + head must compute what the Keras model computes.
+    probe = Inputs(*(a[: min(128, len(y))] for a in train))
+    diff = float(np.abs(numpy_head(probe.head_input(block)) - model.predict(probe.keras(), verbose=0)).max())
+    if diff > 1e-3:
+        from .training import TrainingError
+        raise TrainingError(f"numpy block + head differ from the Keras model by {diff}")
+    from .training import log
+    log(export_max_abs_diff=diff)
+    history = {k: [float(v) for v in vals] + ([float(v) for v in hist2.history.get(k, [])] if hist2 else [])
+               for k, vals in hist1.history.items()}
+    return numpy_head, block, history
