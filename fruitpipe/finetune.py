@@ -83,10 +83,31 @@ def _export_head(head_model: Any) -> Head:
                 activations=tuple("relu" if i < len(dense) - 1 else "softmax" for i in range(len(dense))))
 
 
+def _load_head(head_model: Any, start: Head) -> None:
+    """Put a (folded) numpy head into the Keras head: identity batch norm, frozen; the same dense weights."""
+    import keras
+
+    bn = next(layer for layer in head_model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    width = start.input_dim
+    bn.set_weights([np.ones(width), np.zeros(width), np.zeros(width), np.full(width, 1.0 - bn.epsilon)])
+    bn.trainable = False  # Keras 3: a frozen batch norm runs in inference mode
+    dense = [layer for layer in head_model.layers if isinstance(layer, keras.layers.Dense)]
+    if [(int(d.kernel.shape[0]), int(d.kernel.shape[1])) for d in dense] != [k.shape for k in start.kernels]:
+        raise ValueError("the base model's head has another shape than this recipe's")
+    for layer, kernel, bias in zip(dense, start.kernels, start.biases):
+        layer.set_weights([kernel, bias])
+
+
 def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
-        val: Inputs | None = None, y_val: np.ndarray | None = None) -> tuple[Head, Block, dict[str, list[float]]]:
+        val: Inputs | None = None, y_val: np.ndarray | None = None,
+        start: Head | None = None) -> tuple[Head, Block, dict[str, list[float]]]:
     """Stage 1 (head, ``cfg.epochs``) then stage 2 (block + head, ``cfg.finetune_epochs`` at
-    ``cfg.finetune_lr``), starting from ``init``. Returns the numpy head and block and the history."""
+    ``cfg.finetune_lr``), starting from ``init``. Returns the numpy head and block and the history.
+
+    Warm start (a retrain): with ``start``, the live model's head, and ``init`` its block, stage 1
+    is skipped and stage 2 runs ``cfg.warm_epochs``. The live head's batch norm is already folded
+    into its first layer, so here the batch norm is an identity that does not train.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
@@ -102,14 +123,20 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
     y_hot = keras.utils.to_categorical(y, len(LABELS))
     has_val = val is not None and y_val is not None and len(y_val)
     val_hot = keras.utils.to_categorical(y_val, len(LABELS)) if has_val else None
-    total = cfg.epochs + cfg.finetune_epochs
+    head_epochs, joint_epochs = (0, cfg.warm_epochs) if start is not None else (cfg.epochs, cfg.finetune_epochs)
+    total = head_epochs + joint_epochs
 
-    print("stage=train_head", flush=True)
-    # jit_compile=False: XLA makes these small convolutions several times slower on CPU (measured).
-    head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=["accuracy"], jit_compile=False)
-    hist1 = head.fit(train.frozen_input(), y_hot, epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
-                     verbose=0, validation_data=(val.frozen_input(), val_hot) if has_val else None,
-                     callbacks=[_report(cfg.epochs, 0, total)])
+    hist1 = None
+    if start is not None:
+        _load_head(head, start)
+    else:
+        print("stage=train_head", flush=True)
+        # jit_compile=False: XLA makes these small convolutions several times slower on CPU (measured).
+        head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=["accuracy"],
+                     jit_compile=False)
+        hist1 = head.fit(train.frozen_input(), y_hot, epochs=head_epochs, batch_size=cfg.batch_size, shuffle=True,
+                         verbose=0, validation_data=(val.frozen_input(), val_hot) if has_val else None,
+                         callbacks=[_report(head_epochs, 0, total)])
 
     print("stage=finetune_block", flush=True)
     block_in, emb, pooled_156 = (keras.Input(a.shape[1:]) for a in train.keras())
@@ -123,9 +150,9 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
     for name, weights in init.keras_weights().items():
         convs[name].set_weights(weights)
     model.compile(optimizer=keras.optimizers.Adam(cfg.finetune_lr), loss=loss, metrics=["accuracy"], jit_compile=False)
-    hist2 = model.fit(train.keras(), y_hot, epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, shuffle=True,
+    hist2 = model.fit(train.keras(), y_hot, epochs=joint_epochs, batch_size=cfg.batch_size, shuffle=True,
                       verbose=0, validation_data=(val.keras(), val_hot) if has_val else None,
-                      callbacks=[_report(cfg.finetune_epochs, cfg.epochs, total)]) if cfg.finetune_epochs else None
+                      callbacks=[_report(joint_epochs, head_epochs, total)]) if joint_epochs else None
 
     block = Block.from_keras({name: layer.get_weights() for name, layer in convs.items()})
     numpy_head = _export_head(head)
@@ -137,6 +164,8 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
         raise TrainingError(f"numpy block + head differ from the Keras model by {diff}")
     from .training import log
     log(export_max_abs_diff=diff)
-    history = {k: [float(v) for v in vals] + ([float(v) for v in hist2.history.get(k, [])] if hist2 else [])
-               for k, vals in hist1.history.items()}
+    history: dict[str, list[float]] = {}
+    for hist in (hist1, hist2):
+        for k, vals in (hist.history.items() if hist is not None else []):
+            history.setdefault(k, []).extend(float(v) for v in vals)
     return numpy_head, block, history

@@ -47,14 +47,15 @@ class Config:
     """Hyperparameters (SageMaker passes them as strings; :meth:`from_mapping` converts)."""
 
     features: str = DEFAULT_FEATURES  # head input recipe (fruitpipe.features), recorded in the manifest
-    hidden: int = 128  # 0 = linear head; 128 keeps head + fine-tuned block under 1 MB
+    hidden: int = 256  # 0 = linear head; use 128 with the fine-tuned block to stay under 1 MB
     dropout: float = 0.3
     label_smoothing: float = 0.1
     weight_decay: float = 1e-3
     standardize: bool = True  # train on standardized embeddings; folded into the first layer on export
     epochs: int = 30  # head epochs (stage 1 when block 17 is fine-tuned)
-    finetune_epochs: int = 4  # block 17 + head epochs after the head alone (recipe emb+b17mm+156mm)
+    finetune_epochs: int = 4  # block 17 + head epochs after the head alone (recipe emb+b17mm+156mm only)
     finetune_lr: float = 3e-4
+    warm_epochs: int = 4  # with a fine-tuned base model: block + head epochs from the base model's own
     batch_size: int = 128
     learning_rate: float = 1e-3
     flip: bool = True  # train on mirrored views too (embedded once, cached)
@@ -115,6 +116,28 @@ def _holdout(shas: list[str], y: np.ndarray, share: float, seed: int) -> tuple[n
 def _outputs(backbone, emb: Embedded, view: str, mask: np.ndarray) -> Inputs:  # type: ignore[no-untyped-def]
     """The cached backbone outputs of the ``mask`` rows of ``emb`` in ``view``, block input dequantized."""
     return Inputs(backbone.block_input(emb.block_in[view][mask]), emb.views[view][mask], emb.pooled[view][mask])
+
+
+def _warm_start(base_model: Path | None, cfg: Config) -> tuple[Head, Block] | None:
+    """The base model's head and block when a warm start is possible; otherwise None (and why)."""
+    if base_model is None or not cfg.warm_epochs:
+        return None
+    try:
+        manifest = bundle.verify(Path(base_model))
+        recipe = manifest.head.get("features")
+        if recipe != cfg.features or "block" not in manifest.head:
+            log(warm_start=0, warm_start_reason=f"base model recipe {recipe}")
+            return None
+        units = [int(layer["units"]) for layer in manifest.head["layers"]]
+        if units[:-1] != ([cfg.hidden] if cfg.hidden else []):
+            log(warm_start=0, warm_start_reason="base model head has another hidden size")
+            return None
+        head = Head.load(Path(base_model) / manifest.head["file"], [l["activation"] for l in manifest.head["layers"]])
+        block = Block.load(Path(base_model) / manifest.head["block"]["file"])
+    except (bundle.BundleError, OSError, KeyError, ValueError) as exc:
+        raise TrainingError(f"cannot warm-start from base model {base_model}: {exc}") from None
+    log(warm_start=1)
+    return head, block
 
 
 def _rows(inputs: Inputs, idx: np.ndarray) -> Inputs:
@@ -265,8 +288,13 @@ def _place(tmp: Path, out: Path) -> None:
 
 def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
           cache_dir: Path | None = None, output_data_dir: Path | None = None,
-          config: Config | None = None, backbone_path: Path | None = None) -> dict[str, Any]:
-    """Train a bundle from ``data_dir/<class>/*``; return the metrics written to ``metrics.json``."""
+          config: Config | None = None, backbone_path: Path | None = None,
+          base_model: Path | None = None) -> dict[str, Any]:
+    """Train a bundle from ``data_dir/<class>/*``; return the metrics written to ``metrics.json``.
+
+    ``base_model`` (the live bundle): when it has the same fine-tuned recipe, its block and head are
+    the starting point (a warm start: ``warm_epochs`` of stage 2 instead of both stages).
+    """
     from .classifier import Backbone, Classifier, zoom_similarity
     from .evaluation import evaluate_embeddings, image_source
 
@@ -329,11 +357,15 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
 
     block: Block | None = None
     init_block = Block.from_backbone(backbone.path) if uses_block(cfg.features) else None
+    start = _warm_start(base_model, cfg) if init_block is not None else None
+    start_head = start[0] if start is not None else None
+    if start is not None:
+        init_block = start[1]
 
     def fit(train_in: Inputs, y: np.ndarray, val_in: Inputs | None = None,
             y_v: np.ndarray | None = None) -> tuple[Head, Block | None, dict[str, list[float]]]:
         if init_block is not None:
-            return finetune.fit(train_in, y, cfg, init_block, val_in, y_v)
+            return finetune.fit(train_in, y, cfg, init_block, val_in, y_v, start=start_head)
         print("stage=train_head", flush=True)
         x_v = head_input(cfg.features, val_in.embedding, val_in.pooled) if val_in is not None else None
         fitted, hist, _ = fit_head(head_input(cfg.features, train_in.embedding, train_in.pooled), y, cfg, x_v, y_v)
@@ -425,7 +457,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
                                           "input_tensor": BLOCK_INPUT_TENSOR}} if block is not None else {})},
             preprocessing=imaging.PREPROCESSING.as_dict(), rejection=rejection,
             training_data={"train": counts, "validation_n": int(len(y_val)), "skipped": dict(skipped),
-                           "views": list(views), "refit": cfg.refit},
+                           "views": list(views), "refit": cfg.refit,
+                           "warm_start_from": bundle.read_manifest(Path(base_model)).version if start else None},
             raw={"hyperparameters": asdict(cfg)})
         bundle.write(staged, manifest, {**{n: f.read_bytes() for n, f in files.items()}, REJECTION_FILE: rej_path.read_bytes()})
 

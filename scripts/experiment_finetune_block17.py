@@ -54,13 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     from fruitpipe import finetune
     from fruitpipe.block import Block
     from fruitpipe.classifier import Backbone
+    from fruitpipe.features import FINETUNED
     from fruitpipe.training import Config
 
     backbone = Backbone(None, num_threads=2)
     train, y = outputs(backbone, "train", ("orig", "flip"))
     val, y_val = outputs(backbone, "val", ("orig",))
     init = Block.from_backbone(backbone.path)
-    base = Config()
+    base = Config(features=FINETUNED, hidden=128)  # 128: head + block must fit the 1 MB bundle
     settings = {"frozen": 0, **{f"finetuned_{e}": e for e in args.finetune_epochs}}
     result: dict[str, object] = {"config": {k: v for k, v in dataclasses.asdict(base).items() if k != "finetune_epochs"},
                                  "n_train": int(len(y)), "n_val": int(len(y_val)), "settings": {}}

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "models" / "default")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "embeddings",
                         help="embedding cache (delete it to time a training from scratch)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra hyperparameter for a candidate recipe (e.g. features=emb+b17mm+156mm)")
+    parser.add_argument("--results", default="default_model",
+                        help="name of the results file: results/<name>.json (candidates: not default_model)")
     args = parser.parse_args(argv)
     if not (args.data / "train").is_dir():
         print(f"error: {args.data}/train not found (../shared beside the checkout?)", file=sys.stderr)
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [py, "-m", "fruitpipe", "train", "--data", str(args.data / "train"), "--validation",
                str(validation), "--cache", str(args.cache), "--out", str(staged),
                "--output-data", str(tmp / "output")]
-        for hp in HYPERPARAMETERS:
+        for hp in HYPERPARAMETERS + args.set:
             cmd += ["--set", hp]
         proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         if proc.returncode != 0:
@@ -95,14 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         for extra in ("metrics.json", "confusion.png", "curves.png"):
             if (tmp / "output" / extra).exists():
                 (REPO / "results").mkdir(exist_ok=True)
-                shutil.copy(tmp / "output" / extra, REPO / "results" / f"default_{extra}")
+                prefix = "default" if args.results == "default_model" else args.results
+                shutil.copy(tmp / "output" / extra, REPO / "results" / f"{prefix}_{extra}")
 
     size = sum(p.stat().st_size for p in args.out.iterdir())
     summary = {"model_version": manifest.version, "train_seconds": round(train_seconds, 1),
                "bundle_bytes": size, **{k: v for k, v in result.items() if k != "per_class"},
                "per_class": result["per_class"]}
     (REPO / "results").mkdir(exist_ok=True)
-    (REPO / "results" / "default_model.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["hyperparameters"] = HYPERPARAMETERS + args.set
+    (REPO / "results" / f"{args.results}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n| metric (test split + held-out not-fruit) | value |\n|---|---:|")
     for key in ("accuracy", "macro_f1", "fruit_rejected_rate", "ood_rejected_rate", "uncertain_rate"):
         print(f"| {key} | {result[key]:.4f} |")

@@ -29,6 +29,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validation", type=Path, default=_env_path("SM_CHANNEL_VALIDATION"))
     p.add_argument("--cache", type=Path, default=_env_path("SM_CHANNEL_CACHE"))
     p.add_argument("--out", type=Path, default=_env_path("SM_MODEL_DIR"))
+    p.add_argument("--base-model", type=Path, default=_env_path("SM_CHANNEL_BASE_MODEL"),
+                   help="the live bundle: a fine-tuned recipe warm-starts from its block and head")
     p.add_argument("--output-data", type=Path, default=_env_path("SM_OUTPUT_DATA_DIR"))
     p.add_argument("--hyperparameters", type=Path,
                    default=Path(os.environ.get("SM_HYPERPARAMETERS_FILE", HYPERPARAMETERS)))
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.validation = None
         before = _shards(args.cache)
         train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
-              output_data_dir=args.output_data, config=config)
+              output_data_dir=args.output_data, config=config, base_model=args.base_model)
         _export_new_shards(args.cache, before, args.output_data)
     except (TrainingError, BackboneError, FileNotFoundError, ValueError, OSError) as exc:
         return main_error(exc)

@@ -98,6 +98,9 @@ class Run:
         if self.config.get("validation_dir"):
             cmd += ["--validation", self.config["validation_dir"]]
         hyperparameters = self.live_hyperparameters()
+        live = self.registry.live_version()
+        if live is not None:  # a fine-tuned live model is the retrain's starting point (warm start)
+            cmd += ["--base-model", str(self.registry.fetch(live))]
         if hyperparameters:
             path = self.dir / "hyperparameters.json"
             atomic_write_json(path, hyperparameters)

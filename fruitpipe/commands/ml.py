@@ -19,7 +19,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-data", type=Path, default=None,
                    help="where metrics.json and the plots go (default: the bundle folder)")
     p.add_argument("--base-model", type=Path, default=None,
-                   help="the live bundle; its hyperparameters are reused (the data are retrained)")
+                   help="the live bundle; its hyperparameters are reused (the data are retrained) and, "
+                        "for a fine-tuned recipe, its block and head are the starting point")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a hyperparameter")
     p.add_argument("--backbone", default=None, help="backbone file or folder")
 
@@ -47,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
               output_data_dir=args.output_data, config=config,
-              backbone_path=Path(args.backbone) if args.backbone else None)
+              backbone_path=Path(args.backbone) if args.backbone else None, base_model=args.base_model)
     except TrainingError as exc:
         return main_error(exc)
     return 0

@@ -33,6 +33,7 @@ def main() -> int:
     p.add_argument("--validation", type=Path)
     p.add_argument("--cache", type=Path)
     p.add_argument("--hyperparameters", type=Path, help="accepted for the contract; unused")
+    p.add_argument("--base-model", type=Path, help="accepted for the contract; unused")
     p.add_argument("--init", type=Path, required=True, help="bundle whose head and rejection rule to start from")
     p.add_argument("--mode", choices=["good", "bad", "crash"], default="good")
     p.add_argument("--sleep", type=float, default=0.0, help="pause after embedding (concurrency tests)")
