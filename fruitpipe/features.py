@@ -22,7 +22,7 @@ from .backbone import EMBEDDING_DIM, FEATURE_CHANNELS
 LEGACY: Final[str] = "emb"
 FROZEN: Final[str] = "emb+170mm+156mm"
 FINETUNED: Final[str] = "emb+b17mm+156mm"
-DEFAULT: Final[str] = FROZEN  # FINETUNED did not measurably win at the epochs a 60 s retrain allows (docs/ml.md)
+DEFAULT: Final[str] = FINETUNED
 RECIPES: Final[dict[str, int]] = {LEGACY: EMBEDDING_DIM, FROZEN: EMBEDDING_DIM + 2 * sum(FEATURE_CHANNELS),
                                   FINETUNED: EMBEDDING_DIM + 2 * sum(FEATURE_CHANNELS)}
 POOLED_DIM: Final[int] = 2 * sum(FEATURE_CHANNELS)  # what the cache stores besides the embedding

@@ -66,7 +66,7 @@ def _report(epochs: int, offset: int, total: int):  # type: ignore[no-untyped-de
     return Report()
 
 
-def _export_head(head_model: Any) -> Head:
+def export_head(head_model: Any) -> Head:
     """Fold the input batch norm into the first dense layer: ``bn(x) @ W + b == x @ W' + b'``."""
     import keras
 
@@ -83,19 +83,39 @@ def _export_head(head_model: Any) -> Head:
                 activations=tuple("relu" if i < len(dense) - 1 else "softmax" for i in range(len(dense))))
 
 
-def _load_head(head_model: Any, start: Head) -> None:
-    """Put a (folded) numpy head into the Keras head: identity batch norm, frozen; the same dense weights."""
+def keras_head(cfg: "Config") -> Any:
+    """Batch norm → dropout → dense ``hidden`` (ReLU) → dropout → dense 6 (softmax), on 2112 inputs."""
+    import keras
+
+    reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
+    layers: list[Any] = [keras.Input((features.input_dim(features.FINETUNED),)), keras.layers.BatchNormalization(),
+                         keras.layers.Dropout(cfg.dropout)]
+    if cfg.hidden:
+        layers += [keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=reg),
+                   keras.layers.Dropout(cfg.dropout)]
+    return keras.Sequential(layers + [keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg)])
+
+
+def load_head(head_model: Any, start: Head, x: np.ndarray) -> None:
+    """Put a folded numpy head back into the Keras head, exactly: the batch norm gets the mean and
+    variance of ``x`` (the head's inputs now) and the first kernel is unfolded to match,
+    ``((x - mu) / sd) @ (sd W') + (b' + mu W') == x @ W' + b'``. The weights are then on the scale
+    the head was trained on, so stage 2 continues as it would from stage 1."""
     import keras
 
     bn = next(layer for layer in head_model.layers if isinstance(layer, keras.layers.BatchNormalization))
-    width = start.input_dim
-    bn.set_weights([np.ones(width), np.zeros(width), np.zeros(width), np.full(width, 1.0 - bn.epsilon)])
-    bn.trainable = False  # Keras 3: a frozen batch norm runs in inference mode
     dense = [layer for layer in head_model.layers if isinstance(layer, keras.layers.Dense)]
     if [(int(d.kernel.shape[0]), int(d.kernel.shape[1])) for d in dense] != [k.shape for k in start.kernels]:
         raise ValueError("the base model's head has another shape than this recipe's")
-    for layer, kernel, bias in zip(dense, start.kernels, start.biases):
-        layer.set_weights([kernel, bias])
+    mu, var = x.mean(axis=0).astype(np.float64), x.var(axis=0).astype(np.float64)
+    sd = np.sqrt(var + bn.epsilon)
+    bn.set_weights([np.ones_like(mu), np.zeros_like(mu), mu, var])
+    kernels = [np.asarray(k, np.float64) for k in start.kernels]
+    biases = [np.asarray(b, np.float64) for b in start.biases]
+    biases[0] = biases[0] + mu @ kernels[0]
+    kernels[0] = sd[:, None] * kernels[0]
+    for layer, kernel, bias in zip(dense, kernels, biases):
+        layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
 
 
 def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
@@ -105,20 +125,13 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
     ``cfg.finetune_lr``), starting from ``init``. Returns the numpy head and block and the history.
 
     Warm start (a retrain): with ``start``, the live model's head, and ``init`` its block, stage 1
-    is skipped and stage 2 runs ``cfg.warm_epochs``. The live head's batch norm is already folded
-    into its first layer, so here the batch norm is an identity that does not train.
+    is skipped and stage 2 runs ``cfg.warm_epochs`` (see :func:`load_head`).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
-    reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
-    width = features.input_dim(features.FINETUNED)
-    layers: list[Any] = [keras.Input((width,)), keras.layers.BatchNormalization(), keras.layers.Dropout(cfg.dropout)]
-    if cfg.hidden:
-        layers += [keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=reg),
-                   keras.layers.Dropout(cfg.dropout)]
-    head = keras.Sequential(layers + [keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg)])
+    head = keras_head(cfg)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     y_hot = keras.utils.to_categorical(y, len(LABELS))
     has_val = val is not None and y_val is not None and len(y_val)
@@ -128,7 +141,8 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
 
     hist1 = None
     if start is not None:
-        _load_head(head, start)
+        sample = np.random.default_rng(cfg.seed).permutation(len(y))[:2048]
+        load_head(head, start, Inputs(*(a[sample] for a in train)).head_input(init))
     else:
         print("stage=train_head", flush=True)
         # jit_compile=False: XLA makes these small convolutions several times slower on CPU (measured).
@@ -155,7 +169,7 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
                       callbacks=[_report(joint_epochs, head_epochs, total)]) if joint_epochs else None
 
     block = Block.from_keras({name: layer.get_weights() for name, layer in convs.items()})
-    numpy_head = _export_head(head)
+    numpy_head = export_head(head)
     # The exported numpy block + head must compute what the Keras model computes.
     probe = Inputs(*(a[: min(128, len(y))] for a in train))
     diff = float(np.abs(numpy_head(probe.head_input(block)) - model.predict(probe.keras(), verbose=0)).max())

@@ -206,3 +206,22 @@ def test_cache_ignores_shards_of_the_old_layout(tmp_path) -> None:
     q, pooled, block_in = again.get("b" * 64, "orig")
     assert len(again) == 1 and q.dtype == np.int8 and pooled.shape == (832,) and pooled[0] == np.float32(0.5)
     assert block_in.dtype == np.int8 and block_in.shape == (7, 7, 160) and (block_in == -3).all()
+
+
+def test_warm_start_loads_a_folded_head_exactly() -> None:
+    """A bundle's head (batch norm folded into the first layer) goes back into the Keras head with
+    the batch norm re-created from the current inputs, and computes the same probabilities; folding
+    it again gives the same numpy head."""
+    from fruitpipe.finetune import export_head, keras_head, load_head
+    from fruitpipe.head import Head
+    from fruitpipe.training import Config
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(64, 2112)) * rng.uniform(0.1, 5, 2112) + rng.normal(size=2112)).astype(np.float32)
+    start = Head((rng.normal(size=(2112, 16)).astype(np.float32) * 0.05, rng.normal(size=(16, 6)).astype(np.float32)),
+                 (rng.normal(size=16).astype(np.float32), rng.normal(size=6).astype(np.float32)), ("relu", "softmax"))
+    model = keras_head(Config(hidden=16))
+    load_head(model, start, x)
+    assert np.abs(model.predict(x, verbose=0) - start(x)).max() < 1e-4
+    again = export_head(model)
+    assert np.abs(again(x) - start(x)).max() < 1e-4
