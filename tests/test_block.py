@@ -73,7 +73,8 @@ def test_fine_tuned_recipe_without_a_block_is_refused(tmp_path: Path, backbone) 
     copy = tmp_path / "model"
     shutil.copytree(DEFAULT, copy)
     raw = json.loads((copy / bundle.MANIFEST).read_text())
-    raw["head"]["features"] = features.FINETUNED
+    assert raw["head"]["features"] == features.FINETUNED
+    del raw["head"]["block"]
     (copy / bundle.MANIFEST).write_text(json.dumps(raw))
     with pytest.raises(bundle.BundleError, match="needs a block file"):
         Classifier(copy, shared_backbone=backbone)

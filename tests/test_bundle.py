@@ -23,7 +23,7 @@ def copy(tmp_path: Path) -> Path:
 
 def test_default_bundle_verifies_and_is_small() -> None:
     manifest = bundle.verify(DEFAULT_MODEL)
-    assert set(manifest.files) == {"head.npz", "rejection.npz"}
+    assert set(manifest.files) == {"head.npz", "block17.npz", "rejection.npz"}
     size = sum((DEFAULT_MODEL / name).stat().st_size for name in manifest.files)
     size += (DEFAULT_MODEL / bundle.MANIFEST).stat().st_size
     assert size <= 1_000_000, size

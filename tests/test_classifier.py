@@ -112,7 +112,7 @@ def test_bundle_without_feature_recipe_runs_on_the_embedding_alone(backbone, tmp
     from fruitpipe.head import Head
     from .conftest import DEFAULT_MODEL
     new = bundle.verify(DEFAULT_MODEL)
-    assert new.head["features"] == "emb+170mm+156mm"
+    assert new.head["features"] == "emb+b17mm+156mm"
     items = fruit_images("train", per_class=4)
     emb, _ = backbone.features(np.stack([imaging.load_image(p.read_bytes()) for _, p in items]))
     y = np.array([LABELS.index(label) for label, _ in items])

@@ -90,10 +90,14 @@ def test_sagemaker_layout_end_to_end(tmp_path: Path) -> None:
     model2 = tmp_path / "model2"
     extra = sorted((FRUITS / "train" / LABELS[3]).glob("*.jpg"))[PER_CLASS]
     (train / LABELS[3] / extra.name).symlink_to(extra)
-    second = run_job({**env, "SM_MODEL_DIR": str(model2), "SM_OUTPUT_DATA_DIR": str(tmp_path / "o2")})
+    # ... warm-started from the first model (the base_model channel): no head-only stage this time.
+    second = run_job({**env, "SM_MODEL_DIR": str(model2), "SM_OUTPUT_DATA_DIR": str(tmp_path / "o2"),
+                      "SM_CHANNEL_BASE_MODEL": str(model)})
     assert second.returncode == 0, second.stderr[-2000:]
     out2 = values(second.stdout)
     assert out2["embedded_new"] == "1" and out2["cached"] == str(n_images)
+    assert out2["warm_start"] == "1" and "stage=train_head" not in second.stdout
+    assert bundle.verify(model2).training_data["warm_start_from"] == manifest.version
     assert len(list(cache.glob("emb-*.npz"))) == 2
     assert shards[0].exists()  # shards are append-only
 
@@ -118,9 +122,9 @@ def test_not_fruit_validation_images_set_the_zoom_bar(tmp_path: Path) -> None:
         arr = getattr(data, name)()
         arr = arr if arr.dtype == np.uint8 else (arr * 255).astype(np.uint8)
         Image.fromarray(arr).convert("RGB").save(ood / f"{name}.jpg")
-    # The default frozen-feature recipe; the fine-tuned one is covered above.
+    # The frozen-feature recipe (the previous default) still trains; the fine-tuned one is covered above.
     train(train_dir, tmp_path / "model", validation_dir=val, cache_dir=tmp_path / "cache",
-          config=Config(epochs=5, hidden=32, prototypes_per_class=3))
+          config=Config(features="emb+170mm+156mm", epochs=5, hidden=32, prototypes_per_class=3))
     manifest = bundle.verify(tmp_path / "model")
     assert manifest.head["features"] == "emb+170mm+156mm" and "block" not in manifest.head
     rejection = manifest.rejection
@@ -225,3 +229,14 @@ def test_warm_start_loads_a_folded_head_exactly() -> None:
     assert np.abs(model.predict(x, verbose=0) - start(x)).max() < 1e-4
     again = export_head(model)
     assert np.abs(again(x) - start(x)).max() < 1e-4
+
+
+@needs_shared
+def test_unusable_base_model_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
+    train = small_dataset(tmp_path / "train", "train", 2)
+    (tmp_path / "not-a-bundle").mkdir()
+    model = tmp_path / "model"
+    proc = run_job({}, ["--data", str(train), "--out", str(model), "--base-model", str(tmp_path / "not-a-bundle"),
+                        "--set", "epochs=1"])
+    assert proc.returncode == 1 and "cannot warm-start from base model" in proc.stderr
+    assert not model.exists() or not any(model.iterdir())
