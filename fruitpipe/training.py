@@ -305,6 +305,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         raise TrainingError(str(exc)) from None
     started = time.monotonic()
     out_dir, output_data_dir = Path(out_dir), Path(output_data_dir or out_dir)
+    # Checked before embedding anything: an unusable base model fails in a second, not after minutes.
+    start = _warm_start(base_model, cfg) if uses_block(cfg.features) else None
     print("stage=load_backbone", flush=True)
     backbone = Backbone(backbone_path, num_threads=int(os.environ.get("FRUITPIPE_THREADS", "2")))
     cache = EmbeddingCache(cache_dir)
@@ -357,7 +359,6 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
 
     block: Block | None = None
     init_block = Block.from_backbone(backbone.path) if uses_block(cfg.features) else None
-    start = _warm_start(base_model, cfg) if init_block is not None else None
     start_head = start[0] if start is not None else None
     if start is not None:
         init_block = start[1]
