@@ -15,15 +15,28 @@ STORE ?= var
 
 .PHONY: setup run test test-fast synth layer bench report load-test cloud-demo train-default clean
 
-$(STAMP): pyproject.toml
+SERVE_STAMP := $(VENV)/.serve-installed
+
+# `make run` installs what the local service needs: serving, plus the training job that its retrain
+# button runs (TensorFlow); about 45 s with a warm pip cache. `make test` adds the infrastructure and
+# test tools (CDK, cfn-lint, moto, Playwright, Locust). pip shows its progress.
+$(SERVE_STAMP): pyproject.toml
+	@echo "== setting up $(VENV) for the local service: serving + training (pip output follows)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[serve,train,infra,dev]'
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	$(PY) -m pip install --progress-bar on -e '.[serve,train]'
+	@echo "== provisioning the backbone into the package cache (checked against its sha256)"
+	$(PY) -m fruitpipe.backbone
+	touch $@
+
+$(STAMP): $(SERVE_STAMP)
+	@echo "== installing the infrastructure and test extras (CDK, cfn-lint, moto, Playwright, Locust)"
+	$(PY) -m pip install --progress-bar on -e '.[serve,train,infra,dev]'
 	touch $@
 
 setup: $(STAMP)
 
-run: $(STAMP)  ## set up .venv and start the local service on http://127.0.0.1:8000
+run: $(SERVE_STAMP)  ## set up .venv (serving + training) and start the local service on http://127.0.0.1:8000
 	$(VENV)/bin/fruitpipe serve --host $(HOST) --port $(PORT) --store $(STORE)
 
 test: $(STAMP)  ## set up .venv and run every test

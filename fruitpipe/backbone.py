@@ -97,6 +97,35 @@ def resolve(override: str | os.PathLike[str] | None = None, *, download: bool = 
     return fetch(cached)
 
 
+def provision(source: str | os.PathLike[str] | None = None) -> Path:
+    """Put a verified copy of the backbone in the package cache and return the cached path.
+
+    ``source`` (or ``$FRUITPIPE_BACKBONE``) names a local copy; without one the backbone is
+    downloaded. Once provisioned, every command (CLI, server, training job) finds the backbone in
+    the cache with no environment variable set. The copy is written under a temporary name and
+    renamed, so an interrupted copy never leaves a partial file at the cached path.
+
+    Raises:
+        BackboneError: the source is missing or has the wrong sha256, or the download failed.
+    """
+    cached = cache_dir() / FILENAME
+    if cached.is_file() and sha256_file(cached) == SHA256:
+        return cached
+    origin = source or os.environ.get(ENV_VAR)
+    if not origin:
+        return fetch(cached)
+    src = _checked(_candidate(Path(origin)), "argument" if source else ENV_VAR)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cached.parent, prefix=".backbone-")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp_name)
+        os.replace(tmp_name, cached)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return _checked(cached, "cache")
+
+
 def fetch(dest: Path, url: str = URL, timeout: float = 60.0) -> Path:
     """Download the backbone to ``dest`` atomically, refusing anything whose sha256 differs."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -162,3 +191,20 @@ def embedding_model(model: bytes, extra: tuple[int, ...] = OUTPUT_TENSORS[1:]) -
     buf.extend(struct.pack(f"<I{len(wanted)}i", len(wanted), *wanted))
     struct.pack_into("<I", buf, outputs_f, vector - outputs_f)  # uoffset: forward, relative to the field
     return bytes(buf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fruitpipe.backbone [SOURCE]``: provision the backbone into the cache, print its path."""
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        path = provision(args[0] if args else None)
+    except BackboneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -125,3 +125,33 @@ def test_served_download_is_checked(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert not (tmp_path / "bb.tflite").exists()
+
+
+def test_provision_copies_a_local_backbone_into_the_cache(tmp_path: Path, monkeypatch) -> None:
+    """`make run` provisions once; afterwards every command finds the backbone with no variable set,
+    and a corrupt cached copy is replaced, never used."""
+    from tests.conftest import BACKBONE_DIR
+    if not BACKBONE_DIR.is_dir():
+        pytest.skip("../shared/models is not beside the checkout")
+    monkeypatch.setenv("FRUITPIPE_CACHE", str(tmp_path))
+    monkeypatch.setenv(backbone.ENV_VAR, str(BACKBONE_DIR))
+    assert backbone.main([]) == 0
+    cached = tmp_path / backbone.FILENAME
+    assert backbone.sha256_file(cached) == backbone.SHA256
+    monkeypatch.delenv(backbone.ENV_VAR)
+    assert backbone.resolve(download=False) == cached
+    cached.write_bytes(b"half a model")
+    with pytest.raises(backbone.BackboneError, match="sha256"):
+        backbone.resolve(download=False)
+    assert backbone.provision(BACKBONE_DIR) == cached
+    assert backbone.resolve(download=False) == cached
+    assert [p.name for p in tmp_path.iterdir()] == [backbone.FILENAME]  # no temporary file left
+
+
+def test_provision_with_a_wrong_source_is_one_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FRUITPIPE_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / backbone.FILENAME
+    bad.write_bytes(b"not a model")
+    assert backbone.main([str(bad)]) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / backbone.FILENAME).exists()
