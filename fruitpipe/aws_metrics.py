@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
+from .labels import answered_class
+
 NAMESPACE = "Fruitpipe"
 API_SERVICE = "fruitpipe-api"
 INGEST_SERVICE = "fruitpipe-ingest"
@@ -42,7 +44,8 @@ def prediction_metrics(prediction: Mapping[str, Any], latency_ms: float,
     """(name, value, unit, extra dimensions) for one answered prediction."""
     conf = float(prediction.get("confidence", 0.0))
     not_fruit = 1.0 if prediction.get("verdict") == "not_fruit" else 0.0
-    out = [("Predictions", 1.0, "Count", {"class": str(prediction.get("predicted_class"))}),
+    answered = answered_class(str(prediction.get("predicted_class")), str(prediction.get("verdict")))
+    out = [("Predictions", 1.0, "Count", {"class": answered}),
            ("Verdicts", 1.0, "Count", {"verdict": str(prediction.get("verdict"))}),
            ("Latency", float(latency_ms), "Milliseconds", {}),
            ("Confidence", conf, "NoUnit", {}),

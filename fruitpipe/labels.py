@@ -30,3 +30,12 @@ def freshness(label: str) -> Verdict:
     if label not in LABELS:
         raise ValueError(f"unknown class {label!r}")
     return "fresh" if label.startswith("fresh") else "rotten"
+
+
+def answered_class(predicted_class: str, verdict: str) -> str:
+    """The class an answer counts under in live statistics: the head's class, or ``not_fruit``.
+
+    An image answered ``not_fruit`` (an astronaut) must not be counted under the head's top class,
+    where it would show up as, say, a "rotten banana".
+    """
+    return OOD_FOLDER if verdict == "not_fruit" else predicted_class

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..labels import LABELS, VERDICTS
+from ..labels import LABELS, VERDICTS, answered_class
 
 BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -57,10 +57,17 @@ class Metrics:
         self.model_info.labels(version=version).set(1)
 
     def record_prediction(self, predicted_class: str, verdict: str) -> None:
-        self.predictions.labels(predicted_class=predicted_class, verdict=verdict).inc()
+        """Count one answered image: by verdict always, by class only when the answer is a fruit.
+
+        An image answered ``not_fruit`` (an astronaut) is not counted under the head's top class
+        (it would show as a "rotten banana"): its ``predicted_class`` label is ``not_fruit``.
+        """
+        answered = answered_class(predicted_class, verdict)
+        self.predictions.labels(predicted_class=answered, verdict=verdict).inc()
         with self._lock:
             self._count += 1
-            self._by_class[predicted_class] += 1
+            if answered in LABELS:
+                self._by_class[answered] += 1
             self._by_verdict[verdict] += 1
 
     def record_predict_latency(self, seconds: float) -> None:
