@@ -7,6 +7,7 @@ test create several apps in one process without "duplicated timeseries" errors.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 import time
 from collections import Counter as PyCounter, deque
 from typing import Any
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ..labels import LABELS, VERDICTS, answered_class
 
+RETRAIN_STATES = ("idle", "running", "succeeded", "rejected", "failed")
 BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -37,6 +39,11 @@ class Metrics:
         self.retrain_runs = Counter("fruitpipe_retrain_runs_total", "Retrain runs started",
                                     ["trigger"], registry=r)
         self.uploads = Counter("fruitpipe_uploads_total", "Uploaded training files", ["status"], registry=r)
+        self.retrain_state = Gauge("fruitpipe_retrain_state",
+                                   "State of the latest retrain run (1 for its state, 0 for the others)",
+                                   ["state"], registry=r)
+        self.retrain_finished = Gauge("fruitpipe_retrain_last_finished_timestamp_seconds",
+                                      "When the latest retrain run finished (Unix time; 0 if never)", registry=r)
         self.uptime = Gauge("fruitpipe_uptime_seconds", "Seconds since the app started", registry=r)
         self.uptime.set_function(lambda: time.time() - self.started)
         self._lock = threading.Lock()
@@ -69,6 +76,19 @@ class Metrics:
             if answered in LABELS:
                 self._by_class[answered] += 1
             self._by_verdict[verdict] += 1
+
+    def set_retrain(self, state: str, finished: str | None) -> None:
+        """Mirror the latest retrain run (``idle``, ``running``, ``succeeded``, ``rejected``,
+        ``failed``; ``finished`` an ISO 8601 time or None) into the two retrain gauges."""
+        for known in RETRAIN_STATES:
+            self.retrain_state.labels(state=known).set(1.0 if known == state else 0.0)
+        stamp = 0.0
+        if finished:
+            try:
+                stamp = datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                stamp = 0.0
+        self.retrain_finished.set(stamp)
 
     def record_predict_latency(self, seconds: float) -> None:
         with self._lock:

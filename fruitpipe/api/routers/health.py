@@ -34,5 +34,11 @@ def stats(request: Request) -> StatsResponse:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def metrics(request: Request) -> Response:
-    """Prometheus text format (request counts and latency by route and status, predictions, ...)."""
-    return Response(state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format (request counts and latency by route and status, predictions, the
+    latest retrain's state, ...). The retrain gauges are read from the local status file at scrape
+    time; on AWS, CloudWatch has the pipeline's own metrics."""
+    st = state(request)
+    if st.backend.name == "local":
+        status = st.backend.trainer.status()
+        st.metrics.set_retrain(status.state, status.finished)
+    return Response(st.metrics.render(), media_type=CONTENT_TYPE_LATEST)
