@@ -6,16 +6,18 @@
   streaming a 65 MB header held the event loop for every other client.
 * ``timeout_keep_alive``: an idle keep-alive connection, or one still sending a body we already
   answered (a refused upload), is closed after this many seconds.
-* Request-head timeout: uvicorn has no option for it (its docs list none), so
-  :class:`H11Protocol` arms uvicorn's own keep-alive timer when a connection opens; uvicorn cancels
-  that timer as soon as a complete request head has arrived. A client that trickles its headers
-  (slowloris) is disconnected after ``timeout_keep_alive`` seconds, the same as between requests.
+* Request-head timeout: uvicorn has none (its keep-alive timer restarts on every byte received),
+  so :class:`H11Protocol` gives a client ``timeout_keep_alive`` seconds to send a complete request
+  head, on a new connection and after each response. A client that trickles its headers
+  (slowloris) is disconnected then, instead of holding its connection for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11
 
@@ -26,11 +28,30 @@ TIMEOUT_KEEP_ALIVE = 5  # seconds (uvicorn's default), also the time allowed for
 class H11Protocol(_UvicornH11):
     """uvicorn's h11 protocol, with the request-head timeout described in the module doc."""
 
+    _head_timer: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # uvicorn's own timer and handler: cancelled when the request head is parsed
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
-                                                            self.timeout_keep_alive_handler)
+        self._await_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        # h11 keeps the client IDLE until a complete request head has been parsed
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> uvicorn.Config:
