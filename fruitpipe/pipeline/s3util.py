@@ -34,15 +34,20 @@ def exists(s3: Any, bucket: str, key: str) -> bool:
         raise
 
 
-def get_json(s3: Any, bucket: str, key: str) -> Any | None:
-    """The parsed JSON object at ``key``, or None when it does not exist."""
+def get_bytes(s3: Any, bucket: str, key: str) -> bytes | None:
+    """The object at ``key``, or None when it does not exist."""
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
-    return json.loads(body)
+
+
+def get_json(s3: Any, bucket: str, key: str) -> Any | None:
+    """The parsed JSON object at ``key``, or None when it does not exist."""
+    body = get_bytes(s3, bucket, key)
+    return None if body is None else json.loads(body)
 
 
 def put_json(s3: Any, bucket: str, key: str, data: Any) -> None:
