@@ -235,3 +235,15 @@ def test_docs_policy_allows_exactly_swagger_ui(server):
     digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
     assert f"'sha256-{digest}'" in csp and "https://cdn.jsdelivr.net" in csp and "unsafe-inline" not in csp
     assert httpx.get(url + "/openapi.json").status_code == 200
+
+
+def test_token_store_failure_denies_writes_with_503(tmp_path):
+    """A token provider that fails (Secrets Manager unreachable) denies writes: 503, not a 500."""
+    def broken() -> str:
+        raise ConnectionError("secrets manager unreachable")
+
+    app = make_app(make_backend(tmp_path / "store"))
+    app.state.fruitpipe.settings.token_provider = broken
+    with live_server(app) as url:
+        r = httpx.post(url + "/retrain", headers=AUTH, timeout=10)
+        assert r.status_code == 503 and r.json()["error"] == "auth_unavailable"

@@ -113,13 +113,18 @@ def check_admin(authorization: str, settings: Settings) -> None:
     """Check an ``Authorization`` header value against the admin token.
 
     Raises :class:`ApiError` 401 without a bearer token, 403 with a wrong one, 503 when the
-    server has no token configured. The comparison takes constant time.
+    server has no token configured or cannot read it now (writes are denied, never waved
+    through). The comparison takes constant time.
     """
     scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise ApiError(401, "unauthorized", "this action needs 'Authorization: Bearer <admin token>'",
                        {"WWW-Authenticate": "Bearer"})
-    expected = settings.token_provider()
+    try:
+        expected = settings.token_provider()
+    except Exception:  # noqa: BLE001 - e.g. Secrets Manager unreachable: deny, and say so
+        log.exception("cannot read the admin token")
+        raise ApiError(503, "auth_unavailable", "the admin token cannot be read right now; try again later") from None
     if not expected:
         raise ApiError(503, "auth_unavailable", "no admin token is configured on the server")
     if not secrets.compare_digest(given.strip().encode(), expected.encode()):
