@@ -93,6 +93,22 @@ def test_write_route_without_valid_token_is_refused_before_the_body(server, spoo
     assert b'"error"' in raw and spool == []
 
 
+def test_rest_of_a_refused_body_is_not_read_for_ever(server):
+    """After the 401 the client keeps streaming an endless chunked body: the server discards it
+    and closes the connection after the timeout (2 s here) instead of reading it for ever."""
+    _, addr = server
+    chunk = b"%x\r\n%s\r\n" % (65536, b"0" * 65536)
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(head("/upload-training-data", None) + chunk)
+        assert read_response(s)[0] == 401
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            while time.monotonic() - t0 < 15:
+                s.sendall(chunk)
+                time.sleep(0.005)
+        assert time.monotonic() - t0 < 6
+
+
 @pytest.mark.parametrize("path, files", [("/predict", 1), ("/predict/batch", 32), ("/upload-training-data", 64)])
 def test_declared_length_over_the_route_limit_is_413_at_once(server, spool, path, files):
     """Each file route's limit is its own file count x the file limit (+ multipart overhead):

@@ -9,7 +9,9 @@
 * Request-head timeout: uvicorn has none (its keep-alive timer restarts on every byte received),
   so :class:`H11Protocol` gives a client ``timeout_keep_alive`` seconds to send a complete request
   head, on a new connection and after each response. A client that trickles its headers
-  (slowloris) is disconnected then, instead of holding its connection for ever.
+  (slowloris) is disconnected then, instead of holding its connection for ever. The same timer
+  bounds the rest of a body we answered without reading (a refused upload): uvicorn discards
+  it as it comes, and closes the connection when the timer fires.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class H11Protocol(_UvicornH11):
         self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
 
     def _head_timeout(self) -> None:
-        # h11 keeps the client IDLE until a complete request head has been parsed
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        # h11 keeps the client IDLE until a complete request head has been parsed; SEND_BODY
+        # after our answer is done is the unread rest of a refused body
+        waiting_for_head = self.conn.their_state is h11.IDLE
+        refused_body = self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY
+        if (waiting_for_head or refused_body) and not self.transport.is_closing():
             self.transport.close()
 
 
