@@ -3,7 +3,8 @@ httptools parser vs the h11 configuration ``fruitpipe serve`` uses (fruitpipe/ap
 
     PYTHONPATH=. .venv/bin/python bench/http_parser.py [--rounds 2]
 
-Needs ../shared (a real photo and the test store). Run on an idle machine: the figures are a few
+Needs ../shared (a real photo and the test store) and httptools (`pip install httptools`; not a
+dependency any more). Run on an idle machine: the figures are a few
 milliseconds and noise from other processes swamps them.
 """
 
