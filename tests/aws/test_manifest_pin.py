@@ -95,3 +95,15 @@ def test_seed_bundle_activation_is_pinned(aws, tmp_path):
     version = reg.live_version()
     reg.activate(version)
     assert pointer(aws)["manifest_sha256"] == bundle.sha256_bytes((DEFAULT_MODEL / "manifest.json").read_bytes())
+
+
+def test_gate_download_of_the_live_bundle_refuses_an_edited_manifest(aws, tmp_path):
+    """The evaluate step downloads the live bundle to compare against: an edited manifest there
+    is refused too (the run fails with the reason instead of gating with edited thresholds)."""
+    from fruitpipe.pipeline import s3util
+    reg = registry(aws, tmp_path)
+    version = reg.publish(make_bundle(tmp_path, "v20260106-000000-ffffff"))
+    assert bundle.verify(s3util.download_bundle(aws["s3"], aws["models"], version, tmp_path / "ok"))
+    edit_manifest(aws, version)
+    with pytest.raises(bundle.BundleError, match="manifest was edited"):
+        s3util.download_bundle(aws["s3"], aws["models"], version, tmp_path / "edited")
