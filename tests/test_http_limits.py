@@ -263,3 +263,16 @@ def test_token_store_failure_denies_writes_with_503(tmp_path):
     with live_server(app) as url:
         r = httpx.post(url + "/retrain", headers=AUTH, timeout=10)
         assert r.status_code == 503 and r.json()["error"] == "auth_unavailable"
+
+
+def test_guard_sees_every_route_and_knows_the_write_routes(tmp_path):
+    """The guard reads the app's own route table (FastAPI's included routers opened up): every
+    documented path is found, and exactly the routes with ``Depends(require_admin)`` are write
+    routes. Fails loudly if a FastAPI upgrade changes how included routers are kept."""
+    from fruitpipe.api.middleware import flat_routes, is_write_route
+    app = make_app(make_backend(tmp_path / "store"))
+    routes = flat_routes(app.router.routes)
+    paths = {getattr(r, "path", None) for r in routes}
+    assert set(app.openapi()["paths"]) <= paths
+    assert {r.path for r in routes if is_write_route(r)} == {"/upload-training-data", "/retrain",
+                                                              "/models/{version}/activate"}

@@ -197,6 +197,8 @@ def test_request_limit_is_what_lambda_can_take(api):
                       headers={"content-type": "application/json", **auth()})
     assert status == 413 and "upload_url" not in out
     assert api("POST", "/upload-training-data", body=body(limit + 1), headers={"content-type": ctype})[0] == 401
+    assert api("POST", "/upload-url", body=b"{" + b" " * 70_000 + b"}",
+               headers={"content-type": "application/json"})[0] == 401  # the AWS-only route is guarded too
 
 
 def test_retrain_without_state_machine_is_501(api):
