@@ -11,7 +11,8 @@ parses or spools one byte of the body:
 * a body without a length (chunked) is counted while it streams and cut off with 413 at the limit.
 
 Answers are sent at once, without reading the rest of the body: uvicorn (h11) discards what the
-client still sends, and closes the connection after its keep-alive timeout.
+client still sends, and :mod:`fruitpipe.api.server` closes the connection after its timeout. On
+Lambda the body has arrived whole already; the same limits and answers apply.
 """
 
 from __future__ import annotations
