@@ -1,7 +1,10 @@
 """Model bundles: one immutable folder per version, verified by checksum before use.
 
 A bundle is ``manifest.json`` plus the files it lists (the head, and anything else the rejection
-rule needs). The backbone is not inside: the manifest pins it by address and sha256, and
+rule needs). The manifest pins the files; a registry pins the manifest: when a version is
+published it records the manifest's sha256 in ``manifest.sha256`` beside it (``sha256sum``
+format), and the live pointer repeats it, so an edited manifest (a changed threshold) is refused
+like a changed head. The backbone is not inside: the manifest pins it by address and sha256, and
 :mod:`fruitpipe.backbone` provisions it. Loading refuses a bundle whose manifest is malformed,
 whose labels differ from :data:`fruitpipe.labels.LABELS`, or whose files do not match their sha256.
 """
@@ -20,6 +23,7 @@ from .labels import LABELS
 
 FORMAT: Final[int] = 1
 MANIFEST: Final[str] = "manifest.json"
+MANIFEST_SHA: Final[str] = "manifest.sha256"  # the registry's record of the manifest, `sha256sum -c` checks it
 
 
 class BundleError(ValueError):
@@ -99,9 +103,38 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     return Manifest.from_dict(data)
 
 
-def verify(bundle_dir: Path) -> Manifest:
-    """Parse the manifest and check every listed file's sha256. Raises :class:`BundleError`."""
+def manifest_record(digest: str) -> bytes:
+    """The content of ``manifest.sha256`` for a manifest with sha256 ``digest`` (hex)."""
+    return f"{digest}  {MANIFEST}\n".encode()
+
+
+def parse_manifest_record(data: bytes) -> str:
+    """The sha256 (hex) in a ``manifest.sha256`` record. Raises :class:`BundleError` if malformed."""
+    digest, _, name = data.decode("ascii", "replace").strip().partition("  ")
+    if name != MANIFEST or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise BundleError(f"{MANIFEST_SHA} is not a sha256 record of {MANIFEST}")
+    return digest
+
+
+def check_manifest(bundle_dir: Path, expected: str | None) -> str:
+    """The sha256 of ``manifest.json`` in ``bundle_dir``; with ``expected`` (what the registry
+    recorded when the version was published) a different one raises :class:`BundleError`."""
+    try:
+        actual = sha256_bytes((Path(bundle_dir) / MANIFEST).read_bytes())
+    except FileNotFoundError:
+        raise BundleError(f"no {MANIFEST} in {bundle_dir}") from None
+    if expected is not None and actual != expected:
+        raise BundleError(f"{MANIFEST} of {Path(bundle_dir).name} has sha256 {actual[:12]}…, the registry recorded "
+                          f"{expected[:12]}… when the version was published: the manifest was edited; "
+                          "publish the change as a new version instead")
+    return actual
+
+
+def verify(bundle_dir: Path, manifest_sha256: str | None = None) -> Manifest:
+    """Check the manifest against ``manifest_sha256`` (when given), parse it and check every listed
+    file's sha256. Raises :class:`BundleError`."""
     bundle_dir = Path(bundle_dir)
+    check_manifest(bundle_dir, manifest_sha256)
     manifest = read_manifest(bundle_dir)
     for name, expected in manifest.files.items():
         path = bundle_dir / name

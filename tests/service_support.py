@@ -81,12 +81,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """Run ``app`` under real uvicorn on 127.0.0.1 and a free port; yields the base URL."""
+def live_server(app, **config) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Run ``app`` under real uvicorn (configured as ``fruitpipe serve`` runs it) on 127.0.0.1 and a
+    free port; yields the base URL."""
     import uvicorn
+
+    from fruitpipe.api.server import uvicorn_config
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, log_level="warning", access_log=False, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

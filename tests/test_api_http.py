@@ -117,7 +117,8 @@ def test_invalid_image_over_http_is_json_4xx(server):
 
 
 def test_fruitpipe_serve_command(tmp_path):
-    """`fruitpipe serve`: generates the admin token once (0600), prints it, serves, stops cleanly."""
+    """`fruitpipe serve`: generates the admin token once (0600), prints its path (never the token),
+    serves, stops cleanly."""
     import os
     import signal
     import stat
@@ -146,7 +147,7 @@ def test_fruitpipe_serve_command(tmp_path):
             time.sleep(0.2)
         token = (store / "admin-token").read_text().strip()
         assert stat.S_IMODE((store / "admin-token").stat().st_mode) == 0o600
-        assert token in log.read_text()
+        assert token not in log.read_text() and f"TOKEN=$(cat {store / 'admin-token'})" in log.read_text()
         files = [("files", ("a.jpg", fruit("freshoranges", 2), "image/jpeg"))]
         assert httpx.post(url + "/upload-training-data", data={"class_name": "freshoranges"},
                           files=files).status_code == 401

@@ -13,7 +13,7 @@ from ..backends.base import Backend
 from . import errors
 from .deps import AppState, ModelHolder
 from .metrics import Metrics
-from .middleware import BodyFence, MetricsMiddleware
+from .middleware import MetricsMiddleware, RequestGuard, SecurityHeaders
 from .routers import dashboard, data, health, models, predict, retrain
 from .settings import Settings
 
@@ -26,7 +26,7 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
     a registry without a live version still starts, and predictions answer 503 until one exists."""
     settings = settings or Settings()
     metrics = Metrics(settings.latency_window)
-    app = FastAPI(title=settings.title, version=__version__,
+    app = FastAPI(title=settings.title, version=__version__, docs_url=None, redoc_url=None,  # /docs: dashboard.py
                   description="Fresh-or-rotten fruit classifier. Writes need `Authorization: Bearer <token>`.")
     holder = ModelHolder(backend, settings, metrics)
     app.state.fruitpipe = AppState(backend=backend, settings=settings, holder=holder, metrics=metrics,
@@ -36,8 +36,9 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
                    health.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # outermost first: metrics see the fence's 413/415 answers too
-    app.add_middleware(BodyFence, settings=settings)
+    # the last added runs first: metrics and security headers also cover the guard's own answers
+    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if load_model:
         holder.refresh(force=True)

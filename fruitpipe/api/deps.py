@@ -109,17 +109,30 @@ def state(request: Request) -> AppState:
     return request.app.state.fruitpipe
 
 
-def require_admin(request: Request) -> None:
-    """Writes need ``Authorization: Bearer <token>``: 401 without one, 403 with a wrong one."""
-    st: AppState = request.app.state.fruitpipe
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    challenge = {"WWW-Authenticate": "Bearer"}
+def check_admin(authorization: str, settings: Settings) -> None:
+    """Check an ``Authorization`` header value against the admin token.
+
+    Raises :class:`ApiError` 401 without a bearer token, 403 with a wrong one, 503 when the
+    server has no token configured or cannot read it now (writes are denied, never waved
+    through). The comparison takes constant time.
+    """
+    scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise ApiError(401, "unauthorized", "this action needs 'Authorization: Bearer <admin token>'",
-                       challenge)
-    expected = st.settings.token_provider()
+                       {"WWW-Authenticate": "Bearer"})
+    try:
+        expected = settings.token_provider()
+    except Exception:  # noqa: BLE001 - e.g. Secrets Manager unreachable: deny, and say so
+        log.exception("cannot read the admin token")
+        raise ApiError(503, "auth_unavailable", "the admin token cannot be read right now; try again later") from None
     if not expected:
         raise ApiError(503, "auth_unavailable", "no admin token is configured on the server")
     if not secrets.compare_digest(given.strip().encode(), expected.encode()):
         raise ApiError(403, "forbidden", "the admin token is not valid")
+
+
+def require_admin(request: Request) -> None:
+    """The write routes' dependency. :class:`~fruitpipe.api.middleware.RequestGuard` finds the routes
+    that declare it and runs :func:`check_admin` before their body is read; this repeats the check
+    where the app runs without the guard."""
+    check_admin(request.headers.get("authorization", ""), state(request).settings)

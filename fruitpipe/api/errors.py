@@ -55,9 +55,10 @@ class ApiError(Exception):
 class BodyTooLarge(StarletteHTTPException):
     """Raised while streaming a body past the limit (an HTTPException so FastAPI re-raises it)."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is larger than {limit} bytes")
+    def __init__(self, limit: int, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(413, detail or f"the request body is larger than {limit} bytes")
         self.limit = limit
+        self.extra = {"limit_bytes": limit, **extra}
 
 
 def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -112,6 +113,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return respond(422, "invalid_request", _validation_detail(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return respond(413, "too_large", str(exc.detail), **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,8 +1,18 @@
-"""Two pure-ASGI middlewares: request metrics, and the body-size / content-type fence.
+"""Three pure-ASGI middlewares: request metrics, the request guard, and security headers.
 
-The fence runs before FastAPI reads a body: a declared ``Content-Length`` over the route's limit
-is answered 413 without buffering it, a streamed body is cut off at the limit, and a multipart
-route called with another content type gets 415 instead of a confusing validation error.
+:class:`RequestGuard` refuses before reading. It finds the route a request is for (the app's own
+route table, so ``/models/{version}/activate`` matches like the router will) and, before FastAPI
+parses or spools one byte of the body:
+
+* a write route (one that declares ``Depends(require_admin)``) without a valid bearer token
+  gets 401/403;
+* a file route called with another content type than ``multipart/form-data`` gets 415;
+* a declared ``Content-Length`` over the route's limit (:meth:`Settings.body_limit`) gets 413;
+* a body without a length (chunked) is counted while it streams and cut off with 413 at the limit.
+
+Answers are sent at once, without reading the rest of the body: uvicorn (h11) discards what the
+client still sends, and :mod:`fruitpipe.api.server` closes the connection after its timeout. On
+Lambda the body has arrived whole already; the same limits and answers apply.
 """
 
 from __future__ import annotations
@@ -11,7 +21,11 @@ import json
 import time
 from typing import Any, Awaitable, Callable
 
-from .errors import BodyTooLarge, error_body
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
+
+from .deps import check_admin, require_admin
+from .errors import ApiError, BodyTooLarge, error_body
 from .metrics import Metrics
 from .settings import Settings
 
@@ -20,59 +34,77 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-MULTIPART_ROUTES = {"/predict", "/predict/batch", "/upload-training-data"}
-DRAIN_LIMIT = 256 * 1024 * 1024  # past this an oversize body is not drained, the connection just closes
+# The dashboard and every API answer: nothing but our own files, no inline script or style, no
+# plugins, no framing. (/docs sets its own policy: Swagger UI comes from a CDN.)
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                           "form-action 'self'")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"), (b"cross-origin-opener-policy", b"same-origin")]
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})
 
 
-class BodyFence:
+def flat_routes(routes: Any) -> list[Any]:
+    """Every endpoint route under ``routes``. FastAPI >= 0.16x keeps an included router as one
+    entry that wraps the router (``original_router``); those are opened up here."""
+    out: list[Any] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        out += flat_routes(inner.routes) if inner is not None else [route]
+    return out
+
+
+def find_route(scope: Scope) -> Any | None:
+    """The route of the app in ``scope`` that will handle this request (full match), or None."""
+    router = getattr(scope.get("app"), "router", None)
+    for route in flat_routes(getattr(router, "routes", ())):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+    return None
+
+
+def is_write_route(route: Any) -> bool:
+    """A route is a write route when it declares ``Depends(require_admin)``."""
+    return any(getattr(dep, "dependency", None) is require_admin for dep in getattr(route, "dependencies", ()))
+
+
+class RequestGuard:
+    """Authorisation, content type and body size, checked before the body is read (module doc)."""
+
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-
-    def limit_for(self, path: str) -> int:
-        if path == "/predict":
-            return self.settings.max_single_request_bytes
-        if path in MULTIPART_ROUTES:
-            return self.settings.max_multi_request_bytes
-        return 64 * 1024
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        method = scope.get("method", "GET")
+        route = find_route(scope)
+        template = getattr(route, "path", "") if route is not None else ""
+        if route is not None:
+            scope["route"] = route  # the metrics label, also for answers given here
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        if method == "POST" and path in MULTIPART_ROUTES:
-            ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
-            if not ctype.startswith("multipart/form-data"):
-                await self._drain(receive, DRAIN_LIMIT)
-                await send_json(send, 415, error_body(
-                    "unsupported_media_type", f"{path} expects multipart/form-data, got {ctype or 'no content type'}"))
-                return
-        limit = self.limit_for(path)
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await send_json(send, 400, error_body("bad_request", "invalid Content-Length"), close=True)
-                return
-            if size > limit:
-                drained = await self._drain(receive, DRAIN_LIMIT) if size <= DRAIN_LIMIT else False
-                await send_json(send, 413, error_body(
-                    "too_large", f"the request body is {size} bytes; the limit for {path} is {limit} bytes"),
-                    close=not drained)
-                return
+        try:
+            if route is not None and is_write_route(route):
+                await run_in_threadpool(check_admin, headers.get(b"authorization", b"").decode("latin-1"),
+                                        self.settings)
+            self._check_content_type(scope, template, headers)
+            limit = self.settings.body_limit(template)
+            self._check_declared_length(template, headers, limit)
+        except BodyTooLarge as exc:
+            await send_json(send, 413, error_body("too_large", str(exc.detail), **exc.extra))
+            return
+        except ApiError as exc:
+            await send_json(send, exc.status, error_body(exc.code, exc.detail, **exc.extra), exc.headers)
+            return
         received = 0
 
         async def limited_receive() -> dict[str, Any]:
@@ -81,24 +113,66 @@ class BodyFence:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    raise self._too_large(template, None, limit)
             return message
 
         await self.app(scope, limited_receive, send)
 
-    @staticmethod
-    async def _drain(receive: Receive, cap: int) -> bool:
-        """Read and discard the body so the client sees our answer instead of a reset."""
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return False
-            seen += len(message.get("body", b""))
-            if seen > cap:
-                return False
-            if not message.get("more_body", False):
-                return True
+    def _check_content_type(self, scope: Scope, template: str, headers: dict[bytes, bytes]) -> None:
+        if scope.get("method") != "POST" or self.settings.files_per_request(template) is None:
+            return
+        ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
+        if not ctype.startswith("multipart/form-data"):
+            raise ApiError(415, "unsupported_media_type",
+                           f"{template} expects multipart/form-data, got {ctype or 'no content type'}")
+
+    def _check_declared_length(self, template: str, headers: dict[bytes, bytes], limit: int) -> None:
+        declared = headers.get(b"content-length")
+        if declared is None:
+            return
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, "bad_request", "invalid Content-Length") from None
+        if size > limit:
+            raise self._too_large(template, size, limit)
+
+    def _too_large(self, template: str, size: int | None, limit: int) -> BodyTooLarge:
+        """The 413 for a body over ``limit``; where the deployment's transport cap is what binds,
+        it names the route for bigger files (``Settings.large_upload_route``)."""
+        what = f"the request body is {size} bytes" if size is not None else "the request body is too large"
+        detail = f"{what}; the limit for {template or 'this route'} is {limit} bytes"
+        cap, route = self.settings.max_request_bytes, self.settings.large_upload_route
+        if cap is None or limit < cap or not route:
+            return BodyTooLarge(limit, detail)
+        detail += (f": no request body over {cap} bytes reaches this deployment. "
+                   f"Upload bigger files through POST {route} (a presigned upload straight to storage).")
+        return BodyTooLarge(limit, detail, upload_url=route)
+
+
+class SecurityHeaders:
+    """``X-Content-Type-Options``, ``Referrer-Policy``, ``X-Frame-Options`` on every answer, and
+    :data:`CONTENT_SECURITY_POLICY` on every answer that does not bring its own policy."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                if b"content-security-policy" not in present:
+                    headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
 
 class MetricsMiddleware:

@@ -2,8 +2,9 @@
 Secrets Manager. Also the S3 drop-folder ingest used by ``functions/ingest``.
 
 Layout (DESIGN §4): data bucket ``incoming/<class>/<name>`` → ``dataset/<class>/<sha256>.jpg`` or
-``quarantine/<original key>`` + ``.reason.json``; models bucket ``versions/<v>/…``, ``rejected/<v>/…``
-(+ ``rejection.json``), ``live.json`` = ``{"version", "updated"}``. The DynamoDB state table holds
+``quarantine/<original key>`` + ``.reason.json``; models bucket ``versions/<v>/…`` (with
+``manifest.sha256``, the manifest's checksum at publication), ``rejected/<v>/…`` (+ ``rejection.json``),
+``live.json`` = ``{"version", "manifest_sha256", "updated", ...}``. The DynamoDB state table holds
 ``id="new-images"`` with a numeric ``count`` that ingest and uploads ``ADD`` to.
 
 boto3 honours ``AWS_ENDPOINT_URL`` (tests point it at a moto server on 127.0.0.1).
@@ -12,6 +13,7 @@ boto3 honours ``AWS_ENDPOINT_URL`` (tests point it at a moto server on 127.0.0.1
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +41,7 @@ except ImportError:  # pragma: no cover
         """Activating a version the gate rejected (HTTP 409)."""
 
 LIVE_KEY = "live.json"
+log = logging.getLogger("fruitpipe.registry")
 VERSIONS = "versions"
 REJECTED = "rejected"
 COUNTER_ID = "new-images"
@@ -350,15 +353,31 @@ class S3ModelRegistry(_S3Bound, ModelRegistry):
                     raise
         return None
 
+    def pinned_manifest_sha(self, version: str, folder: Path) -> str | None:
+        """The manifest sha256 recorded for ``version``: ``manifest.sha256`` (downloaded into
+        ``folder`` with the bundle), else the live pointer's when it names this version; None
+        (with a warning) for a version published before either existed."""
+        try:
+            return bundle.parse_manifest_record((folder / bundle.MANIFEST_SHA).read_bytes())
+        except FileNotFoundError:
+            pass
+        pointer = self._get_json(LIVE_KEY)
+        if isinstance(pointer, dict) and pointer.get("version") == version and pointer.get("manifest_sha256"):
+            return str(pointer["manifest_sha256"])
+        log.warning("model version %s has no recorded manifest checksum (published before they were kept); "
+                    "accepting its manifest as it is", version)
+        return None
+
     def fetch(self, version: str) -> Path:
-        """Download ``version`` to the local cache (once) and verify every checksum."""
+        """Download ``version`` to the local cache (once) and verify every checksum, the
+        manifest's against the registry's record (:mod:`fruitpipe.bundle`)."""
         if not _VERSION_RE.match(version):
             raise NotFound(f"no model version {version!r}")
         if version == self._seed_version and self._where(version) is None:
             return self.seed_bundle  # type: ignore[return-value]
         dest = self.cache_dir / version
         if (dest / bundle.MANIFEST).is_file():
-            bundle.verify(dest)
+            bundle.verify(dest, self.pinned_manifest_sha(version, dest))
             return dest
         parent = self._where(version)
         if parent is None:
@@ -373,7 +392,7 @@ class S3ModelRegistry(_S3Bound, ModelRegistry):
                     if not name or "/" in name:
                         continue
                     self.s3.download_file(self.bucket, obj["Key"], str(tmp / name))
-            bundle.verify(tmp)  # raises BundleError: never serve a modified bundle
+            bundle.verify(tmp, self.pinned_manifest_sha(version, tmp))  # raises BundleError: never serve a modified bundle
             try:
                 tmp.rename(dest)
             except OSError:  # another thread won the race; its copy is verified too
@@ -392,19 +411,22 @@ class S3ModelRegistry(_S3Bound, ModelRegistry):
             raise VersionRejected(f"version {version} was rejected by the gate: {reason}")
         if where is None and version != self._seed_version:
             raise NotFound(f"no model version {version!r}")
-        self.fetch(version)  # verify before anyone is pointed at it
+        folder = self.fetch(version)  # verify before anyone is pointed at it
         # Keep the drift baseline recorded when the version was published (fruitpipe.pipeline.publish).
         baseline = self._get_json(f"{VERSIONS}/{version}/baseline.json") if where == VERSIONS else None
-        body = json.dumps({"version": version, "updated": now_iso(), "previous": self.live_version(),
-                           "baseline": baseline}).encode()
+        body = json.dumps({"version": version, "manifest_sha256": bundle.check_manifest(folder, None),
+                           "updated": now_iso(), "previous": self.live_version(), "baseline": baseline}).encode()
         self.s3.put_object(Bucket=self.bucket, Key=LIVE_KEY, Body=body, ContentType="application/json")
 
     def publish(self, bundle_dir: Path, version: str | None = None) -> str:
         """Upload a verified bundle as ``versions/<v>/`` (tests, bootstrap; the pipeline has its own)."""
         manifest = bundle.verify(bundle_dir)
         version = version or manifest.version
-        for name in [bundle.MANIFEST, *manifest.files]:
+        for name in manifest.files:
             self.s3.upload_file(str(Path(bundle_dir) / name), self.bucket, f"{VERSIONS}/{version}/{name}")
+        self.s3.put_object(Bucket=self.bucket, Key=f"{VERSIONS}/{version}/{bundle.MANIFEST_SHA}",
+                           Body=bundle.manifest_record(bundle.check_manifest(bundle_dir, None)))
+        self.s3.upload_file(str(Path(bundle_dir) / bundle.MANIFEST), self.bucket, f"{VERSIONS}/{version}/{bundle.MANIFEST}")
         return version
 
 

@@ -3,19 +3,16 @@
 * ``POST /upload-url`` (admin): presigned S3 PUT URLs into ``incoming/<class>/`` for files too big
   for API Gateway + Lambda, or for bulk uploads; the ingest function files them.
 * 501 for ``POST /retrain`` on a deployment without the retrain state machine.
-* :func:`oversize_response`: the 413 answered before the app sees a body Lambda could not take.
 """
 
 from __future__ import annotations
-
-import json
-from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from .. import imaging
+from ..api.deps import require_admin  # the app's bearer-token check; also marks the route a write route
 from ..dataset import UnknownClass
 from .aws import PRESIGN_SECONDS, S3DataStore, TrainerUnavailable
 
@@ -42,15 +39,10 @@ class UploadUrlResponse(BaseModel):
     note: str
 
 
-def _require_admin(request: Request) -> None:
-    from ..api.deps import require_admin  # the app's own bearer-token check
-    require_admin(request)
-
-
 router = APIRouter(tags=["data"])
 
 
-@router.post("/upload-url", response_model=UploadUrlResponse, dependencies=[Depends(_require_admin)])
+@router.post("/upload-url", response_model=UploadUrlResponse, dependencies=[Depends(require_admin)])
 def upload_url(body: UploadUrlRequest, request: Request) -> UploadUrlResponse | JSONResponse:
     """Presigned S3 PUT URLs into ``incoming/<class>/``: PUT the raw file bytes to each URL."""
     store = request.app.state.fruitpipe.backend.store
@@ -75,24 +67,3 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TrainerUnavailable)
     async def _no_trainer(_: Request, exc: TrainerUnavailable) -> JSONResponse:
         return JSONResponse({"error": "not_implemented", "detail": str(exc)}, status_code=501)
-
-
-def body_size(event: dict[str, Any]) -> int:
-    body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        return len(body) * 3 // 4 - body[-2:].count("=")
-    return len(body.encode())
-
-
-def oversize_response(event: dict[str, Any], limit: int) -> dict[str, Any] | None:
-    """A 413 (API Gateway response format) when the request body is over ``limit`` bytes."""
-    size = body_size(event)
-    if size <= limit:
-        return None
-    detail = (f"the request body is {size} bytes; through API Gateway and Lambda at most {limit} bytes "
-              "fit (Lambda takes 6 MB per invoke and the body arrives base64-encoded). For bigger or "
-              "many files ask POST /upload-url for presigned S3 URLs and PUT the files there.")
-    return {"statusCode": 413, "headers": {"content-type": "application/json"},
-            "body": json.dumps({"error": "too_large", "detail": detail, "upload_url": "/upload-url"}),
-            "isBase64Encoded": False}
-

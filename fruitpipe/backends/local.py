@@ -3,9 +3,11 @@
 Layout of the store (default ``./var``)::
 
     dataset/<class>/<sha256>.jpg        uploaded training images (content-addressed, de-duplicated)
-    models/versions/<version>/          immutable bundles (manifest.json + files, evaluation.json)
+    models/versions/<version>/          immutable bundles (manifest.json + files, evaluation.json,
+                                        manifest.sha256: the manifest's checksum when it was added)
     models/rejected/<version>/          candidates the gate refused, with rejection.json (the reason)
-    models/live.json                    the live pointer {"version", "updated"}, replaced atomically
+    models/live.json                    the live pointer {"version", "manifest_sha256", "updated"},
+                                        replaced atomically
     retrain/status.json                 the current/last run (survives a server restart)
     retrain/runs/<run_id>/              a run's data snapshot (symlinks), candidate bundle, log
     cache/embeddings/                   the training job's persistent embedding cache
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -35,6 +38,7 @@ from ..labels import LABELS
 from .base import (Backend, DataStore, ModelRegistry, ModelVersion, NotFound, RetrainRunning,
                    RetrainStatus, Trainer, UploadResult, VersionRejected)
 
+log = logging.getLogger("fruitpipe.registry")
 REPO = Path(__file__).resolve().parent.parent.parent
 SHARED_FRUITS = REPO.parent / "shared" / "data" / "fruits"
 
@@ -120,7 +124,13 @@ def _display_name(filename: str | None) -> str:
 
 
 class LocalRegistry(ModelRegistry):
-    """Immutable bundle folders plus a pointer file; publish and rollback only move the pointer."""
+    """Immutable bundle folders plus a pointer file; publish and rollback only move the pointer.
+
+    Every version's ``manifest.json`` is pinned by the ``manifest.sha256`` written when it was
+    added, and the pointer repeats the live one's; fetching or activating a version whose manifest
+    no longer matches raises :class:`~fruitpipe.bundle.BundleError`. Versions added before that
+    record existed are accepted with a warning, and pinned by the pointer once activated.
+    """
 
     def __init__(self, root: Path, seed_bundle: Path | None = None) -> None:
         self.root = Path(root) / "models"
@@ -158,6 +168,7 @@ class LocalRegistry(ModelRegistry):
                 (tmp / "rejection.json").write_text(
                     json.dumps({"reason": rejected_reason, "rejected": bundle.now_iso()}, indent=2) + "\n")
             bundle.verify(tmp)
+            (tmp / bundle.MANIFEST_SHA).write_bytes(bundle.manifest_record(bundle.check_manifest(tmp, None)))
             os.rename(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -168,6 +179,21 @@ class LocalRegistry(ModelRegistry):
         data = read_json(self.pointer)
         if isinstance(data, dict) and isinstance(data.get("version"), str):
             return data["version"]
+        return None
+
+    def pinned_manifest_sha(self, version: str, path: Path) -> str | None:
+        """The manifest sha256 recorded for ``version`` (folder ``path``): its ``manifest.sha256``,
+        else the live pointer's when it names this version; None (with a warning) for a version
+        added before either existed."""
+        try:
+            return bundle.parse_manifest_record((path / bundle.MANIFEST_SHA).read_bytes())
+        except FileNotFoundError:
+            pass
+        pointer = read_json(self.pointer)
+        if isinstance(pointer, dict) and pointer.get("version") == version and pointer.get("manifest_sha256"):
+            return str(pointer["manifest_sha256"])
+        log.warning("model version %s has no recorded manifest checksum (added before they were kept); "
+                    "accepting its manifest as it is", version)
         return None
 
     def pointer_signature(self) -> tuple[int, int] | None:
@@ -211,9 +237,10 @@ class LocalRegistry(ModelRegistry):
     def fetch(self, version: str) -> Path:
         path = self.versions_dir / safe_version(version)
         if not (path / bundle.MANIFEST).is_file():
-            if (self.rejected_dir / version / bundle.MANIFEST).is_file():
-                return self.rejected_dir / version
-            raise NotFound(f"no model version {version!r}")
+            path = self.rejected_dir / version
+            if not (path / bundle.MANIFEST).is_file():
+                raise NotFound(f"no model version {version!r}")
+        bundle.check_manifest(path, self.pinned_manifest_sha(version, path))
         return path
 
     def activate(self, version: str) -> None:
@@ -223,8 +250,9 @@ class LocalRegistry(ModelRegistry):
                 reason = (read_json(self.rejected_dir / version / "rejection.json") or {}).get("reason", "")
                 raise VersionRejected(f"version {version} was rejected by the gate: {reason}")
             raise NotFound(f"no model version {version!r}")
-        bundle.verify(path)
-        atomic_write_json(self.pointer, {"version": version, "updated": bundle.now_iso()})
+        digest = bundle.check_manifest(path, self.pinned_manifest_sha(version, path))
+        bundle.verify(path, digest)
+        atomic_write_json(self.pointer, {"version": version, "manifest_sha256": digest, "updated": bundle.now_iso()})
 
 
 # --------------------------------------------------------------------------------------------

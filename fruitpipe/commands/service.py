@@ -44,10 +44,21 @@ def build_app(store: Path, workers: int | None = None, seed_data: list[Path] | N
     return create_app(backend, settings), token
 
 
+def token_notice(store: Path) -> str:
+    """Where the admin token comes from, for the start-up banner; never the token itself."""
+    from ..api.settings import TOKEN_ENV, TOKEN_FILE
+    if os.environ.get(TOKEN_ENV):
+        return f"admin token: from ${TOKEN_ENV} (not shown)"
+    path = store / TOKEN_FILE
+    return f"admin token: in {path} (mode 0600), e.g. TOKEN=$(cat {path})"
+
+
 @command("serve", _serve_args)
 def _serve(args: argparse.Namespace) -> int:
     """Start the local service (dashboard, API, retraining) on http://HOST:PORT."""
     import uvicorn
+
+    from ..api.server import uvicorn_config
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a valid port")
@@ -56,14 +67,18 @@ def _serve(args: argparse.Namespace) -> int:
     for d in (args.seed_data or []) + ([args.eval_data] if args.eval_data else []):
         if not d.is_dir():
             raise UsageError(f"{d} is not a folder")
-    app, token = build_app(args.store, args.workers, args.seed_data, args.eval_data,
-                           announce=lambda m: print(m, file=sys.stderr))
-    source = "$FRUITPIPE_ADMIN_TOKEN" if os.environ.get("FRUITPIPE_ADMIN_TOKEN") else str(args.store / "admin-token")
-    print(f"fruitpipe: store {args.store.resolve()}, model {app.state.fruitpipe.holder.current.version if app.state.fruitpipe.holder.current else 'none'}",
-          file=sys.stderr)
-    print(f"fruitpipe: admin token ({source}): {token}", file=sys.stderr)
+    app, _ = build_app(args.store, args.workers, args.seed_data, args.eval_data,
+                       announce=lambda m: print(f"fruitpipe: {m}", file=sys.stderr))
+    live = app.state.fruitpipe.holder.current
+    print(f"fruitpipe: store {args.store.resolve()}, model {live.version if live else 'none'}", file=sys.stderr)
+    print(f"fruitpipe: {token_notice(args.store)}", file=sys.stderr)
     print(f"fruitpipe: dashboard http://{args.host}:{args.port}/  API docs http://{args.host}:{args.port}/docs",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=5)
-    return 0
+    config = uvicorn_config(app, args.host, args.port, log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT after the graceful shutdown, as uvicorn.run() does
+        pass
+    return 0 if server.started else 1

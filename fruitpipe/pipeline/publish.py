@@ -2,20 +2,25 @@
 
 Publishing is idempotent and ordered so that the live pointer only ever names a complete,
 verified version: verify the archive's checksums → upload the files → ``baseline.json`` →
-``manifest.json`` last → read every object back and re-check its sha256 → only then rewrite
-``live.json``. Re-running after a crash at any point finishes the job; a version already in S3
+``manifest.sha256`` (the manifest's checksum) → ``manifest.json`` last → read every object back
+and re-check its sha256, the manifest's against its record → only then rewrite ``live.json``,
+which repeats the manifest's checksum. Re-running after a crash at any point finishes the job; a version already in S3
 with different content is refused (versions are immutable). Any failure leaves ``live.json``
 exactly as it was.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .. import bundle
 from . import s3util
+
+log = logging.getLogger("fruitpipe.pipeline")
 
 
 class PublishError(RuntimeError):
@@ -39,24 +44,40 @@ def _check_remote(s3: Any, bucket: str, prefix: str, manifest: bundle.Manifest) 
             raise PublishError(f"{prefix}{name} in S3 does not match its manifest checksum")
 
 
+def _remote_manifest(s3: Any, bucket: str, version: str) -> tuple[bundle.Manifest, str]:
+    """The manifest of ``versions/<version>/`` and its sha256, checked against the version's
+    ``manifest.sha256`` record. A version published before records were kept has none: its
+    manifest is accepted as it is (logged) and pinned by the pointer from then on."""
+    prefix = f"{s3util.VERSIONS_PREFIX}/{version}/"
+    data = s3util.get_bytes(s3, bucket, prefix + bundle.MANIFEST)
+    if data is None:
+        raise PublishError(f"version {version} does not exist")
+    digest = bundle.sha256_bytes(data)
+    record = s3util.get_bytes(s3, bucket, prefix + bundle.MANIFEST_SHA)
+    try:
+        if record is None:
+            log.warning("version %s has no %s; accepting its manifest as it is", version, bundle.MANIFEST_SHA)
+        elif bundle.parse_manifest_record(record) != digest:
+            raise bundle.BundleError(f"{prefix}{bundle.MANIFEST} has sha256 {digest[:12]}…, but "
+                                     f"{bundle.MANIFEST_SHA} recorded another when it was published: "
+                                     "the manifest was edited")
+        return bundle.Manifest.from_dict(json.loads(data)), digest
+    except (bundle.BundleError, ValueError) as exc:
+        raise PublishError(f"version {version} has a bad manifest: {exc}") from None
+
+
 def move_pointer(s3: Any, bucket: str, version: str, *, baseline: dict[str, Any] | None = None,
                  reason: str = "") -> dict[str, Any]:
     """Point ``live.json`` at an existing, verified version (publish, rollback, roll forward)."""
     prefix = f"{s3util.VERSIONS_PREFIX}/{version}/"
-    raw = s3util.get_json(s3, bucket, prefix + "manifest.json")
-    if raw is None:
-        raise PublishError(f"version {version} does not exist")
-    try:
-        manifest = bundle.Manifest.from_dict(raw)
-    except bundle.BundleError as exc:
-        raise PublishError(f"version {version} has a bad manifest: {exc}") from None
+    manifest, digest = _remote_manifest(s3, bucket, version)
     _check_remote(s3, bucket, prefix, manifest)
     current = s3util.get_json(s3, bucket, s3util.LIVE_POINTER) or {}
     if current.get("version") == version:
         return {"version": version, "moved": False, "previous": current.get("previous")}
     if baseline is None:
         baseline = s3util.get_json(s3, bucket, prefix + "baseline.json")
-    pointer = {"version": version, "updated": bundle.now_iso(), "previous": current.get("version"),
+    pointer = {"version": version, "manifest_sha256": digest, "updated": bundle.now_iso(), "previous": current.get("version"),
                "baseline": baseline, "reason": reason}
     s3util.put_json(s3, bucket, s3util.LIVE_POINTER, pointer)
     return {"version": version, "moved": True, "previous": current.get("version")}
@@ -82,6 +103,8 @@ def publish(s3: Any, *, models_bucket: str, model_artifacts: str, expected_versi
             s3util.put_json(s3, models_bucket, prefix + "baseline.json", baseline or {})
             s3util.put_json(s3, models_bucket, prefix + "evaluation.json",
                             {"gate_reason": reason, "metrics": metrics or {}})
+            s3.put_object(Bucket=models_bucket, Key=prefix + bundle.MANIFEST_SHA,
+                          Body=bundle.manifest_record(bundle.check_manifest(bdir, None)))
             s3.put_object(Bucket=models_bucket, Key=prefix + "manifest.json",
                           Body=(bdir / "manifest.json").read_bytes(), ContentType="application/json")
         _check_remote(s3, models_bucket, prefix, manifest)

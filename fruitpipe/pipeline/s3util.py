@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 from botocore.exceptions import ClientError
 
+from .. import bundle
+
 LIVE_POINTER = "live.json"
 VERSIONS_PREFIX = "versions"
 REJECTED_PREFIX = "rejected"
@@ -34,15 +36,20 @@ def exists(s3: Any, bucket: str, key: str) -> bool:
         raise
 
 
-def get_json(s3: Any, bucket: str, key: str) -> Any | None:
-    """The parsed JSON object at ``key``, or None when it does not exist."""
+def get_bytes(s3: Any, bucket: str, key: str) -> bytes | None:
+    """The object at ``key``, or None when it does not exist."""
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
-    return json.loads(body)
+
+
+def get_json(s3: Any, bucket: str, key: str) -> Any | None:
+    """The parsed JSON object at ``key``, or None when it does not exist."""
+    body = get_bytes(s3, bucket, key)
+    return None if body is None else json.loads(body)
 
 
 def put_json(s3: Any, bucket: str, key: str, data: Any) -> None:
@@ -92,11 +99,15 @@ def find_bundle(root: Path) -> Path:
 
 
 def download_bundle(s3: Any, bucket: str, version: str, dest: Path) -> Path:
-    """Copy ``versions/<version>/`` (manifest + listed files) into ``dest``."""
+    """Copy ``versions/<version>/`` (manifest + listed files) into ``dest``; the manifest is
+    checked against the version's ``manifest.sha256`` when it has one (raises
+    :class:`~fruitpipe.bundle.BundleError` for an edited manifest)."""
     prefix = f"{VERSIONS_PREFIX}/{version}/"
     manifest = s3.get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read()
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "manifest.json").write_bytes(manifest)
+    record = get_bytes(s3, bucket, prefix + bundle.MANIFEST_SHA)
+    bundle.check_manifest(dest, bundle.parse_manifest_record(record) if record is not None else None)
     for name in json.loads(manifest).get("files", {}):
         (dest / name).write_bytes(s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read())
     return dest

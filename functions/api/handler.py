@@ -15,13 +15,15 @@ from typing import Any
 from mangum import Mangum
 
 from fruitpipe.api.app import create_app
-from fruitpipe.api.settings import Settings
+from fruitpipe.api.settings import LAMBDA_MAX_BODY_BYTES, Settings
 from fruitpipe import aws_metrics
 from fruitpipe.backends import aws_http
 from fruitpipe.backends.aws import AwsConfig, SecretsManagerToken, create_aws_backend
 from fruitpipe.models_path import default_model_dir
 
-MAX_REQUEST_BYTES = int(os.environ.get("FRUITPIPE_MAX_REQUEST_BYTES", str(4 * 1024 * 1024)))
+# The most a request body can be and still reach this function (fruitpipe.api.settings explains
+# the figure); the app answers 413 above it, naming POST /upload-url for bigger files.
+MAX_REQUEST_BYTES = int(os.environ.get("FRUITPIPE_MAX_REQUEST_BYTES", str(LAMBDA_MAX_BODY_BYTES)))
 
 
 def build() -> Mangum:
@@ -35,6 +37,8 @@ def build() -> Mangum:
         inference_workers=1,  # one request at a time per Lambda environment
         inference_threads=int(os.environ.get("FRUITPIPE_THREADS", "1")),
         backbone_path=Path(backbone) if backbone else None,
+        max_request_bytes=MAX_REQUEST_BYTES,
+        large_upload_route="/upload-url",
     )
     app = create_app(backend, settings)
     aws_http.install(app)
@@ -48,9 +52,6 @@ _app: Mangum | None = None
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _app
-    too_big = aws_http.oversize_response(event, MAX_REQUEST_BYTES)
-    if too_big is not None:
-        return too_big
     if _app is None:  # only when the init-phase build below was skipped
         _app = build()
     return _app(event, context)

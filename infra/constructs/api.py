@@ -24,10 +24,6 @@ from ..nag import acknowledge, iam5_object_finding
 
 from .storage import Storage
 
-# Lambda's synchronous invoke payload is 6 MB and the body arrives base64-encoded (4/3 larger),
-# so about 4.4 MB of multipart can reach the function; the app refuses anything above this
-# with 413 and points at POST /upload-url. API Gateway itself refuses bodies above 10 MB.
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MODEL_REFRESH_SECONDS = 60
 # HTTP API integrations time out at 30 s.
 API_TIMEOUT = Duration.seconds(29)
@@ -98,7 +94,6 @@ class Api(Construct):
                 "FRUITPIPE_STATE_TABLE": storage.state_table.table_name,
                 "FRUITPIPE_ADMIN_TOKEN_SECRET": self.admin_token.secret_arn,
                 "FRUITPIPE_MODEL_REFRESH_SECONDS": str(MODEL_REFRESH_SECONDS),
-                "FRUITPIPE_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
                 # The backbone travels inside the code asset (the build copies it there).
                 "FRUITPIPE_BACKBONE": "/var/task/backbone",
                 "FRUITPIPE_THREADS": "1",

@@ -167,6 +167,40 @@ def test_oversize_body_answers_413_with_pointer_to_upload_url(api):
     assert "/upload-url" in out["detail"]
 
 
+def test_request_limit_is_what_lambda_can_take(api):
+    """The API's own limit is the largest body whose API Gateway event still fits Lambda's 6 MB
+    invoke payload: a body of exactly the limit reaches the app (and its event fits, with a full
+    10240-byte header quota), one byte more gets our 413 naming /upload-url, on every file route."""
+    from fruitpipe.api.settings import LAMBDA_MAX_BODY_BYTES, LAMBDA_PAYLOAD_BYTES
+    limit = api.module.MAX_REQUEST_BYTES
+    assert limit == LAMBDA_MAX_BODY_BYTES == 4_706_304
+    boundary = "b" * 16
+    ctype = f"multipart/form-data; boundary={boundary}"
+    headers = {"content-type": ctype, **auth(), "x-pad": "p" * (10240 - 200)}  # the HTTP API header quota
+    event = http_api_event("POST", "/upload-training-data", body=b"0" * limit, headers=headers)
+    assert len(json.dumps(event).encode()) <= LAMBDA_PAYLOAD_BYTES
+
+    def body(size: int) -> bytes:
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+                "Content-Type: image/jpeg\r\n\r\n").encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        return head + b"\xff\xd8\xff" + b"0" * (size - len(head) - len(tail) - 3) + tail
+
+    status, out = api("POST", "/predict", body=body(limit), headers={"content-type": ctype})
+    assert status != 413 and out["error"] != "too_large"  # the app read it (and found no image in it)
+    for path, headers in [("/predict", {}), ("/predict/batch", {}), ("/upload-training-data", auth())]:
+        status, out = api("POST", path, body=body(limit + 1), headers={"content-type": ctype, **headers})
+        assert status == 413 and out["error"] == "too_large", (path, out)
+        assert out["limit_bytes"] == limit and out["upload_url"] == "/upload-url" and "/upload-url" in out["detail"]
+    # JSON routes keep their own, smaller limit; anonymous writes are refused before any size check
+    status, out = api("POST", "/upload-url", body=b"{" + b" " * 70_000 + b"}",
+                      headers={"content-type": "application/json", **auth()})
+    assert status == 413 and "upload_url" not in out
+    assert api("POST", "/upload-training-data", body=body(limit + 1), headers={"content-type": ctype})[0] == 401
+    assert api("POST", "/upload-url", body=b"{" + b" " * 70_000 + b"}",
+               headers={"content-type": "application/json"})[0] == 401  # the AWS-only route is guarded too
+
+
 def test_retrain_without_state_machine_is_501(api):
     assert api("POST", "/retrain")[0] == 401
     status, out = api("POST", "/retrain", headers=auth())

@@ -1,4 +1,6 @@
 // fruitpipe dashboard: plain JS, no libraries. Every number drawn comes from the API.
+// Data from the API is only ever put into the page as text (textContent, attribute values):
+// never innerHTML, so a manifest field with markup in it shows as that markup, and runs nothing.
 "use strict";
 
 const LABELS = ["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges"];
@@ -13,6 +15,14 @@ function el(tag, attrs = {}, text) {
   const n = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
   if (text !== undefined) n.textContent = text;
+  return n;
+}
+
+// An HTML element: attributes set as values, children appended as nodes or as text.
+function h(tag, attrs = {}, ...children) {
+  const n = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+  for (const c of children) n.append(c instanceof Node ? c : String(c ?? ""));
   return n;
 }
 
@@ -174,19 +184,22 @@ function drawPerformance(live) {
   const cols = Array.isArray(cm?.columns) ? cm.columns : LABELS;
   const m = Array.isArray(cm) ? cm : cm?.matrix;
   if (!Array.isArray(m)) { conf.replaceChildren(); return; }
-  const t = document.createElement("table");
   const max = Math.max(1, ...m.flat());
-  const short = (c) => c.replace("fresh", "F·").replace("rotten", "R·").replace("apples", "apl").replace("banana", "ban").replace("oranges", "org");
+  const short = (c) => String(c).replace("fresh", "F·").replace("rotten", "R·").replace("apples", "apl").replace("banana", "ban").replace("oranges", "org");
   const head = (c) => c === "not_fruit" ? "rej." : short(c);
-  t.innerHTML = `<thead><tr><th title="rows: true class, columns: predicted">true \\ pred</th>${cols.map((c) => `<th title="${c}">${head(c)}</th>`).join("")}</tr></thead>`;
-  const body = document.createElement("tbody");
+  const t = h("table", {},
+    h("thead", {}, h("tr", {}, h("th", { title: "rows: true class, columns: predicted" }, "true \\ pred"),
+      ...cols.map((c) => h("th", { title: c }, head(c))))));
+  const body = h("tbody");
   m.forEach((row, i) => {
-    const tr = document.createElement("tr");
-    tr.innerHTML = `<th title="${LABELS[i]}">${short(LABELS[i])}</th>` + row.map((v, j) => {
-      const a = v / max;
-      const bg = cols[j] === LABELS[i] ? `rgba(47,158,91,${0.12 + 0.7 * a})` : v ? `rgba(180,83,42,${0.15 + 0.7 * a})` : "transparent";
-      return `<td style="background:${bg}" data-value="${v}">${v}</td>`;
-    }).join("");
+    const tr = h("tr", {}, h("th", { title: LABELS[i] }, short(LABELS[i])));
+    row.forEach((v, j) => {
+      const a = Number(v) / max;
+      const td = h("td", { "data-value": v }, v);
+      // CSSOM, not a style attribute: allowed by the page's style-src 'self'
+      td.style.background = cols[j] === LABELS[i] ? `rgba(47,158,91,${0.12 + 0.7 * a})` : v ? `rgba(180,83,42,${0.15 + 0.7 * a})` : "transparent";
+      tr.append(td);
+    });
     body.append(tr);
   });
   t.append(body);
@@ -200,23 +213,20 @@ async function refreshVersions() {
   for (const v of data.versions) {
     const ev = v.metrics?.evaluation?.candidate || v.metrics || {};
     const acc = ev.accuracy ?? v.metrics?.test_accuracy;
-    const tr = document.createElement("tr");
+    const cell = h("td");
+    const tr = h("tr", {}, h("td", {}, h("code", {}, v.version)),
+      h("td", {}, String(v.created).replace("T", " ").replace("Z", "")),
+      h("td", {}, h("span", { class: `pill ${v.status}` }, v.status)),
+      h("td", {}, acc != null ? pct(acc) : "–"), h("td", {}, ev.macro_f1 != null ? pct(ev.macro_f1) : "–"), cell);
     tr.dataset.version = v.version;
-    tr.innerHTML = `<td><code>${v.version}</code></td><td>${v.created.replace("T", " ").replace("Z", "")}</td>
-      <td><span class="pill ${v.status}">${v.status}</span></td><td>${acc != null ? pct(acc) : "–"}</td>
-      <td>${ev.macro_f1 != null ? pct(ev.macro_f1) : "–"}</td><td></td>`;
-    const cell = tr.lastElementChild;
     if (v.status === "available") {
-      const b = document.createElement("button");
-      b.className = "ghost"; b.textContent = "activate";
+      const b = h("button", { class: "ghost" }, "activate");
       b.addEventListener("click", () => activate(v.version));
       cell.append(b);
     }
     tbody.append(tr);
     if (v.status === "rejected" && v.reason) {
-      const r = document.createElement("tr");
-      r.innerHTML = `<td colspan="6" class="reason">rejected: ${v.reason.replace(/</g, "&lt;")}</td>`;
-      tbody.append(r);
+      tbody.append(h("tr", {}, h("td", { colspan: 6, class: "reason" }, `rejected: ${v.reason}`)));
     }
   }
   drawPerformance(data.versions.find((v) => v.status === "live"));
@@ -280,9 +290,8 @@ async function upload(e) {
   const list = $("upload-list");
   list.replaceChildren();
   const items = files.map((f) => {
-    const li = document.createElement("li");
-    li.innerHTML = `<span class="name"></span><span class="st">waiting</span><progress max="1" value="0"></progress>`;
-    li.querySelector(".name").textContent = f.name;
+    const li = h("li", {}, h("span", { class: "name" }, f.name), h("span", { class: "st" }, "waiting"),
+      h("progress", { max: 1, value: 0 }));
     list.append(li);
     return li;
   });

@@ -1,0 +1,66 @@
+"""How the local service runs under uvicorn: the HTTP parser and its limits, and the timeouts.
+
+* Parser: h11, because it bounds what it buffers of a request head
+  (``h11_max_incomplete_event_size``: a request line plus headers larger than that gets
+  ``400`` and the connection is closed). uvicorn's httptools parser has no such limit: a client
+  streaming a 65 MB header held the event loop for every other client.
+* ``timeout_keep_alive``: an idle keep-alive connection, or one still sending a body we already
+  answered (a refused upload), is closed after this many seconds.
+* Request-head timeout: uvicorn has none (its keep-alive timer restarts on every byte received),
+  so :class:`H11Protocol` gives a client ``timeout_keep_alive`` seconds to send a complete request
+  head, on a new connection and after each response. A client that trickles its headers
+  (slowloris) is disconnected then, instead of holding its connection for ever. The same timer
+  bounds the rest of a body we answered without reading (a refused upload): uvicorn discards
+  it as it comes, and closes the connection when the timer fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11
+
+MAX_REQUEST_HEAD_BYTES = 16 * 1024  # request line + headers (h11's own default; nginx uses 8-32 KiB)
+TIMEOUT_KEEP_ALIVE = 5  # seconds (uvicorn's default), also the time allowed for a request head
+
+
+class H11Protocol(_UvicornH11):
+    """uvicorn's h11 protocol, with the request-head timeout described in the module doc."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        # h11 keeps the client IDLE until a complete request head has been parsed; SEND_BODY
+        # after our answer is done is the unread rest of a refused body
+        waiting_for_head = self.conn.their_state is h11.IDLE
+        refused_body = self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY
+        if (waiting_for_head or refused_body) and not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> uvicorn.Config:
+    """The :class:`uvicorn.Config` ``fruitpipe serve`` (and the tests' live server) use."""
+    kw.setdefault("timeout_keep_alive", TIMEOUT_KEEP_ALIVE)
+    return uvicorn.Config(app, host=host, port=port, http=H11Protocol,
+                          h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES, **kw)
