@@ -156,7 +156,7 @@ class Api(Construct):
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ListDataset", actions=["s3:ListBucket"], resources=[data.bucket_arn]))
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="CountNewImages", actions=["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            sid="CountNewImages", actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
             resources=[self.storage.state_table.table_arn]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadAdminToken", actions=["secretsmanager:GetSecretValue"],

@@ -16,6 +16,11 @@ from constructs import Construct
 INCOMING_EXPIRY_DAYS = 7
 QUARANTINE_EXPIRY_DAYS = 30
 NONCURRENT_MODEL_VERSIONS_DAYS = 90
+# The data bucket is versioned so that the ingest acts on the exact object version an event names
+# (a second IMG_0001.jpg under the same key is another version, left for its own event). The
+# ingest deletes versions outright; what becomes noncurrent (a lifecycle expiry, an overwritten
+# quarantine file, a mistaken delete) stays recoverable this long, then goes.
+NONCURRENT_DATA_VERSIONS_DAYS = 30
 
 
 class Storage(Construct):
@@ -43,6 +48,7 @@ class Storage(Construct):
 
         self.data_bucket = s3.Bucket(
             self, "Data",
+            versioned=True,
             server_access_logs_bucket=self.access_logs_bucket,
             server_access_logs_prefix="data/",
             lifecycle_rules=[
@@ -50,6 +56,9 @@ class Storage(Construct):
                                  expiration=Duration.days(INCOMING_EXPIRY_DAYS)),
                 s3.LifecycleRule(id="expire-quarantine", prefix="quarantine/",
                                  expiration=Duration.days(QUARANTINE_EXPIRY_DAYS)),
+                s3.LifecycleRule(id="expire-noncurrent-versions",
+                                 noncurrent_version_expiration=Duration.days(NONCURRENT_DATA_VERSIONS_DAYS)),
+                s3.LifecycleRule(id="remove-expired-delete-markers", expired_object_delete_marker=True),
                 s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(1)),
             ],
             cors=[s3.CorsRule(allowed_methods=[s3.HttpMethods.PUT], allowed_origins=["*"],
