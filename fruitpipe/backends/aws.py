@@ -44,7 +44,9 @@ VERSIONS = "versions"
 REJECTED = "rejected"
 COUNTER_ID = "new-images"
 IMAGE_RECORD = "image#"  # + sha256: one state-table item per filed image (counted once)
-PRESIGN_SECONDS = 900
+PRESIGN_SECONDS = 300  # a presigned upload is for now, not for later (S3 checks it when a POST arrives)
+UPLOAD_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+                ".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -99,6 +101,12 @@ def safe_name(filename: str | None) -> str:
     name = unicodedata.normalize("NFC", Path(filename or "upload").name)
     name = re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("._") or "upload"
     return name[:100]
+
+
+def upload_content_type(filename: str | None) -> str:
+    """The ``Content-Type`` a presigned upload of ``filename`` is signed for (by its extension;
+    ``application/octet-stream`` for others: the ingest decides by content, not by type)."""
+    return UPLOAD_TYPES.get(Path(filename or "").suffix.lower(), "application/octet-stream")
 
 
 class NewImageCounter:
@@ -250,13 +258,23 @@ class S3DataStore(_S3Bound, DataStore):
         return out
 
     def presign_upload(self, label: str, filename: str, expires: int = PRESIGN_SECONDS) -> dict[str, Any]:
-        """A presigned PUT into ``incoming/<label>/`` for uploads too big for the API (ingest files it)."""
+        """A presigned POST (browser-form upload) of one file into ``incoming/<label>/``.
+
+        The signed policy pins the exact key (a fresh one under ``incoming/<label>/``), the
+        ``Content-Type`` (from the file name's extension) and a ``content-length-range`` of 1 to
+        :data:`fruitpipe.imaging.MAX_BYTES` bytes, and expires after ``expires`` seconds; S3
+        refuses any request outside it. Returns ``url`` and the form ``fields`` to send before
+        the ``file`` field. Raises ``UnknownClass``.
+        """
         dataset.check_label(label)
         key = f"{dataset.INCOMING_PREFIX}/{label}/{uuid.uuid4().hex[:12]}-{safe_name(filename)}"
-        url = self.s3.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": key},
-                                             ExpiresIn=expires, HttpMethod="PUT")
-        return {"url": url, "method": "PUT", "key": key, "expires_in": expires, "label": label,
-                "max_bytes": imaging.MAX_BYTES}
+        ctype = upload_content_type(filename)
+        post = self.s3.generate_presigned_post(
+            Bucket=self.bucket, Key=key, Fields={"Content-Type": ctype},
+            Conditions=[{"Content-Type": ctype}, ["content-length-range", 1, imaging.MAX_BYTES]],
+            ExpiresIn=expires)
+        return {"url": post["url"], "fields": post["fields"], "method": "POST", "key": key,
+                "content_type": ctype, "expires_in": expires, "label": label, "max_bytes": imaging.MAX_BYTES}
 
     # -- the drop folder --------------------------------------------------------------------------
 

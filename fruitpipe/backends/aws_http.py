@@ -1,7 +1,8 @@
 """HTTP pieces that exist only on AWS, added to the shared FastAPI app by ``functions/api``.
 
-* ``POST /upload-url`` (admin): presigned S3 PUT URLs into ``incoming/<class>/`` for files too big
-  for API Gateway + Lambda, or for bulk uploads; the ingest function files them.
+* ``POST /upload-url`` (admin): presigned S3 POST forms into ``incoming/<class>/`` for files too big
+  for API Gateway + Lambda, or for bulk uploads: one exact key each, the content type fixed, at
+  most :data:`fruitpipe.imaging.MAX_BYTES` bytes, valid for a few minutes; the ingest files them.
 * 501 for ``POST /retrain`` on a deployment without the retrain state machine.
 * :func:`oversize_response`: the 413 answered before the app sees a body Lambda could not take.
 """
@@ -29,9 +30,10 @@ class UploadUrlRequest(BaseModel):
 
 class UploadUrl(BaseModel):
     filename: str
-    url: str
-    method: str
+    url: str = Field(description="POST a multipart/form-data body here")
+    method: str = Field(description="always POST")
     key: str
+    fields: dict[str, str] = Field(description="form fields to send, as given, before the 'file' field")
 
 
 class UploadUrlResponse(BaseModel):
@@ -52,7 +54,7 @@ router = APIRouter(tags=["data"])
 
 @router.post("/upload-url", response_model=UploadUrlResponse, dependencies=[Depends(_require_admin)])
 def upload_url(body: UploadUrlRequest, request: Request) -> UploadUrlResponse | JSONResponse:
-    """Presigned S3 PUT URLs into ``incoming/<class>/``: PUT the raw file bytes to each URL."""
+    """Presigned S3 POST forms into ``incoming/<class>/``: POST ``fields`` then ``file`` to ``url``."""
     store = request.app.state.fruitpipe.backend.store
     if not isinstance(store, S3DataStore):
         return JSONResponse({"error": "not_supported", "detail": "this backend has no S3 drop folder"}, 501)
@@ -62,7 +64,7 @@ def upload_url(body: UploadUrlRequest, request: Request) -> UploadUrlResponse | 
         return JSONResponse({"error": "unknown_class", "detail": str(exc)}, 422)
     return UploadUrlResponse(
         class_name=body.class_name, expires_in=PRESIGN_SECONDS, max_bytes=imaging.MAX_BYTES,
-        uploads=[UploadUrl(filename=name, url=i["url"], method="PUT", key=i["key"])
+        uploads=[UploadUrl(filename=name, url=i["url"], method="POST", key=i["key"], fields=i["fields"])
                  for name, i in zip(body.filenames, items)],
         note="files are validated, de-duplicated and filed into the dataset within seconds; "
              "bad files go to quarantine/ with a .reason.json",
@@ -91,7 +93,7 @@ def oversize_response(event: dict[str, Any], limit: int) -> dict[str, Any] | Non
         return None
     detail = (f"the request body is {size} bytes; through API Gateway and Lambda at most {limit} bytes "
               "fit (Lambda takes 6 MB per invoke and the body arrives base64-encoded). For bigger or "
-              "many files ask POST /upload-url for presigned S3 URLs and PUT the files there.")
+              "many files ask POST /upload-url for presigned S3 upload forms and POST the files there.")
     return {"statusCode": 413, "headers": {"content-type": "application/json"},
             "body": json.dumps({"error": "too_large", "detail": detail, "upload_url": "/upload-url"}),
             "isBase64Encoded": False}
