@@ -13,6 +13,7 @@ boto3 honours ``AWS_ENDPOINT_URL`` (tests point it at a moto server on 127.0.0.1
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -47,6 +48,7 @@ IMAGE_RECORD = "image#"  # + sha256: one state-table item per filed image (count
 PRESIGN_SECONDS = 300  # a presigned upload is for now, not for later (S3 checks it when a POST arrives)
 UPLOAD_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                 ".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
+log = logging.getLogger("fruitpipe.aws")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -571,7 +573,12 @@ class StepFunctionsTrainer(Trainer):
 # --- admin token ---------------------------------------------------------------------------------
 
 class SecretsManagerToken:
-    """Token provider: the secret's value, cached ``ttl`` seconds (rotation lands within a minute)."""
+    """Token provider: the secret's value, cached ``ttl`` seconds (rotation lands within a minute).
+
+    Fails closed: when the secret cannot be read (Secrets Manager down, the secret deleted or
+    denied) it returns None, which the API answers with 503 for every write, instead of going on
+    accepting a token that may have been rotated away. The next request tries again.
+    """
 
     def __init__(self, secret_id: str | None, ttl: float = 60.0, client: Any = None) -> None:
         self.secret_id = secret_id
@@ -591,10 +598,11 @@ class SecretsManagerToken:
                 if self._client is None:
                     self._client = _client("secretsmanager")
                 value = self._client.get_secret_value(SecretId=self.secret_id).get("SecretString")
-                self._value = (value or "").strip() or None
-            except Exception:  # keep the last good value through a transient failure
-                if self._value is None:
-                    return None
+            except Exception as exc:  # botocore ClientError / connection errors: deny, do not cache
+                log.warning("admin token unreadable, writes refused: %s", _error_code(exc) or type(exc).__name__)
+                self._value, self._expires = None, 0.0
+                return None
+            self._value = (value or "").strip() or None
             self._expires = time.monotonic() + self.ttl
             return self._value
 

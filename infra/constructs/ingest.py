@@ -65,9 +65,11 @@ class Ingest(Construct):
             resources=[data.arn_for_objects("dataset/*")]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="Quarantine", actions=["s3:PutObject"], resources=[data.arn_for_objects("quarantine/*")]))
-        # Without ListBucket a HEAD on a missing key answers 403 instead of 404.
+        # Without ListBucket a HEAD on a missing key (or version) answers 403 instead of 404; S3
+        # checks it with the key as s3:prefix, so only the prefixes the ingest reads.
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="HeadMissingKeys", actions=["s3:ListBucket"], resources=[data.bucket_arn]))
+            sid="HeadMissingKeys", actions=["s3:ListBucket", "s3:ListBucketVersions"], resources=[data.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": ["incoming/*", "dataset/*"]}}))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="CountNewImages", actions=["dynamodb:PutItem", "dynamodb:UpdateItem"],
             resources=[storage.state_table.table_arn]))
