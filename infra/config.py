@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 ARCHITECTURES = ("x86_64", "arm64")
 
@@ -21,6 +22,23 @@ def _bool(value: Any, key: str) -> bool:
     if text in ("false", "0", "no", "destroy"):
         return False
     raise ConfigError(f"context {key}={value!r}: expected true/false")
+
+
+def _origins(value: Any, key: str) -> tuple[str, ...]:
+    """A list (or comma-separated string) of exact origins, ``https://host[:port]``; no wildcard."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        parsed = urlsplit(item)
+        if (parsed.scheme not in ("https", "http") or not parsed.hostname or "*" in item
+                or parsed.path not in ("", "/") or parsed.query or parsed.fragment
+                or (parsed.scheme == "http" and parsed.hostname not in ("localhost", "127.0.0.1"))):
+            raise ConfigError(f"context {key}: {item!r} is not an exact origin such as https://app.example.com "
+                              "(http only for localhost; no wildcards)")
+        out.append(item.rstrip("/"))
+    return tuple(dict.fromkeys(out))
 
 
 def _int(value: Any, key: str, low: int, high: int) -> int:
@@ -42,6 +60,13 @@ class StackConfig:
     ingest_concurrency: int | None = 5
     throttle_rate: float = 50.0
     throttle_burst: int = 100
+    # The write routes have their own budget, so anonymous traffic that uses up the public
+    # routes' throttle cannot lock the operators out.
+    admin_throttle_rate: float = 5.0
+    admin_throttle_burst: int = 10
+    # Browser origins allowed to POST presigned uploads to the data bucket (CORS). None by
+    # default: the CLI and curl need no CORS, and no page of ours uploads to S3 directly.
+    upload_origins: tuple[str, ...] = ()
     retain: bool = True
 
     @property
@@ -78,5 +103,8 @@ class StackConfig:
             ingest_concurrency=concurrency("ingestConcurrency", d.ingest_concurrency),
             throttle_rate=float(opt("throttleRate", d.throttle_rate)),
             throttle_burst=_int(opt("throttleBurst", d.throttle_burst), "throttleBurst", 1, 5000),
+            admin_throttle_rate=float(opt("adminThrottleRate", d.admin_throttle_rate)),
+            admin_throttle_burst=_int(opt("adminThrottleBurst", d.admin_throttle_burst), "adminThrottleBurst", 1, 5000),
+            upload_origins=_origins(opt("uploadOrigins", d.upload_origins), "uploadOrigins"),
             retain=_bool(opt("retain", d.retain), "retain"),
         )

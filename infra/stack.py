@@ -33,9 +33,10 @@ class FruitpipeStack(Stack):
         self.settings = FunctionSettings(
             architecture=ARCH[config.architecture], memory_mb=config.memory_mb,
             reserved_concurrency=config.reserved_concurrency, throttle_rate=config.throttle_rate,
-            throttle_burst=config.throttle_burst, stage=config.stage)
+            throttle_burst=config.throttle_burst, admin_throttle_rate=config.admin_throttle_rate,
+            admin_throttle_burst=config.admin_throttle_burst, stage=config.stage)
 
-        self.storage = Storage(self, "Storage", retain=config.retain)
+        self.storage = Storage(self, "Storage", retain=config.retain, upload_origins=config.upload_origins)
         # Third-party runtime packages (LiteRT, numpy, Pillow, FastAPI, ...) in a layer; our code,
         # the default model and the backbone in the function asset. Both are plain folders.
         self.layer = lambda_.LayerVersion(

@@ -28,7 +28,6 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -51,13 +50,15 @@ class LambdaContext:
         return 60_000
 
 
-def object_created(bucket: str, key: str, size: int) -> dict[str, Any]:
-    """The EventBridge event S3 sends for a new object (key URL-encoded, as S3 does)."""
+def object_created(bucket: str, key: str, size: int, put: dict[str, Any]) -> dict[str, Any]:
+    """The EventBridge event S3 sends for the object version ``put`` (a PutObject answer) created:
+    the key as stored, its ETag and version id (the data bucket is versioned, as deployed)."""
     return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
             "account": "123456789012", "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "region": REGION, "resources": [f"arn:aws:s3:::{bucket}"],
             "detail": {"version": "0", "bucket": {"name": bucket},
-                       "object": {"key": quote_plus(key, safe="/"), "size": size, "etag": "0", "sequencer": "0"},
+                       "object": {"key": key, "size": size, "etag": put["ETag"].strip('"'),
+                                  "version-id": put["VersionId"], "sequencer": "0"},
                        "request-id": "demo", "requester": "123456789012", "reason": "PutObject"}}
 
 
@@ -124,9 +125,9 @@ def ingest(cloud: Any, batch: list[tuple[str, Path]], log: Any) -> dict[str, Any
     for label, path in batch:
         key = f"incoming/{label}/{path.name}"
         data = path.read_bytes()
-        cloud.s3.put_object(Bucket=cloud.data_bucket, Key=key, Body=data)
+        put = cloud.s3.put_object(Bucket=cloud.data_bucket, Key=key, Body=data)
         with contextlib.redirect_stdout(captured):  # Powertools logs + EMF metrics go to stdout
-            result = ingest_handler.handler(object_created(cloud.data_bucket, key, len(data)), LambdaContext())
+            result = ingest_handler.handler(object_created(cloud.data_bucket, key, len(data), put), LambdaContext())
         outcomes[result["status"]] = outcomes.get(result["status"], 0) + 1
     metrics = emf_metrics(captured.getvalue())
     log(f"  ingest: {len(batch)} objects → {outcomes}; EMF metrics {metrics}")
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         s3, ddb = boto3.client("s3"), boto3.client("dynamodb")
         log(f"moto server on {url}; work dir {work}")
         s3.create_bucket(Bucket=NAMES["data"])
+        s3.put_bucket_versioning(Bucket=NAMES["data"], VersioningConfiguration={"Status": "Enabled"})
         s3.create_bucket(Bucket=NAMES["models"])
         s3.put_bucket_versioning(Bucket=NAMES["models"], VersioningConfiguration={"Status": "Enabled"})
         ddb.create_table(TableName=NAMES["table"], KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],

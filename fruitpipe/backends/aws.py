@@ -5,7 +5,8 @@ Layout (DESIGN §4): data bucket ``incoming/<class>/<name>`` → ``dataset/<clas
 ``quarantine/<original key>`` + ``.reason.json``; models bucket ``versions/<v>/…`` (with
 ``manifest.sha256``, the manifest's checksum at publication), ``rejected/<v>/…`` (+ ``rejection.json``),
 ``live.json`` = ``{"version", "manifest_sha256", "updated", ...}``. The DynamoDB state table holds
-``id="new-images"`` with a numeric ``count`` that ingest and uploads ``ADD`` to.
+``id="new-images"`` with a numeric ``count`` that ingest and uploads ``ADD`` to, in the same
+transaction as the image's record ``id="image#<sha256>"`` (so each image counts exactly once).
 
 boto3 honours ``AWS_ENDPOINT_URL`` (tests point it at a moto server on 127.0.0.1).
 """
@@ -41,11 +42,14 @@ except ImportError:  # pragma: no cover
         """Activating a version the gate rejected (HTTP 409)."""
 
 LIVE_KEY = "live.json"
-log = logging.getLogger("fruitpipe.registry")
 VERSIONS = "versions"
 REJECTED = "rejected"
 COUNTER_ID = "new-images"
-PRESIGN_SECONDS = 900
+IMAGE_RECORD = "image#"  # + sha256: one state-table item per filed image (counted once)
+PRESIGN_SECONDS = 300  # a presigned upload is for now, not for later (S3 checks it when a POST arrives)
+UPLOAD_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+                ".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
+log = logging.getLogger("fruitpipe.aws")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -102,8 +106,20 @@ def safe_name(filename: str | None) -> str:
     return name[:100]
 
 
+def upload_content_type(filename: str | None) -> str:
+    """The ``Content-Type`` a presigned upload of ``filename`` is signed for (by its extension;
+    ``application/octet-stream`` for others: the ingest decides by content, not by type)."""
+    return UPLOAD_TYPES.get(Path(filename or "").suffix.lower(), "application/octet-stream")
+
+
 class NewImageCounter:
-    """The ``new-images`` counter in the state table: atomic ADD, read for the dashboard."""
+    """The ``new-images`` counter in the state table, counted once per image.
+
+    Each filed image has a record ``id="image#<sha256>"``; :meth:`record` writes it (only if it
+    is not there) and ``ADD``s 1 to the counter in one DynamoDB transaction, so the count moves
+    exactly when a record appears: a retry after a crash counts an image that was stored but not
+    yet counted, and never counts one twice.
+    """
 
     def __init__(self, table: str | None, client: Any = None) -> None:
         self.table = table
@@ -115,12 +131,29 @@ class NewImageCounter:
             self._ddb = _client("dynamodb")
         return self._ddb
 
-    def add(self, n: int = 1) -> None:
-        if not self.table or n == 0:
-            return
-        self.ddb.update_item(TableName=self.table, Key={"id": {"S": COUNTER_ID}},
-                             UpdateExpression="ADD #c :n", ExpressionAttributeNames={"#c": "count"},
-                             ExpressionAttributeValues={":n": {"N": str(n)}})
+    def record(self, sha256: str, key: str) -> bool:
+        """Count the image ``sha256`` (stored at ``key``) unless it was counted before.
+
+        True when this call counted it. Raises botocore ``ClientError`` for any other failure.
+        """
+        if not self.table:
+            raise RuntimeError("no state table to count images in")
+        try:
+            self.ddb.transact_write_items(TransactItems=[
+                {"Put": {"TableName": self.table, "ConditionExpression": "attribute_not_exists(id)",
+                         "Item": {"id": {"S": f"{IMAGE_RECORD}{sha256}"}, "key": {"S": key},
+                                  "filed": {"S": now_iso()}}}},
+                {"Update": {"TableName": self.table, "Key": {"id": {"S": COUNTER_ID}},
+                            "UpdateExpression": "ADD #c :one", "ExpressionAttributeNames": {"#c": "count"},
+                            "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+            ])
+        except Exception as exc:
+            reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+            if (_error_code(exc) == "TransactionCanceledException" and reasons
+                    and reasons[0].get("Code") == "ConditionalCheckFailed"):
+                return False
+            raise
+        return True
 
     def get(self) -> int:
         if not self.table:
@@ -145,6 +178,16 @@ class IngestOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class DropObject:
+    """One object in the drop folder as an event names it: key, version id (versioned bucket),
+    ETag (to tell it from a later upload under the same key when there is no version id)."""
+
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
 
 
 class _S3Bound:
@@ -177,19 +220,25 @@ class S3DataStore(_S3Bound, DataStore):
             raise
 
     def _file(self, filed: dataset.FiledImage, source: str) -> bool:
-        """Store ``filed`` unless its content is already there. True when newly stored."""
-        if self._exists(filed.key):
-            return False
-        try:
-            # If-None-Match makes the write itself the de-duplication when two copies race.
-            self.s3.put_object(Bucket=self.bucket, Key=filed.key, Body=filed.data, ContentType="image/jpeg",
-                               IfNoneMatch="*", Metadata={"source": source})
-        except Exception as exc:
-            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            raise
-        self.counter.add(1)
-        return True
+        """Store ``filed`` unless its content is there, then count it. True when newly filed.
+
+        The S3 write is conditional (``If-None-Match: *``), so two racing copies store one
+        object; the count is the idempotent record of :meth:`NewImageCounter.record`, taken
+        after the write whether or not this call wrote it, so a retry after a crash between
+        the two completes the count instead of skipping it.
+        """
+        stored = False
+        if not self._exists(filed.key):
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=filed.key, Body=filed.data, ContentType="image/jpeg",
+                                   IfNoneMatch="*", Metadata={"source": source})
+                stored = True
+            except Exception as exc:
+                if _error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise
+        if self.counter.table:
+            return self.counter.record(filed.sha256, filed.key)
+        return stored
 
     def add(self, label: str, data: bytes, filename: str) -> UploadResult:
         shown = safe_name(filename)
@@ -212,64 +261,118 @@ class S3DataStore(_S3Bound, DataStore):
         return out
 
     def presign_upload(self, label: str, filename: str, expires: int = PRESIGN_SECONDS) -> dict[str, Any]:
-        """A presigned PUT into ``incoming/<label>/`` for uploads too big for the API (ingest files it)."""
+        """A presigned POST (browser-form upload) of one file into ``incoming/<label>/``.
+
+        The signed policy pins the exact key (a fresh one under ``incoming/<label>/``), the
+        ``Content-Type`` (from the file name's extension) and a ``content-length-range`` of 1 to
+        :data:`fruitpipe.imaging.MAX_BYTES` bytes, and expires after ``expires`` seconds; S3
+        refuses any request outside it. Returns ``url`` and the form ``fields`` to send before
+        the ``file`` field. Raises ``UnknownClass``.
+        """
         dataset.check_label(label)
         key = f"{dataset.INCOMING_PREFIX}/{label}/{uuid.uuid4().hex[:12]}-{safe_name(filename)}"
-        url = self.s3.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": key},
-                                             ExpiresIn=expires, HttpMethod="PUT")
-        return {"url": url, "method": "PUT", "key": key, "expires_in": expires, "label": label,
-                "max_bytes": imaging.MAX_BYTES}
+        ctype = upload_content_type(filename)
+        post = self.s3.generate_presigned_post(
+            Bucket=self.bucket, Key=key, Fields={"Content-Type": ctype},
+            Conditions=[{"Content-Type": ctype}, ["content-length-range", 1, imaging.MAX_BYTES]],
+            ExpiresIn=expires)
+        return {"url": post["url"], "fields": post["fields"], "method": "POST", "key": key,
+                "content_type": ctype, "expires_in": expires, "label": label, "max_bytes": imaging.MAX_BYTES}
 
     # -- the drop folder --------------------------------------------------------------------------
 
-    def _locate(self, key: str) -> str | None:
-        """The incoming object's real key: event keys may arrive URL-encoded (spaces as '+')."""
-        for candidate in dict.fromkeys([unquote_plus(key), key]):
-            if self._exists(candidate):
-                return candidate
+    def _head(self, key: str, version_id: str | None) -> dict[str, Any] | None:
+        """HEAD of ``key`` (that version when given); None when there is no such object/version."""
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            return self.s3.head_object(Bucket=self.bucket, Key=key, **extra)
+        except Exception as exc:  # botocore ClientError
+            if _missing(exc) or (version_id and _error_code(exc) in ("400", "NoSuchVersion")):
+                return None
+            raise
+
+    def _locate(self, obj: DropObject) -> tuple[DropObject, dict[str, Any]] | None:
+        """The one object an event names, with its HEAD; None when it is gone.
+
+        EventBridge carries the key as stored, S3's own notifications (SNS/SQS/Lambda) carry it
+        form-encoded (``a b.jpg`` as ``a+b.jpg``): the key is tried as given, then decoded. The
+        version id (versioned bucket) or else the ETag must match, so ``a+b.jpg`` never stands
+        for ``a b.jpg`` or for a newer upload under the same name.
+        """
+        for key in dict.fromkeys([obj.key, unquote_plus(obj.key)]):
+            head = self._head(key, obj.version_id)
+            if head is None:
+                continue
+            if not obj.version_id and obj.etag and head.get("ETag", "").strip('"') != obj.etag.strip('"'):
+                continue  # replaced since the event: the newer object has its own event
+            return DropObject(key, obj.version_id or head.get("VersionId"), head.get("ETag")), head
         return None
 
-    def _quarantine(self, key: str, error: str, detail: str, label: str | None) -> IngestOutcome:
-        target = f"{dataset.QUARANTINE_PREFIX}/{key}"
-        self.s3.copy_object(Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": key})
-        reason = {"key": key, "error": error, "detail": detail, "label": label, "quarantined": now_iso()}
+    def _take(self, obj: DropObject) -> None:
+        """Delete exactly the ingested object: by version id (leaves no delete marker and never
+        touches a newer upload under the same key), else only while its ETag still matches."""
+        if obj.version_id and obj.version_id != "null":
+            self.s3.delete_object(Bucket=self.bucket, Key=obj.key, VersionId=obj.version_id)
+            return
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=obj.key, **({"IfMatch": obj.etag} if obj.etag else {}))
+        except Exception as exc:
+            if not (_missing(exc) or _error_code(exc) in ("PreconditionFailed", "412")):
+                raise
+
+    def _quarantine(self, obj: DropObject, error: str, detail: str, label: str | None,
+                    data: bytes | None) -> IngestOutcome:
+        """Keep ``data`` (the bytes that were validated) under ``quarantine/<key>`` with a
+        ``.reason.json``, then delete the incoming object. ``data=None`` (too large to keep):
+        the reason file only."""
+        target = f"{dataset.QUARANTINE_PREFIX}/{obj.key}"
+        if data is not None:
+            self.s3.put_object(Bucket=self.bucket, Key=target, Body=data,
+                               Metadata={"source-version-id": obj.version_id or ""})
+        reason = {"key": obj.key, "version_id": obj.version_id, "error": error, "detail": detail,
+                  "label": label, "kept": data is not None, "quarantined": now_iso()}
         self.s3.put_object(Bucket=self.bucket, Key=target + ".reason.json", ContentType="application/json",
                            Body=json.dumps(reason, indent=2, ensure_ascii=False).encode())
-        self.s3.delete_object(Bucket=self.bucket, Key=key)
-        return IngestOutcome(key, "quarantined", label=label, error=error, detail=detail)
+        self._take(obj)
+        return IngestOutcome(obj.key, "quarantined", label=label, error=error, detail=detail)
 
-    def ingest(self, event_key: str, size: int | None = None) -> IngestOutcome:
+    def ingest(self, event_key: str, size: int | None = None, *, version_id: str | None = None,
+               etag: str | None = None) -> IngestOutcome:
         """File one ``incoming/<class>/<name>`` object: validate, de-duplicate, count, delete.
 
-        Idempotent: a second delivery of the same event finds the object gone (``gone``); the
-        same picture dropped twice is filed once (``duplicate``). Nothing is deleted before it
-        is either filed or copied to quarantine with its reason.
+        Acts only on the object the event names (``version_id``/``etag`` from the event): a
+        second photo uploaded under the same key meanwhile is left for its own event. Idempotent:
+        a second delivery finds that version gone (``gone``); the same picture dropped twice is
+        filed once (``duplicate``). Nothing is deleted before it is either filed or kept in
+        quarantine with its reason (an object over :data:`imaging.MAX_BYTES` is not kept: its
+        reason file records the size).
         """
         if event_key.endswith("/"):  # a "folder" the S3 console creates: nothing to file
             return IngestOutcome(event_key, "skipped", detail="folder marker")
-        key = self._locate(event_key)
-        if key is None:
-            return IngestOutcome(event_key, "gone", detail="already processed (or deleted)")
-        parts = key.split("/")
-        if len(parts) < 3 or parts[0] != dataset.INCOMING_PREFIX or not parts[1]:
-            return self._quarantine(key, "missing_class", "drop files into incoming/<class>/<file>; "
-                                    f"classes: {', '.join(LABELS)}", None)
-        label = parts[1]
-        if label not in LABELS:
-            return self._quarantine(key, "unknown_class", str(UnknownClass(label)), None)
-        head = self.s3.head_object(Bucket=self.bucket, Key=key)
+        found = self._locate(DropObject(event_key, version_id or None, etag or None))
+        if found is None:
+            return IngestOutcome(event_key, "gone", detail="already processed (or deleted, or replaced)")
+        obj, head = found
+        parts = obj.key.split("/")
+        label = parts[1] if len(parts) >= 3 and parts[0] == dataset.INCOMING_PREFIX and parts[1] else None
         length = int(head.get("ContentLength", size or 0))
         if length > imaging.MAX_BYTES:
-            return self._quarantine(key, "too_large",
-                                    f"{length} bytes; the limit is {imaging.MAX_BYTES} bytes", label)
-        data = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self._quarantine(obj, "too_large", f"{length} bytes; the limit is {imaging.MAX_BYTES} bytes",
+                                    label if label in LABELS else None, None)
+        extra = {"VersionId": obj.version_id} if obj.version_id else {"IfMatch": head["ETag"]}
+        data = self.s3.get_object(Bucket=self.bucket, Key=obj.key, **extra)["Body"].read()
+        if label is None:
+            return self._quarantine(obj, "missing_class", "drop files into incoming/<class>/<file>; "
+                                    f"classes: {', '.join(LABELS)}", None, data)
+        if label not in LABELS:
+            return self._quarantine(obj, "unknown_class", str(UnknownClass(label)), None, data)
         try:
             filed = dataset.prepare(label, data)
         except imaging.InvalidImage as exc:
-            return self._quarantine(key, exc.code, exc.detail, label)
+            return self._quarantine(obj, exc.code, exc.detail, label, data)
         added = self._file(filed, "drop-folder")
-        self.s3.delete_object(Bucket=self.bucket, Key=key)
-        return IngestOutcome(key, "added" if added else "duplicate", label=label, dataset_key=filed.key)
+        self._take(obj)
+        return IngestOutcome(obj.key, "added" if added else "duplicate", label=label, dataset_key=filed.key)
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -490,7 +593,12 @@ class StepFunctionsTrainer(Trainer):
 # --- admin token ---------------------------------------------------------------------------------
 
 class SecretsManagerToken:
-    """Token provider: the secret's value, cached ``ttl`` seconds (rotation lands within a minute)."""
+    """Token provider: the secret's value, cached ``ttl`` seconds (rotation lands within a minute).
+
+    Fails closed: when the secret cannot be read (Secrets Manager down, the secret deleted or
+    denied) it returns None, which the API answers with 503 for every write, instead of going on
+    accepting a token that may have been rotated away. The next request tries again.
+    """
 
     def __init__(self, secret_id: str | None, ttl: float = 60.0, client: Any = None) -> None:
         self.secret_id = secret_id
@@ -510,10 +618,11 @@ class SecretsManagerToken:
                 if self._client is None:
                     self._client = _client("secretsmanager")
                 value = self._client.get_secret_value(SecretId=self.secret_id).get("SecretString")
-                self._value = (value or "").strip() or None
-            except Exception:  # keep the last good value through a transient failure
-                if self._value is None:
-                    return None
+            except Exception as exc:  # botocore ClientError / connection errors: deny, do not cache
+                log.warning("admin token unreadable, writes refused: %s", _error_code(exc) or type(exc).__name__)
+                self._value, self._expires = None, 0.0
+                return None
+            self._value = (value or "").strip() or None
             self._expires = time.monotonic() + self.ttl
             return self._value
 

@@ -1,7 +1,8 @@
 """HTTP pieces that exist only on AWS, added to the shared FastAPI app by ``functions/api``.
 
-* ``POST /upload-url`` (admin): presigned S3 PUT URLs into ``incoming/<class>/`` for files too big
-  for API Gateway + Lambda, or for bulk uploads; the ingest function files them.
+* ``POST /upload-url`` (admin): presigned S3 POST forms into ``incoming/<class>/`` for files too big
+  for API Gateway + Lambda, or for bulk uploads: one exact key each, the content type fixed, at
+  most :data:`fruitpipe.imaging.MAX_BYTES` bytes, valid for a few minutes; the ingest files them.
 * 501 for ``POST /retrain`` on a deployment without the retrain state machine.
 """
 
@@ -26,9 +27,10 @@ class UploadUrlRequest(BaseModel):
 
 class UploadUrl(BaseModel):
     filename: str
-    url: str
-    method: str
+    url: str = Field(description="POST a multipart/form-data body here")
+    method: str = Field(description="always POST")
     key: str
+    fields: dict[str, str] = Field(description="form fields to send, as given, before the 'file' field")
 
 
 class UploadUrlResponse(BaseModel):
@@ -44,7 +46,7 @@ router = APIRouter(tags=["data"])
 
 @router.post("/upload-url", response_model=UploadUrlResponse, dependencies=[Depends(require_admin)])
 def upload_url(body: UploadUrlRequest, request: Request) -> UploadUrlResponse | JSONResponse:
-    """Presigned S3 PUT URLs into ``incoming/<class>/``: PUT the raw file bytes to each URL."""
+    """Presigned S3 POST forms into ``incoming/<class>/``: POST ``fields`` then ``file`` to ``url``."""
     store = request.app.state.fruitpipe.backend.store
     if not isinstance(store, S3DataStore):
         return JSONResponse({"error": "not_supported", "detail": "this backend has no S3 drop folder"}, 501)
@@ -54,7 +56,7 @@ def upload_url(body: UploadUrlRequest, request: Request) -> UploadUrlResponse | 
         return JSONResponse({"error": "unknown_class", "detail": str(exc)}, 422)
     return UploadUrlResponse(
         class_name=body.class_name, expires_in=PRESIGN_SECONDS, max_bytes=imaging.MAX_BYTES,
-        uploads=[UploadUrl(filename=name, url=i["url"], method="PUT", key=i["key"])
+        uploads=[UploadUrl(filename=name, url=i["url"], method="POST", key=i["key"], fields=i["fields"])
                  for name, i in zip(body.filenames, items)],
         note="files are validated, de-duplicated and filed into the dataset within seconds; "
              "bad files go to quarantine/ with a .reason.json",

@@ -14,7 +14,10 @@ Layout of the store (default ``./var``)::
     admin-token                         the generated admin token (mode 0600)
 
 Every write is a temporary file + ``os.replace`` (or a temporary folder + ``os.rename``), so a
-crash never leaves a half-written image, bundle or pointer behind.
+crash never leaves a half-written image, bundle or pointer behind. Dataset images are published
+with ``os.link`` instead, which never replaces: of any number of parallel uploads of one picture
+exactly one creates the file (``added``), the others see it exists (``duplicate``). Temporary
+names carry the writer's process id; a store opened after a crash removes those of dead processes.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,20 +48,79 @@ REPO = Path(__file__).resolve().parent.parent.parent
 SHARED_FRUITS = REPO.parent / "shared" / "data" / "fruits"
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+# ".<target name>.<pid>-<random>.tmp": the pid tells a crashed writer's leftovers from a live one's.
+_TEMP_RE = re.compile(r"^\..+\.(\d+)-[^./]+\.tmp$")
+STALE_TEMP_SECONDS = 24 * 3600  # a temporary file this old is stale whoever wrote it (pids are reused)
+
+
+def _write_temp(path: Path, data: bytes, mode: int) -> str:
+    """``data`` in a new, fsynced temporary file beside ``path``; returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    tmp = _write_temp(path, data, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def create_once(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """Create ``path`` with ``data`` unless it exists: True when this call created it.
+
+    Written to a temporary file first and published with ``os.link`` (which fails with EEXIST
+    rather than replace), so readers never see a partial file and of many concurrent callers
+    exactly one gets True. Raises ``OSError`` for anything but "already there".
+    """
+    tmp = _write_temp(path, data, mode)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temporary files in ``folder`` (not recursive) left by writers that are gone.
+
+    A temporary file is stale when the process named in it is no longer running (a crash, a
+    ``kill -9``) or it is older than :data:`STALE_TEMP_SECONDS`. Returns what was removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if not match or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS
+        except FileNotFoundError:
+            continue
+        if old or not pid_alive(pid):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -88,6 +152,8 @@ class LocalDataStore(DataStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.dataset_dir = self.root / dataset.DATASET_PREFIX
+        for label in LABELS:  # leftovers of a writer killed mid-upload
+            remove_stale_temps(self.dataset_dir / label)
 
     def add(self, label: str, data: bytes, filename: str) -> UploadResult:
         shown = _display_name(filename)
@@ -98,12 +164,9 @@ class LocalDataStore(DataStore):
         except imaging.InvalidImage as exc:
             return UploadResult(shown, "rejected", label=label, error=exc.code, detail=exc.detail)
         path = self.root / filed.key
-        result = UploadResult(shown, "added", label=label, sha256=filed.sha256, key=filed.key)
-        if path.exists():
-            result.status = "duplicate"
-            return result
-        atomic_write(path, filed.data)
-        return result
+        added = not path.exists() and create_once(path, filed.data)
+        return UploadResult(shown, "added" if added else "duplicate", label=label, sha256=filed.sha256,
+                            key=filed.key)
 
     def counts(self) -> dict[str, int]:
         out = {}
@@ -139,6 +202,7 @@ class LocalRegistry(ModelRegistry):
         self.pointer = self.root / "live.json"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self.rejected_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.root)  # a pointer write cut short
         if seed_bundle is not None and self.live_version() is None:
             self.seed(Path(seed_bundle))
 
@@ -344,6 +408,7 @@ class LocalTrainer(Trainer):
         self.config = config or TrainerConfig()
         self.dir = self.root / "retrain"
         self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.dir)  # a status write cut short
         self.status_path = self.dir / "status.json"
         self.lock_path = self.dir / "lock"
         self._thread_lock = threading.Lock()

@@ -1,16 +1,16 @@
 """``fruitpipe upload --class C DIR [--bucket B | --api URL]``: fill the S3 drop folder.
 
 With ``--bucket`` the files go straight to ``s3://B/incoming/<class>/`` with your AWS credentials;
-with ``--api`` the service hands out presigned URLs (``POST /upload-url``, admin token) and the
-files are PUT to S3 directly, so neither API Gateway's nor Lambda's payload limits apply. Either
-way the ingest function validates, de-duplicates and files them within seconds.
+with ``--api`` the service hands out presigned S3 POST forms (``POST /upload-url``, admin token:
+one exact key each, the size bounded, valid a few minutes) and the files are POSTed to S3 directly,
+so neither API Gateway's nor Lambda's payload limits apply. Either way the ingest function
+validates, de-duplicates and files them within seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import mimetypes
 import os
 import sys
 import urllib.error
@@ -20,7 +20,7 @@ from pathlib import Path
 from ..cli import UsageError, command
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-BATCH = 100
+BATCH = 20  # upload forms asked for at a time: each expires minutes after it is handed out
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class", dest="label", required=True, help="class of every image in the folder")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--bucket", help="data bucket name (uses your AWS credentials)")
-    where.add_argument("--api", help="service base URL (uses presigned URLs from POST /upload-url)")
+    where.add_argument("--api", help="service base URL (uses presigned upload forms from POST /upload-url)")
     p.add_argument("--token", default=None, help="admin token for --api (default: $FRUITPIPE_ADMIN_TOKEN)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -63,15 +63,18 @@ def _post_json(url: str, body: dict, token: str) -> dict:
         raise UsageError(f"{url}: {exc.reason}") from None
 
 
-def _put(url: str, data: bytes, name: str) -> None:
-    # An explicit type: urllib would otherwise send application/x-www-form-urlencoded.
-    ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    req = urllib.request.Request(url, data=data, method="PUT", headers={"content-type": ctype})
+def _post_form(slot: dict, data: bytes, name: str) -> None:
+    """POST ``data`` with the presigned form ``slot`` (``url``, ``fields``): the fields as signed,
+    then the file last, as S3 requires."""
+    from urllib3 import encode_multipart_formdata
+    fields = [*slot["fields"].items(), ("file", (name, data, slot["fields"].get("Content-Type", "")))]
+    body, ctype = encode_multipart_formdata(fields)
+    req = urllib.request.Request(slot["url"], data=body, method="POST", headers={"content-type": ctype})
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             resp.read()
     except urllib.error.URLError as exc:
-        raise UsageError(f"PUT {name}: {getattr(exc, 'code', '')} {getattr(exc, 'reason', exc)}".strip()) from None
+        raise UsageError(f"upload {name}: {getattr(exc, 'code', '')} {getattr(exc, 'reason', exc)}".strip()) from None
 
 
 @command("upload", _args)
@@ -110,7 +113,7 @@ def _upload(args: argparse.Namespace) -> int:
                 answer = _post_json(f"{base}/upload-url", {"class_name": args.label,
                                                            "filenames": [f.name for f in chunk]}, token)
                 for f, slot in zip(chunk, answer["uploads"]):
-                    _put(slot["url"], f.read_bytes(), f.name)
+                    _post_form(slot, f.read_bytes(), f.name)
                     sent += 1
                     bar.update(1)
     finally:

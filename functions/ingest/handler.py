@@ -1,7 +1,8 @@
 """Lambda ``ingest``: S3 ``Object Created`` events (via EventBridge) for ``incoming/<class>/…``.
 
 Validates with :mod:`fruitpipe.imaging` (through :func:`fruitpipe.dataset.prepare`), files into
-``dataset/`` by content hash, deletes the incoming object, quarantines bad files with a reason,
+``dataset/`` by content hash, deletes the incoming object version the event names (never a newer
+upload under the same key), quarantines bad files with a reason,
 counts newly filed images in the state table and emits EMF metrics. The logic lives in
 :meth:`fruitpipe.backends.aws.S3DataStore.ingest`; this file only adapts the event.
 """
@@ -42,8 +43,11 @@ def handler(event: S3EventBridgeNotificationEvent, context: LambdaContext) -> di
         logger.warning("event for another bucket ignored", extra={"bucket": bucket})
         metrics.add_metric(name="Ignored", unit=MetricUnit.Count, value=1)
         return {"status": "ignored", "bucket": bucket}
-    # The raw key: S3 URL-encodes keys in events; the store tries it as is and decoded.
-    outcome = store_for(bucket).ingest(event.detail.object.raw_event["key"], event.detail.object.size)
+    # EventBridge carries the key as stored (S3's own notifications form-encode it); the store
+    # tries it as given, then decoded, and acts only on the version (or ETag) the event names.
+    obj = event.detail.object.raw_event
+    outcome = store_for(bucket).ingest(obj["key"], obj.get("size"), version_id=obj.get("version-id"),
+                                       etag=obj.get("etag"))
     metrics.add_metric(name=METRIC[outcome.status], unit=MetricUnit.Count, value=1)
     log = logger.warning if outcome.status == "quarantined" else logger.info
     log("ingest", extra=outcome.as_dict())

@@ -27,6 +27,11 @@ from .storage import Storage
 MODEL_REFRESH_SECONDS = 60
 # HTTP API integrations time out at 30 s.
 API_TIMEOUT = Duration.seconds(29)
+# The write routes (bearer token), each its own route with its own throttle budget: stage
+# throttling is per route, so anonymous traffic that uses up the public routes' budget (the
+# $default route) cannot lock the operators out of these.
+ADMIN_ROUTES = (("/upload-training-data", "POST"), ("/upload-url", "POST"), ("/retrain", "POST"),
+                ("/models/{version}/activate", "POST"))
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class FunctionSettings:
     throttle_rate: float
     throttle_burst: int
     stage: str
+    admin_throttle_rate: float = 5.0
+    admin_throttle_burst: int = 10
 
 
 def function_log_group(scope: Construct, construct_id: str, retain: bool) -> logs.LogGroup:
@@ -104,17 +111,26 @@ class Api(Construct):
         self._grant()
 
         self.access_logs = function_log_group(self, "AccessLogs", retain)
+        integration = integrations.HttpLambdaIntegration("Lambda", self.function)
         self.http_api = apigw.HttpApi(
             self, "HttpApi",
             description=f"fruitpipe ({settings.stage})",
-            default_integration=integrations.HttpLambdaIntegration("Lambda", self.function),
+            default_integration=integration,
             create_default_stage=False,
         )
+        admin_routes = [route for path, method in ADMIN_ROUTES for route in self.http_api.add_routes(
+            path=path, methods=[apigw.HttpMethod(method)], integration=integration)]
         self.stage = self.http_api.add_stage(
             "Stage", stage_name="$default", auto_deploy=True,
             throttle=apigw.ThrottleSettings(rate_limit=settings.throttle_rate, burst_limit=settings.throttle_burst),
         )
         cfn_stage = self.stage.node.default_child
+        cfn_stage.route_settings = {  # type: ignore[union-attr]
+            f"{method} {path}": {"ThrottlingRateLimit": settings.admin_throttle_rate,
+                                 "ThrottlingBurstLimit": settings.admin_throttle_burst}
+            for path, method in ADMIN_ROUTES}
+        for route in admin_routes:  # route settings name routes that must exist first
+            self.stage.node.add_dependency(route)
         cfn_stage.access_log_settings = apigw.CfnStage.AccessLogSettingsProperty(  # type: ignore[union-attr]
             destination_arn=self.access_logs.log_group_arn,
             format=('{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
@@ -139,19 +155,24 @@ class Api(Construct):
                        models.arn_for_objects("live.json")]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="MoveLivePointer", actions=["s3:PutObject"], resources=[models.arn_for_objects("live.json")]))
+        # ListBucket only under the prefixes the app reads; S3 also checks it (with the key as
+        # s3:prefix) to answer a HEAD of a missing key 404 rather than 403.
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="ListModels", actions=["s3:ListBucket"], resources=[models.bucket_arn]))
-        # HEAD on dataset/ (de-duplication) needs GetObject, and ListBucket so that a missing key
-        # answers 404 rather than 403. PutObject on incoming/ is what presigned upload URLs carry.
+            sid="ListModels", actions=["s3:ListBucket"], resources=[models.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": ["versions/*", "rejected/*", "live.json"]}}))
+        # HEAD on dataset/ (de-duplication) needs GetObject. Writes there must be conditional
+        # (If-None-Match: the data bucket's policy denies the others), so a filed image is never
+        # overwritten. PutObject on incoming/ is what presigned upload forms carry.
         self.role.add_to_policy(iam.PolicyStatement(
             sid="FileImages", actions=["s3:GetObject", "s3:PutObject"],
             resources=[data.arn_for_objects("dataset/*")]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="PresignIncoming", actions=["s3:PutObject"], resources=[data.arn_for_objects("incoming/*")]))
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="ListDataset", actions=["s3:ListBucket"], resources=[data.bucket_arn]))
+            sid="ListDataset", actions=["s3:ListBucket"], resources=[data.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": ["dataset/*"]}}))
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="CountNewImages", actions=["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            sid="CountNewImages", actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
             resources=[self.storage.state_table.table_arn]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadAdminToken", actions=["secretsmanager:GetSecretValue"],

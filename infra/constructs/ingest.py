@@ -55,19 +55,24 @@ class Ingest(Construct):
                 "POWERTOOLS_METRICS_NAMESPACE": "Fruitpipe",
             },
         )
+        # The bucket is versioned: the ingest reads and deletes the version an event names.
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="TakeIncoming", actions=["s3:GetObject", "s3:DeleteObject"],
+            sid="TakeIncoming",
+            actions=["s3:GetObject", "s3:GetObjectVersion", "s3:DeleteObject", "s3:DeleteObjectVersion"],
             resources=[data.arn_for_objects("incoming/*")]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="FileDataset", actions=["s3:GetObject", "s3:PutObject"],
             resources=[data.arn_for_objects("dataset/*")]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="Quarantine", actions=["s3:PutObject"], resources=[data.arn_for_objects("quarantine/*")]))
-        # Without ListBucket a HEAD on a missing key answers 403 instead of 404.
+        # Without ListBucket a HEAD on a missing key (or version) answers 403 instead of 404; S3
+        # checks it with the key as s3:prefix, so only the prefixes the ingest reads.
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="HeadMissingKeys", actions=["s3:ListBucket"], resources=[data.bucket_arn]))
+            sid="HeadMissingKeys", actions=["s3:ListBucket", "s3:ListBucketVersions"], resources=[data.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": ["incoming/*", "dataset/*"]}}))
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="CountNewImages", actions=["dynamodb:UpdateItem"], resources=[storage.state_table.table_arn]))
+            sid="CountNewImages", actions=["dynamodb:PutItem", "dynamodb:UpdateItem"],
+            resources=[storage.state_table.table_arn]))
         for resource in ("incoming/*", "dataset/*", "quarantine/*"):
             acknowledge(self.role, iam5_object_finding(data, resource),
                         f"Objects under one prefix ({resource}) of the data bucket: keys are not known in advance.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aws_cdk import CfnOutput, Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 # Lifecycle: ingest deletes every incoming object it handled, so what stays in incoming/ is an
@@ -16,12 +17,18 @@ from constructs import Construct
 INCOMING_EXPIRY_DAYS = 7
 QUARANTINE_EXPIRY_DAYS = 30
 NONCURRENT_MODEL_VERSIONS_DAYS = 90
+# The data bucket is versioned so that the ingest acts on the exact object version an event names
+# (a second IMG_0001.jpg under the same key is another version, left for its own event). The
+# ingest deletes versions outright; what becomes noncurrent (a lifecycle expiry, an overwritten
+# quarantine file, a mistaken delete) stays recoverable this long, then goes.
+NONCURRENT_DATA_VERSIONS_DAYS = 30
 
 
 class Storage(Construct):
     """``data_bucket``, ``models_bucket``, ``state_table`` and the ``access_logs_bucket``."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, retain: bool = True) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, retain: bool = True,
+                 upload_origins: tuple[str, ...] = ()) -> None:
         super().__init__(scope, construct_id)
         removal = RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY
         common = dict(
@@ -43,6 +50,7 @@ class Storage(Construct):
 
         self.data_bucket = s3.Bucket(
             self, "Data",
+            versioned=True,
             server_access_logs_bucket=self.access_logs_bucket,
             server_access_logs_prefix="data/",
             lifecycle_rules=[
@@ -50,12 +58,24 @@ class Storage(Construct):
                                  expiration=Duration.days(INCOMING_EXPIRY_DAYS)),
                 s3.LifecycleRule(id="expire-quarantine", prefix="quarantine/",
                                  expiration=Duration.days(QUARANTINE_EXPIRY_DAYS)),
+                s3.LifecycleRule(id="expire-noncurrent-versions",
+                                 noncurrent_version_expiration=Duration.days(NONCURRENT_DATA_VERSIONS_DAYS)),
+                s3.LifecycleRule(id="remove-expired-delete-markers", expired_object_delete_marker=True),
                 s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(1)),
             ],
-            cors=[s3.CorsRule(allowed_methods=[s3.HttpMethods.PUT], allowed_origins=["*"],
-                              allowed_headers=["*"], max_age=3000)],
+            # Presigned uploads are form POSTs; browsers may send them only from the origins the
+            # stage names (context uploadOrigins). None by default: no CORS rule at all.
+            cors=[s3.CorsRule(allowed_methods=[s3.HttpMethods.POST], allowed_origins=list(upload_origins),
+                              allowed_headers=["content-type"], max_age=3000)] if upload_origins else None,
             **common,
         )
+        # dataset/ is write-once (content-addressed): whoever writes there must send
+        # If-None-Match: *, so no role can overwrite a filed image (AWS S3 User Guide, "Enforce
+        # conditional writes": the s3:if-none-match condition key in a bucket policy).
+        self.data_bucket.add_to_resource_policy(iam.PolicyStatement(
+            sid="DatasetIsWriteOnce", effect=iam.Effect.DENY, principals=[iam.AnyPrincipal()],
+            actions=["s3:PutObject"], resources=[self.data_bucket.arn_for_objects("dataset/*")],
+            conditions={"Null": {"s3:if-none-match": "true"}}))
 
         # incoming/ → EventBridge → ingest. Set on the CloudFormation resource itself: the L2
         # ``event_bridge_enabled`` flag deploys a custom-resource Lambda with a wildcard policy.

@@ -56,6 +56,7 @@ def aws(moto_server: str, tmp_path: Path) -> dict[str, Any]:
     s3 = boto3.client("s3")
     names = {"data": f"data-{suffix}", "models": f"models-{suffix}", "table": f"state-{suffix}"}
     s3.create_bucket(Bucket=names["data"])
+    s3.put_bucket_versioning(Bucket=names["data"], VersioningConfiguration={"Status": "Enabled"})  # as deployed
     s3.create_bucket(Bucket=names["models"])
     s3.put_bucket_versioning(Bucket=names["models"], VersioningConfiguration={"Status": "Enabled"})
     ddb = boto3.client("dynamodb")
@@ -79,17 +80,31 @@ def keys(aws: dict[str, Any], prefix: str = "") -> list[str]:
     return sorted(o["Key"] for o in resp.get("Contents", []))
 
 
-def object_created_event(bucket: str, key: str, size: int, *, encode: bool = True) -> dict[str, Any]:
-    """An EventBridge ``Object Created`` event exactly as S3 sends it (key URL-encoded)."""
+def object_created_event(bucket: str, key: str, size: int, *, encode: bool = False,
+                         version_id: str | None = None, etag: str | None = None) -> dict[str, Any]:
+    """An EventBridge ``Object Created`` event as S3 sends it: the key as stored (``encode=True``:
+    form-encoded, as S3's own SNS/SQS/Lambda notifications carry it), ``version-id`` on a
+    versioned bucket. Without ``version_id``/``etag`` the object's current ones are filled in
+    when it exists (what S3 would have sent for it)."""
     from urllib.parse import quote_plus
+    if version_id is None and etag is None:
+        import boto3
+        try:
+            head = boto3.client("s3").head_object(Bucket=bucket, Key=key)
+            version_id, etag = head.get("VersionId"), head["ETag"].strip('"')
+        except Exception:  # noqa: BLE001 - no such object (yet): an event without them
+            pass
+    obj: dict[str, Any] = {"key": quote_plus(key, safe="/") if encode else key, "size": size,
+                           "etag": etag or "d41d8cd98f00b204e9800998ecf8427e", "sequencer": "0062E99A88DC407460"}
+    if version_id and version_id != "null":
+        obj["version-id"] = version_id
     return {
         "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
         "account": "123456789012", "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "region": "us-east-1", "resources": [f"arn:aws:s3:::{bucket}"],
         "detail": {
             "version": "0", "bucket": {"name": bucket},
-            "object": {"key": quote_plus(key, safe="/") if encode else key, "size": size,
-                       "etag": "d41d8cd98f00b204e9800998ecf8427e", "sequencer": "0062E99A88DC407460"},
+            "object": obj,
             "request-id": "N4N7GDK58NMKJ12R", "requester": "123456789012",
             "source-ip-address": "1.2.3.4", "reason": "PutObject",
         },

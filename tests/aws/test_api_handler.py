@@ -1,5 +1,5 @@
 """The API Lambda handler (FastAPI through Mangum) with real API Gateway HTTP API events,
-against a moto server: predict, uploads into S3, presigned URL → PUT → ingest, models in S3,
+against a moto server: predict, uploads into S3, presigned POST → ingest, models in S3,
 the live pointer switch, auth allow/deny, the 413 pointer to /upload-url, 501 for retrain."""
 
 from __future__ import annotations
@@ -135,22 +135,24 @@ def test_upload_training_data_into_s3_with_auth(api, aws):
     assert out["counts"]["freshbanana"] == 1 and out["total"] == 1
 
 
-def test_presigned_url_put_then_ingest(api, aws):
+def test_presigned_post_then_ingest(api, aws):
     import requests
     from functions.ingest import handler as ingest
     ingest._stores.clear()
     assert api("POST", "/upload-url", body=json.dumps({"class_name": "rottenapples"}).encode(),
                headers={"content-type": "application/json"})[0] == 401
     status, out = api("POST", "/upload-url", body=json.dumps(
-        {"class_name": "rottenapples", "filenames": ["big photo.jpg", "second.jpg"]}).encode(),
+        {"class_name": "rottenapples", "filenames": ["big photo.jpg", "second.png"]}).encode(),
         headers={"content-type": "application/json", **auth()})
     assert status == 200, out
-    assert [u["filename"] for u in out["uploads"]] == ["big photo.jpg", "second.jpg"]
+    assert [u["filename"] for u in out["uploads"]] == ["big photo.jpg", "second.png"]
+    assert [u["fields"]["Content-Type"] for u in out["uploads"]] == ["image/jpeg", "image/png"]
     image = jpeg(1600, 1200, seed=7)
     slot = out["uploads"][0]
-    assert slot["key"].startswith("incoming/rottenapples/")
-    put = requests.put(slot["url"], data=image, timeout=30)
-    assert put.status_code == 200, put.text
+    assert slot["method"] == "POST" and slot["key"].startswith("incoming/rottenapples/")
+    sent = requests.post(slot["url"], data=slot["fields"], files={"file": ("big photo.jpg", image, "image/jpeg")},
+                         timeout=30)
+    assert sent.status_code in (200, 201, 204), sent.text
     assert keys(aws, "incoming/") == [slot["key"]]
     result = ingest.handler(object_created_event(aws["data"], slot["key"], len(image)), FakeContext())
     assert result["status"] == "added"

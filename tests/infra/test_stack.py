@@ -183,6 +183,76 @@ def test_ingest_may_not_touch_models_and_api_may_not_delete(synthesized):
     assert "s3:DeleteObject" not in api
 
 
+def _role_statements(tpl, prefix: str) -> list[dict]:
+    return [st for name, st in _statements(tpl) if name.startswith(prefix)]
+
+
+def _actions(st) -> list[str]:
+    return st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+
+
+def _suffixes(st) -> set[str]:
+    res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+    return {"".join(p for p in r["Fn::Join"][1] if isinstance(p, str)).strip("/") for r in res
+            if isinstance(r, dict) and "Fn::Join" in r}
+
+
+def test_data_bucket_is_versioned_and_dataset_is_write_once(synthesized):
+    tpl, _ = synthesized
+    data_id, data = next((k, b["Properties"]) for k, b in resources(tpl, "AWS::S3::Bucket").items()
+                         if k.startswith("StorageData"))
+    assert data["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = {r["Id"]: r for r in data["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+    assert rules["remove-expired-delete-markers"]["ExpiredObjectDeleteMarker"] is True
+    assert "CorsConfiguration" not in data  # no uploadOrigins: no browser may POST to the bucket
+    (policy,) = [p["Properties"]["PolicyDocument"]["Statement"] for p in resources(tpl, "AWS::S3::BucketPolicy").values()
+                 if p["Properties"]["Bucket"] == {"Ref": data_id}]
+    (deny,) = [st for st in policy if st.get("Sid") == "DatasetIsWriteOnce"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == {"AWS": "*"} and deny["Action"] == "s3:PutObject"
+    assert deny["Condition"] == {"Null": {"s3:if-none-match": "true"}} and _suffixes(deny) == {"dataset/*"}
+
+
+def test_list_bucket_only_under_the_prefixes_each_role_reads(synthesized):
+    tpl, _ = synthesized
+    expected = {"ApiRole": [{"dataset/*"}, {"versions/*", "rejected/*", "live.json"}],
+                "IngestRole": [{"incoming/*", "dataset/*"}]}
+    for role, prefixes in expected.items():
+        lists = [st for st in _role_statements(tpl, role)
+                 if any(a.startswith("s3:ListBucket") for a in _actions(st))]
+        assert len(lists) == len(prefixes), (role, lists)
+        for st in lists:
+            cond = st["Condition"]["StringLike"]["s3:prefix"]
+            assert set(cond if isinstance(cond, list) else [cond]) in prefixes, (role, st)
+
+
+def test_api_and_ingest_object_permissions(synthesized):
+    tpl, _ = synthesized
+    api = _role_statements(tpl, "ApiRole")
+    puts = set().union(*(_suffixes(st) for st in api if "s3:PutObject" in _actions(st)))
+    assert puts == {"dataset/*", "incoming/*", "live.json"}  # dataset/ writes are If-None-Match only (bucket policy)
+    assert not any(a.startswith("s3:Delete") for st in api for a in _actions(st))
+    ingest = _role_statements(tpl, "IngestRole")
+    take = next(st for st in ingest if "s3:DeleteObjectVersion" in _actions(st))
+    assert _suffixes(take) == {"incoming/*"} and "s3:GetObjectVersion" in _actions(take)
+    count = next(st for st in ingest if "dynamodb:UpdateItem" in _actions(st))
+    assert sorted(_actions(count)) == ["dynamodb:PutItem", "dynamodb:UpdateItem"]
+
+
+def test_admin_routes_have_their_own_throttle(synthesized):
+    from infra.constructs.api import ADMIN_ROUTES
+    tpl, _ = synthesized
+    routes = {r["Properties"]["RouteKey"]: k for k, r in resources(tpl, "AWS::ApiGatewayV2::Route").items()}
+    keys = {f"{method} {path}" for path, method in ADMIN_ROUTES}
+    assert keys | {"$default"} == set(routes)
+    (stage,) = resources(tpl, "AWS::ApiGatewayV2::Stage").values()
+    settings = stage["Properties"]["RouteSettings"]
+    assert set(settings) == keys
+    for key in keys:
+        assert settings[key] == {"ThrottlingRateLimit": 5, "ThrottlingBurstLimit": 10}
+        assert routes[key] in stage["DependsOn"]  # the routes exist before their settings
+
+
 def test_cfn_lint_has_no_errors(synthesized):
     _, path = synthesized
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
@@ -215,7 +285,15 @@ def test_unacknowledged_findings_fail_the_synth(tmp_path):
 
 def test_arm64_throwaway_stage(tmp_path):
     tpl, path = synth(tmp_path, {"stage": "test", "architecture": "arm64", "memory": "2048",
-                                 "retain": "false", "reservedConcurrency": "none"})
+                                 "retain": "false", "reservedConcurrency": "none",
+                                 "uploadOrigins": "https://fruit.example.com, http://localhost:5173",
+                                 "adminThrottleRate": "2", "adminThrottleBurst": "4"})
+    data = next(b["Properties"] for k, b in resources(tpl, "AWS::S3::Bucket").items() if k.startswith("StorageData"))
+    assert data["CorsConfiguration"]["CorsRules"] == [{
+        "AllowedHeaders": ["content-type"], "AllowedMethods": ["POST"], "MaxAge": 3000,
+        "AllowedOrigins": ["https://fruit.example.com", "http://localhost:5173"]}]
+    (stage,) = resources(tpl, "AWS::ApiGatewayV2::Stage").values()
+    assert stage["Properties"]["RouteSettings"]["POST /retrain"] == {"ThrottlingRateLimit": 2, "ThrottlingBurstLimit": 4}
     fns = {k: p for k, p in functions(tpl).items() if p.get("Handler", "").startswith("functions.")}
     assert len(fns) == 8 and all(p["Architectures"] == ["arm64"] for p in fns.values())
     api = next(p for p in fns.values() if p["Handler"] == "functions.api.handler.handler")
@@ -232,3 +310,7 @@ def test_bad_context_is_refused():
         StackConfig.from_context({"architecture": "sparc"}.get)
     with pytest.raises(ConfigError, match="memory"):
         StackConfig.from_context({"memory": "64"}.get)
+    for origin in ("*", "https://*.example.com", "http://example.com", "https://a.example.com/upload", "example.com"):
+        with pytest.raises(ConfigError, match="uploadOrigins"):
+            StackConfig.from_context({"uploadOrigins": origin}.get)
+    assert StackConfig.from_context({}.get).upload_origins == ()
