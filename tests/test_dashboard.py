@@ -150,3 +150,23 @@ def test_dashboard_renders_data_as_text_under_a_strict_csp(browser, tmp_path):
         assert page.evaluate("window.__inline") is None
         assert any("Content Security Policy" in p for p in problems)  # ...and reported as such
         assert not [p for p in problems if "Content Security Policy" not in p], problems
+
+
+def test_api_docs_render_offline(browser, tmp_path):
+    """/docs is Swagger UI served by our own server: it renders every operation with no network,
+    and the browser reports no CSP violation and no request to another origin."""
+    with live_server(make_app(make_backend(tmp_path / "store"))) as url:
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        problems: list[str] = []
+        foreign: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("request", lambda r: foreign.append(r.url) if not r.url.startswith(url) else None)
+        page.goto(url + "/docs")
+        page.wait_for_selector(".swagger-ui .opblock", timeout=20000)
+        paths = set(page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.dataset.path)"))
+        assert {"/predict", "/predict/batch", "/retrain", "/health"} <= paths
+        assert not problems, problems
+        assert not foreign, foreign
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "docs-desktop.png"))
+        page.close()

@@ -238,8 +238,8 @@ def test_security_headers_on_every_answer(server):
 
 
 def test_docs_policy_allows_exactly_swagger_ui(server):
-    """/docs loads Swagger UI from its CDN: its own CSP allows the CDN and exactly the page's inline
-    script (by sha256), nothing else inline."""
+    """/docs loads Swagger UI from this server (no CDN): its own CSP allows this origin and exactly
+    the page's inline script (by sha256), nothing else inline, nothing from elsewhere."""
     import base64
     import hashlib
     import re
@@ -249,7 +249,10 @@ def test_docs_policy_allows_exactly_swagger_ui(server):
     inline = re.findall(r"<script>(.*?)</script>", r.text, re.S)
     assert len(inline) == 1
     digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
-    assert f"'sha256-{digest}'" in csp and "https://cdn.jsdelivr.net" in csp and "unsafe-inline" not in csp
+    assert f"'sha256-{digest}'" in csp and "https:" not in csp and "unsafe-inline" not in csp
+    assert "https://" not in r.text  # every asset from this server
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"):
+        assert httpx.get(f"{url}/docs-assets/{asset}").status_code == 200
     assert httpx.get(url + "/openapi.json").status_code == 200
 
 

@@ -36,6 +36,7 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
                    health.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    dashboard.mount_docs_assets(app)
     # the last added runs first: metrics and security headers also cover the guard's own answers
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(SecurityHeaders)
