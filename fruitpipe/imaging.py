@@ -46,10 +46,11 @@ MAX_DECODE_BYTES: Final[int] = 384 * 1024 * 1024
 ACCEPTED_FORMATS: Final[dict[str, str]] = {
     "JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "HEIF": "HEIC/HEIF", "AVIF": "AVIF"}
 ACCEPTED_NAMES: Final[str] = "JPEG, PNG, WebP, HEIC/HEIF or AVIF"
-# Copies of the raster each decoder holds at its peak, measured with scripts/fuzz_imaging.py --memory:
+# Copies of the raster each decoder holds at its peak (scripts/decode_memory.py measures them):
 # JPEG/PNG decode into the image itself; libwebp's animation decoder keeps two canvases and hands
 # Pillow a third as bytes; libavif and libheif hold the YUV planes and an RGB buffer besides.
 DECODER_COPIES: Final[dict[str, int]] = {"JPEG": 1, "MPO": 1, "PNG": 1, "WEBP": 4, "AVIF": 3, "HEIF": 3}
+DECODER_FIXED_BYTES: Final[int] = 8 * 1024 * 1024  # libjpeg's, zlib's, libheif's own buffers
 ERROR_CODES: Final[tuple[str, ...]] = (
     "empty",
     "not_an_image",
@@ -189,12 +190,13 @@ def decode_cost(img: Image.Image) -> int:
     """Bytes a decode of the (opened, possibly drafted) ``img`` will take at its peak, from its header.
 
     ``width x height x bytes per pixel x (copies the format's decoder holds) + one RGB working
-    copy`` for conversion, orientation and resizing; one frame (only the first is decoded).
+    copy`` for conversion, orientation and resizing, plus the decoders' own buffers; one frame
+    (only the first is decoded).
     Pillow stores 1-bit, L and P images with 1 byte per pixel, 16-bit grey with 2, all else with 4.
     """
     width, height = img.size
     bpp = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
-    return width * height * (bpp * DECODER_COPIES.get(img.format or "", 4) + 4)
+    return width * height * (bpp * DECODER_COPIES.get(img.format or "", 4) + 4) + DECODER_FIXED_BYTES
 
 
 def _check_cost(img: Image.Image) -> int:
@@ -238,7 +240,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float32)
         return Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L").convert("RGB")
     if _has_alpha(img):
-        return _on_white(img.convert("RGBA"))
+        return _on_white(img if img.mode == "RGBA" else img.convert("RGBA"))
     return img.convert("RGB")
 
 
@@ -247,7 +249,7 @@ def _flatten(img: Image.Image, target: tuple[int, int] | None) -> Image.Image:
     after, so the peak stays at the decoded size (Pillow resizes RGBA premultiplied, so the order
     gives the same picture)."""
     if _has_alpha(img):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # convert() copies even then
         del img
         if target and rgba.size != target:
             rgba = rgba.resize(target, Image.Resampling.BILINEAR, reducing_gap=None)
@@ -266,7 +268,7 @@ def _decode(img: Image.Image, target: tuple[int, int] | None) -> Image.Image:
     with DECODE_BUDGET.hold(cost):
         try:
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies even when upright
             return _flatten(img, target)
         except InvalidImage:
             raise
