@@ -12,7 +12,7 @@ spooling, errors) stays Starlette's. :func:`install` makes Starlette's ``Request
 from __future__ import annotations
 
 import re
-from email.utils import collapse_rfc2231_value, decode_rfc2231
+from urllib.parse import unquote
 
 import starlette.requests
 from starlette.formparsers import MultiPartParser
@@ -35,9 +35,11 @@ def extended_filename(disposition: bytes) -> str | None:
     if match is None:
         return None
     value = match.group(1).decode("latin-1")
-    if value.count("'") < 2:  # no charset'lang' prefix: take it as percent-encoded UTF-8
-        value = "utf-8''" + value
-    return collapse_rfc2231_value(decode_rfc2231(value), errors="replace", fallback_charset="utf-8")
+    charset, _lang, encoded = value.split("'", 2) if value.count("'") >= 2 else ("utf-8", "", value)
+    try:
+        return unquote(encoded, encoding=charset or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset name
+        return unquote(encoded, encoding="utf-8", errors="replace")
 
 
 class Rfc5987MultiPartParser(MultiPartParser):
