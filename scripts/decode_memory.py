@@ -66,7 +66,7 @@ def child(path: str, how: str) -> None:
     from fruitpipe import imaging
     data = Path(path).read_bytes()
     img = imaging.open_image(data)
-    if how == "load_image":
+    if how == "load_image" or img.format in ("JPEG", "MPO"):  # to_jpeg validates a JPEG drafted too
         imaging._draft(img, imaging.INPUT_SIZE)
     estimate = imaging.decode_cost(img)
     base = _status_kb("VmRSS")
