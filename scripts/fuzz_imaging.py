@@ -11,7 +11,7 @@ mutated by 1-8 random edits (bit flips, byte overwrites with interesting values,
 deleted or duplicated runs, a splice with another seed, a truncation); input ``i`` of a run with
 ``--seed S`` is always the same bytes, so a finding replays with ``--replay S i``. Any exception
 other than ``InvalidImage`` is a finding: it is printed with its input index and saved under
-``--out`` (default ``results/fuzz/``). Exit status 1 when there is any finding.
+``--out`` (default ``results/tmp/fuzz/``, not committed). Exit status 1 when there is any finding.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def _merge(total: dict, part: dict) -> None:  # type: ignore[type-arg]
     total["findings"].extend(part["findings"])
 
 
-def run_atheris(argv: list[str]) -> None:  # pragma: no cover - optional tool
+def run_atheris(argv: list[str], out: Path) -> None:  # pragma: no cover - optional tool
     import atheris  # type: ignore[import-not-found]
 
     def one_input(data: bytes) -> None:
@@ -213,10 +213,11 @@ def run_atheris(argv: list[str]) -> None:  # pragma: no cover - optional tool
         except imaging.InvalidImage:
             pass
 
-    corpus_dir = REPO / "results" / "fuzz" / "corpus"
+    corpus_dir = out / "corpus"  # libFuzzer adds the inputs that found new coverage here
     corpus_dir.mkdir(parents=True, exist_ok=True)
     for name, data in seed_corpus().items():
         (corpus_dir / name).write_bytes(data)
+    atheris.instrument_all()  # coverage of the Python side: Pillow's plugins, pillow-heif, ours
     atheris.Setup([sys.argv[0], *argv, str(corpus_dir)], one_input)
     atheris.Fuzz()
 
@@ -227,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "fuzz")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "tmp" / "fuzz")
     parser.add_argument("--replay", nargs=2, type=int, metavar=("SEED", "INDEX"), help="re-run one input")
     parser.add_argument("--atheris", action="store_true", help="coverage-guided with atheris (args after --)")
     args, rest = parser.parse_known_args(argv)
     if args.atheris:
-        run_atheris([a for a in rest if a != "--"])
+        run_atheris([a for a in rest if a != "--"], args.out)
         return 0
     if args.replay:
         corpus_map = seed_corpus()
