@@ -115,3 +115,19 @@ def test_two_file_parts_on_predict_is_422_not_last_wins(client):
 def test_accepted_formats_are_documented_in_openapi(client):
     schema = client.get("/openapi.json").text
     assert imaging.ACCEPTED_NAMES in schema
+
+
+@pytest.mark.parametrize("disposition,shown", [
+    ("form-data; name=\"files\"; filename*=utf-8''pomme%20%C3%A9t%C3%A9.jpg", STAR_NAME),
+    ("form-data; name=\"files\"; filename*0*=UTF-8''pomme%20; filename*1*=%C3%A9t%C3%A9.jpg", STAR_NAME),
+    ("form-data; name*=UTF-8''files; filename*=\"UTF-8''pomme%20%C3%A9t%C3%A9.jpg\"", STAR_NAME),
+    ("form-data; name=\"files\"; filename*=iso-8859-1'fr'caf%E9.jpg", "café.jpg"),
+])
+def test_extended_disposition_variants_are_files(client, disposition, shown):
+    body = (f"--{STAR_BOUNDARY}\r\nContent-Disposition: {disposition}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+            + camera_photos()["camera-mpo-apple.jpg"] + f"\r\n--{STAR_BOUNDARY}--\r\n".encode())
+    r = client.post("/predict/batch", content=body,
+                    headers={"content-type": f"multipart/form-data; boundary={STAR_BOUNDARY}"})
+    assert r.status_code == 200, r.text
+    item = r.json()["results"][0]
+    assert item["filename"] == shown and item["ok"] and item["prediction"]["predicted_class"] == "freshapples"

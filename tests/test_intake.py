@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from fruitpipe import imaging
-from fruitpipe.api.multipart import extended_filename
+from fruitpipe.api.multipart import extended_params
 from fruitpipe.imaging import InvalidImage, load_image
 
 from .conftest import REPO, needs_shared
@@ -181,13 +181,17 @@ def test_decode_budget_makes_costly_decodes_wait():
     assert most[0] > 1
 
 
-def test_extended_filename_parsing():
-    assert extended_filename(b"form-data; name=\"file\"; filename*=UTF-8''pomme%20%C3%A9t%C3%A9.jpg") == "pomme été.jpg"
-    assert extended_filename(b"form-data; name=\"file\"; filename*=\"utf-8''a%22b.jpg\"") == 'a"b.jpg'
-    assert extended_filename(b"form-data; name=\"file\"; filename*=iso-8859-1'fr'caf%E9.png") == "café.png"
-    assert extended_filename(b"form-data; name=\"file\"; filename*=bogus''x.jpg") == "x.jpg"
-    assert extended_filename(b"form-data; name=\"file\"; filename=\"a.jpg\"; filename*=UTF-8''b.jpg") is None
-    assert extended_filename(b"form-data; name=\"field\"") is None
+def test_extended_parameters_are_decoded_by_the_email_package():
+    def filename(cd: bytes) -> str | None:
+        return extended_params(cd).get("filename")
+    assert filename(b"form-data; name=\"file\"; filename*=UTF-8''pomme%20%C3%A9t%C3%A9.jpg") == "pomme \u00e9t\u00e9.jpg"
+    assert filename(b"form-data; name=\"file\"; filename*=\"utf-8''a%22b.jpg\"") == 'a"b.jpg'
+    assert filename(b"form-data; name=\"file\"; filename*=iso-8859-1'fr'caf%E9.png") == "caf\u00e9.png"
+    assert filename(b"form-data; name=\"file\"; filename*0*=UTF-8''pom; filename*1*=me.jpg") == "pomme.jpg"
+    assert filename(b"form-data; name=\"file\"; filename*=UTF-8''%FF%FE.jpg") == "\ufffd\ufffd.jpg"
+    assert filename(b"form-data; name=\"file\"; filename=\"a.jpg\"; filename*=UTF-8''b.jpg") is None
+    assert extended_params(b"form-data; name*=UTF-8''files; filename*=UTF-8''x.jpg") == {"name": "files", "filename": "x.jpg"}
+    assert extended_params(b"form-data; name=\"field\"") == {}
 
 
 # ------------------------------------------------------------------ real photos are classified
