@@ -1,6 +1,6 @@
-"""The S3 drop folder (ingest Lambda, moto server) with the field cases and real camera photos:
-bad files are quarantined with their reason (never raised into a retry), camera photos are filed
-and the filed image is still classified as what it is."""
+"""The AWS entry points (moto server) with the field cases and real camera photos: the S3 drop
+folder (ingest Lambda) quarantines bad files with their reason (never raised into a retry) and
+files camera photos, still classified as what they are; the API Lambda answers each its own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.aws.conftest import FakeContext, keys, object_created_event
+from tests.aws.conftest import FakeContext, http_api_event, keys, multipart, object_created_event, response_json
 from tests.conftest import needs_shared
 from tests.intake_support import BAD_CASES, camera_photos, case, needs_cases
 
@@ -48,3 +48,35 @@ def test_camera_photos_are_filed_and_still_apples(aws, drop, classifier):
         assert stored[:3] == b"\xff\xd8\xff"  # HEIC/AVIF converted to JPEG, the MPO kept as it is
         assert classifier.predict_bytes(stored).predicted_class == "freshapples", name
     assert keys(aws, "quarantine/") == [] and keys(aws, "incoming/") == []
+
+
+@pytest.fixture
+def api(aws, monkeypatch, tmp_path):
+    """The API Lambda handler (FastAPI through Mangum, S3 backend) on HTTP API v2 events."""
+    for k, v in aws["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("FRUITPIPE_MODEL_CACHE", str(tmp_path / "cache"))
+    from functions.api import handler as module
+    monkeypatch.setattr(module, "_app", None)
+
+    def call(path: str, fields: dict, files: list, headers: dict | None = None):
+        body, ctype = multipart(fields, files)
+        resp = module.handler(http_api_event("POST", path, body=body, headers={"content-type": ctype, **(headers or {})}),
+                              FakeContext())
+        return resp["statusCode"], response_json(resp)
+    return call
+
+
+def test_lambda_api_cases_and_camera_photos(aws, api):
+    for name, code in BAD_CASES.items():
+        status, out = api("/predict", {}, [("file", name, case(name), "image/jpeg")])
+        assert 400 <= status < 500 and out["error"] == code, (name, status, out)
+    for name, data in camera_photos().items():
+        status, out = api("/predict", {}, [("file", name, data, "image/jpeg")])
+        assert status == 200 and out["predicted_class"] == "freshapples", (name, out)
+    files = [("files", n, case(n), "image/jpeg") for n in BAD_CASES] + \
+            [("files", n, d, "image/jpeg") for n, d in camera_photos().items()]
+    token = aws["sm"].get_secret_value(SecretId=aws["secret"])["SecretString"]
+    status, out = api("/upload-training-data", {"class_name": "freshapples"}, files, {"authorization": f"Bearer {token}"})
+    assert status == 200, out
+    assert (out["added"], out["rejected"]) == (len(camera_photos()), len(BAD_CASES))
