@@ -167,6 +167,10 @@ def _identify_other(data: bytes) -> str | None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.format or "unknown"
+    except Image.DecompressionBombError:  # a real header with a bomb's size: name it by its signature
+        prefix = data[:16]
+        return next((fmt for fmt, (_, accept) in Image.OPEN.items() if accept and accept(prefix) is True),
+                    "unknown")
     except Exception:  # noqa: BLE001 - anything unreadable is simply not an image
         return None
 

@@ -97,6 +97,14 @@ def test_other_real_formats_are_unsupported_and_the_accepted_ones_are_named(fmt)
     assert imaging.ACCEPTED_NAMES in info.value.detail
 
 
+def test_a_bomb_sized_header_of_another_format_is_still_named():
+    gif = bytearray(encode(Image.new("P", (16, 16)), "GIF"))
+    gif[6:10] = (65535).to_bytes(2, "little") * 2  # logical screen 65535x65535: Pillow's bomb error
+    with pytest.raises(InvalidImage) as info:
+        load_image(bytes(gif))
+    assert info.value.code == "unsupported_format" and info.value.detail.startswith("GIF ")
+
+
 @pytest.mark.parametrize("fmt,kw", [("WEBP", {"lossless": True}), ("PNG", {}), ("GIF", {})])
 def test_animations_one_rule_first_frame_of_accepted_formats(fmt, kw):
     frames = [halves(), Image.new("RGB", (64, 48), (0, 255, 0))]
