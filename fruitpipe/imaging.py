@@ -40,8 +40,9 @@ INPUT_SIZE: Final[int] = 224
 MAX_BYTES: Final[int] = 10 * 1024 * 1024  # a phone photo is 2-6 MB
 MAX_PIXELS: Final[int] = 40_000_000  # about 7300 x 5500; anything larger is treated as a bomb
 MIN_SIDE: Final[int] = 8
-# The most memory one decode may take (estimated by decode_cost): a 40 MP RGB PNG (320 MB) or a
-# 12 MP HEIC without thumbnail (~195 MB) fit; a 16383x2441 lossless WebP with alpha (~800 MB) does not.
+# The most memory one decode may take (estimated by decode_cost): a 40 MP RGB PNG (328 MB), a 12 MP
+# HEIC without thumbnail (203 MB) or a 20 MP WebP fit; a 16383x2441 lossless WebP with alpha (770 MB)
+# does not. With the default decode budget (512 MB) two such decodes never run at once.
 MAX_DECODE_BYTES: Final[int] = 384 * 1024 * 1024
 # Pillow format -> the name clients see. MPO is what Pillow calls a JPEG carrying a second picture.
 ACCEPTED_FORMATS: Final[dict[str, str]] = {
