@@ -37,7 +37,7 @@ def default_model() -> Path:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP)")
+    p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP, HEIC/HEIF, AVIF)")
     p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     p.add_argument("--backbone", default=None, help="backbone file or folder (default: $FRUITPIPE_BACKBONE, cache, download)")
 

@@ -48,6 +48,14 @@ KEEP_DIRS = {"numpy/testing"}  # imported by numpy internals on some paths
 # The layer smoke test (tests/aws/test_layer.py) proves the Interpreter still classifies.
 PRUNE_PATHS = ("ai_edge_litert/libLiteRtWebGpuAccelerator.so", "ai_edge_litert/libLiteRt.so",
                "ai_edge_litert/tools", "ai_edge_litert/vendors", "ai_edge_litert/aot")
+# Also never loaded by a serving process (about 5 MB): Pillow's FreeType text rendering (ImageFont,
+# and the libraries only it links: FreeType, HarfBuzz, libpng, Brotli; Pillow's PNG codec is its
+# own) and the Swagger UI bundle of Powertools' event handler (FastAPI serves the API).
+PRUNE_GLOBS = ("PIL/_imagingft.*.so", "pillow.libs/libfreetype-*", "pillow.libs/libharfbuzz-*",
+               "pillow.libs/libpng16-*", "pillow.libs/libbrotli*", "aws_lambda_powertools/event_handler/openapi/swagger_ui")
+# pillow-heif ships its libraries (libheif, libde265, and x265, which libheif links although
+# Lambda only decodes) with their symbol tables: stripping them saves about 3 MB.
+STRIP_GLOBS = ("_pillow_heif.*.so", "pillow_heif.libs/*.so*")
 
 
 def layer_dir(arch: str) -> Path:
@@ -80,12 +88,20 @@ def prune(site: Path) -> int:
             shutil.rmtree(path, ignore_errors=True)
         elif path.is_file() and path.suffix in PRUNE_SUFFIXES and ".dist-info" not in rel:
             path.unlink()
-    for rel in PRUNE_PATHS + ("bin",):
-        target = site / rel
+    targets = [site / rel for rel in PRUNE_PATHS + ("bin",)] + [p for g in PRUNE_GLOBS for p in site.glob(g)]
+    for target in targets:
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+    strip = shutil.which("strip")
+    if strip is None:
+        print("warning: no `strip` (binutils); pillow-heif's libraries keep their symbols", file=sys.stderr)
+    else:
+        libs = [str(p) for g in STRIP_GLOBS for p in site.glob(g)]
+        if libs and subprocess.run([strip, "--strip-unneeded", *libs]).returncode != 0:
+            print("warning: strip failed (another architecture?); the libraries keep their symbols",
+                  file=sys.stderr)
     return before - tree_size(site)
 
 

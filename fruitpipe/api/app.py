@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..backends.base import Backend
-from . import errors
+from . import errors, multipart
 from .deps import AppState, ModelHolder
 from .metrics import Metrics
 from .middleware import MetricsMiddleware, RequestGuard, SecurityHeaders
@@ -32,6 +32,7 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
     app.state.fruitpipe = AppState(backend=backend, settings=settings, holder=holder, metrics=metrics,
                                    static_dir=STATIC_DIR)
     errors.install(app)
+    multipart.install()  # file parts named only with RFC 5987 filename*= are files too
     for router in (dashboard.router, predict.router, data.router, retrain.router, models.router,
                    health.router):
         app.include_router(router)

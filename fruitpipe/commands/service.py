@@ -67,6 +67,8 @@ def _serve(args: argparse.Namespace) -> int:
     for d in (args.seed_data or []) + ([args.eval_data] if args.eval_data else []):
         if not d.is_dir():
             raise UsageError(f"{d} is not a folder")
+    from ..imaging import return_freed_rasters_to_the_os
+    return_freed_rasters_to_the_os()  # decoded images go back to the OS, whichever thread freed them
     app, _ = build_app(args.store, args.workers, args.seed_data, args.eval_data,
                        announce=lambda m: print(f"fruitpipe: {m}", file=sys.stderr))
     live = app.state.fruitpipe.holder.current

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Request, UploadFile
 
 from ... import imaging
 from ..deps import state
@@ -24,9 +24,20 @@ def _response(pred, latency_ms: float) -> PredictionResponse:  # type: ignore[no
     return PredictionResponse(**pred.as_dict(), latency_ms=round(latency_ms, 3))
 
 
+async def one_file_part(request: Request) -> None:
+    """422 when the body has more than one ``file`` part (FastAPI would silently keep the last).
+
+    The form is already parsed (and cached on the request) when dependencies run.
+    """
+    parts = (await request.form()).getlist("file")
+    if len(parts) > 1:
+        raise ApiError(422, "duplicate_part", f"{len(parts)} 'file' parts; /predict takes exactly one "
+                       "(use /predict/batch with 'files' for several)")
+
+
 @router.post("/predict", response_model=PredictionResponse,
-             responses=errors(400, 413, 415, 422, 503))
-def predict(request: Request, file: UploadFile = File(..., description="a JPEG, PNG or WebP image")
+             responses=errors(400, 413, 415, 422, 503), dependencies=[Depends(one_file_part)])
+def predict(request: Request, file: UploadFile = File(..., description=f"a {imaging.ACCEPTED_NAMES} image")
             ) -> PredictionResponse:
     """Classify one image: class, confidence, all six probabilities and a verdict."""
     st = state(request)
