@@ -50,9 +50,11 @@ PRUNE_PATHS = ("ai_edge_litert/libLiteRtWebGpuAccelerator.so", "ai_edge_litert/l
                "ai_edge_litert/tools", "ai_edge_litert/vendors", "ai_edge_litert/aot")
 # Also never loaded by a serving process (about 5 MB): Pillow's FreeType text rendering (ImageFont,
 # and the libraries only it links: FreeType, HarfBuzz, libpng, Brotli; Pillow's PNG codec is its
-# own) and the Swagger UI bundle of Powertools' event handler (FastAPI serves the API).
+# own), the Swagger UI bundle of Powertools' event handler (FastAPI serves the API; /docs uses
+# fastapi-offline's copy) and fastapi-offline's ReDoc bundle (no /redoc route).
 PRUNE_GLOBS = ("PIL/_imagingft.*.so", "pillow.libs/libfreetype-*", "pillow.libs/libharfbuzz-*",
-               "pillow.libs/libpng16-*", "pillow.libs/libbrotli*", "aws_lambda_powertools/event_handler/openapi/swagger_ui")
+               "pillow.libs/libpng16-*", "pillow.libs/libbrotli*", "aws_lambda_powertools/event_handler/openapi/swagger_ui",
+               "fastapi_offline/static/redoc.standalone.js")
 # pillow-heif ships its libraries (libheif, libde265, and x265, which libheif links although
 # Lambda only decodes) with their symbol tables: stripping them saves about 3 MB.
 STRIP_GLOBS = ("_pillow_heif.*.so", "pillow_heif.libs/*.so*")
