@@ -80,8 +80,8 @@ def explain(classifier, image: np.ndarray, cls: int | None = None) -> dict[str, 
     """Explain one preprocessed image ``uint8 [224, 224, 3]`` with ``classifier`` (a
     :class:`~fruitpipe.classifier.Classifier`).
 
-    Returns ``{"method", "class", "grid"}``: ``grid`` is the 7x7 map as nested lists (rows top to
-    bottom, over the whole stretched image). Deterministic for a given image and bundle.
+    Returns ``{"method", "explained_class", "grid"}``: ``grid`` is the 7x7 map as nested lists (rows
+    top to bottom, over the whole stretched image). Deterministic for a given image and bundle.
 
     Raises:
         CannotExplain: the bundle has no fine-tuned block.
@@ -95,4 +95,4 @@ def explain(classifier, image: np.ndarray, cls: int | None = None) -> dict[str, 
         cls = int(classifier.head(x)[0].argmax())
     cam = activation_map(classifier.head, x[0], block_out[0], cls)
     from .labels import LABELS
-    return {"method": METHOD, "class": LABELS[cls], "grid": np.round(cam, 4).tolist()}
+    return {"method": METHOD, "explained_class": LABELS[cls], "grid": np.round(cam, 4).tolist()}

@@ -55,7 +55,7 @@ def test_most_of_the_evidence_falls_on_the_fruit(clf) -> None:
                 grid = np.array(out["grid"])
                 assert grid.shape == (7, 7) and grid.min() >= 0 and grid.sum() == pytest.approx(1, abs=1e-3)
                 assert out == explain.explain(clf, image)  # deterministic
-                if out["class"] != label:
+                if out["explained_class"] != label:
                     continue  # a wrong answer's evidence is not expected on the fruit
                 on_fruit = grid[y // 32:(y + 128) // 32, x // 32:(x + 128) // 32].sum()
                 assert on_fruit > 0.5, (path.name, x, y, on_fruit)  # the fruit covers 16 of 49 cells
@@ -67,3 +67,21 @@ def test_a_model_without_a_block_cannot_be_explained(clf, monkeypatch) -> None:
     monkeypatch.setattr(clf, "block", None)
     with pytest.raises(explain.CannotExplain):
         explain.explain(clf, np.zeros((224, 224, 3), np.uint8))
+
+
+def test_predict_explain_over_http(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from .service_support import fruit, make_app, make_backend
+    with TestClient(make_app(make_backend(tmp_path / "store"))) as client:
+        plain = client.post("/predict", files={"file": ("a.jpg", fruit("rottenbanana"), "image/jpeg")}).json()
+        assert plain["explanation"] is None
+        r = client.post("/predict?explain=true", files={"file": ("a.jpg", fruit("rottenbanana"), "image/jpeg")})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["predicted_class"] == plain["predicted_class"]
+        exp = body["explanation"]
+        assert exp["explained_class"] == body["predicted_class"] and len(exp["grid"]) == 7
+        assert all(len(row) == 7 for row in exp["grid"]) and abs(sum(map(sum, exp["grid"])) - 1) < 1e-2
+        bad = client.post("/predict?explain=maybe", files={"file": ("a.jpg", fruit(), "image/jpeg")})
+        assert bad.status_code == 422

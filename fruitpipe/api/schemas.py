@@ -14,6 +14,15 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="a human sentence saying what was wrong")
 
 
+class Explanation(BaseModel):
+    """Where the evidence for a class lies (``/predict?explain=true``; :mod:`fruitpipe.explain`)."""
+
+    method: str
+    explained_class: str
+    grid: list[list[float]] = Field(description="7x7 evidence map over the whole image, rows top to "
+                                    "bottom, non-negative, summing to 1")
+
+
 class PredictionResponse(BaseModel):
     predicted_class: str
     confidence: float
@@ -23,6 +32,7 @@ class PredictionResponse(BaseModel):
     timestamp: str
     scores: dict[str, float] = Field(default_factory=dict, description="rejection signals")
     latency_ms: float = Field(description="server time for this request's decode + inference")
+    explanation: Optional[Explanation] = Field(None, description="only with explain=true")
 
 
 class BatchItem(BaseModel):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from ... import imaging
+from ...explain import CannotExplain, explain as explanation_of
+from ...labels import LABELS
 from ..deps import state
 from ..errors import ApiError, image_error
-from ..schemas import BatchItem, BatchResponse, PredictionResponse
+from ..schemas import BatchItem, BatchResponse, Explanation, PredictionResponse
 from .common import errors, read_upload
 
 router = APIRouter(tags=["predict"])
@@ -36,8 +38,10 @@ async def one_file_part(request: Request) -> None:
 
 
 @router.post("/predict", response_model=PredictionResponse,
-             responses=errors(400, 413, 415, 422, 503), dependencies=[Depends(one_file_part)])
-def predict(request: Request, file: UploadFile = File(..., description=f"a {imaging.ACCEPTED_NAMES} image")
+             responses=errors(400, 409, 413, 415, 422, 503), dependencies=[Depends(one_file_part)])
+def predict(request: Request, file: UploadFile = File(..., description=f"a {imaging.ACCEPTED_NAMES} image"),
+            explain: bool = Query(False, description="also return where the evidence for the predicted "
+                                  "class lies (a 7x7 map; about one more backbone pass)")
             ) -> PredictionResponse:
     """Classify one image: class, confidence, all six probabilities and a verdict."""
     st = state(request)
@@ -45,13 +49,22 @@ def predict(request: Request, file: UploadFile = File(..., description=f"a {imag
     data = read_upload(file, st.settings.max_file_bytes)
     clf = st.holder.get()
     try:
-        pred = clf.predict_bytes(data)
+        image = imaging.load_image(data, size=clf.size)
     except imaging.InvalidImage as exc:
         raise image_error(exc) from None
+    pred = clf.predict_arrays(image[None])[0]
+    explanation = None
+    if explain:
+        try:
+            explanation = Explanation(**explanation_of(clf, image, LABELS.index(pred.predicted_class)))
+        except CannotExplain as exc:
+            raise ApiError(409, "cannot_explain", str(exc)) from None
     elapsed = time.perf_counter() - t0
     st.metrics.inference.labels(endpoint="predict").observe(elapsed)
     st.metrics.record_prediction(pred.predicted_class, pred.verdict)
-    return _response(pred, elapsed * 1000)
+    response = _response(pred, elapsed * 1000)
+    response.explanation = explanation
+    return response
 
 
 @router.post("/predict/batch", response_model=BatchResponse,
