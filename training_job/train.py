@@ -144,8 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config.from_mapping(values)
         if _empty(args.validation):
             args.validation = None
-        if _empty(args.base_model):
-            args.base_model = None
         before = _shards(args.cache)
         train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
               output_data_dir=args.output_data, config=config, base_model=args.base_model)
