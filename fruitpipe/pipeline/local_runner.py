@@ -155,7 +155,7 @@ def run_pipeline(cloud: Cloud, workdir: Path, *, trigger_name: str = "manual", l
                 cloud.s3, models_bucket=cloud.models_bucket, model_artifacts=state["training"]["model_artifacts"],
                 version=ev["candidate_version"], reason=ev["reason"], evaluation=ev)
         log(f"  {states.REPORT}")
-        state["report"] = report.run(cloud.cloudwatch, state)
+        state["report"] = report.run(cloud.cloudwatch, state, ddb=cloud.ddb, table=cloud.state_table)
     except Exception as exc:  # the Catch on every task
         state["error"] = {"Error": type(exc).__name__, "Cause": str(exc)}
         log(f"  {states.REPORT_FAILURE}: {type(exc).__name__}: {exc}")

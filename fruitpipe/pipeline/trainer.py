@@ -88,4 +88,8 @@ class StepFunctionsTrainer(Trainer):
         else:
             st.state = "failed"
             st.result.update({"outcome": "failed", "error": ex.get("error"), "cause": ex.get("cause")})
+            # a failed training job: its description is the cause; its FailureReason is the news
+            reason = _json(ex.get("cause")).get("FailureReason")
+            if reason:
+                st.result["failure_reason"] = reason
         return st

@@ -296,8 +296,11 @@ class RetrainPipeline(Construct):
 
     def _definition(self) -> sfn.IChainable:
         cfg = self.config
-        failed = sfn.Fail(self, states.FAILED, error="RetrainFailed",
-                          cause="A retrain step failed; the live model was not changed (see the execution's error)")
+        # The execution fails with the step's own cause (e.g. a failed training job's description
+        # with its FailureReason), which DescribeExecution and GET /retraining-status show; every
+        # path here has $.error (the Catches write it). The error name stays fixed for consumers;
+        # the step's own error name is in $.error.Error, the history and the SNS alert.
+        failed = sfn.Fail(self, states.FAILED, error="RetrainFailed", cause_path="$.error.Cause")
         notify = tasks.SnsPublish(
             self, states.NOTIFY_FAILURE, state_name=states.NOTIFY_FAILURE, topic=self.alerts,
             subject="fruitpipe retrain failed",

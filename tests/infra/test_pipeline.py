@@ -128,7 +128,7 @@ def test_state_order_and_guard(definition):
     assert s["Publish"]["Next"] == s["Reject"]["Next"] == "ReportOutcome"
     assert s["ReportOutcome"]["Next"] == "Done" and s["Done"]["Type"] == "Succeed"
     assert s["ReportFailure"]["Next"] == "NotifyFailure" and s["NotifyFailure"]["Next"] == "RetrainFailed"
-    assert s["RetrainFailed"]["Type"] == "Fail"
+    assert s["RetrainFailed"] == {"Type": "Fail", "Error": "RetrainFailed", "CausePath": "$.error.Cause"}
     # ReportFailure takes the whole state: it must not depend on paths a failed step never wrote
     assert "Parameters" not in s["ReportFailure"] and "InputPath" not in s["ReportFailure"], s["ReportFailure"]
     assert s["NotifyFailure"]["Parameters"]["Message"] == {"execution.$": "$$.Execution.Id", "error.$": "$.error.Error",
