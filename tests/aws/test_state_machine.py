@@ -8,6 +8,7 @@ images per class from ../shared, tiny hyperparameters.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -80,7 +81,7 @@ def cloud(assets, tmp_path_factory):  # noqa: F811
         jobs = emu.TrainingJobs(clients.s3, work / "jobs")
         emu.install_sagemaker(mp, jobs)
         emu.install_lambda(mp, assets, {
-            "PATH": __import__("os").environ["PATH"], "HOME": __import__("os").environ.get("HOME", "/root"),
+            "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": emu.REGION,
             "AWS_REGION": emu.REGION, "AWS_ENDPOINT_URL": url}, work)
         (work / "jobs").mkdir()

@@ -44,3 +44,28 @@ def test_config_and_channels_come_from_opt_ml(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "unknown hyperparameter 'epochz'" in (job / "output" / "failure").read_text()
     assert not any((job / "model").iterdir())
+
+
+def test_emulated_create_training_job_validates_like_sagemaker(tmp_path):
+    """The emulation refuses what SageMaker refuses: a request botocore's model rejects, and a
+    job name used before (the reason a retried Train needs a new name)."""
+    import pytest
+    from moto.sagemaker.exceptions import ValidationError
+
+    from tests.helpers.aws_emulation import TrainingJobs
+
+    class NoS3:
+        def __getattr__(self, name):
+            raise RuntimeError("no S3 here")
+
+    jobs = TrainingJobs(NoS3(), tmp_path)
+    with pytest.raises(ValidationError, match="Missing required parameter"):
+        jobs.create({"TrainingJobName": "j-1"})
+    request = {"TrainingJobName": "j-1", "RoleArn": "arn:aws:iam::123456789012:role/r",
+               "AlgorithmSpecification": {"TrainingImage": "img:1", "TrainingInputMode": "File"},
+               "OutputDataConfig": {"S3OutputPath": "s3://b/runs/"},
+               "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 30},
+               "StoppingCondition": {"MaxRuntimeInSeconds": 60}}
+    assert jobs.create(request)["TrainingJobArn"].endswith(":training-job/j-1")
+    with pytest.raises(ValidationError, match="must be unique"):
+        jobs.create(request)
