@@ -2,7 +2,8 @@
 with the SageMaker training job executed as a local process (``make cloud-demo``, the cloud-flow test).
 
 Only the orchestration differs from AWS: moto's ASL interpreter has no SageMaker integration (the
-tests add one, tests/helpers/aws_emulation.py, to execute the real definition), so this runner calls the same step functions
+tests add one, tests/helpers/aws_emulation.py, to execute the real definition), so this quick demo
+runner calls the same step functions
 (:mod:`.prepare`, :mod:`.evaluate`, :mod:`.publish`, :mod:`.report`) in the state machine's order,
 and :func:`local_training_job` does what SageMaker does for the job: materialise each channel
 (``ManifestFile`` → ``<class>/<file>``, the cache prefix → its files), set ``SM_*``, run

@@ -232,6 +232,8 @@ class RetrainPipeline(Construct):
         self._list(r, "ListModels", models)  # HeadObject of a missing key answers 404 only with ListBucket
         self._objects(r, "WriteRunInputs", put, models, "runs/*", "cache/embeddings/.keep")
         self._objects(r, "ReadCacheMarker", get, models, "cache/embeddings/.keep")
+        # live.json: the live version, which fills the base_model channel of a warm start
+        self._objects(r, "ReadLivePointer", get, models, "live.json")
         r.add_to_principal_policy(iam.PolicyStatement(sid="ReadCounter", actions=["dynamodb:GetItem"],
                                                       resources=[table.table_arn]))
         r.add_to_principal_policy(iam.PolicyStatement(sid="Guard", actions=["states:ListExecutions"],

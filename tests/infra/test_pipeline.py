@@ -280,6 +280,18 @@ def test_step_roles_are_scoped(tpl):
     publish = [s for s in policies_of(tpl, "RetrainPublishRole") if "s3:PutObject" in as_list(s["Action"])]
     assert sorted(flatten(r)[-12:] for s in publish for r in as_list(s["Resource"])) == ["/versions/*", "}/live.json"] \
         or all(flatten(r).endswith(("/versions/*", "/live.json")) for s in publish for r in as_list(s["Resource"]))
+    # Prepare reads the live pointer (to fill base_model); it may not write it
+    def prepare_objects(action: str) -> list[str]:
+        return [flatten(r) for s in policies_of(tpl, "RetrainPrepareRole") if action in as_list(s["Action"])
+                for r in as_list(s["Resource"])]
+    prepare_reads, prepare_writes = prepare_objects("s3:GetObject"), prepare_objects("s3:PutObject")
+    assert any(r.endswith("/live.json") for r in prepare_reads), prepare_reads
+    assert not any(r.endswith("/live.json") for r in prepare_writes), prepare_writes
+    # the report step consumes the new-images counter; Prepare only reads it
+    ddb = {a for s in policies_of(tpl, "RetrainReportRole") for a in as_list(s["Action"]) if a.startswith("dynamodb:")}
+    assert ddb == {"dynamodb:UpdateItem"}
+    assert {a for s in policies_of(tpl, "RetrainPrepareRole") for a in as_list(s["Action"])
+            if a.startswith("dynamodb:")} == {"dynamodb:GetItem"}
     reject = [s for s in policies_of(tpl, "RetrainRejectRole") if "s3:PutObject" in as_list(s["Action"])]
     assert all(flatten(r).endswith("/rejected/*") for s in reject for r in as_list(s["Resource"]))
     trig = [s for s in policies_of(tpl, "RetrainTriggerRole") if "states:StartExecution" in as_list(s["Action"])]
