@@ -56,8 +56,11 @@ class StackConfig:
     stage: str = "dev"
     architecture: str = "x86_64"
     memory_mb: int = 1024
-    reserved_concurrency: int | None = 20  # None: no reservation (new accounts have only 10 in all)
-    ingest_concurrency: int | None = 5
+    # None: no reservation. A new account has 10 concurrent executions in all and Lambda keeps 10
+    # unreserved, so any reservation fails the first deploy there; set one with -c
+    # reservedConcurrency=N / ingestConcurrency=N once the account's quota allows it.
+    reserved_concurrency: int | None = None
+    ingest_concurrency: int | None = None
     throttle_rate: float = 50.0
     throttle_burst: int = 100
     # The write routes have their own budget, so anonymous traffic that uses up the public

@@ -1,8 +1,9 @@
 """Run the retrain state machine's steps in order against S3/DynamoDB/Step Functions endpoints,
 with the SageMaker training job executed as a local process (``make cloud-demo``, the cloud-flow test).
 
-Only the orchestration differs from AWS: Step Functions' ``.sync`` SageMaker integration cannot run
-outside AWS (moto's executor does not support it), so this runner calls the same step functions
+Only the orchestration differs from AWS: moto's ASL interpreter has no SageMaker integration (the
+tests add one, tests/helpers/aws_emulation.py, to execute the real definition), so this quick demo
+runner calls the same step functions
 (:mod:`.prepare`, :mod:`.evaluate`, :mod:`.publish`, :mod:`.report`) in the state machine's order,
 and :func:`local_training_job` does what SageMaker does for the job: materialise each channel
 (``ManifestFile`` → ``<class>/<file>``, the cache prefix → its files), set ``SM_*``, run
@@ -155,7 +156,7 @@ def run_pipeline(cloud: Cloud, workdir: Path, *, trigger_name: str = "manual", l
                 cloud.s3, models_bucket=cloud.models_bucket, model_artifacts=state["training"]["model_artifacts"],
                 version=ev["candidate_version"], reason=ev["reason"], evaluation=ev)
         log(f"  {states.REPORT}")
-        state["report"] = report.run(cloud.cloudwatch, state)
+        state["report"] = report.run(cloud.cloudwatch, state, ddb=cloud.ddb, table=cloud.state_table)
     except Exception as exc:  # the Catch on every task
         state["error"] = {"Error": type(exc).__name__, "Cause": str(exc)}
         log(f"  {states.REPORT_FAILURE}: {type(exc).__name__}: {exc}")

@@ -61,16 +61,20 @@ def _manifest(bucket: str, keys: dict[str, list[str]]) -> bytes:
     return json.dumps(entries).encode()
 
 
-def _take_counter(ddb: Any, table: str) -> int:
-    """Read the new-images counter and subtract what this run consumes (atomic ADD, never a SET,
-    so images ingested while we read are still counted for the next run)."""
+def read_counter(ddb: Any, table: str) -> int:
+    """The new-images counter (images filed since the last run that ended, promoted or rejected)."""
     item = ddb.get_item(TableName=table, Key={"id": {"S": COUNTER_ID}}).get("Item")
-    n = int(item["count"]["N"]) if item and "count" in item else 0
+    return int(item["count"]["N"]) if item and "count" in item else 0
+
+
+def consume_counter(ddb: Any, table: str, n: int) -> None:
+    """Subtract the ``n`` images a run that ended has trained on (atomic ``ADD``, never a ``SET``,
+    so images ingested meanwhile still count for the next run). Called by the outcome step only,
+    so a failed run leaves the counter, and the trigger it would fire, as it was."""
     if n:
         ddb.update_item(TableName=table, Key={"id": {"S": COUNTER_ID}},
                         UpdateExpression="ADD #c :n", ExpressionAttributeNames={"#c": "count"},
-                        ExpressionAttributeValues={":n": {"N": str(-n)}})
-    return n
+                        ExpressionAttributeValues={":n": {"N": str(-int(n))}})
 
 
 def run(s3: Any, settings: Settings, *, sfn: Any = None, ddb: Any = None,
@@ -99,7 +103,8 @@ def run(s3: Any, settings: Settings, *, sfn: Any = None, ddb: Any = None,
     # SageMaker refuses a channel whose S3 prefix is empty: keep one marker object in the cache.
     if not s3util.exists(s3, mb, f"{s3util.CACHE_PREFIX}/.keep"):
         s3.put_object(Bucket=mb, Key=f"{s3util.CACHE_PREFIX}/.keep", Body=b"")
-    new_images = _take_counter(ddb, settings.state_table) if ddb is not None and settings.state_table else 0
+    new_images = read_counter(ddb, settings.state_table) if ddb is not None and settings.state_table else 0
+    live = s3util.live_version(s3, mb)
     summary = {
         "proceed": True, "trigger": trigger, "version": version,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -111,6 +116,10 @@ def run(s3: Any, settings: Settings, *, sfn: Any = None, ddb: Any = None,
         "n_train": sum(len(v) for v in snap["train"].values()),
         "n_validation": sum(len(v) for v in snap["validation"].values()),
         "new_images": new_images,
+        "snapshot_uri": f"s3://{mb}/{run_prefix}/snapshot.json",
+        # The live bundle, the base_model channel of a warm start; None on the first run.
+        "base_model": live,
+        "base_model_uri": f"s3://{mb}/{s3util.VERSIONS_PREFIX}/{live}/" if live else None,
     }
     s3util.put_json(s3, mb, f"{run_prefix}/snapshot.json", summary)
     return summary

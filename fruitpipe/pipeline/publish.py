@@ -85,7 +85,14 @@ def move_pointer(s3: Any, bucket: str, version: str, *, baseline: dict[str, Any]
 
 def publish(s3: Any, *, models_bucket: str, model_artifacts: str, expected_version: str | None = None,
             baseline: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-            reason: str = "", workdir: Path | None = None) -> dict[str, Any]:
+            reason: str = "", workdir: Path | None = None,
+            lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Publish the verified candidate in ``model_artifacts`` and move ``live.json`` to it.
+
+    ``lineage`` (training job name, execution ARN, data snapshot key, base model) is recorded in
+    the published ``manifest.json`` under ``lineage``; the files and their checksums are the job's.
+    Raises :class:`PublishError` (the live pointer untouched) for any refused candidate.
+    """
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         bdir, manifest = _verified_candidate(s3, model_artifacts, Path(tmp))
         version = manifest.version
@@ -103,14 +110,25 @@ def publish(s3: Any, *, models_bucket: str, model_artifacts: str, expected_versi
             s3util.put_json(s3, models_bucket, prefix + "baseline.json", baseline or {})
             s3util.put_json(s3, models_bucket, prefix + "evaluation.json",
                             {"gate_reason": reason, "metrics": metrics or {}})
+            published = _with_lineage(bdir / "manifest.json", lineage)  # the bytes the checksum pins
             s3.put_object(Bucket=models_bucket, Key=prefix + bundle.MANIFEST_SHA,
-                          Body=bundle.manifest_record(bundle.check_manifest(bdir, None)))
+                          Body=bundle.manifest_record(bundle.sha256_bytes(published)))
             s3.put_object(Bucket=models_bucket, Key=prefix + "manifest.json",
-                          Body=(bdir / "manifest.json").read_bytes(), ContentType="application/json")
+                          Body=published, ContentType="application/json")
         _check_remote(s3, models_bucket, prefix, manifest)
         moved = move_pointer(s3, models_bucket, version, baseline=baseline, reason=reason)
         return {"version": version, "uploaded_files": uploaded, "already_published": existing is not None,
                 "pointer_moved": moved["moved"], "previous": moved["previous"]}
+
+
+def _with_lineage(manifest_path: Path, lineage: dict[str, Any] | None) -> bytes:
+    """The manifest's bytes, with ``lineage`` added when given (nothing else changes)."""
+    raw = manifest_path.read_bytes()
+    if not lineage:
+        return raw
+    data = json.loads(raw)
+    data["lineage"] = lineage
+    return (json.dumps(data, indent=2) + "\n").encode()
 
 
 def reject(s3: Any, *, models_bucket: str, model_artifacts: str, version: str | None, reason: str,

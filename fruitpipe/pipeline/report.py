@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from .prepare import consume_counter
+
 NAMESPACE = "Fruitpipe/Retrain"
 
 
@@ -57,11 +59,19 @@ def metric_data(state: dict[str, Any], now: datetime | None = None) -> list[dict
     return data
 
 
-def run(cloudwatch: Any, state: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+def run(cloudwatch: Any, state: dict[str, Any], namespace: str = NAMESPACE, *, ddb: Any = None,
+        table: str | None = None) -> dict[str, Any]:
+    """Write the run's metrics; a run that ended (promoted or rejected) consumes the new-images
+    counter by what Prepare read (``new_images``), a failed or skipped one leaves it for the next."""
     data = metric_data(state)
     for i in range(0, len(data), 20):  # keep each call small
         cloudwatch.put_metric_data(Namespace=namespace, MetricData=data[i:i + 20])
-    out: dict[str, Any] = {"outcome": outcome_of(state), "metrics_written": len(data)}
+    outcome = outcome_of(state)
+    out: dict[str, Any] = {"outcome": outcome, "metrics_written": len(data)}
+    if outcome in ("promoted", "rejected") and ddb is not None and table:
+        consumed = int((state.get("prepare") or {}).get("new_images") or 0)
+        consume_counter(ddb, table, consumed)
+        out["new_images_consumed"] = consumed
     if state.get("error"):
         err = state["error"]
         out["error"] = str(err.get("Error", "")) if isinstance(err, dict) else str(err)

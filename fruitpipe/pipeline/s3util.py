@@ -69,10 +69,17 @@ def live_version(s3: Any, bucket: str) -> str | None:
 
 
 def safe_extract(data: bytes, dest: Path) -> list[str]:
-    """Extract a tar(.gz) refusing absolute paths, ``..``, links and devices; returns file names."""
+    """Extract a tar(.gz) refusing absolute paths, ``..``, links and devices; returns file names.
+
+    Raises ValueError for an unsafe member or bytes that are not a readable archive (a garbage
+    candidate is a bad candidate, which the caller rejects, not a crash)."""
     dest.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+    except (tarfile.TarError, EOFError) as exc:
+        raise ValueError(f"not a readable tar archive: {exc}") from None
+    with tar:
         for member in tar.getmembers():
             name = member.name.lstrip("./") if member.name.startswith("./") else member.name
             if member.isdir():

@@ -1,7 +1,7 @@
 """The AWS ``Trainer``: starts the retrain state machine and reads its latest execution.
 
 ``status()`` combines three sources: the newest execution (state, trigger, start/stop), its
-history (the stage = the last state entered; the prepare step's output names the training job),
+history (the stage = the last state entered; the latest SageMaker task scheduled names the training job),
 and, while training, ``DescribeTrainingJob`` (secondary status and the metrics SageMaker parsed
 from the job's ``name=value`` log lines so far).
 """
@@ -58,9 +58,10 @@ class StepFunctionsTrainer(Trainer):
             if entered and entered.get("name") in states.STAGE:
                 stage, percent = states.STAGE[entered["name"]]
                 log.append(f"{_iso(ev.get('timestamp'))} {entered['name']}")
-            exited = ev.get("stateExitedEventDetails")
-            if exited and exited.get("name") == states.PREPARE:
-                version = (_json(exited.get("output")).get("prepare") or {}).get("version")
+            scheduled = ev.get("taskScheduledEventDetails")
+            if scheduled and scheduled.get("resourceType") == "sagemaker":
+                # every attempt of Train gets its own job name: the latest one scheduled is the job
+                version = _json(scheduled.get("parameters")).get("TrainingJobName") or version
         st.stage, st.percent, st.log_tail = stage, float(percent), log[-20:]
         if version:
             st.result["training_job"] = version
@@ -87,4 +88,8 @@ class StepFunctionsTrainer(Trainer):
         else:
             st.state = "failed"
             st.result.update({"outcome": "failed", "error": ex.get("error"), "cause": ex.get("cause")})
+            # a failed training job: its description is the cause; its FailureReason is the news
+            reason = _json(ex.get("cause")).get("FailureReason")
+            if reason:
+                st.result["failure_reason"] = reason
         return st

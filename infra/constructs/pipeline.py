@@ -122,19 +122,23 @@ class RetrainPipeline(Construct):
         # s3:GetObject/PutObject/ListBucket on "*".
         # Build context = the repository root (the image installs the fruitpipe package), limited
         # to what the Dockerfile copies so synth never hashes venvs, build output or data.
+        # linux/amd64 whatever the build machine: SageMaker's ml.* CPU instances are x86_64, and
+        # tensorflow-cpu has no aarch64 wheel for Python 3.12. The image installs the layer's pinned
+        # versions (layers/requirements.txt as a constraints file, see training_job/requirements.txt).
         self.training_asset = ecr_assets.DockerImageAsset(
             self, "TrainingImage", directory=str(training_dir or REPO), file="training_job/Dockerfile",
-            ignore_mode=IgnoreMode.DOCKER,
-            exclude=["*", "!pyproject.toml", "!README.md", "!fruitpipe", "!training_job",
-                     "**/__pycache__", "**/*.pyc"])
+            platform=ecr_assets.Platform.LINUX_AMD64, ignore_mode=IgnoreMode.DOCKER,
+            exclude=["*", "!pyproject.toml", "!README.md", "!fruitpipe", "!training_job", "!layers",
+                     "layers/*", "!layers/requirements.txt", "**/__pycache__", "**/*.pyc"])
         self.training_asset.repository.grant_pull(self.training_role)
         self.training_image = tasks.DockerImage.from_ecr_repository(
             self.training_asset.repository, self.training_asset.image_tag)
 
         # --- state machine --------------------------------------------------------------------------
+        # No fixed name: CloudFormation names it, so a deploy retried after a rollback (which keeps a
+        # retained group) never fails with "already exists".
         self.log_group = logs.LogGroup(
-            self, "StateMachineLogs", log_group_name=f"/aws/vendedlogs/states/{self.state_machine_name}",
-            retention=logs.RetentionDays.THREE_MONTHS,
+            self, "StateMachineLogs", retention=logs.RetentionDays.THREE_MONTHS,
             removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY)
         self.state_machine = sfn.StateMachine(
             self, "StateMachine", state_machine_name=self.state_machine_name,
@@ -143,6 +147,9 @@ class RetrainPipeline(Construct):
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
         )
+        # The topic is encrypted with a customer-managed key: publishing needs kms:GenerateDataKey*
+        # and kms:Decrypt on it too, which SnsPublish's own grant (sns:Publish) does not add.
+        self.alerts.grant_publish(self.state_machine)
         self._triggers(cfg)
         self._acknowledge()
 
@@ -158,6 +165,9 @@ class RetrainPipeline(Construct):
             acknowledge(fn.role, "AwsSolutions-IAM5[Resource::*]", star)  # type: ignore[arg-type]
         acknowledge(self.training_role, "AwsSolutions-IAM5[Resource::*]", star)
         acknowledge(self.state_machine.role, "AwsSolutions-IAM5[Resource::*]", star)
+        acknowledge(self.state_machine.role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+                    "Topic.grant_publish on the alerts topic's own key only: SNS needs GenerateDataKey "
+                    "(and its WithoutPlaintext form) to encrypt each message with the customer-managed key.")
         prefixes = {"runs/*": "per-run training inputs and outputs, named by the run's version",
                     "cache/embeddings/*": "embedding-cache shards, named by image hash",
                     "versions/*": "immutable model versions, named at training time",
@@ -166,7 +176,7 @@ class RetrainPipeline(Construct):
         grants = {self.prepare_fn.role: ["runs/*"], self.evaluate_fn.role: ["runs/*", "cache/embeddings/*",
                   "versions/*", "dataset/*"], self.publish_fn.role: ["runs/*", "versions/*"],
                   self.reject_fn.role: ["runs/*", "rejected/*"],
-                  self.training_role: ["runs/*", "cache/embeddings/*", "dataset/*"]}
+                  self.training_role: ["runs/*", "cache/embeddings/*", "versions/*", "dataset/*"]}
         for role, patterns in grants.items():
             for pattern in patterns:
                 bucket = data if pattern == "dataset/*" else models
@@ -222,8 +232,10 @@ class RetrainPipeline(Construct):
         self._list(r, "ListModels", models)  # HeadObject of a missing key answers 404 only with ListBucket
         self._objects(r, "WriteRunInputs", put, models, "runs/*", "cache/embeddings/.keep")
         self._objects(r, "ReadCacheMarker", get, models, "cache/embeddings/.keep")
-        r.add_to_principal_policy(iam.PolicyStatement(sid="TakeCounter", actions=[
-            "dynamodb:GetItem", "dynamodb:UpdateItem"], resources=[table.table_arn]))
+        # live.json: the live version, which fills the base_model channel of a warm start
+        self._objects(r, "ReadLivePointer", get, models, "live.json")
+        r.add_to_principal_policy(iam.PolicyStatement(sid="ReadCounter", actions=["dynamodb:GetItem"],
+                                                      resources=[table.table_arn]))
         r.add_to_principal_policy(iam.PolicyStatement(sid="Guard", actions=["states:ListExecutions"],
                                                       resources=[sm_arn]))
         r = self.evaluate_fn.role
@@ -242,6 +254,9 @@ class RetrainPipeline(Construct):
         self.report_fn.role.add_to_principal_policy(iam.PolicyStatement(
             sid="PutRetrainMetrics", actions=["cloudwatch:PutMetricData"], resources=["*"],
             conditions={"StringEquals": {"cloudwatch:namespace": RETRAIN_NAMESPACE}}))
+        # A run that ends (promoted or rejected) consumes the new-images it trained on; a failed one does not.
+        self.report_fn.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ConsumeCounter", actions=["dynamodb:UpdateItem"], resources=[table.table_arn]))
         r = self.trigger_function.role
         r.add_to_principal_policy(iam.PolicyStatement(sid="StartRetrain", actions=[
             "states:ListExecutions", "states:StartExecution"], resources=[sm_arn]))
@@ -255,10 +270,12 @@ class RetrainPipeline(Construct):
         role = iam.Role(self, "TrainingRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="fruitpipe SageMaker training job")
         self._objects(role, "ReadDataset", ["s3:GetObject"], data, "dataset/*")
-        self._objects(role, "ReadRunInputsAndCache", ["s3:GetObject"], models, "runs/*", "cache/embeddings/*")
+        # versions/*: the live bundle, the base_model channel of a warm start.
+        self._objects(role, "ReadRunInputsAndCache", ["s3:GetObject"], models, "runs/*", "cache/embeddings/*",
+                      "versions/*")
         self._objects(role, "WriteRunOutputs", ["s3:PutObject"], models, "runs/*")
         self._list(role, "ListDataset", data, "dataset/*")
-        self._list(role, "ListRunsAndCache", models, "runs/*", "cache/embeddings/*")
+        self._list(role, "ListRunsAndCache", models, "runs/*", "cache/embeddings/*", "versions/*")
         log_arn = stack.format_arn(service="logs", resource="log-group",
                                    resource_name="/aws/sagemaker/TrainingJobs:*", arn_format=_colon())
         role.add_to_policy(iam.PolicyStatement(sid="TrainingLogs", actions=[
@@ -281,8 +298,11 @@ class RetrainPipeline(Construct):
 
     def _definition(self) -> sfn.IChainable:
         cfg = self.config
-        failed = sfn.Fail(self, states.FAILED, error="RetrainFailed",
-                          cause="A retrain step failed; the live model was not changed (see the execution's error)")
+        # The execution fails with the step's own cause (e.g. a failed training job's description
+        # with its FailureReason), which DescribeExecution and GET /retraining-status show; every
+        # path here has $.error (the Catches write it). The error name stays fixed for consumers;
+        # the step's own error name is in $.error.Error, the history and the SNS alert.
+        failed = sfn.Fail(self, states.FAILED, error="RetrainFailed", cause_path="$.error.Cause")
         notify = tasks.SnsPublish(
             self, states.NOTIFY_FAILURE, state_name=states.NOTIFY_FAILURE, topic=self.alerts,
             subject="fruitpipe retrain failed",
@@ -317,37 +337,48 @@ class RetrainPipeline(Construct):
                 s3_data_type=data_type, s3_location=tasks.S3Location.from_json_expression(path),
                 s3_data_distribution_type=tasks.S3DataDistributionType.FULLY_REPLICATED)))
 
-        train = tasks.SageMakerCreateTrainingJob(
-            self, states.TRAIN, state_name=states.TRAIN,
-            integration_pattern=sfn.IntegrationPattern.RUN_JOB,
-            training_job_name=sfn.JsonPath.string_at("$.prepare.version"),
-            role=self.training_role.without_policy_updates(),
-            algorithm_specification=tasks.AlgorithmSpecification(
-                training_image=self.training_image, training_input_mode=tasks.InputMode.FILE,
-                metric_definitions=[tasks.MetricDefinition(name=d["Name"], regex=d["Regex"])
-                                    for d in metric_definitions()]),
-            input_data_config=[
+        def train_task(state: str, warm: bool) -> sfn.TaskStateBase:
+            data = [
                 channel("train", "$.prepare.train_manifest", tasks.S3DataType.MANIFEST_FILE),
                 channel("validation", "$.prepare.validation_manifest", tasks.S3DataType.MANIFEST_FILE),
                 # The embedding cache: shards keyed by image sha256, so a retrain embeds only new images.
                 channel("cache", "$.prepare.cache_uri", tasks.S3DataType.S3_PREFIX),
-            ],
-            output_data_config=tasks.OutputDataConfig(
-                s3_output_location=tasks.S3Location.from_json_expression("$.prepare.output_uri")),
-            resource_config=tasks.ResourceConfig(
-                instance_count=1, instance_type=ec2.InstanceType(str(cfg["trainingInstanceType"]).removeprefix("ml.")),
-                volume_size=Size.gibibytes(int(cfg["trainingVolumeGb"]))),
-            stopping_condition=tasks.StoppingCondition(
-                max_runtime=Duration.minutes(int(cfg["trainingMaxRuntimeMinutes"]))),
-            hyperparameters=hyper or None,
-            result_selector={"job_name.$": "$.TrainingJobName", "status.$": "$.TrainingJobStatus",
-                             "model_artifacts.$": "$.ModelArtifacts.S3ModelArtifacts"},
-            result_path="$.training",
-        )
-        train.add_retry(errors=["SageMaker.AmazonSageMakerException", "ThrottlingException"],
-                        interval=Duration.seconds(30), max_attempts=3, backoff_rate=2,
-                        jitter_strategy=sfn.JitterType.FULL)
-        guarded(train)
+            ]
+            if warm:  # the live bundle (versions/<live>/): the job warm-starts from its block and head
+                data.append(channel("base_model", "$.prepare.base_model_uri", tasks.S3DataType.S3_PREFIX))
+            task = tasks.SageMakerCreateTrainingJob(
+                self, state, state_name=state,
+                integration_pattern=sfn.IntegrationPattern.RUN_JOB,
+                # A new name for every attempt (a Retry, a redrive): SageMaker refuses a name it has
+                # seen before. The run's version plus 8 hex digits of a UUID (<= 63 characters).
+                training_job_name=sfn.JsonPath.format(
+                    "{}-{}", sfn.JsonPath.string_at("$.prepare.version"),
+                    sfn.JsonPath.array_get_item(sfn.JsonPath.string_split(sfn.JsonPath.uuid(), "-"), 0)),
+                role=self.training_role.without_policy_updates(),
+                algorithm_specification=tasks.AlgorithmSpecification(
+                    training_image=self.training_image, training_input_mode=tasks.InputMode.FILE,
+                    metric_definitions=[tasks.MetricDefinition(name=d["Name"], regex=d["Regex"])
+                                        for d in metric_definitions()]),
+                input_data_config=data,
+                output_data_config=tasks.OutputDataConfig(
+                    s3_output_location=tasks.S3Location.from_json_expression("$.prepare.output_uri")),
+                resource_config=tasks.ResourceConfig(
+                    instance_count=1,
+                    instance_type=ec2.InstanceType(str(cfg["trainingInstanceType"]).removeprefix("ml.")),
+                    volume_size=Size.gibibytes(int(cfg["trainingVolumeGb"]))),
+                stopping_condition=tasks.StoppingCondition(
+                    max_runtime=Duration.minutes(int(cfg["trainingMaxRuntimeMinutes"]))),
+                hyperparameters=hyper or None,
+                result_selector={"job_name.$": "$.TrainingJobName", "status.$": "$.TrainingJobStatus",
+                                 "model_artifacts.$": "$.ModelArtifacts.S3ModelArtifacts"},
+                result_path="$.training",
+            )
+            task.add_retry(errors=["SageMaker.AmazonSageMakerException", "ThrottlingException"],
+                           interval=Duration.seconds(30), max_attempts=3, backoff_rate=2,
+                           jitter_strategy=sfn.JitterType.FULL)
+            return guarded(task)
+
+        train, train_warm = train_task(states.TRAIN, False), train_task(states.TRAIN_WARM, True)
 
         evaluate = guarded(self._invoke(states.EVALUATE, self.evaluate_fn, {
             "model_artifacts.$": "$.training.model_artifacts",
@@ -356,7 +387,10 @@ class RetrainPipeline(Construct):
         publish = guarded(self._invoke(states.PUBLISH, self.publish_fn, {
             "model_artifacts.$": "$.training.model_artifacts",
             "version.$": "$.evaluation.candidate_version", "baseline.$": "$.evaluation.baseline",
-            "metrics.$": "$.evaluation.candidate", "reason.$": "$.evaluation.reason"}, "$.publish"))
+            "metrics.$": "$.evaluation.candidate", "reason.$": "$.evaluation.reason",
+            "lineage": {"training_job.$": "$.training.job_name", "execution_arn.$": "$$.Execution.Id",
+                        "snapshot.$": "$.prepare.snapshot_uri", "base_model.$": "$.prepare.base_model"}},
+            "$.publish"))
         reject = guarded(self._invoke(states.REJECT, self.reject_fn, {
             "model_artifacts.$": "$.training.model_artifacts",
             "version.$": "$.evaluation.candidate_version", "reason.$": "$.evaluation.reason",
@@ -371,9 +405,15 @@ class RetrainPipeline(Construct):
         promote = sfn.Choice(self, states.PROMOTE).when(
             sfn.Condition.boolean_equals("$.evaluation.promote", True), publish.next(report)
         ).otherwise(reject.next(report))
+        evaluate.next(promote)
+        train.next(evaluate)
+        train_warm.next(evaluate)
+        # Prepare names the live version when there is one; the first run has none and trains cold.
+        warm_start = sfn.Choice(self, states.WARM_START).when(
+            sfn.Condition.is_not_null("$.prepare.base_model"), train_warm).otherwise(train)
         proceed = sfn.Choice(self, states.PROCEED).when(
             sfn.Condition.boolean_equals("$.prepare.proceed", False), already
-        ).otherwise(train.next(evaluate).next(promote))
+        ).otherwise(warm_start)
         return prepare.next(proceed)
 
     # ------------------------------------------------------------------------------------------------

@@ -88,7 +88,23 @@ def test_synth_needs_no_docker_and_stages_the_training_image(synthesized):
     assert image["source"]["dockerFile"] == "training_job/Dockerfile"
     assert (staged / "training_job" / "Dockerfile").is_file()
     # the build context holds exactly what the Dockerfile copies (no venv, build output or data)
-    assert sorted(p.name for p in staged.iterdir()) == ["README.md", "fruitpipe", "pyproject.toml", "training_job"]
+    assert sorted(p.name for p in staged.iterdir()) == ["README.md", "fruitpipe", "layers", "pyproject.toml",
+                                                        "training_job"]
+    assert [p.name for p in (staged / "layers").iterdir()] == ["requirements.txt"]  # not the built layer
+    # first-deploy blocker: built for SageMaker's x86_64 instances whatever the build machine is
+    assert image["source"]["platform"] == "linux/amd64"
+
+
+def test_training_image_pins_the_layer_versions():
+    """One constraints file: every package the layer pins, the image installs at the same version."""
+    docker = (REPO / "training_job" / "Dockerfile").read_text()
+    reqs = (REPO / "training_job" / "requirements.txt").read_text().splitlines()
+    assert "pip install --no-cache-dir -r training_job/requirements.txt '.[train]'" in docker
+    assert "COPY layers/requirements.txt ./layers/requirements.txt" in docker
+    assert "-c ../layers/requirements.txt" in reqs
+    pins = [r for r in reqs if r and not r.startswith(("#", "-"))]
+    assert pins and all("==" in r for r in pins), pins
+    assert docker.strip().splitlines()[-1] == 'ENTRYPOINT ["python", "-m", "training_job"]'
 
 
 def test_state_order_and_guard(definition):
@@ -99,15 +115,20 @@ def test_state_order_and_guard(definition):
                                           "state_machine_arn.$": "$$.StateMachine.Id"}
     choice = s["Proceed?"]
     assert choice["Choices"] == [{"Variable": "$.prepare.proceed", "BooleanEquals": False, "Next": "AlreadyRunning"}]
-    assert s["AlreadyRunning"]["Type"] == "Succeed" and choice["Default"] == "Train"
-    assert s["Train"]["Next"] == "EvaluateAndGate" and s["EvaluateAndGate"]["Next"] == "Promote?"
+    assert s["AlreadyRunning"]["Type"] == "Succeed" and choice["Default"] == "WarmStart?"
+    # the first run has no live model: a cold Train; later runs fill base_model with the live bundle
+    assert s["WarmStart?"]["Choices"] == [{"Variable": "$.prepare.base_model", "IsNull": False,
+                                           "Next": "TrainWarmStart"}]
+    assert s["WarmStart?"]["Default"] == "Train"
+    assert s["Train"]["Next"] == s["TrainWarmStart"]["Next"] == "EvaluateAndGate"
+    assert s["EvaluateAndGate"]["Next"] == "Promote?"
     promote = s["Promote?"]
     assert promote["Choices"][0] == {"Variable": "$.evaluation.promote", "BooleanEquals": True, "Next": "Publish"}
     assert promote["Default"] == "Reject"
     assert s["Publish"]["Next"] == s["Reject"]["Next"] == "ReportOutcome"
     assert s["ReportOutcome"]["Next"] == "Done" and s["Done"]["Type"] == "Succeed"
     assert s["ReportFailure"]["Next"] == "NotifyFailure" and s["NotifyFailure"]["Next"] == "RetrainFailed"
-    assert s["RetrainFailed"]["Type"] == "Fail"
+    assert s["RetrainFailed"] == {"Type": "Fail", "Error": "RetrainFailed", "CausePath": "$.error.Cause"}
     # ReportFailure takes the whole state: it must not depend on paths a failed step never wrote
     assert "Parameters" not in s["ReportFailure"] and "InputPath" not in s["ReportFailure"], s["ReportFailure"]
     assert s["NotifyFailure"]["Parameters"]["Message"] == {"execution.$": "$$.Execution.Id", "error.$": "$.error.Error",
@@ -118,7 +139,9 @@ def test_sagemaker_task_is_sync_with_parameters(definition):
     t = definition["States"]["Train"]
     assert t["Resource"].endswith(":states:::sagemaker:createTrainingJob.sync")
     p = t["Parameters"]
-    assert p["TrainingJobName.$"] == "$.prepare.version"
+    # a new name per attempt (SageMaker refuses a name it has seen): version + 8 hex digits of a UUID
+    assert p["TrainingJobName.$"] == ("States.Format('{}-{}', $.prepare.version, "
+                                      "States.ArrayGetItem(States.StringSplit(States.UUID(), '-'), 0))")
     assert p["ResourceConfig"] == {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 30}
     assert p["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
     assert "HyperParameters" not in p  # none by default: the job's defaults (fruitpipe.training.Config)
@@ -134,11 +157,23 @@ def test_sagemaker_task_is_sync_with_parameters(definition):
     assert defs["embedded_new"].search(line).group(1) == "100"
     assert defs["accuracy"].search(line) is None, "accuracy must not match inside val_accuracy"
     assert t["ResultSelector"]["model_artifacts.$"] == "$.ModelArtifacts.S3ModelArtifacts"
+    warm = definition["States"]["TrainWarmStart"]["Parameters"]
+    warm_channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in warm["InputDataConfig"]}
+    assert set(warm_channels) == {*channels, "base_model"} and "base_model" not in channels
+    assert warm_channels["base_model"]["S3Uri.$"] == "$.prepare.base_model_uri"
+    assert {k: v for k, v in warm.items() if k != "InputDataConfig"} == \
+        {k: v for k, v in p.items() if k != "InputDataConfig"}
+
+
+def test_publish_records_lineage(definition):
+    assert definition["States"]["Publish"]["Parameters"]["lineage"] == {
+        "training_job.$": "$.training.job_name", "execution_arn.$": "$$.Execution.Id",
+        "snapshot.$": "$.prepare.snapshot_uri", "base_model.$": "$.prepare.base_model"}
 
 
 def test_every_task_has_retry_and_catch(definition):
     tasks = {n: s for n, s in definition["States"].items() if s["Type"] == "Task"}
-    assert set(tasks) == {"Prepare", "Train", "EvaluateAndGate", "Publish", "Reject", "ReportOutcome",
+    assert set(tasks) == {"Prepare", "Train", "TrainWarmStart", "EvaluateAndGate", "Publish", "Reject", "ReportOutcome",
                           "ReportFailure", "NotifyFailure"}
     for name, s in tasks.items():
         assert s.get("Retry"), f"{name} has no Retry"
@@ -151,10 +186,25 @@ def test_every_task_has_retry_and_catch(definition):
     assert tasks["NotifyFailure"]["Resource"].endswith(":states:::sns:publish")
 
 
-def test_logging_all_and_tracing(machine):
+def test_logging_all_and_tracing(machine, tpl):
     p = machine["Properties"]
     assert p["LoggingConfiguration"]["Level"] == "ALL" and p["LoggingConfiguration"]["IncludeExecutionData"]
     assert p["TracingConfiguration"] == {"Enabled": True}
+    # first-deploy blocker: a fixed name on a retained group fails a retried deploy ("already exists")
+    (dest,) = p["LoggingConfiguration"]["Destinations"]
+    group = tpl["Resources"][dest["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]]
+    assert "LogGroupName" not in group["Properties"]
+
+
+def test_state_machine_may_publish_to_the_encrypted_topic(tpl):
+    """first-deploy blocker: the alerts topic uses a customer-managed key, so sns:Publish alone fails."""
+    (topic_id,) = of_type(tpl, "AWS::SNS::Topic")
+    key_ref = tpl["Resources"][topic_id]["Properties"]["KmsMasterKeyId"]
+    sm_role = [k for k in of_type(tpl, "AWS::IAM::Role") if k.startswith("RetrainStateMachineRole")][0]
+    statements = policies_of(tpl, sm_role)
+    assert any("sns:Publish" in as_list(s["Action"]) and s["Resource"] == {"Ref": topic_id} for s in statements)
+    kms = [s for s in statements if s["Resource"] == key_ref]
+    assert kms and {"kms:Decrypt", "kms:GenerateDataKey*"} <= {a for s in kms for a in as_list(s["Action"])}
 
 
 def test_triggers_schedule_new_data_and_drift(tpl):
@@ -214,7 +264,7 @@ def test_sagemaker_iam_is_least_privilege(tpl):
         for s in p["Properties"]["PolicyDocument"]["Statement"]:
             assert not any(a == "*" or a.endswith(":*") for a in as_list(s["Action"])), s
     s3_statements = [s for s in policies_of(tpl, training) if any(a.startswith("s3:") for a in as_list(s["Action"]))]
-    allowed = ("/dataset/*", "/runs/*", "/cache/embeddings/*")
+    allowed = ("/dataset/*", "/runs/*", "/cache/embeddings/*", "/versions/*")  # versions: base_model
     for s in s3_statements:
         assert not any("Delete" in a or "Abort" in a for a in as_list(s["Action"])), s
         for r in as_list(s["Resource"]):
@@ -230,6 +280,18 @@ def test_step_roles_are_scoped(tpl):
     publish = [s for s in policies_of(tpl, "RetrainPublishRole") if "s3:PutObject" in as_list(s["Action"])]
     assert sorted(flatten(r)[-12:] for s in publish for r in as_list(s["Resource"])) == ["/versions/*", "}/live.json"] \
         or all(flatten(r).endswith(("/versions/*", "/live.json")) for s in publish for r in as_list(s["Resource"]))
+    # Prepare reads the live pointer (to fill base_model); it may not write it
+    def prepare_objects(action: str) -> list[str]:
+        return [flatten(r) for s in policies_of(tpl, "RetrainPrepareRole") if action in as_list(s["Action"])
+                for r in as_list(s["Resource"])]
+    prepare_reads, prepare_writes = prepare_objects("s3:GetObject"), prepare_objects("s3:PutObject")
+    assert any(r.endswith("/live.json") for r in prepare_reads), prepare_reads
+    assert not any(r.endswith("/live.json") for r in prepare_writes), prepare_writes
+    # the report step consumes the new-images counter; Prepare only reads it
+    ddb = {a for s in policies_of(tpl, "RetrainReportRole") for a in as_list(s["Action"]) if a.startswith("dynamodb:")}
+    assert ddb == {"dynamodb:UpdateItem"}
+    assert {a for s in policies_of(tpl, "RetrainPrepareRole") for a in as_list(s["Action"])
+            if a.startswith("dynamodb:")} == {"dynamodb:GetItem"}
     reject = [s for s in policies_of(tpl, "RetrainRejectRole") if "s3:PutObject" in as_list(s["Action"])]
     assert all(flatten(r).endswith("/rejected/*") for s in reject for r in as_list(s["Resource"]))
     trig = [s for s in policies_of(tpl, "RetrainTriggerRole") if "states:StartExecution" in as_list(s["Action"])]
@@ -251,6 +313,7 @@ def test_schedule_can_be_changed_or_turned_off(tmp_path):
     d = json.loads(flatten(sm["Properties"]["DefinitionString"]))
     assert d["States"]["Train"]["Parameters"]["ResourceConfig"]["InstanceType"] == "ml.c5.xlarge"
     assert d["States"]["Train"]["Parameters"]["HyperParameters"] == {"epochs": "60"}
+    assert d["States"]["TrainWarmStart"]["Parameters"]["HyperParameters"] == {"epochs": "60"}
     trig = [f for f in of_type(tpl, "AWS::Lambda::Function").values()
             if f["Properties"]["Handler"] == "functions.pipeline.trigger.handler.handler"]
     assert trig[0]["Properties"]["Environment"]["Variables"]["FRUITPIPE_NEW_IMAGES_THRESHOLD"] == "250"

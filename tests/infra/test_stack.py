@@ -54,14 +54,15 @@ def test_functions_runtime_architecture_memory_timeout_layer(synthesized):
         assert props["Layers"] == [{"Ref": layer_id}]
     api = by_handler["functions.api.handler.handler"]
     assert api["MemorySize"] == 1024 and api["Timeout"] == 29
-    assert api["ReservedConcurrentExecutions"] == 20
+    # no reservation by default: a new account has 10 concurrent executions in all (first-deploy blocker)
+    assert "ReservedConcurrentExecutions" not in api
     env = api["Environment"]["Variables"]
     for key in ("FRUITPIPE_DATA_BUCKET", "FRUITPIPE_MODELS_BUCKET", "FRUITPIPE_STATE_TABLE",
                 "FRUITPIPE_ADMIN_TOKEN_SECRET", "FRUITPIPE_BACKBONE", "POWERTOOLS_METRICS_NAMESPACE"):
         assert key in env, key
     assert env["FRUITPIPE_MODEL_REFRESH_SECONDS"] == "60"
     ingest = by_handler["functions.ingest.handler.handler"]
-    assert ingest["Timeout"] == 60 and ingest["ReservedConcurrentExecutions"] == 5
+    assert ingest["Timeout"] == 60 and "ReservedConcurrentExecutions" not in ingest
     assert "FRUITPIPE_DATA_BUCKET" in ingest["Environment"]["Variables"]
 
 
@@ -285,7 +286,7 @@ def test_unacknowledged_findings_fail_the_synth(tmp_path):
 
 def test_arm64_throwaway_stage(tmp_path):
     tpl, path = synth(tmp_path, {"stage": "test", "architecture": "arm64", "memory": "2048",
-                                 "retain": "false", "reservedConcurrency": "none",
+                                 "retain": "false", "reservedConcurrency": "20", "ingestConcurrency": "5",
                                  "uploadOrigins": "https://fruit.example.com, http://localhost:5173",
                                  "adminThrottleRate": "2", "adminThrottleBurst": "4"})
     data = next(b["Properties"] for k, b in resources(tpl, "AWS::S3::Bucket").items() if k.startswith("StorageData"))
@@ -297,7 +298,9 @@ def test_arm64_throwaway_stage(tmp_path):
     fns = {k: p for k, p in functions(tpl).items() if p.get("Handler", "").startswith("functions.")}
     assert len(fns) == 8 and all(p["Architectures"] == ["arm64"] for p in fns.values())
     api = next(p for p in fns.values() if p["Handler"] == "functions.api.handler.handler")
-    assert api["MemorySize"] == 2048 and "ReservedConcurrentExecutions" not in api
+    assert api["MemorySize"] == 2048 and api["ReservedConcurrentExecutions"] == 20  # the context key sets one
+    ingest = next(p for p in fns.values() if p["Handler"] == "functions.ingest.handler.handler")
+    assert ingest["ReservedConcurrentExecutions"] == 5
     for bucket in resources(tpl, "AWS::S3::Bucket").values():
         assert bucket["DeletionPolicy"] == "Delete"
     (layer,) = resources(tpl, "AWS::Lambda::LayerVersion").values()

@@ -63,6 +63,9 @@ def upload_candidate_to(s3, bundle_dir):
     return f"s3://{MODELS}/{key}"
 
 
+JOB = "v20261126-120000-abcdef-1a2b3c4d"
+
+
 class RecordedSfn:
     """A Step Functions client answering with the shapes AWS returns for a run in training (moto
     keeps executions RUNNING with a canned history, so the history here is written out)."""
@@ -81,6 +84,13 @@ class RecordedSfn:
              "stateExitedEventDetails": {"name": "Prepare", "output": json.dumps(prep)}},
             {"timestamp": t, "type": "ChoiceStateEntered", "id": 4, "stateEnteredEventDetails": {"name": "Proceed?"}},
             {"timestamp": t, "type": "TaskStateEntered", "id": 5, "stateEnteredEventDetails": {"name": "Train"}},
+            # each attempt of Train has its own job name: the latest scheduled one is the job
+            {"timestamp": t, "type": "TaskScheduled", "id": 6, "taskScheduledEventDetails": {
+                "resourceType": "sagemaker", "resource": "createTrainingJob.sync", "region": "us-east-1",
+                "parameters": json.dumps({"TrainingJobName": f"{JOB}-0"})}},
+            {"timestamp": t, "type": "TaskScheduled", "id": 7, "taskScheduledEventDetails": {
+                "resourceType": "sagemaker", "resource": "createTrainingJob.sync", "region": "us-east-1",
+                "parameters": json.dumps({"TrainingJobName": JOB})}},
         ]
 
     def list_executions(self, **kw):
@@ -102,15 +112,15 @@ def test_status_reads_stage_and_training_job(aws):
     sm = aws.sagemaker
     role = aws.iam.create_role(RoleName="sm-train", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     sm.create_training_job(
-        TrainingJobName="v20261126-120000-abcdef", RoleArn=role,
+        TrainingJobName=JOB, RoleArn=role,
         AlgorithmSpecification={"TrainingImage": "123.dkr.ecr.us-east-1.amazonaws.com/t:1", "TrainingInputMode": "File"},
         OutputDataConfig={"S3OutputPath": "s3://b/runs/"}, StoppingCondition={"MaxRuntimeInSeconds": 3600},
         ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 30})
     st = trainer.StepFunctionsTrainer(RecordedSfn("RUNNING"), sm, "arn:sm").status()
     assert st.state == "running" and st.stage == "training" and st.trigger == "schedule"
-    assert st.result["training_job"] == "v20261126-120000-abcdef"
+    assert st.result["training_job"] == JOB
     assert st.result["training_status"] == sm.describe_training_job(
-        TrainingJobName="v20261126-120000-abcdef")["TrainingJobStatus"]
+        TrainingJobName=JOB)["TrainingJobStatus"]
     assert "training_metrics" in st.result
     done = trainer.StepFunctionsTrainer(RecordedSfn("SUCCEEDED", {
         "report": {"outcome": "rejected"}, "evaluation": {"reason": "worse"}}), sm, "arn:sm").status()

@@ -57,18 +57,31 @@ def test_prepare_refuses_too_few_images(env):
         prepare.run(env["s3"], settings(min_images_per_class=50))
 
 
-def test_prepare_snapshots_manifests_and_takes_the_counter(env, aws):
+def test_prepare_snapshots_manifests_and_reads_the_counter(env, aws):
     aws.dynamodb.put_item(TableName=TABLE, Item={"id": {"S": "new-images"}, "count": {"N": "7"}})
     out = prepare.run(env["s3"], settings(), ddb=aws.dynamodb, version="v-prep")
     assert out["proceed"] and out["n_train"] + out["n_validation"] == 36 and out["new_images"] == 7
+    assert out["snapshot_uri"] == f"s3://{MODELS}/runs/v-prep/snapshot.json"
     bucket, key = s3util.split_uri(out["train_manifest"])
     entries = json.loads(env["s3"].get_object(Bucket=bucket, Key=key)["Body"].read())
     assert entries[0] == {"prefix": f"s3://{DATA}/dataset/"} and entries[1].count("/") == 1
     val = json.loads(env["s3"].get_object(Bucket=MODELS, Key="runs/v-prep/validation.manifest")["Body"].read())
     assert not set(entries[1:]) & set(val[1:]), "an image is in both splits"
     assert s3util.exists(env["s3"], MODELS, "cache/embeddings/.keep")
-    item = aws.dynamodb.get_item(TableName=TABLE, Key={"id": {"S": "new-images"}})["Item"]
-    assert item["count"]["N"] == "0"
+
+    def count() -> str:
+        return aws.dynamodb.get_item(TableName=TABLE, Key={"id": {"S": "new-images"}})["Item"]["count"]["N"]
+    # the counter is consumed only by a run that ends: a failed run leaves its trigger for the next
+    assert count() == "7"
+    aws.dynamodb.update_item(TableName=TABLE, Key={"id": {"S": "new-images"}}, UpdateExpression="ADD #c :n",
+                             ExpressionAttributeNames={"#c": "count"}, ExpressionAttributeValues={":n": {"N": "2"}})
+    failed = report.run(aws.cloudwatch, {"prepare": out, "error": {"Error": "X", "Cause": "y"}},
+                        namespace="Test/Retrain", ddb=aws.dynamodb, table=TABLE)
+    assert "new_images_consumed" not in failed and count() == "9"
+    ended = report.run(aws.cloudwatch, {"prepare": out, "evaluation": {"promote": False}},
+                       namespace="Test/Retrain", ddb=aws.dynamodb, table=TABLE)
+    assert ended["new_images_consumed"] == 7 and count() == "2"  # the 2 filed meanwhile still count
+    aws.dynamodb.put_item(TableName=TABLE, Item={"id": {"S": "new-images"}, "count": {"N": "0"}})
 
 
 def test_guard_lets_only_the_oldest_running_execution_train(env, aws):
@@ -160,7 +173,13 @@ def test_publish_is_idempotent(env, published_live):
     candidate = make_bundle(env["tmp"], "v9-pub")
     n_files = len(bundle.read_manifest(candidate).files)  # head, block, prototypes
     uri = upload_candidate(s3, candidate)
-    first = publish.publish(s3, models_bucket=MODELS, model_artifacts=uri, baseline={"mean_confidence": 0.9})
+    lineage = {"training_job": "v9-pub-1a2b3c4d", "execution_arn": "arn:aws:states:x", "base_model": "v1-live",
+               "snapshot": f"s3://{MODELS}/runs/v9-pub/snapshot.json"}
+    first = publish.publish(s3, models_bucket=MODELS, model_artifacts=uri, baseline={"mean_confidence": 0.9},
+                            lineage=lineage)
+    published = s3util.get_json(s3, MODELS, "versions/v9-pub/manifest.json")
+    assert published["lineage"] == lineage and bundle.Manifest.from_dict(published).files == \
+        bundle.read_manifest(candidate).files
     again = publish.publish(s3, models_bucket=MODELS, model_artifacts=uri, baseline={"mean_confidence": 0.9})
     assert first["pointer_moved"] and first["uploaded_files"] == n_files and first["previous"] == "v1-live"
     assert again == {**again, "already_published": True, "uploaded_files": 0, "pointer_moved": False}

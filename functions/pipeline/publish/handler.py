@@ -12,4 +12,5 @@ def handler(event, context):
     return publish.publish(boto3.client("s3"), models_bucket=os.environ["FRUITPIPE_MODELS_BUCKET"],
                            model_artifacts=event["model_artifacts"], expected_version=event.get("version"),
                            baseline=event.get("baseline"), metrics=event.get("metrics"),
-                           reason=event.get("reason", ""), workdir=Path("/tmp"))
+                           reason=event.get("reason", ""), workdir=Path("/tmp"),
+                           lineage=event.get("lineage"))
