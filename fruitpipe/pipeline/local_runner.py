@@ -13,12 +13,10 @@ output path. Channel folders are discarded afterwards, as on SageMaker.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,15 +51,6 @@ class Cloud:
     def __post_init__(self) -> None:
         self.settings = prepare.Settings(self.data_bucket, self.models_bucket, self.state_table,
                                          min_images_per_class=self.min_images_per_class)
-
-
-def _tar(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                tar.add(p, arcname=str(p.relative_to(folder)))
-    return buf.getvalue()
 
 
 def local_training_job(s3: Any, prepared: dict[str, Any], workdir: Path, *, log: Log = print,
@@ -113,8 +102,8 @@ def local_training_job(s3: Any, prepared: dict[str, Any], workdir: Path, *, log:
         raise TrainingJobFailed(f"training job {job} exited {rc}: " + " | ".join(lines[-5:]))
     out_prefix = prepared["output_uri"].rstrip("/") + f"/{job}/output"
     bucket, key = s3util.split_uri(out_prefix)
-    s3.put_object(Bucket=bucket, Key=f"{key}/model.tar.gz", Body=_tar(model_dir))
-    s3.put_object(Bucket=bucket, Key=f"{key}/output.tar.gz", Body=_tar(output_dir))
+    s3.put_object(Bucket=bucket, Key=f"{key}/model.tar.gz", Body=s3util.tar_gz(model_dir))
+    s3.put_object(Bucket=bucket, Key=f"{key}/output.tar.gz", Body=s3util.tar_gz(output_dir))
     return {"job_name": job, "status": "Completed", "model_artifacts": f"{out_prefix}/model.tar.gz",
             "metrics": metrics, "seconds": round(seconds, 1), "log_tail": lines[-8:]}
 

@@ -68,6 +68,17 @@ def live_version(s3: Any, bucket: str) -> str | None:
     return pointer.get("version") if isinstance(pointer, dict) else None
 
 
+def tar_gz(folder: Path) -> bytes:
+    """Every file under ``folder`` as a ``.tar.gz`` (paths relative to it, sorted), as SageMaker
+    packs ``/opt/ml/model`` into ``model.tar.gz`` and ``/opt/ml/output/data`` into ``output.tar.gz``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                tar.add(p, arcname=str(p.relative_to(folder)))
+    return buf.getvalue()
+
+
 def safe_extract(data: bytes, dest: Path) -> list[str]:
     """Extract a tar(.gz) refusing absolute paths, ``..``, links and devices; returns file names.
 

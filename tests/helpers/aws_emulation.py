@@ -28,7 +28,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import uuid
@@ -36,6 +35,8 @@ import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from fruitpipe.pipeline import s3util
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "training_job" / "Dockerfile"
@@ -86,15 +87,6 @@ def run_container(job_dir: Path, env: dict[str, str], timeout: float) -> subproc
             "FP_WORKDIR": str(REPO)}
     return subprocess.run(["unshare", "-m", "sh", "-c", _NAMESPACE_SCRIPT, "sh", *image_entrypoint(), "train"],
                           env=full, capture_output=True, text=True, timeout=timeout)
-
-
-def _tar(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                tar.add(p, arcname=str(p.relative_to(folder)))
-    return buf.getvalue()
 
 
 class TrainingJobs:
@@ -189,14 +181,14 @@ class TrainingJobs:
             self._update(name, SecondaryStatus="Uploading")
             out = job["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{name}/output"
             bucket, _, prefix = out[5:].partition("/")
-            self.s3.put_object(Bucket=bucket, Key=f"{prefix}/output.tar.gz", Body=_tar(root / "output" / "data"))
+            self.s3.put_object(Bucket=bucket, Key=f"{prefix}/output.tar.gz", Body=s3util.tar_gz(root / "output" / "data"))
             if proc.returncode != 0:
                 failure = root / "output" / "failure"
                 reason = failure.read_text()[:1024] if failure.is_file() else f"exit code {proc.returncode}"
                 self._update(name, TrainingJobStatus="Failed", SecondaryStatus="Failed",
                              FailureReason=f"AlgorithmError: {reason}", TrainingEndTime=datetime.now(timezone.utc))
                 return
-            archive = _tar(root / "model")
+            archive = s3util.tar_gz(root / "model")
             if self.tamper_archive is not None:
                 archive = self.tamper_archive(archive)
             self.s3.put_object(Bucket=bucket, Key=f"{prefix}/model.tar.gz", Body=archive)
