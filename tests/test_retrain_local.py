@@ -37,7 +37,7 @@ def test_gate_accepts_and_server_swaps_without_restart(tmp_path, data):
         up = c.post("/upload-training-data", data={"class_name": "rottenapples"},
                     files=[("files", ("u.jpg", fruit("rottenapples", 5, "train"), "image/jpeg"))], headers=AUTH)
         assert up.status_code == 200
-        r = c.post("/retrain", headers=AUTH)
+        r = c.post("/retrain?force=true", headers=AUTH)
         assert r.status_code == 202 and r.json()["state"] == "running"
         status = wait_for_run(c)
         assert status["state"] == "succeeded", status
@@ -58,7 +58,7 @@ def test_gate_accepts_and_server_swaps_without_restart(tmp_path, data):
 def test_gate_rejects_worse_candidate_and_keeps_it(tmp_path, data):
     store, app = run_retrain(tmp_path, data, "bad")
     with TestClient(app) as c:
-        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "rejected", status
         assert status["result"]["promoted"] is False and "worse" in status["result"]["reason"]
@@ -71,7 +71,7 @@ def test_training_crash_keeps_live_model_serving(tmp_path, data):
     store, app = run_retrain(tmp_path, data, "crash")
     with TestClient(app) as c:
         models_before = tree_hash(store / "models")
-        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "failed"
         assert "exited with status 3" in status["result"]["error"]
@@ -84,7 +84,7 @@ def test_training_crash_keeps_live_model_serving(tmp_path, data):
 def test_missing_training_command_fails_cleanly(tmp_path, data):
     store, app = run_retrain(tmp_path, data, "good", train_command=[sys.executable, "-m", "no_such_training_module"])
     with TestClient(app) as c:
-        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "failed" and c.get("/health").json()["model_version"] == LIVE
 
@@ -97,7 +97,7 @@ def test_two_concurrent_retrains_one_409(tmp_path, data):
 
         def go() -> None:
             barrier.wait()
-            results.append(c.post("/retrain", headers=AUTH).status_code)
+            results.append(c.post("/retrain?force=true", headers=AUTH).status_code)
 
         threads = [threading.Thread(target=go) for _ in range(2)]
         for t in threads:
@@ -105,19 +105,19 @@ def test_two_concurrent_retrains_one_409(tmp_path, data):
         for t in threads:
             t.join()
         assert sorted(results) == [202, 409]
-        r = c.post("/retrain", headers=AUTH)
+        r = c.post("/retrain?force=true", headers=AUTH)
         assert r.status_code == 409 and r.json()["error"] == "retrain_running"
         # predictions keep working while it trains
         assert c.post("/predict", files={"file": ("a.jpg", fruit(), "image/jpeg")}).status_code == 200
         assert wait_for_run(c)["state"] == "succeeded"
-        assert c.post("/retrain", headers=AUTH).status_code == 202  # the lock is free again
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202  # the lock is free again
         wait_for_run(c)
 
 
 def test_status_survives_restart(tmp_path, data):
     store, app = run_retrain(tmp_path, data, "crash")
     with TestClient(app) as c:
-        c.post("/retrain", headers=AUTH)
+        c.post("/retrain?force=true", headers=AUTH)
         first = wait_for_run(c)
     seed, eval_dir = data
     with TestClient(make_app(make_backend(store, mode="crash", seed=seed, eval_dir=eval_dir))) as c2:
@@ -131,7 +131,7 @@ def test_relative_store_path_works_from_any_directory(tmp_path, data, monkeypatc
     monkeypatch.chdir(tmp_path)
     seed, eval_dir = data
     with TestClient(make_app(make_backend(Path("var"), mode="crash", seed=seed, eval_dir=eval_dir))) as c:
-        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "failed" and "exited with status 3" in status["result"]["error"], status
         run_dir = tmp_path / "var" / "retrain" / "runs" / status["run_id"]
