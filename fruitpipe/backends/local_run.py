@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 from .. import bundle, gate
 from .. import recipe as rc
 from ..labels import LABELS
-from .local import LocalRegistry, atomic_write_json, read_json, uploads_fingerprint
+from .local import LocalRegistry, atomic_write_json, proc_start_time, read_json, uploads_fingerprint
 
 # Expected seconds per stage before any run was measured (a warm-started retrain with a warm
 # cache on this 2-core machine); afterwards retrain/stage-seconds.json, the last run's own.
@@ -189,7 +189,7 @@ class Run:
         self.status: dict[str, Any] = read_json(self.status_path) or {}
         if self.status.get("run_id") != run_id:
             raise SystemExit(f"status.json is not for run {run_id}")
-        self.status["pid"] = os.getpid()
+        self.status["pid"], self.status["pid_start"] = os.getpid(), proc_start_time(os.getpid())
         plan = read_json(self.plan_path)
         ok = isinstance(plan, list) and all(isinstance(p, list) and len(p) == 2 for p in plan)
         self.progress = Progress([tuple(p) for p in plan] if ok else DEFAULT_PLAN)  # type: ignore[misc]

@@ -193,29 +193,43 @@ function drawPerformance(live) {
   conf.replaceChildren(t);
 }
 
+// The metrics a versions-table row shows: the version's score on the frozen evaluation set when
+// it has one (the same images for every version), else its manifest's own figures (labelled).
+function rowMetrics(v) {
+  const m = v.metrics || {};
+  if (m.frozen) return { ev: m.frozen, note: `frozen evaluation set ${m.frozen.eval_set || ""}` };
+  return { ev: m, note: m.split ? `from the manifest: ${m.split}` : "from the manifest" };
+}
+
 async function refreshVersions() {
   const data = await api("/models");
   const tbody = $("versions").querySelector("tbody");
   tbody.replaceChildren();
+  const cell = (text, title) => { const td = document.createElement("td"); td.textContent = text; if (title) td.title = title; return td; };
   for (const v of data.versions) {
-    const ev = v.metrics?.evaluation?.candidate || v.metrics || {};
+    const { ev, note } = rowMetrics(v);
     const acc = ev.accuracy ?? v.metrics?.test_accuracy;
     const tr = document.createElement("tr");
     tr.dataset.version = v.version;
-    tr.innerHTML = `<td><code>${v.version}</code></td><td>${v.created.replace("T", " ").replace("Z", "")}</td>
-      <td><span class="pill ${v.status}">${v.status}</span></td><td>${acc != null ? pct(acc) : "–"}</td>
-      <td>${ev.macro_f1 != null ? pct(ev.macro_f1) : "–"}</td><td></td>`;
-    const cell = tr.lastElementChild;
+    const code = document.createElement("code"); code.textContent = v.version;
+    const first = document.createElement("td"); first.append(code);
+    const pill = document.createElement("span"); pill.className = `pill ${v.status}`; pill.textContent = v.status;
+    const st = document.createElement("td"); st.append(pill);
+    tr.append(first, cell(v.created.replace("T", " ").replace("Z", "")), st,
+      cell(acc != null ? pct(acc) : "–", note), cell(ev.macro_f1 != null ? pct(ev.macro_f1) : "–", note),
+      cell(ev.ood_rejected_rate != null ? pct(ev.ood_rejected_rate) : "–", note), document.createElement("td"));
+    const last = tr.lastElementChild;
     if (v.status === "available") {
       const b = document.createElement("button");
       b.className = "ghost"; b.textContent = "activate";
       b.addEventListener("click", () => activate(v.version));
-      cell.append(b);
+      last.append(b);
     }
     tbody.append(tr);
     if (v.status === "rejected" && v.reason) {
       const r = document.createElement("tr");
-      r.innerHTML = `<td colspan="6" class="reason">rejected: ${v.reason.replace(/</g, "&lt;")}</td>`;
+      const td = cell(`rejected: ${v.reason}`); td.colSpan = 7; td.className = "reason";
+      r.append(td);
       tbody.append(r);
     }
   }
@@ -294,18 +308,24 @@ async function upload(e) {
 }
 
 let polling = null;
+const fmtEta = (s) => (s < 60 ? `${Math.ceil(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
 function renderRetrain(s) {
-  $("retrain-state").textContent = s.state;
+  // While no run is going, show the first-start warm-up (embedding cache) when one runs.
+  const warm = s.state !== "running" && s.warmup?.state === "running" ? s.warmup : null;
+  const percent = warm ? warm.percent : s.percent;
+  $("retrain-state").textContent = warm ? "preparing" : s.state;
   $("retrain-state").dataset.state = s.state;
-  $("retrain-stage").textContent = s.stage ? `· ${s.stage}` : "";
-  $("retrain-pct").textContent = s.state === "idle" ? "" : `· ${Math.round(s.percent)}%`;
-  $("retrain-bar").style.width = `${s.percent}%`;
+  $("retrain-stage").textContent = warm ? `· ${warm.stage || "warm-up"} (first start)` : s.stage ? `· ${s.stage}` : "";
+  $("retrain-pct").textContent = s.state === "idle" && !warm ? "" : `· ${percent.toFixed(percent < 100 ? 1 : 0)}%`;
+  $("retrain-pct").dataset.percent = String(percent);
+  $("retrain-eta").textContent = s.state === "running" && s.eta_seconds != null ? `· about ${fmtEta(s.eta_seconds)} left` : "";
+  $("retrain-bar").style.width = `${percent}%`;
   $("retrain-btn").disabled = s.state === "running";
   const r = s.result || {};
   let text = "";
   if (s.state === "succeeded") text = `Promoted ${r.version}: ${r.reason}`;
   else if (s.state === "rejected") text = `Kept ${r.live_version} live; candidate ${r.version} rejected: ${r.reason}`;
-  else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}. The live model kept serving.`;
+  else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}`;
   $("retrain-result").textContent = text;
   const log = $("retrain-log");
   log.hidden = !s.log_tail?.length;
@@ -317,10 +337,11 @@ async function pollRetrain() {
   try {
     const s = await api("/retraining-status");
     renderRetrain(s);
-    if (s.state !== "running" && polling) {
+    const busy = s.state === "running" || s.warmup?.state === "running";
+    if (!busy && polling) {
       clearInterval(polling); polling = null;
       refreshVersions(); refreshStats();
-    } else if (s.state === "running" && !polling) {
+    } else if (busy && !polling) {
       polling = setInterval(pollRetrain, 1000);
     }
   } catch (_) { /* next tick */ }
@@ -330,7 +351,8 @@ async function retrain(e) {
   e.preventDefault();
   showError("admin-error", "");
   try {
-    renderRetrain(await api("/retrain", { method: "POST", headers: authHeaders() }));
+    const force = $("retrain-force").checked ? "?force=true" : "";
+    renderRetrain(await api(`/retrain${force}`, { method: "POST", headers: authHeaders() }));
     if (!polling) polling = setInterval(pollRetrain, 1000);
   } catch (err) {
     showError("admin-error", `retrain: ${err.message}`);
