@@ -101,7 +101,12 @@ def server(tmp_path_factory):
 def test_upload_retrain_promote_serve(server):
     client, store, proc = server
     live = client.models()["live"]
-    # the first-start warm-up runs in the background; a retrain started now waits for it if needed
+    # the first-start warm-up (cache of the seed photos, live model scored) runs in the background
+    deadline = time.monotonic() + 300
+    while (client.status().get("warmup") or {}).get("state") == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert (store / "evaluations" / f"{live}.json").is_file()
     photos = {label: sorted((EXTRA / label).glob("*.jpg"))[:1] for label in LABELS}
     assert client.upload_many(photos) == {"added": 6}
     client.retrain()

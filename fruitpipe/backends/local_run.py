@@ -431,8 +431,9 @@ def load_callable(spec: str) -> Callable[..., dict[str, Any]]:
 
 
 def warm_up(store: Path) -> int:
-    """Make the recipe's generated sets, the upload guard's indexes and the embedding cache of the
-    recipe's images; progress in ``retrain/warmup.json``. Exit status 0 when done."""
+    """Make the recipe's generated sets, the upload guard's indexes, the embedding cache of the
+    recipe's images and the live model's score on the frozen evaluation set; progress in
+    ``retrain/warmup.json``. Exit status 0 when done."""
     from ..embeddings import EmbeddingCache, embed_items, list_dataset
     from ..evalset import UploadGuard
     from ..classifier import Backbone
@@ -454,14 +455,16 @@ def warm_up(store: Path) -> int:
     try:
         recipe = rc.Recipe.from_dict(key["recipe"])
         cache_dir = Path(key["cache_dir"])
-        update(stage="generated not-fruit sets", percent=1.0)
-        recipe.prepare()
-        update(stage="upload guard indexes", percent=3.0)
-        UploadGuard(recipe.evaluation, recipe.train + recipe.validation, Path(store) / "recipe").indexes()
-        views = ("orig", "flip") if Config.from_mapping(dict(recipe.hyperparameters)).flip else ("orig",)
-        work = [(root, views) for root in recipe.train + recipe.validation] + [(root, ("orig",)) for root in recipe.evaluation]
-        items = [(item, v) for root, v in work if Path(root).is_dir() for item in list_dataset(Path(root))]
+        # the lock first: a retrain started meanwhile waits for this work instead of repeating it
         with cache_lock(cache_dir, on_wait=lambda: update(stage="waiting for a retrain using the cache")):
+            update(stage="generated not-fruit sets", percent=1.0)
+            recipe.prepare()
+            update(stage="upload guard indexes", percent=3.0)
+            UploadGuard(recipe.evaluation, recipe.train + recipe.validation, Path(store) / "recipe").indexes()
+            views = ("orig", "flip") if Config.from_mapping(dict(recipe.hyperparameters)).flip else ("orig",)
+            work = ([(root, views) for root in recipe.train + recipe.validation]
+                    + [(root, ("orig",)) for root in recipe.evaluation])
+            items = [(item, v) for root, v in work if Path(root).is_dir() for item in list_dataset(Path(root))]
             backbone = Backbone(None)
             cache = EmbeddingCache(cache_dir)
             chunk = 512
@@ -470,8 +473,24 @@ def warm_up(store: Path) -> int:
                 for views_ in {v for _, v in part}:
                     embed_items([i for i, v in part if v == views_], backbone, cache, views=views_, progress=False)
                 cache.flush()  # one shard per chunk: an interrupted warm-up keeps what it did
-                update(stage="embedding the seed data", percent=round(5 + 95 * (start + len(part)) / len(items), 1))
-            cache.flush()
+                update(stage="embedding the seed data", percent=round(5 + 94 * (start + len(part)) / len(items), 1))
+            # The live model's score on the frozen evaluation set, so the first retrain's gate only
+            # has the candidate left to score.
+            registry = LocalRegistry(Path(store))
+            live = registry.live_version()
+            if live is not None and recipe.evaluation:
+                update(stage="scoring the live model on the evaluation set", percent=99.0)
+                evaluation = Path(store) / "retrain" / "warmup-evaluation"
+                shutil.rmtree(evaluation, ignore_errors=True)
+                rc.link_dataset(evaluation, recipe.evaluation)
+                try:
+                    eval_set = rc.fingerprint(recipe.evaluation)
+                    cached = frozen_evaluation(Path(store), live)
+                    if cached is None or cached.get("eval_set") != eval_set:
+                        _, emb = embed_set(evaluation, cache_dir, backbone=backbone)
+                        save_frozen_evaluation(Path(store), live, eval_set, score(registry.fetch(live), backbone, emb))
+                finally:
+                    shutil.rmtree(evaluation, ignore_errors=True)
         update(state="done", percent=100.0, finished=bundle.now_iso(), seconds=round(time.monotonic() - started, 1),
                images=len(items))
         return 0
