@@ -128,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                                     cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
             base = f"http://127.0.0.1:{port}"
+            run: dict[str, Any] = {}
             try:
                 t0 = time.monotonic()
                 wait_health(base, proc)
                 api = Client(base, token)
-                run: dict[str, Any] = {"load_at_start": load(), "server_start_s": round(time.monotonic() - t0, 1)}
+                run.update(load_at_start=load(), server_start_s=round(time.monotonic() - t0, 1))
+                runs.append(run)
                 while (api.status().get("warmup") or {}).get("state") == "running":
                     time.sleep(1)
                 warm = json.loads((store / "retrain" / "warmup.json").read_text())
@@ -152,9 +154,14 @@ def main(argv: list[str] | None = None) -> int:
                     run["forced_unchanged"] = timed_retrain(api, force=True)
                     after = api.models()
                     run["live_before_forced"], run["live_after_forced"] = before["live"], after["live"]
-                runs.append(run)
-                print(json.dumps(run, indent=1), file=sys.stderr)
+                    frozen = {v["version"]: v["metrics"].get("frozen", {}) for v in after["versions"]}
+                    run["live_frozen_before_after_forced"] = [
+                        {k: frozen.get(v, {}).get(k) for k in ("accuracy", "macro_f1", "ood_rejected_rate")}
+                        for v in (before["live"], after["live"])]
             finally:
+                print(json.dumps(run, indent=1), file=sys.stderr, flush=True)
+                args.json.parent.mkdir(exist_ok=True)
+                args.json.write_text(json.dumps({"partial": True, "runs": runs}, indent=2) + "\n")
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(30)
     firsts = [r["first_retrain"]["seconds_to_served"] or r["first_retrain"]["seconds_to_done"] for r in runs]

@@ -242,3 +242,14 @@ def _children(status: dict, store) -> list[int]:  # type: ignore[no-untyped-def]
             if int(stat[1]) == pid and stat[0] != "Z":
                 out.append(int(d.name))
     return out
+
+
+def test_same_data_after_a_rejected_candidate_is_nothing_new(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "bad")
+    with TestClient(app) as c:
+        c.post("/upload-training-data", data={"class_name": "freshapples"}, headers=AUTH,
+               files=[("files", ("u.jpg", fruit("freshapples", 7, "train"), "image/jpeg"))])
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert wait_for_run(c)["state"] == "rejected"
+        r = c.post("/retrain", headers=AUTH)
+        assert r.status_code == 409 and r.json()["error"] == "nothing_new" and "was rejected" in r.json()["detail"]

@@ -404,22 +404,31 @@ class LocalTrainer(Trainer):
             status.warmup = warm
         return status
 
-    def trained_on(self) -> dict[str, str]:
-        """version → the uploads fingerprint it was trained on (written by each run)."""
+    def trained_on(self) -> dict[str, dict[str, Any]]:
+        """version → ``{"uploads": fingerprint of the uploads it was trained on, "base": the live
+        version it started from}`` (written by each run, promoted or rejected)."""
         data = read_json(self.trained_on_path)
-        return data if isinstance(data, dict) else {}
+        return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
     def nothing_new(self) -> str | None:
-        """Why a retrain would learn nothing (no upload since the live model was trained), else None.
-        A live version without a record (the shipped model) was trained on no uploads."""
+        """Why a retrain would learn nothing, else None: no upload since the live model was trained
+        (a live version without a record, the shipped model, was trained on no uploads), or a
+        candidate trained on exactly these images from this live model was already rejected."""
         live = self.registry.live_version()
         if live is None:
             return None
         current = uploads_fingerprint(self.root)
-        if self.trained_on().get(live, uploads_fingerprint(self.root / ".none")) != current:
-            return None
-        return (f"nothing new to learn: no image was added since the live model {live} was trained; "
-                "retrain with force=true to run anyway (the gate still protects the live model)")
+        records = self.trained_on()
+        if records.get(live, {"uploads": uploads_fingerprint(self.root / ".none")}).get("uploads") == current:
+            return (f"nothing new to learn: no image was added since the live model {live} was trained; "
+                    "retrain with force=true to run anyway (the gate still protects the live model)")
+        for version, rec in records.items():
+            if (rec.get("uploads") == current and rec.get("base") == live
+                    and (self.registry.rejected_dir / version).is_dir()):
+                return (f"nothing new to learn: candidate {version}, trained on exactly these images from the "
+                        f"live model {live}, was rejected by the gate; upload more images, or retrain with "
+                        "force=true to run anyway")
+        return None
 
     def start(self, trigger: str = "manual", force: bool = False) -> RetrainStatus:
         with self._thread_lock:

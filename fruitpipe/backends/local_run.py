@@ -365,7 +365,7 @@ class Run:
                           live=_summary(live_metrics), live_version=live_version, eval_set=eval_set)
             self.log(("promote: " if decision.promote else "reject: ") + decision.reason)
             save_frozen_evaluation(self.store, version, eval_set, cand_metrics)
-            record_trained_on(self.store, version, fingerprint)
+            record_trained_on(self.store, version, fingerprint, live_version)
             if decision.promote:
                 self.stage("publish")
                 self.registry.add(candidate, version, evaluation=evaluation_record)
@@ -407,11 +407,12 @@ def save_frozen_evaluation(store: Path, version: str, eval_set: str, metrics: di
                       {"eval_set": eval_set, "evaluated": bundle.now_iso(), "metrics": metrics})
 
 
-def record_trained_on(store: Path, version: str, fingerprint: str) -> None:
+def record_trained_on(store: Path, version: str, fingerprint: str, base: str | None) -> None:
+    """What ``version`` was trained on (the uploads' fingerprint) and from (the live version then)."""
     path = Path(store) / "retrain" / "trained-on.json"
     data = read_json(path)
     data = data if isinstance(data, dict) else {}
-    data[version] = fingerprint
+    data[version] = {"uploads": fingerprint, "base": base}
     atomic_write_json(path, data)
 
 
