@@ -103,7 +103,8 @@ def cached_index(roots: tuple[Path, ...] | list[Path], folder: Path, name: str) 
         except (OSError, ValueError, KeyError):
             pass
     index = Index.build(roots)
-    index.save(path)
+    if len(index.shas):  # nothing to remember for an empty set
+        index.save(path)
     return index
 
 

@@ -148,6 +148,7 @@ async function refreshDataset() {
 // ---------------------------------------------------------------- model performance + versions
 function perfFrom(version) {
   const m = version?.metrics || {};
+  if (m.frozen?.per_class) return { src: `the frozen evaluation set (${m.frozen.n} fruit photos, the same for every version)`, ev: m.frozen };
   if (m.per_class) return { src: "the live model's manifest", ev: m };
   if (m.evaluation?.candidate?.per_class) return { src: `the gate evaluation on ${m.evaluation.candidate.n} images`, ev: m.evaluation.candidate };
   if (m.evaluation?.per_class) return { src: "the live model's evaluation", ev: m.evaluation };
