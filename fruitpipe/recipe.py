@@ -28,7 +28,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import ood
 
@@ -99,9 +99,10 @@ def images(roots: tuple[Path, ...] | list[Path]) -> list[tuple[str, Path]]:
     return out
 
 
-def link_dataset(dest: Path, roots: tuple[Path, ...] | list[Path]) -> dict[str, int]:
+def link_dataset(dest: Path, roots: tuple[Path, ...] | list[Path],
+                 keep: Callable[[Path], bool] | None = None) -> dict[str, int]:
     """Join ``roots`` into ``dest/<folder>/`` as symlinks (``s<i>-<name>`` per root); returns
-    images per folder. ``dest`` must not exist yet."""
+    images per folder. ``dest`` must not exist yet. ``keep(path)`` False leaves an image out."""
     dest = Path(dest)
     dest.mkdir(parents=True)
     counts: dict[str, int] = {}
@@ -112,7 +113,8 @@ def link_dataset(dest: Path, roots: tuple[Path, ...] | list[Path]) -> dict[str, 
             out = dest / folder.name
             out.mkdir(exist_ok=True)
             for f in sorted(folder.iterdir()):
-                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file():
+                if (f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+                        and (keep is None or keep(f))):
                     (out / f"s{i}-{f.name}").symlink_to(f.resolve())
                     counts[folder.name] = counts.get(folder.name, 0) + 1
     return counts

@@ -253,3 +253,19 @@ def test_same_data_after_a_rejected_candidate_is_nothing_new(tmp_path, data):
         assert wait_for_run(c)["state"] == "rejected"
         r = c.post("/retrain", headers=AUTH)
         assert r.status_code == 409 and r.json()["error"] == "nothing_new" and "was rejected" in r.json()["detail"]
+
+
+def test_evaluation_image_filed_behind_the_guard_never_trains(tmp_path, data):
+    import hashlib
+    store, app = run_retrain(tmp_path, data, "good")
+    seed, eval_dir = data
+    sneaked = sorted((eval_dir / "rottenbanana").iterdir())[0].read_bytes()
+    path = store / "dataset" / "rottenbanana" / f"{hashlib.sha256(sneaked).hexdigest()}.jpg"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(sneaked)  # e.g. filed before the evaluation set was frozen
+    with TestClient(app) as c:
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "succeeded", status
+        assert status["result"]["left_out_in_evaluation_set"] == [f"rottenbanana/{path.name}"]
+        assert status["result"]["images"]["rottenbanana"] == 4  # the seed photos only

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 
 from .. import bundle, gate
 from .. import recipe as rc
+from ..evalset import UploadGuard
 from ..labels import LABELS
 from .local import LocalRegistry, atomic_write_json, proc_start_time, read_json, uploads_fingerprint
 
@@ -223,8 +224,26 @@ class Run:
             raise RunFailed(f"the recipe's generated not-fruit images need an optional package ({exc.name}): "
                             "pip install 'fruitpipe[train]'") from None
         data = self.dir / "data"
-        counts = rc.link_dataset(data, list(self.recipe.train) + [self.store / "dataset"])
+        uploads = self.store / "dataset"
+        guard = UploadGuard(self.recipe.evaluation, (), self.store / "recipe")
+        left_out: list[str] = []
+
+        def keep(path: Path) -> bool:
+            """No upload that is (a copy of) an evaluation image trains, even one filed before the
+            evaluation set or the upload guard existed."""
+            if not path.is_relative_to(uploads):
+                return True
+            found = guard.check(path.read_bytes(), path.stem)
+            if found and found[0] == "rejected":
+                left_out.append(f"{path.parent.name}/{path.name}")
+                return False
+            return True
+
+        counts = rc.link_dataset(data, list(self.recipe.train) + [uploads], keep=keep)
         counts = {label: counts.get(label, 0) for label in LABELS}
+        if left_out:
+            self.log(f"left out {len(left_out)} uploads that are in the evaluation set: {', '.join(left_out[:5])}")
+            self.status.setdefault("result", {})["left_out_in_evaluation_set"] = left_out
         self.log(f"training images: {sum(counts.values())} " + json.dumps(counts))
         empty = [label for label, n in counts.items() if n == 0]
         if empty:
