@@ -295,8 +295,14 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     ``base_model`` (the live bundle): when it has the same fine-tuned recipe, its block and head are
     the starting point (a warm start: ``warm_epochs`` of stage 2 instead of both stages).
     """
-    from .classifier import Backbone, Classifier, zoom_similarity
+    from .classifier import ZOOM_MEMO_ENV, Backbone, Classifier, remember_zoom, zoom_similarity
     from .evaluation import evaluate_embeddings, image_source
+
+    # Calibration and the bundle check take a second look at the same validation images.
+    memo = remember_zoom()
+    memo_path = Path(os.environ[ZOOM_MEMO_ENV]) if os.environ.get(ZOOM_MEMO_ENV) else None
+    if memo_path is not None:
+        memo.load(memo_path)
 
     cfg = config or Config()
     try:
@@ -505,6 +511,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         (output_data_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if memo_path is not None:
+        memo.save(memo_path)
     log(train_seconds=round(time.monotonic() - started, 2))
     print("stage=done", flush=True)
     return metrics

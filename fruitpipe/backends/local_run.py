@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 
 from .. import bundle, gate
 from .. import recipe as rc
+from ..classifier import ZOOM_MEMO_ENV, remember_zoom
 from ..evalset import UploadGuard
 from ..labels import LABELS
 from .local import LocalRegistry, atomic_write_json, proc_start_time, read_json, uploads_fingerprint
@@ -152,6 +153,11 @@ def cache_lock(cache_dir: Path, on_wait: Callable[[], None] | None = None) -> It
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def zoom_memo_path(cache_dir: Path) -> Path:
+    """The second-look memo beside the embedding cache (:class:`fruitpipe.classifier.ZoomMemo`)."""
+    return Path(cache_dir).parent / f"zoom-memo-{Path(cache_dir).name}.npz"
 
 
 def embed_set(folder: Path, cache_dir: Path, views: tuple[str, ...] = ("orig",), backbone: Any = None) -> tuple[Any, Any]:
@@ -273,8 +279,9 @@ class Run:
             atomic_write_json(path, dict(self.recipe.hyperparameters))
             cmd += ["--hyperparameters", str(path)]
         self.log("$ " + " ".join(cmd))
+        env = dict(os.environ, **{ZOOM_MEMO_ENV: str(zoom_memo_path(self.cache_dir))})
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, stdin=subprocess.DEVNULL, errors="replace",
+                                bufsize=1, stdin=subprocess.DEVNULL, errors="replace", env=env,
                                 preexec_fn=_die_with_parent)
         assert proc.stdout is not None
         metrics: dict[str, str] = {}
@@ -323,6 +330,8 @@ class Run:
             live = (fn(Classifier(self.registry.fetch(live_version), shared_backbone=backbone), evaluation)
                     if live_version else None)
             return cand, live, eval_set
+        memo = remember_zoom()
+        memo.load(zoom_memo_path(self.cache_dir))
         backbone, emb = embed_set(evaluation, self.cache_dir)
         self.progress.within(0.4)
         self.update()
@@ -341,6 +350,7 @@ class Run:
                 live = metrics
                 self.log(f"live {live_version}: accuracy={live['accuracy']:.4f} macro_f1={live['macro_f1']:.4f} "
                          f"ood_rejected_rate={live.get('ood_rejected_rate')}")
+        memo.save(zoom_memo_path(self.cache_dir))
         return cand, live, eval_set
 
     def run(self) -> int:
@@ -507,8 +517,11 @@ def warm_up(store: Path) -> int:
                     eval_set = rc.fingerprint(recipe.evaluation)
                     cached = frozen_evaluation(Path(store), live)
                     if cached is None or cached.get("eval_set") != eval_set:
+                        memo = remember_zoom()
+                        memo.load(zoom_memo_path(cache_dir))
                         _, emb = embed_set(evaluation, cache_dir, backbone=backbone)
                         save_frozen_evaluation(Path(store), live, eval_set, score(registry.fetch(live), backbone, emb))
+                        memo.save(zoom_memo_path(cache_dir))
                 finally:
                     shutil.rmtree(evaluation, ignore_errors=True)
         update(state="done", percent=100.0, finished=bundle.now_iso(), seconds=round(time.monotonic() - started, 1),
