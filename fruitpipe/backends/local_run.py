@@ -228,7 +228,7 @@ class Run:
             self.recipe.prepare()
         except ImportError as exc:
             raise RunFailed(f"the recipe's generated not-fruit images need an optional package ({exc.name}): "
-                            "pip install 'fruitpipe[train]'") from None
+                            "pip install scikit-image matplotlib (both in fruitpipe[dev])") from None
         data = self.dir / "data"
         uploads = self.store / "dataset"
         guard = UploadGuard(self.recipe.evaluation, (), self.store / "recipe")
