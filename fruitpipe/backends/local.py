@@ -401,7 +401,8 @@ class LocalTrainer(Trainer):
         status = to_status(data)
         warm = read_json(self.warmup_path)
         if isinstance(warm, dict) and warm.get("state") == "running" and status.state != "running":
-            status.warmup = warm
+            if pid_alive(warm.get("pid"), warm.get("pid_start")) or warm.get("pid") is None:
+                status.warmup = {k: warm.get(k) for k in ("state", "stage", "percent", "started")}
         return status
 
     def trained_on(self) -> dict[str, dict[str, Any]]:
