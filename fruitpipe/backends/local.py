@@ -503,6 +503,24 @@ class LocalTrainer(Trainer):
         atomic_write_json(self.warmup_path, warm)
         return True
 
+    def stop_warm_up(self) -> bool:
+        """Stop a running warm-up (the server is shutting down); the next start resumes it, with
+        what it had already embedded. True if one was stopped. A retrain is never stopped."""
+        warm = read_json(self.warmup_path)
+        if not (isinstance(warm, dict) and warm.get("state") == "running"
+                and pid_alive(warm.get("pid"), warm.get("pid_start"))):
+            return False
+        try:
+            os.killpg(int(warm["pid"]), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return False
+        proc = self._procs.get(int(warm["pid"]))
+        if proc is not None:
+            proc.wait(10)
+        warm.update(state="stopped", finished=bundle.now_iso())
+        atomic_write_json(self.warmup_path, warm)
+        return True
+
     def wait(self, timeout: float | None = None) -> RetrainStatus:
         """Wait for the started processes (tests and the CLI)."""
         for proc in list(self._procs.values()):

@@ -64,6 +64,11 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"fruitpipe: admin token ({source}): {token}", file=sys.stderr)
     print(f"fruitpipe: dashboard http://{args.host}:{args.port}/  API docs http://{args.host}:{args.port}/docs",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    timeout_graceful_shutdown=5)
+    finally:
+        trainer = app.state.fruitpipe.backend.trainer
+        if hasattr(trainer, "stop_warm_up"):
+            trainer.stop_warm_up()  # background preparation only; a running retrain carries on
     return 0
