@@ -109,7 +109,7 @@ class LocalDataStore(DataStore):
             status, code, detail = found
             if status == "rejected":
                 return UploadResult(shown, "rejected", label=label, sha256=filed.sha256, error=code, detail=detail)
-            result.status, result.detail = "duplicate", detail
+            result.status, result.detail, result.key = "duplicate", detail, None  # not filed: already seed data
             return result
         if path.exists():
             result.status = "duplicate"
