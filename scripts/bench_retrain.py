@@ -62,9 +62,17 @@ def wait_health(base: str, proc: subprocess.Popen, timeout: float = 120) -> None
     raise SystemExit("server did not answer /health")
 
 
-def pick(n_per_class: int, offset: int) -> dict[str, list[Path]]:
+def pick(total: int, offset: int) -> dict[str, list[Path]]:
+    """``total`` photos of fruits_extra, round-robin over the classes, each class from its
+    ``offset``-th photo on (rotten apples and oranges have few: the others fill in)."""
     from fruitpipe.labels import LABELS
-    return {label: sorted((EXTRA / label).glob("*.jpg"))[offset:offset + n_per_class] for label in LABELS}
+    pools = {label: sorted((EXTRA / label).glob("*.jpg"))[offset:] for label in LABELS}
+    out: dict[str, list[Path]] = {label: [] for label in LABELS}
+    while sum(map(len, out.values())) < total and any(pools.values()):
+        for label in LABELS:
+            if pools[label] and sum(map(len, out.values())) < total:
+                out[label].append(pools[label].pop(0))
+    return out
 
 
 def timed_retrain(api: Any, force: bool = False) -> dict[str, Any]:
@@ -140,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                 warm = json.loads((store / "retrain" / "warmup.json").read_text())
                 run["warm_up"] = {"seconds": warm.get("seconds"), "images": warm.get("images"),
                                   "state": warm.get("state")}
-                run["upload_12"] = api.upload_many(pick(2, 0))
+                run["upload_12"] = api.upload_many(pick(12, 0))
                 run["load_before_first"] = load()
                 run["first_retrain"] = timed_retrain(api)
                 if rep == 0:
-                    run["upload_100"] = api.upload_many(pick(17, 2))
+                    run["upload_100"] = api.upload_many(pick(100, 2))
                     run["load_before_second"] = load()
                     run["retrain_after_100"] = timed_retrain(api)
                     code, body = api.retrain_raw(force=False)
