@@ -40,12 +40,13 @@ from ..evalset import UploadGuard
 from ..labels import LABELS
 from .local import LocalRegistry, atomic_write_json, proc_start_time, read_json, uploads_fingerprint
 
-# Expected seconds per stage before any run was measured (a warm-started retrain with a warm
-# cache on this 2-core machine); afterwards retrain/stage-seconds.json, the last run's own.
+# Rough expected seconds per stage before any run was measured here (a warm-started retrain with
+# a warm cache on an unloaded 2-core machine, about 33 s in all); afterwards
+# retrain/stage-seconds.json, the previous run's own measured durations, replace them.
 DEFAULT_PLAN: list[tuple[str, float]] = [
-    ("prepare", 2.0), ("wait_cache", 0.0), ("load_backbone", 4.0), ("embed_train", 6.0),
-    ("embed_validation", 2.0), ("calibrate", 6.0), ("refit", 0.5), ("finetune_block", 40.0),
-    ("write_bundle", 2.0), ("evaluate", 4.0), ("done", 0.5), ("gate_evaluate", 8.0), ("publish", 1.0)]
+    ("prepare", 1.0), ("wait_cache", 0.0), ("load_backbone", 1.0), ("embed_train", 1.0),
+    ("embed_validation", 2.0), ("calibrate", 4.0), ("refit", 4.0), ("finetune_block", 10.0),
+    ("write_bundle", 1.0), ("evaluate", 3.0), ("done", 1.0), ("gate_evaluate", 4.0), ("publish", 0.5)]
 STAGE_LABELS = {
     "prepare": "preparing the data", "wait_cache": "waiting for the first-start warm-up",
     "load_backbone": "training: loading the backbone", "embed_train": "training: embedding new images",
@@ -114,9 +115,8 @@ class Progress:
 
     def eta(self) -> float | None:
         done = self._done_expected()
-        if done <= 0:
-            return round(self.total, 1)
-        speed = min(4.0, max(0.5, (self.clock() - self.started) / done))
+        # the observed speed only counts once a twentieth of the run is behind it
+        speed = min(4.0, max(0.5, (self.clock() - self.started) / done)) if done >= 0.05 * self.total else 1.0
         return round(max(0.0, self.total - done) * speed, 1)
 
     def finish(self) -> list[tuple[str, float]]:
