@@ -9,7 +9,7 @@ import pytest
 
 from fruitpipe.cli import main
 
-from .conftest import DEFAULT_MODEL, FRUITS, needs_shared
+from .conftest import FRUITS, needs_shared
 from .service_support import TOKEN, live_server, make_app, make_backend, small_dataset
 
 pytestmark = [needs_shared, pytest.mark.slow]
