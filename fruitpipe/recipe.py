@@ -20,6 +20,11 @@ A data set is a list of *roots*, each holding ``<class>/`` folders (any other fo
 ``not_fruit/``, holds images that must be rejected); :func:`link_dataset` joins them into one
 folder of symlinks. Changing the recipe (other sources, other splits, other hyperparameters) is
 an edit of :func:`shipped` and ``HYPERPARAMETERS`` only.
+
+:func:`candidate` is issue 11's recipe under test (not shipped): it adds the photo sets
+``fruits_extra`` and ``not_fruit``, split by :mod:`fruitpipe.splits` into train / val / test
+through *split roots* (:func:`split_root`): ``<set>/@split-<name>`` stands for the photos of one
+split, so nothing is copied and the split stays a function of the set's ``MANIFEST.csv``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import ood
+from . import ood, splits
 
 REPO = Path(__file__).resolve().parent.parent
 FRUITS_ENV = "FRUITPIPE_FRUITS"
@@ -41,6 +46,7 @@ FRUITS_ENV = "FRUITPIPE_FRUITS"
 # live 98.05%), 2 epochs 98.05% / macro-F1 98.45% (promoted) (docs/ml.md, "Warm-started retrains").
 HYPERPARAMETERS: Mapping[str, str] = {"refit": "true", "warm_epochs": "2"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SPLIT_PREFIX = "@split-"
 
 
 def default_fruits() -> Path:
@@ -91,16 +97,67 @@ def shipped(generated: Path, fruits: Path | None = None) -> Recipe:
                   generated={str(calib): "calib", str(heldout): "heldout"})
 
 
+def split_root(root: Path, split: str) -> Path:
+    """A root standing for one split (:mod:`fruitpipe.splits`) of a set with a ``MANIFEST.csv``:
+    ``root/@split-<split>`` (not a real folder; :func:`images`, :func:`link_dataset` and
+    :func:`fingerprint` read it as ``root`` filtered to the photos of that split)."""
+    if split not in splits.SPLITS:
+        raise ValueError(f"unknown split {split!r}; one of {splits.SPLITS}")
+    return Path(root) / f"{SPLIT_PREFIX}{split}"
+
+
+def _source(root: Path) -> tuple[Path, Callable[[Path], bool] | None]:
+    """The real folder behind a root and the filter of a split root (None: every image)."""
+    root = Path(root)
+    if not root.name.startswith(SPLIT_PREFIX):
+        return root, None
+    base, split = root.parent, root.name[len(SPLIT_PREFIX):]
+    where = splits.split_of(base) if (base / splits.MANIFEST).is_file() else {}
+    return base, lambda path: where.get(f"{path.parent.name}/{path.name}") == split
+
+
+def _files(root: Path) -> list[tuple[str, Path]]:
+    """(folder name, path) of every image of one root (a split root filtered), sorted."""
+    base, keep = _source(root)
+    if not base.is_dir():
+        return []
+    out: list[tuple[str, Path]] = []
+    for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        out += [(folder.name, f) for f in sorted(folder.iterdir())
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+                and (keep is None or keep(f))]
+    return out
+
+
+def default_extra() -> tuple[Path, Path]:
+    """``../shared/data/fruits_extra`` and ``../shared/data/not_fruit`` beside ``FRUITS`` (issue 11)."""
+    data = default_fruits().parent
+    return data / "fruits_extra", data / "not_fruit"
+
+
+def candidate(fruits: Path | None = None, extra: Path | None = None, not_fruit: Path | None = None) -> Recipe:
+    """Issue 11's candidate recipe (not shipped): the shipped fruit splits plus the train / val /
+    test splits (:mod:`fruitpipe.splits`) of ``fruits_extra`` (fruit) and ``not_fruit`` (real
+    photos to reject, in folders named by kind):
+
+    * **train**: ``FRUITS/train`` + ``fruits_extra`` train + ``not_fruit`` train (real negatives);
+    * **validation** (choices, calibration): ``FRUITS/val`` + ``fruits_extra`` val + ``not_fruit`` val;
+    * **evaluation**: ``FRUITS/test`` + ``fruits_extra`` test + ``not_fruit`` test.
+
+    No generated not-fruit set: the real photos replace it.
+    """
+    fruits = Path(fruits) if fruits is not None else default_fruits()
+    d_extra, d_not = default_extra()
+    extra = Path(extra) if extra is not None else d_extra
+    not_fruit = Path(not_fruit) if not_fruit is not None else d_not
+    part = {s: (split_root(extra, s), split_root(not_fruit, s)) for s in splits.SPLITS}
+    return Recipe(train=(fruits / "train", *part["train"]), validation=(fruits / "val", *part["val"]),
+                  evaluation=(fruits / "test", *part["test"]), hyperparameters=dict(HYPERPARAMETERS))
+
+
 def images(roots: tuple[Path, ...] | list[Path]) -> list[tuple[str, Path]]:
     """Every image of the roots as (folder name, path), sorted by root then folder then name."""
-    out: list[tuple[str, Path]] = []
-    for root in roots:
-        if not Path(root).is_dir():
-            continue
-        for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
-            out += [(folder.name, f) for f in sorted(folder.iterdir())
-                    if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()]
-    return out
+    return [item for root in roots for item in _files(Path(root))]
 
 
 def link_dataset(dest: Path, roots: tuple[Path, ...] | list[Path],
@@ -111,16 +168,11 @@ def link_dataset(dest: Path, roots: tuple[Path, ...] | list[Path],
     dest.mkdir(parents=True)
     counts: dict[str, int] = {}
     for i, root in enumerate(roots):
-        if not Path(root).is_dir():
-            continue
-        for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
-            out = dest / folder.name
-            out.mkdir(exist_ok=True)
-            for f in sorted(folder.iterdir()):
-                if (f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
-                        and (keep is None or keep(f))):
-                    (out / f"s{i}-{f.name}").symlink_to(f.resolve())
-                    counts[folder.name] = counts.get(folder.name, 0) + 1
+        for folder, f in _files(Path(root)):
+            if keep is None or keep(f):
+                (dest / folder).mkdir(exist_ok=True)
+                (dest / folder / f"s{i}-{f.name}").symlink_to(f.resolve())
+                counts[folder] = counts.get(folder, 0) + 1
     return counts
 
 
