@@ -141,3 +141,16 @@ def summary(root: Path) -> dict[str, dict[str, int]]:
     for row in rows:
         out[row.label][where[row.path]] += 1
     return {k: dict(v) for k, v in sorted(out.items())}
+
+
+# not_fruit kinds by how hard they are to reject (issue 11's reporting groups); every other kind is
+# "other_produce" (grocery fruit and vegetables that are not apples, bananas or oranges).
+LOOK_ALIKES: Final[frozenset[str]] = frozenset({"mango", "pomegranate", "peach", "guava"})
+NON_FOOD: Final[frozenset[str]] = frozenset({"cat", "dog", "person", "milk_carton", "yoghurt_pack", "juice_carton"})
+NOT_FRUIT_GROUPS: Final[tuple[str, ...]] = ("other_produce", "look_alike", "non_food")
+
+
+def not_fruit_group(kind: str) -> str:
+    """The reporting group of a ``not_fruit`` kind: ``look_alike``, ``non_food`` (animals, people,
+    packages) or ``other_produce``."""
+    return "look_alike" if kind in LOOK_ALIKES else "non_food" if kind in NON_FOOD else "other_produce"

@@ -1,0 +1,135 @@
+"""Score a model bundle on every evaluation set of issue 11, by set and by not-fruit group.
+
+Sets (``--splits val test``; ``val`` is for choices, ``test`` is read once at the end):
+
+* ``fruits/<split>``: the Kaggle photos (``../shared/data/fruits/val``, ``.../test``);
+* ``fruits_extra/<split>``: the photos from other sources, split by :mod:`fruitpipe.splits`;
+* ``not_fruit/<split>``: real photos to reject, split the same way, reported by group
+  (:func:`fruitpipe.splits.not_fruit_group`: other produce, look-alikes mango / pomegranate / peach /
+  guava, non-food cats / dogs / people / packages) and by kind.
+
+Fruit sets report accuracy (a rejected fruit counts as wrong), the head's own accuracy, per-class
+recall, the fruit-loss rate (share answered ``not_fruit``) and the ``uncertain`` rate; not-fruit
+sets the share answered ``not_fruit`` and, for the rest, which class they were taken for. Verdicts
+are exactly the served ones (second look included). Backbone outputs come from the embedding cache
+(each image embedded once in its life).
+
+    python scripts/eval_sets.py --model models/default --name shipped --splits val test
+    → results/eval_sets_shipped.json (+ a markdown table on stdout)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fruitpipe import recipe as rc  # noqa: E402
+from fruitpipe import splits  # noqa: E402
+from fruitpipe.labels import LABELS  # noqa: E402
+
+
+def sets(split_names: list[str]) -> list[tuple[str, Path]]:
+    """(set name, root) for every evaluation set of the given splits."""
+    fruits = rc.default_fruits()
+    extra, not_fruit = rc.default_extra()
+    out = []
+    for s in split_names:
+        out += [(f"fruits/{s}", fruits / s), (f"fruits_extra/{s}", rc.split_root(extra, s)),
+                (f"not_fruit/{s}", rc.split_root(not_fruit, s))]
+    return out
+
+
+def score(clf, root: Path, cache) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Metrics of one set (see the module docstring)."""
+    from fruitpipe.embeddings import Item, embed_items
+    from fruitpipe.evaluation import image_source, metrics_from_predictions
+
+    items = [Item(path, label) for label, path in rc.images([root])]
+    emb = embed_items(items, clf.backbone, cache, views=("orig",), progress=False)
+    preds = clf.predict_embeddings(emb.views["orig"], emb.pooled["orig"], images=image_source(emb.paths, clf.size),
+                                   block_in=emb.block_in["orig"])
+    rejected = [p.verdict == "not_fruit" for p in preds]
+    out: dict[str, Any] = {"n": len(preds), "skipped": dict(emb.skipped),
+                           "second_look_rate": sum("zoom_similarity" in p.scores for p in preds) / max(len(preds), 1)}
+    fruit = [i for i, lab in enumerate(emb.labels) if lab in LABELS]
+    if fruit:
+        m = metrics_from_predictions([emb.labels[i] for i in fruit], [preds[i].predicted_class for i in fruit],
+                                     [rejected[i] for i in fruit])
+        out.update({k: m[k] for k in ("accuracy", "head_accuracy", "macro_f1", "fruit_rejected_rate", "confusion")})
+        out["recall"] = {lab: {"recall": v["recall"], "n": v["n"]} for lab, v in m["per_class"].items()}
+        out["uncertain_rate"] = sum(preds[i].verdict == "uncertain" for i in fruit) / len(fruit)
+    other = [i for i, lab in enumerate(emb.labels) if lab not in LABELS]
+    if other:
+        groups: dict[str, dict[str, Any]] = {}
+        for g in splits.NOT_FRUIT_GROUPS:
+            rows = [i for i in other if splits.not_fruit_group(emb.labels[i]) == g]
+            taken = Counter(preds[i].predicted_class for i in rows if not rejected[i])
+            groups[g] = {"n": len(rows), "rejected_rate": sum(rejected[i] for i in rows) / max(len(rows), 1),
+                         "accepted_as": dict(taken.most_common())}
+        kinds = sorted({emb.labels[i] for i in other})
+        out["not_fruit"] = {
+            "n": len(other), "rejected_rate": sum(rejected[i] for i in other) / len(other), "groups": groups,
+            "kinds": {k: {"n": sum(emb.labels[i] == k for i in other),
+                          "rejected_rate": sum(rejected[i] for i in other if emb.labels[i] == k)
+                          / sum(emb.labels[i] == k for i in other)} for k in kinds}}
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown summary of :func:`main`'s results."""
+    lines = ["| set | n | accuracy (rejected = wrong) | head alone | fruit rejected | uncertain | min class recall |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in results["sets"].items():
+        if "accuracy" in r:
+            worst = min(r["recall"].items(), key=lambda kv: kv[1]["recall"] if kv[1]["n"] else 2)
+            lines.append(f"| {name} | {r['n']} | {100 * r['accuracy']:.1f}% | {100 * r['head_accuracy']:.1f}% | "
+                         f"{100 * r['fruit_rejected_rate']:.2f}% | {100 * r['uncertain_rate']:.1f}% | "
+                         f"{worst[0]} {100 * worst[1]['recall']:.0f}% (n {worst[1]['n']}) |")
+    lines += ["", "| set | group | n | answered not_fruit | accepted mostly as |", "|---|---|---:|---:|---|"]
+    for name, r in results["sets"].items():
+        for g, v in r.get("not_fruit", {}).get("groups", {}).items():
+            top = ", ".join(f"{k} {n}" for k, n in list(v["accepted_as"].items())[:2])
+            lines.append(f"| {name} | {g} | {v['n']} | {100 * v['rejected_rate']:.1f}% | {top} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "default")
+    parser.add_argument("--name", required=True, help="results/eval_sets_<name>.json")
+    parser.add_argument("--splits", nargs="+", default=["val"], choices=list(splits.SPLITS[1:]))
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "embeddings")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from fruitpipe.classifier import Classifier
+    from fruitpipe.embeddings import EmbeddingCache
+
+    started = time.monotonic()
+    clf = Classifier(args.model, num_threads=1)
+    cache = EmbeddingCache(args.cache)
+    results: dict[str, Any] = {"model": str(args.model), "model_version": clf.version, "splits": args.splits,
+                               "split_rule": {"fractions": dict(splits.FRACTIONS), "salt": splits.SALT},
+                               "sets": {}}
+    for name, root in sets(args.splits):
+        results["sets"][name] = score(clf, root, cache)
+    cache.flush()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["load_average"] = list(os.getloadavg())
+    out = REPO / "results" / f"eval_sets_{args.name}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwrote {out.relative_to(REPO)} ({results['seconds']} s, load average {results['load_average'][0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
