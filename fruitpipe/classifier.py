@@ -20,8 +20,8 @@ import numpy as np
 
 from . import backbone, block, bundle, features, imaging
 from .head import Head, softmax
-from .labels import LABELS, Verdict
-from .rejection import Rejector, prototype_similarity
+from .labels import LABELS, OOD_FOLDER, Verdict
+from .rejection import Rejector, prototype_similarity, split_not_fruit
 
 # Rows of a batch → their preprocessed images ``uint8 [n, 224, 224, 3]``; lets callers that hold
 # only embeddings (evaluation, training) load images lazily for the rejection's second look.
@@ -241,9 +241,13 @@ class Classifier:
                 self.block = block.Block.load(self.bundle_dir / name)
             except (OSError, KeyError, ValueError) as exc:
                 raise bundle.BundleError(f"cannot load the fine-tuned block {name}: {exc}") from None
-        if self.head.input_dim != dim or self.head.output_dim != len(LABELS):
+        # A head with a seventh "not_fruit" output (issue 11) names its outputs; older heads have six.
+        outputs = list(self.manifest.head.get("outputs", LABELS))
+        if outputs not in (list(LABELS), [*LABELS, OOD_FOLDER]):
+            raise bundle.BundleError(f"unknown head outputs {outputs}")
+        if self.head.input_dim != dim or self.head.output_dim != len(outputs):
             raise bundle.BundleError(f"head shape {self.head.input_dim}→{self.head.output_dim} does "
-                                     f"not map {dim} ({self.recipe}) to {len(LABELS)}")
+                                     f"not map {dim} ({self.recipe}) to {len(outputs)}")
         self.rejector = Rejector.from_manifest(self.manifest.rejection, self.bundle_dir)
         self.size = int(self.manifest.preprocessing.get("size", imaging.INPUT_SIZE))
 
@@ -281,8 +285,8 @@ class Classifier:
         ``images`` gives the preprocessed images of rows the rejection wants a second look at;
         without it, those rows are judged on the whole image only (stricter, never looser).
         """
-        probs = self.head(self.head_input(emb, pooled, block_in))
-        scores = self.rejector.scores(emb, self.backbone.imagenet_probs(emb), probs)
+        probs, not_fruit = split_not_fruit(self.head(self.head_input(emb, pooled, block_in)))
+        scores = self.rejector.scores(emb, self.backbone.imagenet_probs(emb), probs, not_fruit)
         if images is not None:
             self.rejector.take_second_look(scores, lambda rows: self.zoom_similarity(images(rows)))
         top = probs.argmax(axis=1)

@@ -25,6 +25,7 @@ import numpy as np
 from . import features
 from .backbone import EMBEDDING_DIM, FEATURE_CHANNELS
 from .head import Head
+from .labels import LABELS
 
 METHOD: Final[str] = "grad-cam, fine-tuned block 17 (7x7)"
 
@@ -92,7 +93,6 @@ def explain(classifier, image: np.ndarray, cls: int | None = None) -> dict[str, 
     block_out = classifier.block(classifier.backbone.block_input(block_in))
     x = features.head_input(classifier.recipe, emb, features.with_block(pooled, block_out))
     if cls is None:
-        cls = int(classifier.head(x)[0].argmax())
+        cls = int(classifier.head(x)[0][:len(LABELS)].argmax())  # a 7th (not_fruit) output is no class
     cam = activation_map(classifier.head, x[0], block_out[0], cls)
-    from .labels import LABELS
     return {"method": METHOD, "explained_class": LABELS[cls], "grid": np.round(cam, 4).tolist()}

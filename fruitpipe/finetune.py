@@ -83,8 +83,9 @@ def export_head(head_model: Any) -> Head:
                 activations=tuple("relu" if i < len(dense) - 1 else "softmax" for i in range(len(dense))))
 
 
-def keras_head(cfg: "Config") -> Any:
-    """Batch norm → dropout → dense ``hidden`` (ReLU) → dropout → dense 6 (softmax), on 2112 inputs."""
+def keras_head(cfg: "Config", outputs: int = len(LABELS)) -> Any:
+    """Batch norm → dropout → dense ``hidden`` (ReLU) → dropout → dense ``outputs`` (softmax; 6 classes,
+    or 7 with a ``not_fruit`` output), on 2112 inputs."""
     import keras
 
     reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
@@ -93,7 +94,7 @@ def keras_head(cfg: "Config") -> Any:
     if cfg.hidden:
         layers += [keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=reg),
                    keras.layers.Dropout(cfg.dropout)]
-    return keras.Sequential(layers + [keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg)])
+    return keras.Sequential(layers + [keras.layers.Dense(outputs, activation="softmax", kernel_regularizer=reg)])
 
 
 def load_head(head_model: Any, start: Head, x: np.ndarray) -> None:
@@ -126,16 +127,20 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
 
     Warm start (a retrain): with ``start``, the live model's head, and ``init`` its block, stage 1
     is skipped and stage 2 runs ``cfg.warm_epochs`` (see :func:`load_head`).
+
+    With ``cfg.not_fruit_output`` the head has a seventh output and rows with ``y == 6`` are
+    not-fruit photos it learns to put there.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
-    head = keras_head(cfg)
+    outputs = len(LABELS) + int(cfg.not_fruit_output)  # y == 6: a not-fruit photo (the 7th output)
+    head = keras_head(cfg, outputs)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    y_hot = keras.utils.to_categorical(y, len(LABELS))
+    y_hot = keras.utils.to_categorical(y, outputs)
     has_val = val is not None and y_val is not None and len(y_val)
-    val_hot = keras.utils.to_categorical(y_val, len(LABELS)) if has_val else None
+    val_hot = keras.utils.to_categorical(y_val, outputs) if has_val else None
     head_epochs, joint_epochs = (0, cfg.warm_epochs) if start is not None else (cfg.epochs, cfg.finetune_epochs)
     total = head_epochs + joint_epochs
 

@@ -45,6 +45,9 @@ FRUITS_ENV = "FRUITPIPE_FRUITS"
 # 12-photo upload of scripts/bench_retrain.py, 4 epochs scored 97.39% on the frozen set (rejected:
 # live 98.05%), 2 epochs 98.05% / macro-F1 98.45% (promoted) (docs/ml.md, "Warm-started retrains").
 HYPERPARAMETERS: Mapping[str, str] = {"refit": "true", "warm_epochs": "2"}
+# The candidate's changes: a 7th head output learnt from the not_fruit train split (docs/ml.md,
+# "A rejection that has seen the world"; scripts/experiment_open_set.py).
+CANDIDATE_HYPERPARAMETERS: Mapping[str, str] = {"not_fruit_output": "true"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLIT_PREFIX = "@split-"
 
@@ -152,7 +155,8 @@ def candidate(fruits: Path | None = None, extra: Path | None = None, not_fruit: 
     not_fruit = Path(not_fruit) if not_fruit is not None else d_not
     part = {s: (split_root(extra, s), split_root(not_fruit, s)) for s in splits.SPLITS}
     return Recipe(train=(fruits / "train", *part["train"]), validation=(fruits / "val", *part["val"]),
-                  evaluation=(fruits / "test", *part["test"]), hyperparameters=dict(HYPERPARAMETERS))
+                  evaluation=(fruits / "test", *part["test"]),
+                  hyperparameters={**HYPERPARAMETERS, **CANDIDATE_HYPERPARAMETERS})
 
 
 def images(roots: tuple[Path, ...] | list[Path]) -> list[tuple[str, Path]]:

@@ -21,10 +21,15 @@ person". Three cheap signals decide instead (measured on these data, see docs/ml
   strawberries and says so. Because some real oranges look like lemons to ImageNet, this signal
   rejects only together with a stricter similarity threshold (``min_similarity_other``).
 * ``confidence``: the head's top probability; a low one on a fruit → ``uncertain``.
+* ``not_fruit`` (bundles whose head has a seventh output, ``head.outputs`` in the manifest): that
+  output's probability. The head learnt it from real photos of other produce, packages and
+  animals (issue 11), so it knows what a tomato or a pear looks like, which the distances to fruit
+  prototypes cannot. ``max_not_fruit`` is its bar. The six class probabilities are renormalised
+  over the six classes (:func:`split_not_fruit`), so the API still returns six.
 
 Verdict: ``not_fruit`` if ``similarity < min_similarity`` (and, when the bundle has a zoom bar,
 ``zoom_similarity < min_similarity_zoom``), or if ``other_fruit >= max_other_fruit`` and
-``similarity < min_similarity_other``; else ``uncertain`` if ``confidence < min_confidence``;
+``similarity < min_similarity_other``, or (seventh output) if ``not_fruit > max_not_fruit``; else ``uncertain`` if ``confidence < min_confidence``;
 else fresh/rotten. Thresholds are chosen on validation fruit (and validation not-fruit images,
 when given) by the training job, and stored with the model.
 """
@@ -63,6 +68,7 @@ class Rejector:
     min_similarity_other: float
     min_confidence: float
     min_similarity_zoom: float | None = None  # None: no second look (bundles calibrated without not-fruit images)
+    max_not_fruit: float | None = None  # None: the head has no not_fruit output (bundles before issue 11)
 
     @classmethod
     def from_manifest(cls, rejection: dict[str, Any], bundle_dir: Path) -> "Rejector":
@@ -76,12 +82,14 @@ class Rejector:
             min_similarity_other=float(rejection["min_similarity_other"]),
             min_confidence=float(rejection["min_confidence"]),
             min_similarity_zoom=_optional_float(rejection.get("min_similarity_zoom")),
+            max_not_fruit=_optional_float(rejection.get("max_not_fruit")),
         )
 
     def scores(self, embeddings: np.ndarray, imagenet_probs: np.ndarray,
-               probs: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-image signals, each ``float32 [N]``."""
-        return compute_scores(embeddings, imagenet_probs, probs, self.other_classes, self.prototypes)
+               probs: np.ndarray, not_fruit: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per-image signals, each ``float32 [N]`` (``probs``: the six class probabilities;
+        ``not_fruit``: the seventh output's probability, when the head has one)."""
+        return compute_scores(embeddings, imagenet_probs, probs, self.other_classes, self.prototypes, not_fruit)
 
     def needs_second_look(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Boolean ``[N]``: the images whose ``zoom_similarity`` could still change the verdict
@@ -90,7 +98,7 @@ class Rejector:
             return np.zeros(len(scores["similarity"]), dtype=bool)
         sim = scores["similarity"]
         other = (scores["other_fruit"] >= self.max_other_fruit) & (sim < self.min_similarity_other)
-        return (sim < self.min_similarity) & ~other
+        return (sim < self.min_similarity) & ~other & ~_learnt(scores, self.max_not_fruit)
 
     def take_second_look(self, scores: dict[str, np.ndarray], zoom_of: Callable[[np.ndarray], np.ndarray]) -> None:
         """Add ``zoom_similarity`` to ``scores`` for the images that need it (see :func:`add_zoom`)."""
@@ -99,7 +107,7 @@ class Rejector:
     def not_fruit(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Boolean ``[N]``: the images this rule answers ``not_fruit``."""
         return reject_mask(scores, self.min_similarity, self.max_other_fruit, self.min_similarity_other,
-                           self.min_similarity_zoom)
+                           self.min_similarity_zoom, self.max_not_fruit)
 
     def verdicts(self, scores: dict[str, np.ndarray], top: np.ndarray) -> list[Verdict]:
         reject = self.not_fruit(scores)
@@ -114,19 +122,39 @@ class Rejector:
         return out
 
 
+def _learnt(scores: dict[str, np.ndarray], max_not_fruit: float | None) -> np.ndarray:
+    """Boolean ``[N]``: rejected by the seventh output (never without a bar or that score)."""
+    p = scores.get("not_fruit")
+    if max_not_fruit is None or p is None:
+        return np.zeros(len(scores["similarity"]), dtype=bool)
+    return p > max_not_fruit
+
+
+def split_not_fruit(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A head's softmax ``[N, 6]`` or ``[N, 7]`` → (the six class probabilities, renormalised to sum
+    to 1, ``float32 [N, 6]``; the seventh ``not_fruit`` probability ``float32 [N]``, or None)."""
+    if probs.shape[1] == len(LABELS):
+        return probs, None
+    six = probs[:, :len(LABELS)]
+    return (six / np.maximum(six.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32), \
+        probs[:, len(LABELS)].astype(np.float32)
+
+
 def reject_mask(scores: dict[str, np.ndarray], min_similarity: float, max_other_fruit: float,
-                min_similarity_other: float, min_similarity_zoom: float | None = None) -> np.ndarray:
+                min_similarity_other: float, min_similarity_zoom: float | None = None,
+                max_not_fruit: float | None = None) -> np.ndarray:
     """The not-fruit rule, shared by calibration (training) and serving.
 
     ``scores["zoom_similarity"]`` (NaN where the second look was not taken) rescues a far image
-    only when the bundle has a zoom bar and the image's zoomed quadrants clear it.
+    only when the bundle has a zoom bar and the image's zoomed quadrants clear it. With a
+    ``max_not_fruit`` bar, ``scores["not_fruit"]`` above it rejects on its own.
     """
     sim = scores["similarity"]
     far = sim < min_similarity
     zoom = scores.get("zoom_similarity")
     if min_similarity_zoom is not None and zoom is not None:
         far &= ~(np.nan_to_num(zoom, nan=-1.0) >= min_similarity_zoom)
-    return far | ((scores["other_fruit"] >= max_other_fruit) & (sim < min_similarity_other))
+    return far | ((scores["other_fruit"] >= max_other_fruit) & (sim < min_similarity_other)) | _learnt(scores, max_not_fruit)
 
 
 def add_zoom(scores: dict[str, np.ndarray], rows: np.ndarray, zoom_of: Callable[[np.ndarray], np.ndarray]) -> None:
@@ -158,15 +186,20 @@ def _optional_float(value: Any) -> float | None:
 
 
 def compute_scores(embeddings: np.ndarray, imagenet_probs: np.ndarray, probs: np.ndarray,
-                   other_classes: np.ndarray, prototypes: np.ndarray) -> dict[str, np.ndarray]:
-    """The signals, as a free function so calibration in training uses the exact same code."""
+                   other_classes: np.ndarray, prototypes: np.ndarray,
+                   not_fruit: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The signals, as a free function so calibration in training uses the exact same code.
+    ``probs``: the six class probabilities; ``not_fruit``: the seventh output, when there is one."""
     similarity = prototype_similarity(embeddings, prototypes)
     other = imagenet_probs[:, other_classes].max(axis=1) if len(other_classes) else np.zeros(len(embeddings))
-    return {
+    out = {
         "similarity": similarity,
         "other_fruit": other.astype(np.float32),
         "confidence": probs.max(axis=1).astype(np.float32),
     }
+    if not_fruit is not None:
+        out["not_fruit"] = np.asarray(not_fruit, dtype=np.float32)
+    return out
 
 
 def kmeans_prototypes(unit: np.ndarray, k: int, iterations: int = 25, seed: int = 0) -> np.ndarray:

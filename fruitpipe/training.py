@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -28,11 +29,11 @@ from .embeddings import Embedded, EmbeddingCache, embed_folder
 from .features import DEFAULT as DEFAULT_FEATURES, head_input, input_dim, uses_block
 from .finetune import Inputs
 from .head import Head
-from .labels import LABELS
+from .labels import LABELS, OOD_FOLDER
 from .rejection import FILE as REJECTION_FILE
 from .evaluation import metrics_from_predictions
 from .rejection import (OTHER_PRODUCE, Rejector, add_zoom, compute_scores, kmeans_prototypes, normalise,
-                        reject_mask, zoom_threshold)
+                        reject_mask, split_not_fruit, zoom_threshold)
 
 # Row indices → the rejection's second-look score of those rows (see Classifier.zoom_similarity).
 ZoomScore = Callable[[np.ndarray], np.ndarray]
@@ -67,6 +68,8 @@ class Config:
     max_other_fruit: float = 0.8
     min_confidence: float = 0.5
     validation_split: float = 0.15  # used only without a validation channel
+    not_fruit_output: bool = False  # a 7th head output trained on the training set's non-class folders (issue 11)
+    target_fruit_loss: float = 0.015  # with that output: share of each validation root's fruit the whole rule may reject
     head_dtype: str = "int8"  # float32 | float16 | int8 (per-row scales); int8 keeps the 2112x256 head ~0.5 MB
     seed: int = 0
 
@@ -131,6 +134,9 @@ def _warm_start(base_model: Path | None, cfg: Config) -> tuple[Head, Block] | No
         units = [int(layer["units"]) for layer in manifest.head["layers"]]
         if units[:-1] != ([cfg.hidden] if cfg.hidden else []):
             log(warm_start=0, warm_start_reason="base model head has another hidden size")
+            return None
+        if units[-1] != len(LABELS) + int(cfg.not_fruit_output):
+            log(warm_start=0, warm_start_reason="base model head has other outputs")
             return None
         head = Head.load(Path(base_model) / manifest.head["file"], [l["activation"] for l in manifest.head["layers"]])
         block = Block.load(Path(base_model) / manifest.head["block"]["file"])
@@ -203,7 +209,8 @@ def _quantile_threshold(values: np.ndarray, share: float) -> float:
 def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, emb_val: np.ndarray,
               imnet_val: np.ndarray, probs_val: np.ndarray,
               ood_similarity: np.ndarray | None = None, ood_zoom: ZoomScore | None = None,
-              fruit_zoom: ZoomScore | None = None) -> dict[str, Any]:
+              fruit_zoom: ZoomScore | None = None, not_fruit_val: np.ndarray | None = None,
+              fruit_sources: np.ndarray | None = None) -> dict[str, Any]:
     """Choose the thresholds on validation fruit so about the target share is rejected.
 
     With not-fruit validation images, the similarity bar is lowered to the level that still
@@ -211,6 +218,11 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
     far from the training photos then stays accepted. With their second-look scores
     (``ood_zoom``), the zoom bar is set just above every not-fruit image the first look rejects
     (:func:`fruitpipe.rejection.zoom_threshold`); without not-fruit images there is no zoom bar.
+
+    With the head's seventh output (``not_fruit_val``, its probability on the validation fruit),
+    ``max_not_fruit`` is the lowest bar that keeps every validation source (``fruit_sources``, one
+    label per row; default: one source) within ``target_fruit_loss`` of its fruit rejected by the
+    whole rule (the other signals' losses count against the same budget).
     """
     scores = compute_scores(emb_val, imnet_val, probs_val, other_classes, prototypes)
     min_sim = _quantile_threshold(scores["similarity"], cfg.target_fruit_rejection)
@@ -229,8 +241,20 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
     min_sim_other = float(candidates[allowed] if allowed < len(candidates) else 1.0)
     min_sim_other = max(min_sim_other, min_sim)
     rejected = reject_mask(scores, min_sim, cfg.max_other_fruit, min_sim_other, min_zoom)
+    max_not_fruit = None
+    if not_fruit_val is not None:
+        sources = fruit_sources if fruit_sources is not None else np.zeros(len(emb_val), dtype=int)
+        bars = []
+        for source in np.unique(sources):
+            rows = sources == source
+            left = np.sort(not_fruit_val[rows & ~rejected])[::-1]
+            allowed = int(np.floor(cfg.target_fruit_loss * rows.sum())) - int(rejected[rows].sum())
+            bars.append(float(left[allowed]) if 0 <= allowed < len(left) else 1.0 if allowed < 0 else 0.0)
+        max_not_fruit = max(bars)
+        rejected = rejected | (not_fruit_val > max_not_fruit)
     return {
-        "method": "prototype-similarity+zoom+imagenet-other-produce",
+        "method": "prototype-similarity+zoom+imagenet-other-produce" + ("+not-fruit-output" if max_not_fruit is not None
+                                                                        else ""),
         "file": REJECTION_FILE,
         "other_classes": [int(c) for c in other_classes],
         "min_similarity": min_sim,
@@ -238,6 +262,8 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
         "max_other_fruit": cfg.max_other_fruit,
         "min_similarity_other": min_sim_other,
         "min_confidence": cfg.min_confidence,
+        **({"max_not_fruit": max_not_fruit, "target_fruit_loss": cfg.target_fruit_loss}
+           if max_not_fruit is not None else {}),
         "calibration": {"n": int(len(emb_val)), "fruit_rejected_rate": float(rejected.mean()) if len(rejected) else 0.0,
                         "target_fruit_rejection": cfg.target_fruit_rejection,
                         "target_other_rejection": cfg.target_other_rejection},
@@ -309,6 +335,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         input_dim(cfg.features)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    if cfg.not_fruit_output and not uses_block(cfg.features):
+        raise TrainingError(f"not_fruit_output needs the fine-tuned recipe {DEFAULT_FEATURES}")
     started = time.monotonic()
     out_dir, output_data_dir = Path(out_dir), Path(output_data_dir or out_dir)
     # Checked before embedding anything: an unusable base model fails in a second, not after minutes.
@@ -335,6 +363,11 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     # Per view, the backbone outputs of the training fruit (rows of y_all); e: the 1280-d embedding
     # (prototypes, ImageNet head).
     tr_out = {v: _outputs(backbone, train_emb, v, fruit) for v in views}
+    # With a not_fruit output: the training set's non-class photos, every view, target len(LABELS).
+    negatives = [_outputs(backbone, train_emb, v, ~fruit) for v in views] if cfg.not_fruit_output else []
+    if cfg.not_fruit_output and not (~fruit).any():
+        raise TrainingError("not_fruit_output needs not-fruit training photos (a non-class folder in the data)")
+    log(n_train_not_fruit=int((~fruit).sum()) if cfg.not_fruit_output else 0)
     e_all = {v: tr_out[v].embedding for v in views}
     if val_emb is not None:
         tr_idx, va_idx = np.arange(len(y_all)), None
@@ -360,8 +393,11 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     log(n_train=len(tr_idx), n_validation=len(y_val))
 
     def stack(idx: np.ndarray, extra: list[Inputs] | None = None) -> tuple[Inputs, np.ndarray]:
-        parts = [_rows(tr_out[v], idx) for v in views] + (extra or [])
-        return Inputs(*(np.concatenate(arrays) for arrays in zip(*parts))), np.tile(y_all[idx], len(views))
+        """Rows ``idx`` of the training fruit in every view, the not-fruit photos (if any), then
+        ``extra``; the targets of all but ``extra``."""
+        parts = [_rows(tr_out[v], idx) for v in views] + negatives + (extra or [])
+        y = np.concatenate([np.tile(y_all[idx], len(views))] + [np.full(len(n.embedding), len(LABELS)) for n in negatives])
+        return Inputs(*(np.concatenate(arrays) for arrays in zip(*parts))), y
 
     block: Block | None = None
     init_block = Block.from_backbone(backbone.path) if uses_block(cfg.features) else None
@@ -416,21 +452,26 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     fruit_rows = np.flatnonzero([lab in LABELS for lab in val_labels])
     if val_emb is not None and not vfruit.all():
         e_ood = val_full.embedding[~vfruit]
-        ood_sim = compute_scores(e_ood, backbone.imagenet_probs(e_ood), head(val_x_full[~vfruit]), other,
-                                 prototypes)["similarity"]
+        ood_sim = compute_scores(e_ood, backbone.imagenet_probs(e_ood), split_not_fruit(head(val_x_full[~vfruit]))[0],
+                                 other, prototypes)["similarity"]
         ood_rows = np.flatnonzero(~vfruit)
         ood_zoom = lambda rows: zoom_of(ood_rows[rows])  # noqa: E731
-    rejection = calibrate(cfg, prototypes, other, e_val, backbone.imagenet_probs(e_val), head(x_val), ood_sim,
-                          ood_zoom=ood_zoom, fruit_zoom=lambda rows: zoom_of(fruit_rows[rows]))
+    six_val, nf_val = split_not_fruit(head(x_val))
+    # Validation roots joined by fruitpipe.recipe.link_dataset are named s<i>-<file>: one source each.
+    sources = np.array([re.match(r"(s\d+)-", Path(val_paths[i]).name)[1]  # type: ignore[index]
+                        if re.match(r"s\d+-", Path(val_paths[i]).name) else "" for i in fruit_rows])
+    rejection = calibrate(cfg, prototypes, other, e_val, backbone.imagenet_probs(e_val), six_val, ood_sim,
+                          ood_zoom=ood_zoom, fruit_zoom=lambda rows: zoom_of(fruit_rows[rows]),
+                          not_fruit_val=nf_val, fruit_sources=sources)
     log(min_similarity=rejection["min_similarity"], min_similarity_zoom=rejection["min_similarity_zoom"])
     honest = None
     if cfg.refit and len(y_val) and not single_fit:
         # Score the pre-refit model on validation now: after the refit it has seen those images.
         pre = Rejector(other, prototypes, rejection["min_similarity"], rejection["max_other_fruit"],
                        rejection["min_similarity_other"], rejection["min_confidence"],
-                       rejection["min_similarity_zoom"])
-        probs = head(val_x_full)
-        pre_scores = pre.scores(val_full.embedding, backbone.imagenet_probs(val_full.embedding), probs)
+                       rejection["min_similarity_zoom"], rejection.get("max_not_fruit"))
+        probs, nf_full = split_not_fruit(head(val_x_full))
+        pre_scores = pre.scores(val_full.embedding, backbone.imagenet_probs(val_full.embedding), probs, nf_full)
         pre.take_second_look(pre_scores, zoom_of)
         flags = pre.not_fruit(pre_scores)
         honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
@@ -439,8 +480,12 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
         # Without a channel the holdout is inside y_all; with one, its fruit joins in every view.
         extra = [_outputs(backbone, val_emb, v, vfruit) for v in views] if val_emb is not None else []
+        extra_y = [y_val] * len(extra)
+        if cfg.not_fruit_output and val_emb is not None and (~vfruit).any():  # the calibration negatives too
+            extra += [_outputs(backbone, val_emb, v, ~vfruit) for v in views]
+            extra_y += [np.full(int((~vfruit).sum()), len(LABELS))] * len(views)
         rf_in, y_rf = stack(np.arange(len(y_all)), extra)
-        y_rf = np.concatenate([y_rf] + [y_val] * len(extra))
+        y_rf = np.concatenate([y_rf] + extra_y)
         head, block, refit_history = fit(rf_in, y_rf)
         history = refit_history if single_fit else history
         prototypes = protos(normalise(rf_in.embedding), y_rf)
@@ -470,6 +515,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         manifest = bundle.Manifest(
             version=bundle.new_version(salt=str(os.getpid())), created=bundle.now_iso(), labels=LABELS,
             files={}, head={"file": "head.npz", "dtype": cfg.head_dtype, "features": cfg.features,
+                            **({"outputs": [*LABELS, OOD_FOLDER]} if cfg.not_fruit_output else {}),
                             "layers": [{"activation": a, "units": int(k.shape[1])}
                                        for a, k in zip(head.activations, head.kernels)],
                             **({"block": {"file": BLOCK_FILE, "dtype": "int8", "init": "backbone expanded_conv_17",

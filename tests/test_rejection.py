@@ -58,3 +58,44 @@ def test_old_manifest_without_zoom_bar_loads(tmp_path) -> None:
     assert Rejector.from_manifest(manifest, tmp_path).min_similarity_zoom is None
     manifest["min_similarity_zoom"] = 0.66
     assert Rejector.from_manifest(manifest, tmp_path).min_similarity_zoom == 0.66
+
+
+def test_seventh_output_rejects_on_its_own_and_six_probabilities_stay_a_distribution() -> None:
+    from fruitpipe.rejection import split_not_fruit
+
+    probs7 = np.array([[0.5, 0.1, 0.1, 0.1, 0.1, 0.0, 0.1], [0.05, 0.05, 0.0, 0.0, 0.0, 0.1, 0.8]], np.float32)
+    six, nf = split_not_fruit(probs7)
+    assert six.shape == (2, 6) and np.allclose(six.sum(axis=1), 1.0) and nf.tolist() == [np.float32(0.1), np.float32(0.8)]
+    assert six[0].argmax() == 0 and six[1].argmax() == 5
+    old = np.full((1, 6), 1 / 6, np.float32)
+    assert split_not_fruit(old)[0] is old and split_not_fruit(old)[1] is None
+    s = scores([0.9, 0.9])
+    s["not_fruit"] = nf
+    assert reject_mask(s, 0.6, 0.8, 0.6).tolist() == [False, False]  # no bar (old bundle): ignored
+    assert reject_mask(s, 0.6, 0.8, 0.6, max_not_fruit=0.5).tolist() == [False, True]
+    rej = Rejector(np.array([], np.int64), np.eye(3, dtype=np.float32), 0.95, 0.8, 0.7, 0.5,
+                   min_similarity_zoom=0.9, max_not_fruit=0.5)
+    # far from the prototypes, but the 7th output already rejects the second: no second look for it
+    assert rej.needs_second_look(s).tolist() == [True, False]
+
+
+def test_not_fruit_bar_keeps_every_validation_source_within_the_budget() -> None:
+    from fruitpipe.training import Config, calibrate
+
+    rng = np.random.default_rng(0)
+    n = 400
+    emb = np.tile(np.eye(1, 8, dtype=np.float32), (n, 1)) + 0.01 * rng.standard_normal((n, 8)).astype(np.float32)
+    protos = np.eye(1, 8, dtype=np.float32)
+    probs = np.full((n, 6), 1 / 6, np.float32)
+    sources = np.array(["s0"] * 300 + ["s1"] * 100)
+    nf = np.concatenate([rng.uniform(0, 0.05, 300), rng.uniform(0, 0.5, 100)]).astype(np.float32)
+    cfg = Config(target_fruit_rejection=0.0, target_other_rejection=0.0, target_fruit_loss=0.02)
+    out = calibrate(cfg, protos, np.array([], np.int64), emb, np.zeros((n, 1001), np.float32), probs,
+                    not_fruit_val=nf, fruit_sources=sources)
+    bar = out["max_not_fruit"]
+    for s in ("s0", "s1"):
+        assert (nf[sources == s] > bar).mean() <= 0.02
+    assert (nf[sources == "s1"] > bar).sum() == 2  # the budget is used, on the source that needs it
+    assert out["method"].endswith("+not-fruit-output")
+    no_output = calibrate(cfg, protos, np.array([], np.int64), emb, np.zeros((n, 1001), np.float32), probs)
+    assert "max_not_fruit" not in no_output

@@ -241,3 +241,35 @@ def test_unusable_base_model_fails_clearly_and_writes_nothing(tmp_path: Path) ->
     assert proc.returncode == 1 and "cannot warm-start from base model" in proc.stderr
     assert "stage=embed_train" not in proc.stdout  # refused before any image is embedded
     assert not model.exists() or not any(model.iterdir())
+
+
+@needs_shared
+@pytest.mark.slow
+def test_not_fruit_output_learns_from_negatives_and_old_api_shape_holds(tmp_path: Path) -> None:
+    """not_fruit_output=true: a 7th head output trained on the training set's non-class folder,
+    its bar calibrated on validation fruit; the served probabilities are still the six classes."""
+    from fruitpipe.classifier import Classifier
+    from fruitpipe.evaluation import evaluate
+    from fruitpipe.training import Config, train
+
+    not_fruit = REPO.parent / "shared" / "data" / "not_fruit"
+    if not not_fruit.is_dir():
+        pytest.skip("../shared/data/not_fruit is not beside the checkout")
+    train_dir = small_dataset(tmp_path / "train", "train", PER_CLASS)
+    val = small_dataset(tmp_path / "validation", "val", 4)
+    for root, kinds in ((train_dir / "tomato", ("tomato", "pear")), (val / "not_fruit", ("cat",))):
+        root.mkdir()
+        for kind in kinds:
+            for src in sorted((not_fruit / kind).glob("*.jpg"))[:12]:
+                (root / src.name).symlink_to(src)
+    train(train_dir, tmp_path / "model", validation_dir=val, cache_dir=tmp_path / "cache",
+          config=Config(not_fruit_output=True, epochs=5, finetune_epochs=1, hidden=32, prototypes_per_class=3))
+    manifest = bundle.verify(tmp_path / "model")
+    assert manifest.head["outputs"] == [*LABELS, "not_fruit"] and manifest.head["layers"][-1]["units"] == 7
+    assert 0.0 <= manifest.rejection["max_not_fruit"] <= 1.0
+    clf = Classifier(tmp_path / "model")
+    pred = clf.predict_bytes(sorted((not_fruit / "tomato").glob("*.jpg"))[-1].read_bytes())
+    assert sorted(pred.probabilities) == sorted(LABELS) and abs(sum(pred.probabilities.values()) - 1) < 1e-5
+    assert 0.0 <= pred.scores["not_fruit"] <= 1.0
+    result = evaluate(clf, val)
+    assert result["n"] == 24 and result["ood_n"] == 12
