@@ -124,6 +124,7 @@ def test_dashboard_end_to_end(browser, tmp_path):
         page.wait_for_selector("#admin-btn[data-signed-in='true']")
         assert page.evaluate("sessionStorage.getItem('fruitpipe-token')") == TOKEN
         assert api.get("/retraining-status").json()["state"] == "idle"
+        assert page.is_hidden("#retrain-error")
 
         # upload three files (one real photo, one duplicate of it, one text file) with the class picker
         page.select_option("#upload-class", "rottenapples")

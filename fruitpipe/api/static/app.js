@@ -457,6 +457,7 @@ function setupAdmin() {
     if (!t) { e.preventDefault(); return; }
     sessionStorage.setItem(TOKEN_KEY, t);
     $("token").value = "";
+    ["upload-error", "retrain-error", "versions-error"].forEach((box) => showError(box, ""));  // stale "sign in" errors
     renderAdmin();
   });
   $("admin-cancel").addEventListener("click", () => dlg.close());
