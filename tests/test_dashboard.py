@@ -142,7 +142,13 @@ def test_dashboard_end_to_end(browser, tmp_path):
         assert page.is_visible("#upload-list li[data-status='rejected']")
         assert "notes.txt" in page.text_content("#upload-list li[data-status='rejected']")
         page.wait_for_function("() => document.querySelector('#dataset-total').textContent === '1'")
-        assert bar_values(page, "dataset-chart")["rottenapples"] == 1
+        # the chart shows what a retrain trains on: the seed data (3 a class here) plus the uploads
+        d = api.get("/dataset").json()
+        assert d["seed"] == dict.fromkeys(d["counts"], 3) and d["counts"]["rottenapples"] == 1
+        assert bar_values(page, "dataset-chart") == {c: d["seed"][c] + d["counts"][c] for c in d["counts"]}
+        parts = page.eval_on_selector_all("#dataset-chart rect.part", "els => Object.fromEntries(els.map(e => [e.dataset.label, +e.dataset.value]))")
+        assert parts == d["seed"]
+        assert page.text_content("#dataset-sum") == "19"
 
         # a wrong token: the error shows in the upload card, and the next write asks again
         page.evaluate("sessionStorage.setItem('fruitpipe-token', 'wrong')")

@@ -436,6 +436,18 @@ class LocalTrainer(Trainer):
         atomic_write_json(self.status_path, fresh)
         return fresh
 
+    def seed_counts(self) -> dict[str, int]:
+        """Images per class in the seed folders (what a retrain trains on besides the uploads)."""
+        from ..embeddings import IMAGE_SUFFIXES  # what the training job reads
+        counts = dict.fromkeys(LABELS, 0)
+        for root in self.config.seed_dirs:
+            for label in LABELS:
+                folder = Path(root) / label
+                if folder.is_dir():
+                    counts[label] += sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                                          and not p.name.startswith("."))
+        return counts
+
     def status(self) -> RetrainStatus:
         with self._thread_lock:
             data = self._settle(self._read())

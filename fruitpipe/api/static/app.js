@@ -28,7 +28,8 @@ function h(tag, attrs = {}, ...children) {
 
 // Horizontal bar chart in SVG. items: [{label, value, color}]; the value is also kept in data-value.
 // The chart's values are also its aria-label ("title: label value, ..."), for screen readers.
-function barChart(svg, items, { max = null, fmt = (v) => String(v), labelWidth = 110, title = "" } = {}) {
+// An item with a ``part`` is a stacked bar: its first ``part`` of ``value`` drawn lighter (partFmt says it).
+function barChart(svg, items, { max = null, fmt = (v) => String(v), labelWidth = 110, title = "", partFmt = null } = {}) {
   const width = Math.max(svg.clientWidth || 300, 200);
   const rowH = 22, gap = 6;
   const top = max ?? Math.max(1, ...items.map((i) => i.value));
@@ -36,7 +37,7 @@ function barChart(svg, items, { max = null, fmt = (v) => String(v), labelWidth =
   svg.setAttribute("height", items.length * (rowH + gap));
   svg.replaceChildren();
   if (!svg.dataset.title) svg.dataset.title = svg.getAttribute("aria-label") || "";
-  svg.setAttribute("aria-label", `${title || svg.dataset.title}: ` + (items.length ? items.map((it) => `${it.label} ${fmt(it.value)}`).join(", ") : "no data"));
+  svg.setAttribute("aria-label", `${title || svg.dataset.title}: ` + (items.length ? items.map((it) => `${it.label} ${fmt(it.value)}${partFmt ? ` (${partFmt(it)})` : ""}`).join(", ") : "no data"));
   const barMax = width - labelWidth - 60;
   items.forEach((it, i) => {
     const y = i * (rowH + gap);
@@ -45,6 +46,10 @@ function barChart(svg, items, { max = null, fmt = (v) => String(v), labelWidth =
     svg.append(el("rect", { x: labelWidth, y, width: barMax, height: rowH, rx: 5, fill: "#f0eee8" }));
     svg.append(el("rect", { x: labelWidth, y, width: w, height: rowH, rx: 5, fill: it.color || "#2f6f4f",
       class: "bar", "data-label": it.key ?? it.label, "data-value": it.value }));
+    if (it.part != null && it.part > 0) {  // the first part of a stacked bar, drawn lighter over it
+      svg.append(el("rect", { x: labelWidth, y, width: top > 0 ? (it.part / top) * barMax : 0, height: rowH, rx: 5,
+        fill: "#ffffff", "fill-opacity": 0.55, class: "part", "data-label": it.key ?? it.label, "data-value": it.part }));
+    }
     svg.append(el("text", { x: labelWidth + barMax + 6, y: y + rowH * 0.7, class: "val" }, fmt(it.value)));
   });
 }
@@ -337,10 +342,18 @@ async function refreshStats() {
   }
 }
 
+// What a retrain trains on: the seed data (light part of each bar) plus the uploads (dark part).
 async function refreshDataset() {
   const d = await api("/dataset");
+  const seed = d.seed || {};
+  const hasSeed = d.seed_total > 0;
   $("dataset-total").textContent = d.total;
-  barChart($("dataset-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: d.counts[c] || 0, color: classColor(c) })));
+  $("dataset-seed-total").textContent = d.seed_total ?? 0;
+  $("dataset-sum").textContent = (d.seed_total ?? 0) + d.total;
+  $("dataset-note").dataset.seed = String(hasSeed);
+  barChart($("dataset-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: (seed[c] || 0) + (d.counts[c] || 0),
+    part: seed[c] || 0, color: classColor(c) })),
+    { fmt: (v) => String(v), partFmt: (it) => `${it.part} seed + ${it.value - it.part} uploaded` });
 }
 
 // ---------------------------------------------------------------- model performance + versions
