@@ -114,6 +114,7 @@ def test_dashboard_end_to_end(browser, tmp_path):
         page.click("#retrain-btn")
         page.wait_for_selector("#admin-dialog[open]")
         page.click("#admin-cancel")
+        page.wait_for_selector("#retrain-error:not([hidden])")
         assert "sign-in" in page.text_content("#retrain-error")
         assert api.get("/retraining-status").json()["state"] == "idle"
 
