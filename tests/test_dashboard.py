@@ -166,6 +166,9 @@ def test_dashboard_end_to_end(browser, tmp_path):
         page.click("#retrain-cancel")
         page.wait_for_timeout(300)
         assert api.get("/retraining-status").json()["state"] == "idle"
+        page.evaluate("""() => { window.__widths = [];
+            new MutationObserver(() => window.__widths.push(parseFloat(document.querySelector('#retrain-bar').style.width)))
+              .observe(document.querySelector('#retrain-bar'), {attributes: true}); }""")
         page.click("#retrain-btn")
         page.click("#retrain-confirm")
         page.wait_for_selector("#retrain-state[data-state='running']")
@@ -175,6 +178,8 @@ def test_dashboard_end_to_end(browser, tmp_path):
         live = api.get("/models").json()["live"]
         page.wait_for_selector(f"#versions tr[data-version='{live}'] .pill.live")
         assert "Promoted" in page.text_content("#retrain-result")
+        widths = page.evaluate("window.__widths")
+        assert len(widths) > 2 and widths == sorted(widths), widths  # the bar never went backwards
         # model performance now comes from the gate evaluation of the live version
         page.wait_for_function("() => document.querySelectorAll('#f1-chart rect.bar').length === 6")
         shot(page, "dashboard-desktop-retrained")

@@ -565,12 +565,23 @@ async function upload(e) {
 }
 
 let polling = null;
+// The bar never goes backwards within one run (a late or reordered status answer cannot pull it back).
+let barRun = null, barPercent = 0;
+function monotonicPercent(s, percent) {
+  const run = s.run_id || s.started || null;
+  if (run !== barRun) { barRun = run; barPercent = 0; }
+  barPercent = Math.max(barPercent, Number(percent) || 0);
+  return barPercent;
+}
+
 function renderRetrain(s) {
   $("retrain-state").textContent = s.state;
   $("retrain-state").dataset.state = s.state;
   $("retrain-stage").textContent = s.stage ? `· ${s.stage}` : "";
   $("retrain-pct").textContent = s.state === "idle" ? "" : `· ${Math.round(s.percent)}%`;
-  $("retrain-bar").style.width = `${s.percent}%`;
+  const shown = monotonicPercent(s, s.percent);
+  $("retrain-bar").style.width = `${shown}%`;
+  $("retrain-progress").setAttribute("aria-valuenow", String(Math.round(shown)));
   $("retrain-btn").disabled = s.state === "running";
   const r = s.result || {};
   let text = "";
