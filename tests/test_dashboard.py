@@ -228,6 +228,7 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         page.set_input_files("#file", str(big))
         page.wait_for_selector("#result:not([hidden])")
         assert len(sent) == 1 and 100_000 < len(sent[0]) <= 600 * 1024, len(sent[0])
+        print(f"12 MP photo: {big.stat().st_size} bytes picked, {len(sent[0])} bytes sent")
         assert b'filename="IMG_0001.jpg"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8' in sent[0]
         assert page.text_content("#pred-class").startswith("fresh banana")
         size_line = page.text_content("#pred-size")
@@ -239,6 +240,7 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         # sent as picked (Playwright shows a picked file's part empty; the server decoded the HEIC)
         assert b'filename="apple.heic"\r\nContent-Type: image/heif' in sent[1]
         assert page.get_attribute("#verdict", "data-verdict") == "fresh"
+        page.wait_for_selector("#preview", state="hidden")  # Chromium cannot show HEIC: no broken image
 
         # where the model looked
         page.check("#explain-toggle")
@@ -381,6 +383,7 @@ def test_dashboard_renders_data_as_text_under_a_strict_csp(browser, tmp_path):
         for path in ("/", "/static/app.js", "/static/style.css"):
             csp = api.get(path).headers["content-security-policy"]
             assert "script-src 'self';" in csp and "unsafe-inline" not in csp and "object-src 'none'" in csp
+            assert "img-src 'self' data: blob:;" in csp  # blob: for the photo previews and batch thumbnails
         assert "<script>" not in api.get("/").text.split("<body>")[1].replace('<script src="/static/app.js"></script>', "")
         page = browser.new_page()
         problems: list[str] = []

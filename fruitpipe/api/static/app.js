@@ -203,6 +203,9 @@ async function predictFile(file) {
   try {
     const p = await api(explain ? "/predict?explain=true" : "/predict", { method: "POST", body: form });
     const img = $("preview");
+    img.hidden = false;
+    // a format the browser cannot show (HEIC in Chromium): no preview, and no overlay to draw on
+    img.addEventListener("error", () => { img.hidden = true; $("heatmap").hidden = true; }, { once: true });
     setPreview(img, photo.blob);
     const v = $("verdict");
     v.textContent = verdictText(p.verdict); v.className = `verdict ${p.verdict}`;
