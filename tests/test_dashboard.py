@@ -336,6 +336,13 @@ def test_every_view_accessible_and_fits(browser, tmp_path, size):
                 assert 0 <= r["left"] and r["right"] <= vp["width"] and r["width"] > 0, part
         else:
             assert page.is_visible("#drop") and page.is_hidden("#camera-btn")
+            # the drop zone is a button: reached with Tab, Enter opens the file chooser
+            page.focus("#admin-btn")
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.id") == "drop"
+            with page.expect_file_chooser() as chooser:
+                page.keyboard.press("Enter")
+            assert chooser.value.is_multiple()
         # confusion-matrix heads fit their cells (none clipped, so none collides with its neighbour)
         clipped = page.eval_on_selector_all("#confusion th", "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
         assert not clipped, clipped
