@@ -264,9 +264,23 @@ def test_predict_views_under_the_csp(browser, tmp_path):
             return out; }"""))
         assert alpha.shape == grid.shape == (7, 7)
         assert np.unravel_index(alpha.argmax(), alpha.shape) == np.unravel_index(grid.argmax(), grid.shape)
+        # smoothly upscaled: along the middle row the opacity takes many values, not 7 steps
+        row = page.evaluate("""() => { const c = document.querySelector('#heatmap');
+            return [...c.getContext('2d').getImageData(0, Math.floor(c.height / 2), c.width, 1).data].filter((_, i) => i % 4 === 3); }""")
+        assert len(row) > 100 and len(set(row)) > 30
         box = page.eval_on_selector("#heatmap", "c => [c.getBoundingClientRect().width, c.getBoundingClientRect().height]")
         img = page.eval_on_selector("#preview", "c => [c.getBoundingClientRect().width, c.getBoundingClientRect().height]")
         assert box == pytest.approx(img, abs=1)  # the overlay covers the photo exactly
+
+        # a model that cannot be explained (the API's 409 cannot_explain): the prediction, no heat map
+        def cannot_explain(route):
+            route.fulfill(status=409, json={"error": "cannot_explain",
+                                            "detail": "recipe 'emb' has no fine-tuned block to explain"})
+        page.route("**/predict?explain=true", cannot_explain)
+        page.set_input_files("#file", str(banana))
+        page.wait_for_function("() => document.querySelector('#heat-caption').textContent.startsWith('No heat map')")
+        assert page.is_hidden("#heatmap") and page.text_content("#pred-class").startswith("fresh banana")
+        page.unroute("**/predict?explain=true", cannot_explain)
 
         # a batch: three photos and a text file
         picks = [sorted((FRUITS / "test" / c).glob("*.jpg"))[5] for c in ("freshoranges", "rottenbanana", "freshapples")]

@@ -201,7 +201,14 @@ async function predictFile(file) {
   $("predict-status").textContent = "Classifying…";
   const form = new FormData(); form.append("file", photo.blob, photo.name);
   try {
-    const p = await api(explain ? "/predict?explain=true" : "/predict", { method: "POST", body: form });
+    let p, unexplained = null;
+    try {
+      p = await api(explain ? "/predict?explain=true" : "/predict", { method: "POST", body: form });
+    } catch (e) {
+      if (e.body?.error !== "cannot_explain") throw e;
+      unexplained = e.message;  // a model without a fine-tuned block: the prediction alone
+      p = await api("/predict", { method: "POST", body: form });
+    }
     const img = $("preview");
     img.hidden = false;
     // a format the browser cannot show (HEIC in Chromium): no preview, and no overlay to draw on
@@ -219,7 +226,8 @@ async function predictFile(file) {
       { max: 1, fmt: pct, title: "class probabilities" });
     lastExplanation = p.explanation || null;
     const canvas = $("heatmap"), cap = $("heat-caption");
-    canvas.hidden = true; cap.hidden = !lastExplanation;
+    canvas.hidden = true; cap.hidden = !lastExplanation && !unexplained;
+    if (unexplained) cap.textContent = `No heat map: ${unexplained}`;
     if (lastExplanation) {
       cap.textContent = `Heat map: where the evidence for "${NICE[lastExplanation.explained_class] || lastExplanation.explained_class}" ` +
         `lies (red: most; ${lastExplanation.method}), a coarse guide, not an outline of the fruit.`;
