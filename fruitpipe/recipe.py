@@ -47,7 +47,9 @@ FRUITS_ENV = "FRUITPIPE_FRUITS"
 HYPERPARAMETERS: Mapping[str, str] = {"refit": "true", "warm_epochs": "2"}
 # The candidate's changes: a 7th head output learnt from the not_fruit train split (docs/ml.md,
 # "A rejection that has seen the world"; scripts/experiment_open_set.py).
-CANDIDATE_HYPERPARAMETERS: Mapping[str, str] = {"not_fruit_output": "true"}
+# The 7th output alone rejects (the val ablation: the prototype and other-fruit rules added <= 1 point
+# while spending the fruit-loss budget on fruits_extra).
+CANDIDATE_HYPERPARAMETERS: Mapping[str, str] = {"not_fruit_output": "true", "prototype_rejection": "false"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLIT_PREFIX = "@split-"
 

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra hyperparameter for a candidate recipe (e.g. features=emb+b17mm+156mm)")
     parser.add_argument("--results", default="default_model",
                         help="name of the results file: results/<name>.json (candidates: not default_model)")
+    parser.add_argument("--recipe", choices=("shipped", "candidate"), default="shipped",
+                        help="candidate: issue 11's recipe (fruitpipe.recipe.candidate: + fruits_extra, + real not-fruit "
+                             "photos, 7th output); evaluated on all three test splits")
     args = parser.parse_args(argv)
     if not (args.data / "train").is_dir():
         print(f"error: {args.data}/train not found (../shared beside the checkout?)", file=sys.stderr)
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fruitpipe-default-") as tmp_name:
         tmp = Path(tmp_name)
         py = sys.executable
-        shipped = rc.shipped(generated=tmp, fruits=args.data)
+        shipped = (rc.shipped(generated=tmp, fruits=args.data) if args.recipe == "shipped"
+                   else rc.candidate(fruits=args.data))
         shipped.prepare()
         rc.link_dataset(tmp / "train", shipped.train)
         rc.link_dataset(tmp / "validation", shipped.validation)
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = bundle.read_manifest(staged)
         validation_metrics = dict(manifest.metrics)
         manifest.metrics = {
-            "split": "test (../shared/data/fruits/test) + held-out generated not_fruit images",
+            "split": ("test (../shared/data/fruits/test) + held-out generated not_fruit images" if args.recipe == "shipped"
+                      else "test (fruits/test + fruits_extra and not_fruit test splits, fruitpipe.splits)"),
             "accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "n": result["n"],
             "fruit_rejected_rate": result["fruit_rejected_rate"], "ood_n": result["ood_n"],
             "ood_rejected_rate": result["ood_rejected_rate"], "uncertain_rate": result["uncertain_rate"],
