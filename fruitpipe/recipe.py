@@ -47,9 +47,7 @@ FRUITS_ENV = "FRUITPIPE_FRUITS"
 HYPERPARAMETERS: Mapping[str, str] = {"refit": "true", "warm_epochs": "2"}
 # The candidate's changes: a 7th head output learnt from the not_fruit train split (docs/ml.md,
 # "A rejection that has seen the world"; scripts/experiment_open_set.py).
-# The 7th output alone rejects (the val ablation: the prototype and other-fruit rules added <= 1 point
-# while spending the fruit-loss budget on fruits_extra).
-CANDIDATE_HYPERPARAMETERS: Mapping[str, str] = {"not_fruit_output": "true", "prototype_rejection": "false"}
+CANDIDATE_HYPERPARAMETERS: Mapping[str, str] = {"not_fruit_output": "true"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLIT_PREFIX = "@split-"
 
@@ -140,25 +138,26 @@ def default_extra() -> tuple[Path, Path]:
     return data / "fruits_extra", data / "not_fruit"
 
 
-def candidate(fruits: Path | None = None, extra: Path | None = None, not_fruit: Path | None = None) -> Recipe:
-    """Issue 11's candidate recipe (not shipped): the shipped fruit splits plus the train / val /
-    test splits (:mod:`fruitpipe.splits`) of ``fruits_extra`` (fruit) and ``not_fruit`` (real
-    photos to reject, in folders named by kind):
+def candidate(generated: Path, fruits: Path | None = None, extra: Path | None = None,
+              not_fruit: Path | None = None) -> Recipe:
+    """Issue 11's candidate recipe (not shipped): :func:`shipped` plus the train / val / test
+    splits (:mod:`fruitpipe.splits`) of ``fruits_extra`` (fruit) and ``not_fruit`` (real photos to
+    reject, in folders named by kind):
 
     * **train**: ``FRUITS/train`` + ``fruits_extra`` train + ``not_fruit`` train (real negatives);
-    * **validation** (choices, calibration): ``FRUITS/val`` + ``fruits_extra`` val + ``not_fruit`` val;
-    * **evaluation**: ``FRUITS/test`` + ``fruits_extra`` test + ``not_fruit`` test.
-
-    No generated not-fruit set: the real photos replace it.
+    * **validation** (choices, calibration): ``FRUITS/val`` + ``fruits_extra`` val + ``not_fruit`` val
+      + the generated *calib* group (objects, textures, faces: kinds the real photos lack);
+    * **evaluation**: ``FRUITS/test`` + ``fruits_extra`` test + ``not_fruit`` test + generated *heldout*.
     """
+    base = shipped(generated, fruits)
     fruits = Path(fruits) if fruits is not None else default_fruits()
     d_extra, d_not = default_extra()
     extra = Path(extra) if extra is not None else d_extra
     not_fruit = Path(not_fruit) if not_fruit is not None else d_not
     part = {s: (split_root(extra, s), split_root(not_fruit, s)) for s in splits.SPLITS}
-    return Recipe(train=(fruits / "train", *part["train"]), validation=(fruits / "val", *part["val"]),
-                  evaluation=(fruits / "test", *part["test"]),
-                  hyperparameters={**HYPERPARAMETERS, **CANDIDATE_HYPERPARAMETERS})
+    return Recipe(train=(*base.train, *part["train"]), validation=(*base.validation, *part["val"]),
+                  evaluation=(*base.evaluation, *part["test"]),
+                  hyperparameters={**base.hyperparameters, **CANDIDATE_HYPERPARAMETERS}, generated=base.generated)
 
 
 def images(roots: tuple[Path, ...] | list[Path]) -> list[tuple[str, Path]]:

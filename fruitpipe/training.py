@@ -212,7 +212,8 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
               ood_similarity: np.ndarray | None = None, ood_zoom: ZoomScore | None = None,
               fruit_zoom: ZoomScore | None = None, not_fruit_val: np.ndarray | None = None,
               fruit_sources: np.ndarray | None = None) -> dict[str, Any]:
-    """Choose the thresholds on validation fruit so about the target share is rejected.
+    """Choose the thresholds on validation fruit so about the target share is rejected (of each
+    validation source, ``fruit_sources``, when given).
 
     With not-fruit validation images, the similarity bar is lowered to the level that still
     rejects ``target_ood_rejection`` of them, when that is below the fruit-quantile bar: real fruit
@@ -226,8 +227,12 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
     whole rule (the other signals' losses count against the same budget).
     """
     scores = compute_scores(emb_val, imnet_val, probs_val, other_classes, prototypes)
+    sources = fruit_sources if fruit_sources is not None else np.zeros(len(emb_val), dtype=int)
     if cfg.prototype_rejection:
-        min_sim = _quantile_threshold(scores["similarity"], cfg.target_fruit_rejection)
+        # Per validation source (when known), so a small source of harder photos is not the one
+        # that pays for the whole set's share: the most lenient of the per-source bars.
+        min_sim = min(_quantile_threshold(scores["similarity"][sources == s], cfg.target_fruit_rejection)
+                      for s in np.unique(sources))
         min_zoom = None
         if ood_similarity is not None and len(ood_similarity):
             min_sim = min(min_sim, _quantile_threshold(ood_similarity, cfg.target_ood_rejection))
@@ -249,7 +254,6 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
         rejected = np.zeros(len(emb_val), dtype=bool)
     max_not_fruit = None
     if not_fruit_val is not None:
-        sources = fruit_sources if fruit_sources is not None else np.zeros(len(emb_val), dtype=int)
         bars = []
         for source in np.unique(sources):
             rows = sources == source

@@ -6,7 +6,9 @@ Sets (``--splits val test``; ``val`` is for choices, ``test`` is read once at th
 * ``fruits_extra/<split>``: the photos from other sources, split by :mod:`fruitpipe.splits`;
 * ``not_fruit/<split>``: real photos to reject, split the same way, reported by group
   (:func:`fruitpipe.splits.not_fruit_group`: other produce, look-alikes mango / pomegranate / peach /
-  guava, non-food cats / dogs / people / packages) and by kind.
+  guava, non-food cats / dogs / people / packages) and by kind;
+* ``generated_not_fruit/<split>``: the generated not-fruit images of :mod:`fruitpipe.ood` (objects,
+  textures, faces, noise, solid colours), its ``calib`` group standing for val, ``heldout`` for test.
 
 Fruit sets report accuracy (a rejected fruit counts as wrong), the head's own accuracy, per-class
 recall, the fruit-loss rate (share answered ``not_fruit``) and the ``uncertain`` rate; not-fruit
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,19 +40,27 @@ from fruitpipe import splits  # noqa: E402
 from fruitpipe.labels import LABELS  # noqa: E402
 
 
-def sets(split_names: list[str]) -> list[tuple[str, Path]]:
-    """(set name, root) for every evaluation set of the given splits."""
+GENERATED = {"val": "calib", "test": "heldout"}  # fruitpipe.ood groups standing for val / test
+
+
+def sets(split_names: list[str], generated: Path) -> list[tuple[str, Path]]:
+    """(set name, root) for every evaluation set of the given splits; the generated not-fruit sets
+    (:mod:`fruitpipe.ood`: objects, textures, faces, noise; ``calib`` for val, ``heldout`` for test)
+    are made under ``generated``."""
+    from fruitpipe import ood
+
     fruits = rc.default_fruits()
     extra, not_fruit = rc.default_extra()
     out = []
     for s in split_names:
         out += [(f"fruits/{s}", fruits / s), (f"fruits_extra/{s}", rc.split_root(extra, s)),
-                (f"not_fruit/{s}", rc.split_root(not_fruit, s))]
+                (f"not_fruit/{s}", rc.split_root(not_fruit, s)),
+                (f"generated_not_fruit/{s}", ood.ensure(generated, GENERATED[s]))]
     return out
 
 
-def score(clf, root: Path, cache) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Metrics of one set (see the module docstring)."""
+def score(clf, root: Path, cache, by_kind: bool = True) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Metrics of one set (see the module docstring); ``by_kind``: folders are not_fruit kinds."""
     from fruitpipe.embeddings import Item, embed_items
     from fruitpipe.evaluation import image_source, metrics_from_predictions
 
@@ -68,7 +79,7 @@ def score(clf, root: Path, cache) -> dict[str, Any]:  # type: ignore[no-untyped-
         out["recall"] = {lab: {"recall": v["recall"], "n": v["n"]} for lab, v in m["per_class"].items()}
         out["uncertain_rate"] = sum(preds[i].verdict == "uncertain" for i in fruit) / len(fruit)
     other = [i for i, lab in enumerate(emb.labels) if lab not in LABELS]
-    if other:
+    if other and by_kind:
         groups: dict[str, dict[str, Any]] = {}
         for g in splits.NOT_FRUIT_GROUPS:
             rows = [i for i in other if splits.not_fruit_group(emb.labels[i]) == g]
@@ -81,6 +92,8 @@ def score(clf, root: Path, cache) -> dict[str, Any]:  # type: ignore[no-untyped-
             "kinds": {k: {"n": sum(emb.labels[i] == k for i in other),
                           "rejected_rate": sum(rejected[i] for i in other if emb.labels[i] == k)
                           / sum(emb.labels[i] == k for i in other)} for k in kinds}}
+    elif other:
+        out["not_fruit"] = {"n": len(other), "rejected_rate": sum(rejected[i] for i in other) / len(other)}
     return out
 
 
@@ -99,6 +112,8 @@ def table(results: dict[str, Any]) -> str:
         for g, v in r.get("not_fruit", {}).get("groups", {}).items():
             top = ", ".join(f"{k} {n}" for k, n in list(v["accepted_as"].items())[:2])
             lines.append(f"| {name} | {g} | {v['n']} | {100 * v['rejected_rate']:.1f}% | {top} |")
+        if "not_fruit" in r and "groups" not in r["not_fruit"]:
+            lines.append(f"| {name} | all | {r['not_fruit']['n']} | {100 * r['not_fruit']['rejected_rate']:.1f}% | |")
     return "\n".join(lines)
 
 
@@ -119,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"model": str(args.model), "model_version": clf.version, "splits": args.splits,
                                "split_rule": {"fractions": dict(splits.FRACTIONS), "salt": splits.SALT},
                                "sets": {}}
-    for name, root in sets(args.splits):
-        results["sets"][name] = score(clf, root, cache)
+    with tempfile.TemporaryDirectory(prefix="fruitpipe-eval-sets-") as generated:
+        for name, root in sets(args.splits, Path(generated)):
+            results["sets"][name] = score(clf, root, cache, by_kind=name.startswith("not_fruit/"))
     cache.flush()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["load_average"] = list(os.getloadavg())

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         py = sys.executable
         shipped = (rc.shipped(generated=tmp, fruits=args.data) if args.recipe == "shipped"
-                   else rc.candidate(fruits=args.data))
+                   else rc.candidate(generated=tmp, fruits=args.data))
         shipped.prepare()
         rc.link_dataset(tmp / "train", shipped.train)
         rc.link_dataset(tmp / "validation", shipped.validation)
