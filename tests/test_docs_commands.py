@@ -248,3 +248,48 @@ def test_local_service_blocks_run_as_written(tmp_path: Path, monkeypatch: pytest
             if "/predict" in block.text or "fruitpipe predict" in block.text:
                 assert '"predicted_class"' in proc.stdout, f"{block.where}: {proc.stdout[-500:]}"
             _wait_idle(url)
+
+
+# -- figures in the docs agree with results/*.json -------------------------------------------------
+
+def _script(name: str):  # type: ignore[no-untyped-def]
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"_doc_{name}", REPO / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_tables_are_the_ones_results_json_gives() -> None:
+    """README's and docs/benchmarks.md's tables are what `scripts/report.py --write` makes of results/."""
+    report = _script("report")
+    text = report.render()
+    for doc, body in ((REPO / "docs" / "benchmarks.md", text), (REPO / "README.md", text.replace("### ", "#### "))):
+        shown = re.search(re.escape(report.BEGIN) + r"\n(.*?)" + re.escape(report.END), doc.read_text(), re.S)
+        assert shown and shown.group(1) == body, f"{doc.name}: run `python scripts/report.py --write`"
+
+
+def test_cost_doc_is_generated_from_the_benchmarks() -> None:
+    """docs/cost.md is `scripts/cost_estimate.py`'s output for results/bench_lambda.json and the
+    Keras baseline of results/bench_predict.json (the figure docs/benchmarks.md shows)."""
+    import json
+    cost = _script("cost_estimate")
+    expected = cost.estimate(json.loads((REPO / "results" / "bench_lambda.json").read_text()),
+                             json.loads((REPO / "results" / "bench_predict.json").read_text()))
+    assert (REPO / "docs" / "cost.md").read_text() == expected, "run `python scripts/cost_estimate.py`"
+
+
+def test_readme_retrain_timings_are_the_measured_ones() -> None:
+    """The Retraining section's prose quotes results/bench_retrain.json, and says when."""
+    import json
+    d = json.loads((REPO / "results" / "bench_retrain.json").read_text())
+    r0 = d["runs"][0]
+    second = r0["retrain_after_100"]
+    text = " ".join((REPO / "README.md").read_text().split())
+    claim = (f"Measured {d['when'][:10]} on this shared 2-core machine at load average 2-3: first-start warm-up "
+             f"{r0['warm_up']['seconds']:.0f} s")
+    assert claim in text
+    assert (f"first retrain in a fresh store with 12 new photos {d['first_retrain_served_s_median']:.0f} s "
+            f"(median of {len(d['runs'])} fresh stores)") in text
+    assert f"a retrain with 100 more photos {(second['seconds_to_served'] or second['seconds_to_done']):.0f} s" in text
