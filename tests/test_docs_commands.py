@@ -293,3 +293,20 @@ def test_readme_retrain_timings_are_the_measured_ones() -> None:
     assert (f"first retrain in a fresh store with 12 new photos {d['first_retrain_served_s_median']:.0f} s "
             f"(median of {len(d['runs'])} fresh stores)") in text
     assert f"a retrain with 100 more photos {(second['seconds_to_served'] or second['seconds_to_done']):.0f} s" in text
+
+
+def test_every_cdk_context_key_is_documented() -> None:
+    """docs/deploy.md names every context key the CDK app reads (infra/config.py and the DEFAULTS
+    of infra/constructs/*.py), read from the source without importing aws_cdk."""
+    import ast
+    keys = set(re.findall(r'opt\("(\w+)"', (REPO / "infra" / "config.py").read_text()))
+    for path in (REPO / "infra" / "constructs").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            if any(getattr(t, "id", None) == "DEFAULTS" for t in targets) and isinstance(node.value, ast.Dict):
+                keys |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    assert {"stage", "memory", "retrainSchedule"} <= keys
+    deploy = (REPO / "docs" / "deploy.md").read_text()
+    missing = sorted(k for k in keys if f"`{k}`" not in deploy)
+    assert not missing, f"docs/deploy.md does not document the context keys {missing}"
