@@ -165,3 +165,21 @@ def test_train_for_programs_and_on_a_terminal(tmp_path: Path) -> None:
     version = json.loads((tmp_path / "human" / "manifest.json").read_text())["version"]
     assert f"bundle: {tmp_path / 'human'} (version {version})" in rows
     assert any(r.startswith("validation: accuracy ") for r in rows) and any(r.startswith("time: ") for r in rows)
+
+
+def test_quiet_native_stderr_holds_back_fd_2_only(capfd: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from fruitpipe import joblog
+    monkeypatch.setattr(joblog, "interactive", lambda: True)
+    with joblog.quiet_native_stderr():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")  # as a C++ library writes
+        print("a bar", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "a bar" in err and "XNNPACK" not in err
+    with pytest.raises(RuntimeError):
+        with joblog.quiet_native_stderr():
+            os.write(2, b"native detail of a crash\n")
+            raise RuntimeError("boom")
+    assert "native detail of a crash" in capfd.readouterr().err
+    os.write(2, b"after\n")  # fd 2 is back
+    assert capfd.readouterr().err == "after\n"

@@ -48,13 +48,13 @@ def _train(args: argparse.Namespace) -> int:
     except (ValueError, TrainingError) as exc:
         raise UsageError(f"bad hyperparameter: {exc}") from None
     started = time.monotonic()
-    try:
-        with quiet_native_stderr():
+    with quiet_native_stderr():  # a crash shows what was held back; a TrainingError is its own message
+        try:
             metrics = train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
                             output_data_dir=args.output_data, config=config,
                             backbone_path=Path(args.backbone) if args.backbone else None, base_model=args.base_model)
-    except TrainingError as exc:
-        return main_error(exc)
+        except TrainingError as exc:
+            return main_error(exc)
     if interactive():
         print(_summary(args.out, metrics, time.monotonic() - started))
     return 0
