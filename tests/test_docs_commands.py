@@ -128,6 +128,8 @@ def test_shown_command(item: tuple[Block, list[str]]) -> None:
     block, words = item
     for word in words:  # paths shown must exist
         for token in re.split(r"[=@\s]", word):
+            if token.startswith("../shared/") and not SHARED.is_dir():
+                continue  # the data beside the checkout is not here
             if token.startswith(PATH_ROOTS) and "$" not in token and "<" not in token:
                 assert (REPO / token).exists(), f"{block.where}: {token} does not exist"
     while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
