@@ -18,11 +18,15 @@ are exactly the served ones (second look included). Backbone outputs come from t
 
     python scripts/eval_sets.py --model models/default --name shipped --splits val test
     → results/eval_sets_shipped.json (+ a markdown table on stdout)
+
+``--without second_look similarity other_fruit not_fruit_output`` switches parts of the bundle's
+rejection rule off, for an ablation table on val.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -40,6 +44,13 @@ from fruitpipe import splits  # noqa: E402
 from fruitpipe.labels import LABELS  # noqa: E402
 
 
+# --without PART: the rejector fields that switch a part of the rule off (fruitpipe.rejection.Rejector).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "second_look": {"min_similarity_zoom": None},
+    "similarity": {"min_similarity": -1.0, "min_similarity_zoom": None},
+    "other_fruit": {"max_other_fruit": 2.0},
+    "not_fruit_output": {"max_not_fruit": None},
+}
 GENERATED = {"val": "calib", "test": "heldout"}  # fruitpipe.ood groups standing for val / test
 
 
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="results/eval_sets_<name>.json")
     parser.add_argument("--splits", nargs="+", default=["val"], choices=list(splits.SPLITS[1:]))
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "embeddings")
+    parser.add_argument("--without", nargs="+", default=[], choices=sorted(ABLATIONS),
+                        help="ablation: score the bundle with these parts of its rejection rule switched off")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from fruitpipe.classifier import Classifier
@@ -130,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     clf = Classifier(args.model, num_threads=1)
+    for part in args.without:
+        clf.rejector = dataclasses.replace(clf.rejector, **ABLATIONS[part])
     cache = EmbeddingCache(args.cache)
     results: dict[str, Any] = {"model": str(args.model), "model_version": clf.version, "splits": args.splits,
+                               "without": args.without,
                                "split_rule": {"fractions": dict(splits.FRACTIONS), "salt": splits.SALT},
                                "sets": {}}
     with tempfile.TemporaryDirectory(prefix="fruitpipe-eval-sets-") as generated:
