@@ -221,8 +221,8 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
     if cfg.prototype_rejection:
         # Per validation source (when known), so a small source of harder photos is not the one
         # that pays for the whole set's share: the most lenient of the per-source bars.
-        min_sim = min(_quantile_threshold(scores["similarity"][sources == s], cfg.target_fruit_rejection)
-                      for s in np.unique(sources))
+        min_sim = min((_quantile_threshold(scores["similarity"][sources == s], cfg.target_fruit_rejection)
+                       for s in np.unique(sources)), default=0.0)
         min_zoom = None
         if ood_similarity is not None and len(ood_similarity):
             min_sim = min(min_sim, _quantile_threshold(ood_similarity, cfg.target_ood_rejection))
