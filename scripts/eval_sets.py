@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import json
 import os
 import sys
@@ -51,6 +52,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "other_fruit": {"max_other_fruit": 2.0},
     "not_fruit_output": {"max_not_fruit": None},
 }
+WORST = 24  # errors kept per set (results JSON, gallery)
 GENERATED = {"val": "calib", "test": "heldout"}  # fruitpipe.ood groups standing for val / test
 
 
@@ -105,7 +107,46 @@ def score(clf, root: Path, cache, by_kind: bool = True) -> dict[str, Any]:  # ty
                           / sum(emb.labels[i] == k for i in other)} for k in kinds}}
     elif other:
         out["not_fruit"] = {"n": len(other), "rejected_rate": sum(rejected[i] for i in other) / len(other)}
+    out["worst_errors"] = worst_errors(emb.labels, emb.paths, preds)
     return out
+
+
+def worst_errors(labels: list[str], paths: list[Path], preds: list, keep: int = WORST) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+    """The ``keep`` errors answered most surely: a fruit answered with another class or ``not_fruit``,
+    or a not-fruit photo answered as a fruit. Sure = the wrong class's probability, or for a
+    rejection the ``not_fruit`` output (else 1 - similarity)."""
+    out = []
+    for label, path, p in zip(labels, paths, preds):
+        answer = "not_fruit" if p.verdict == "not_fruit" else p.predicted_class
+        truth = label if label in LABELS else "not_fruit"
+        if answer == truth:
+            continue
+        sure = (p.scores.get("not_fruit", 1.0 - p.scores.get("similarity", 0.0)) if answer == "not_fruit"
+                else p.confidence)
+        out.append({"path": str(path), "truth": label, "answer": answer, "verdict": p.verdict, "sure": round(sure, 4),
+                    "scores": {k: round(v, 4) for k, v in p.scores.items()}})
+    return sorted(out, key=lambda e: -e["sure"])[:keep]
+
+
+def gallery(results: dict[str, Any], dest: Path) -> None:
+    """An HTML page of every set's worst errors; images are linked (relative paths), not copied."""
+    parts = [f"<!doctype html><meta charset=utf-8><title>worst errors: {html.escape(results['model_version'])}</title>",
+             "<style>body{font:13px sans-serif} figure{display:inline-block;width:190px;margin:4px;vertical-align:top}"
+             " img{width:180px;height:180px;object-fit:contain;background:#eee}</style>",
+             f"<h1>Worst errors of {html.escape(results['model_version'])} ({html.escape(', '.join(results['splits']))})</h1>",
+             "<p>Made by <code>scripts/eval_sets.py --gallery</code>; sure = the wrong answer's probability "
+             "(for a rejection: the not_fruit output).</p>"]
+    for name, r in results["sets"].items():
+        if name.startswith("generated_"):  # made in a temporary folder: nothing left to link to
+            continue
+        parts.append(f"<h2>{html.escape(name)}: {len(r['worst_errors'])} shown</h2>")
+        for e in r["worst_errors"]:
+            src = os.path.relpath(e["path"], dest.parent)
+            scores = ", ".join(f"{k} {v:.2f}" for k, v in e["scores"].items())
+            parts.append(f"<figure><img src='{html.escape(src)}' loading=lazy><figcaption><b>{html.escape(e['truth'])}</b>"
+                         f" → {html.escape(e['answer'])} ({e['sure']:.2f})<br><small>{html.escape(scores)}</small>"
+                         "</figcaption></figure>")
+    dest.write_text("\n".join(parts) + "\n", encoding="utf-8")
 
 
 def table(results: dict[str, Any]) -> str:
@@ -134,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="results/eval_sets_<name>.json")
     parser.add_argument("--splits", nargs="+", default=["val"], choices=list(splits.SPLITS[1:]))
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "embeddings")
+    parser.add_argument("--gallery", action="store_true",
+                        help="also write results/gallery_<name>.html: each set's worst errors (images linked)")
     parser.add_argument("--without", nargs="+", default=[], choices=sorted(ABLATIONS),
                         help="ablation: score the bundle with these parts of its rejection rule switched off")
     args = parser.parse_args(argv)
@@ -158,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average"] = list(os.getloadavg())
     out = REPO / "results" / f"eval_sets_{args.name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.gallery:
+        gallery(results, REPO / "results" / f"gallery_{args.name}.html")
     print(table(results))
     print(f"\nwrote {out.relative_to(REPO)} ({results['seconds']} s, load average {results['load_average'][0]:.2f})")
     return 0
