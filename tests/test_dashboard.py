@@ -247,8 +247,13 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         assert page.get_attribute("#verdict", "data-verdict") == "fresh"
         page.wait_for_selector("#preview", state="hidden")  # Chromium cannot show HEIC: no broken image
 
-        # where the model looked
-        page.check("#explain-toggle")
+        # where the model looked: ticking the toggle for the photo shown (the HEIC) asks again with
+        # ?explain=true; there is no preview to draw on, so no overlay
+        with page.expect_response(lambda r: "/predict?explain=true" in r.url) as resp:
+            page.check("#explain-toggle")
+        assert resp.value.ok and resp.value.json()["explanation"]["grid"]
+        page.wait_for_selector("#heat-caption:not([hidden])")
+        assert page.is_hidden("#heatmap")
         apple = sorted((FRUITS / "test" / "freshapples").glob("*.jpg"))[0]
         with page.expect_response(lambda r: "/predict?explain=true" in r.url) as resp:
             page.set_input_files("#file", str(apple))
@@ -271,6 +276,27 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         box = page.eval_on_selector("#heatmap", "c => [c.getBoundingClientRect().width, c.getBoundingClientRect().height]")
         img = page.eval_on_selector("#preview", "c => [c.getBoundingClientRect().width, c.getBoundingClientRect().height]")
         assert box == pytest.approx(img, abs=1)  # the overlay covers the photo exactly
+
+        # the toggle on a photo already classified without it: ticking asks for the explanation and
+        # draws it; unticking hides it; re-ticking shows it again (the answer is kept: no new request)
+        page.uncheck("#explain-toggle")
+        assert page.is_hidden("#heatmap") and page.is_hidden("#heat-caption")
+        orange = sorted((FRUITS / "test" / "freshoranges").glob("*.jpg"))[2]
+        n_sent = len(sent)
+        page.set_input_files("#file", str(orange))
+        page.wait_for_function("() => document.querySelector('#pred-class').textContent.startsWith('fresh oranges')")
+        assert len(sent) == n_sent + 1 and page.is_hidden("#heatmap")
+        with page.expect_response(lambda r: "/predict?explain=true" in r.url) as resp:
+            page.check("#explain-toggle")
+        assert b'filename="' + orange.name.encode() in sent[-1]  # the same photo, sent again
+        page.wait_for_selector("#heatmap:not([hidden])")
+        assert page.get_attribute("#heatmap", "data-rows") == str(len(resp.value.json()["explanation"]["grid"]))
+        page.uncheck("#explain-toggle")
+        assert page.is_hidden("#heatmap") and page.is_hidden("#heat-caption")
+        n_sent = len(sent)
+        page.check("#explain-toggle")
+        page.wait_for_selector("#heatmap:not([hidden])")
+        assert page.is_visible("#heat-caption") and len(sent) == n_sent
 
         # a model that cannot be explained (the API's 409 cannot_explain): the prediction, no heat map
         def cannot_explain(route):

@@ -191,7 +191,45 @@ function drawHeatmap(canvas, img, grid) {
   canvas.hidden = false;
 }
 
-let lastExplanation = null;
+let lastExplanation = null, lastPhoto = null;
+// The heat map of the shown photo (or why there is none) under the preview; hidden while the
+// "show where the model looked" toggle is off.
+function showExplanation(explanation, unexplained) {
+  lastExplanation = explanation;
+  const canvas = $("heatmap"), cap = $("heat-caption"), img = $("preview");
+  const on = $("explain-toggle").checked;
+  canvas.hidden = true; cap.hidden = !on || (!explanation && !unexplained);
+  if (!on) return;
+  if (unexplained) cap.textContent = `No heat map: ${unexplained}`;
+  if (explanation) {
+    cap.textContent = `Heat map: where the evidence for "${NICE[explanation.explained_class] || explanation.explained_class}" ` +
+      `lies (red: most; ${explanation.method}), a coarse guide, not an outline of the fruit.`;
+    const draw = () => drawHeatmap(canvas, img, explanation.grid);
+    if (img.hidden) return;  // a photo the browser cannot show: nothing to draw on
+    if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw, { once: true });
+  }
+}
+
+// Ticking the toggle after a photo was classified asks the server for its explanation then
+// (the same photo again, with ?explain=true); unticking hides the heat map, re-ticking shows it.
+async function toggleExplanation() {
+  if ($("result").hidden || !lastPhoto) return;
+  if (!$("explain-toggle").checked || lastExplanation) { showExplanation(lastExplanation, null); return; }
+  showError("predict-error", "");
+  $("predict-status").textContent = "Asking where the model looked…";
+  const form = new FormData(); form.append("file", lastPhoto.blob, lastPhoto.name);
+  try {
+    const p = await api("/predict?explain=true", { method: "POST", body: form });
+    showExplanation(p.explanation || null, null);
+    $("predict-status").textContent = `Result: ${verdictText(p.verdict)}, ${classText(p)}.`;
+    refreshStats();
+  } catch (e) {
+    $("predict-status").textContent = "";
+    if (e.body?.error === "cannot_explain") showExplanation(null, e.message);
+    else showError("predict-error", `${e.body?.error ? e.body.error + ": " : ""}${e.message}`);
+  }
+}
+
 async function predictFile(file) {
   showError("predict-error", "");
   $("batch").hidden = true;
@@ -224,16 +262,8 @@ async function predictFile(file) {
     $("result").hidden = false;
     barChart($("prob-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.probabilities[c], color: classColor(c) })),
       { max: 1, fmt: pct, title: "class probabilities" });
-    lastExplanation = p.explanation || null;
-    const canvas = $("heatmap"), cap = $("heat-caption");
-    canvas.hidden = true; cap.hidden = !lastExplanation && !unexplained;
-    if (unexplained) cap.textContent = `No heat map: ${unexplained}`;
-    if (lastExplanation) {
-      cap.textContent = `Heat map: where the evidence for "${NICE[lastExplanation.explained_class] || lastExplanation.explained_class}" ` +
-        `lies (red: most; ${lastExplanation.method}), a coarse guide, not an outline of the fruit.`;
-      const draw = () => drawHeatmap(canvas, img, lastExplanation.grid);
-      if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw, { once: true });
-    }
+    lastPhoto = photo;
+    showExplanation(p.explanation || null, unexplained);
     $("predict-status").textContent = `Result: ${verdictText(p.verdict)}, ${classText(p)}.`;
     refreshStats();
   } catch (e) {
@@ -662,6 +692,7 @@ function init() {
   LABELS.forEach((c) => sel.append(new Option(NICE[c], c)));
   setupAdmin();
   setupDrop();
+  $("explain-toggle").addEventListener("change", toggleExplanation);
   $("upload-form").addEventListener("submit", upload);
   $("retrain-btn").addEventListener("click", retrain);
   refreshStats(); refreshDataset(); refreshVersions(); pollRetrain();
