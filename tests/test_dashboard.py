@@ -312,20 +312,33 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         picks = [sorted((FRUITS / "test" / c).glob("*.jpg"))[5] for c in ("freshoranges", "rottenbanana", "freshapples")]
         notes = tmp_path / "notes.txt"
         notes.write_text("not an image")
-        page.set_input_files("#file", [str(p) for p in picks] + [str(notes)])
+        page.set_input_files("#file", [str(p) for p in picks] + [str(notes), str(heic)])
         page.wait_for_selector("#batch-csv:not([hidden])")
+        # the HEIC row: a neutral "no preview" box, not a broken image; its prediction still there
+        page.wait_for_selector("#batch-table tbody tr:last-child .thumb.none")
+        heic_row = page.eval_on_selector("#batch-table tbody tr:last-child", "e => [e.dataset.verdict, e.cells[0].textContent]")
+        assert heic_row == ["fresh", "no preview"]
+        # every column in view at desktop sizes: nothing cut off by the table's scroll box
+        for width in (1366, 1920):
+            page.set_viewport_size({"width": width, "height": 900})
+            fit = page.eval_on_selector("#batch .table-wrap", """w => {
+                const box = w.getBoundingClientRect();
+                return {scroll: w.scrollWidth, client: w.clientWidth, right: box.right,
+                        cols: [...w.querySelectorAll('thead th')].map(th => th.getBoundingClientRect().right)}; }""")
+            assert fit["scroll"] <= fit["client"] and max(fit["cols"]) <= fit["right"] + 1, (width, fit)
+        page.set_viewport_size(DESKTOP)
         expected = [api.post("/predict", files={"file": ("x.jpg", p.read_bytes(), "image/jpeg")}).json() for p in picks]
         rows = page.eval_on_selector_all("#batch-table tbody tr", """els => els.map(e => ({
             verdict: e.dataset.verdict, name: e.cells[1].textContent, conf: e.cells[4].textContent,
-            thumb: e.querySelector('img').src, loaded: e.querySelector('img').naturalWidth }))""")
-        assert [r["name"] for r in rows] == [p.name for p in picks] + ["notes.txt"]
-        assert [r["verdict"] for r in rows] == [e["verdict"] for e in expected] + ["error"]
+            thumb: e.querySelector('img')?.src, loaded: e.querySelector('img')?.naturalWidth }))""")
+        assert [r["name"] for r in rows[:4]] == [p.name for p in picks] + ["notes.txt"]
+        assert [r["verdict"] for r in rows[:4]] == [e["verdict"] for e in expected] + ["error"]
         assert all(r["thumb"].startswith("blob:") and r["loaded"] > 0 for r in rows[:3])  # img-src blob: allowed
         assert [r["conf"] for r in rows[:3]] == [f"{e['confidence'] * 100:.1f}%" for e in expected]
         with page.expect_download() as dl:
             page.click("#batch-csv")
         table = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
-        assert [t["file"] for t in table] == [p.name for p in picks] + ["notes.txt"]
+        assert [t["file"] for t in table] == [p.name for p in picks] + ["notes.txt", "apple.heic"]
         assert [t["predicted_class"] for t in table[:3]] == [e["predicted_class"] for e in expected]
         assert [float(t["confidence"]) for t in table[:3]] == pytest.approx([e["confidence"] for e in expected], abs=1e-4)
         assert table[3]["verdict"] == "" and table[3]["error"].startswith("not_an_image")

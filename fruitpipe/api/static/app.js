@@ -290,6 +290,14 @@ function chunks(photos) {
   return out;
 }
 
+// A batch row's thumbnail; a file the browser cannot decode (HEIC in Chromium) shows a neutral
+// "no preview" box instead of a broken image.
+function thumbnail(url) {
+  const img = h("img", { src: url, alt: "", class: "thumb" });
+  img.addEventListener("error", () => img.replaceWith(h("span", { class: "thumb none" }, "no preview")), { once: true });
+  return img;
+}
+
 async function predictBatch(files) {
   showError("predict-error", "");
   $("result").hidden = true;
@@ -319,7 +327,7 @@ async function predictBatch(files) {
       const url = URL.createObjectURL(photo.blob); batchUrls.push(url);
       const p = r.prediction;
       const tr = h("tr", { "data-verdict": p?.verdict || "error" },
-        h("td", {}, h("img", { src: url, alt: "", class: "thumb" })),
+        h("td", {}, thumbnail(url)),
         h("td", { class: "fname" }, photo.filename),
         h("td", {}, p ? h("span", { class: `pill v-${p.verdict}` }, verdictText(p.verdict)) : h("span", { class: "pill rejected" }, r.error || "error")),
         h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : (r.detail || "")),
