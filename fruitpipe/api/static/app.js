@@ -575,21 +575,23 @@ function uploadOne(file, label, li) {
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* ignore */ }
       const item = body?.results?.[0];
       if (item) done(item.status, item.status + (item.detail || item.error ? `: ${item.detail || item.error}` : ""), xhr.status);
-      else done("rejected", `not sent: ${body?.detail || xhr.status}`, xhr.status);
+      else done("not_sent", `not sent: ${body?.detail || xhr.status}`, xhr.status);
     };
-    xhr.onerror = () => done("rejected", "not sent: network error", 0);
+    xhr.onerror = () => done("not_sent", "not sent: network error", 0);
     const form = new FormData();
     form.append("class_name", label); form.append("files", file);
     xhr.send(form);
   });
 }
 
-// "5 added, 1 duplicate, 1 rejected" from the per-file statuses the API answered.
+// "5 added, 1 duplicate, 1 rejected" from the per-file statuses the API answered; a file the API
+// never answered for (auth failure, network error, or not tried after one) is "not sent".
 function uploadSummary(items) {
   const n = { added: 0, duplicate: 0, rejected: 0 };
   items.forEach((li) => { if (li.dataset.status in n) n[li.dataset.status]++; });
-  const waiting = items.length - n.added - n.duplicate - n.rejected;
-  return `${n.added} added, ${n.duplicate} duplicate, ${n.rejected} rejected` + (waiting ? `, ${waiting} not sent` : "");
+  const answered = n.added + n.duplicate + n.rejected, notSent = items.length - answered;
+  if (!answered) return `${notSent} not sent`;
+  return `${n.added} added, ${n.duplicate} duplicate, ${n.rejected} rejected` + (notSent ? `, ${notSent} not sent` : "");
 }
 
 async function upload(e) {
@@ -616,7 +618,7 @@ async function upload(e) {
     }
   }
   // rejected files first, so none is out of sight however long the list
-  const rejected = items.filter((li) => li.dataset.status === "rejected");
+  const rejected = items.filter((li) => li.dataset.status === "rejected" || li.dataset.status === "not_sent");
   list.prepend(...rejected);
   $("upload-summary").textContent = uploadSummary(items);
   $("upload-summary").dataset.summary = $("upload-summary").textContent;
