@@ -151,14 +151,33 @@ def test_dashboard_end_to_end(browser, tmp_path):
         assert parts == d["seed"]
         assert page.text_content("#dataset-sum") == "19"
 
-        # a wrong token: the error shows in the upload card, and the next write asks again
+        # a token gone wrong after sign-in (e.g. the server restarted with a new one): the error shows
+        # in the upload card, the file counts as not sent (not "rejected"), and the next write asks again
         page.evaluate("sessionStorage.setItem('fruitpipe-token', 'wrong')")
         page.set_input_files("#upload-files", [str(photo)])
         page.click("#upload-form button")
         page.wait_for_selector("#upload-error:not([hidden])")
         assert "token" in page.text_content("#upload-error") and page.is_hidden("#retrain-error")
         assert page.evaluate("sessionStorage.getItem('fruitpipe-token')") is None
-        sign_in(page)
+        page.wait_for_selector("#upload-summary[data-summary='1 not sent']")
+        assert page.eval_on_selector_all("#upload-list li", "els => els.map(e => e.dataset.status)") == ["not_sent"]
+
+        # signing in with a wrong token: checked at once (GET /auth/check), the error shows inside
+        # the dialog, which stays open, and the page stays signed out
+        page.click("#admin-btn")
+        page.wait_for_selector("#admin-dialog[open]")
+        with page.expect_response(lambda r: r.url.endswith("/auth/check")) as check:
+            page.fill("#token", "wrong-token")
+            page.click("#admin-ok")
+        assert check.value.status in (401, 403)
+        page.wait_for_selector("#admin-error:not([hidden])")
+        assert "wrong" in page.text_content("#admin-error")
+        assert page.is_visible("#admin-dialog") and page.get_attribute("#admin-btn", "data-signed-in") == "false"
+        assert page.evaluate("sessionStorage.getItem('fruitpipe-token')") is None
+        page.fill("#token", TOKEN)  # the right one now, in the same dialog
+        page.click("#admin-ok")
+        page.wait_for_selector("#admin-btn[data-signed-in='true']")
+        assert page.is_hidden("#admin-dialog")
 
         # retrain: a confirmation dialog first; cancelling starts nothing
         page.click("#retrain-btn")

@@ -516,6 +516,7 @@ function ensureSignedIn() {
   if (token()) return Promise.resolve(true);
   const dlg = $("admin-dialog");
   $("token").value = "";
+  showError("admin-error", "");
   return new Promise((resolve) => {
     dlg.addEventListener("close", () => resolve(Boolean(token())), { once: true });
     dlg.showModal();
@@ -524,13 +525,28 @@ function ensureSignedIn() {
 
 function setupAdmin() {
   const dlg = $("admin-dialog");
-  $("admin-form").addEventListener("submit", (e) => {
+  // The token is checked (GET /auth/check: 204 valid, 401/403 not) before the dialog closes; a wrong
+  // one shows its error inside the dialog and keeps the page signed out.
+  $("admin-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
     const t = $("token").value.trim();
-    if (!t) { e.preventDefault(); return; }
+    if (!t) return;
+    showError("admin-error", "");
+    $("admin-ok").disabled = true;
+    try {
+      const r = await fetch("/auth/check", { headers: { Authorization: `Bearer ${t}` } });
+      if (r.status === 401 || r.status === 403) { showError("admin-error", "That token is wrong: not signed in."); return; }
+      if (!r.ok) { showError("admin-error", `Could not check the token: ${r.status} ${r.statusText}`); return; }
+    } catch (_) {
+      showError("admin-error", "Could not reach the server to check the token."); return;
+    } finally {
+      $("admin-ok").disabled = false;
+    }
     sessionStorage.setItem(TOKEN_KEY, t);
     $("token").value = "";
     ["upload-error", "retrain-error", "versions-error"].forEach((box) => showError(box, ""));  // stale "sign in" errors
     renderAdmin();
+    dlg.close();
   });
   $("admin-cancel").addEventListener("click", () => dlg.close());
   $("admin-btn").addEventListener("click", () => (token() ? signOut() : ensureSignedIn()));
