@@ -15,14 +15,18 @@ from .service_support import TOKEN, live_server, make_app, make_backend, small_d
 pytestmark = [needs_shared, pytest.mark.slow]
 
 
-@pytest.fixture()
-def server(tmp_path, monkeypatch):
+def serve(tmp_path, monkeypatch, mode: str = "good"):  # type: ignore[no-untyped-def]
     for env in ("FRUITPIPE_TOKEN", "FRUITPIPE_ADMIN_TOKEN", "FRUITPIPE_API"):
         monkeypatch.delenv(env, raising=False)
     monkeypatch.chdir(tmp_path)  # no var/admin-token here
     seed = small_dataset(tmp_path / "seed", "train", 3)
     eval_dir = small_dataset(tmp_path / "eval", "test", 2)
-    with live_server(make_app(make_backend(tmp_path / "store", seed=seed, eval_dir=eval_dir))) as url:
+    return live_server(make_app(make_backend(tmp_path / "store", mode=mode, seed=seed, eval_dir=eval_dir)))
+
+
+@pytest.fixture()
+def server(tmp_path, monkeypatch):
+    with serve(tmp_path, monkeypatch) as url:
         yield url, tmp_path
 
 
@@ -43,9 +47,19 @@ def test_upload_retrain_models_activate_over_http(server, capsys):
     code, out, err = run(capsys, "upload", str(photos), "--class", "freshbanana", "--api", url, "--token", TOKEN,
                          "--quiet")
     lines = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and lines[-1] == {"added": 2, "duplicate": 0, "rejected": 2, "skipped": 0, "class": "freshbanana"}
+    # the summary has the API's own keys (UploadResponse: class_name, added, duplicates, rejected)
+    assert code == 0 and lines[-1] == {"class_name": "freshbanana", "added": 2, "duplicates": 0, "rejected": 2,
+                                       "skipped": 0}
     errors = {r["filename"]: r["error"] for r in lines[:-1] if r["status"] == "rejected"}
     assert errors["test.jpg"] == "in_evaluation_set" and errors["notes.jpg"] in ("not_an_image", "truncated")
+    # single files as well as folders
+    code, out, err = run(capsys, "upload", "--class", "freshbanana", str(photos / "0.jpg"), "--api", url,
+                         "--token", TOKEN, "--quiet")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["status"] for r in lines[:-1]] == ["duplicate"] and lines[-1]["duplicates"] == 1
+    code, out, err = run(capsys, "upload", "--class", "freshbanana", str(tmp / "nothing.jpg"), "--api", url,
+                         "--token", TOKEN, "--quiet")
+    assert code == 2 and "no such file or folder" in err
 
     code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--wait")
     status = json.loads(out)
