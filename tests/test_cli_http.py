@@ -62,9 +62,16 @@ def test_upload_retrain_models_activate_over_http(server, capsys):
     assert code == 2 and "no such file or folder" in err
 
     code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--wait")
+    # a short summary for a person, not the status JSON: state, version, reason, figures, time
+    lines = out.splitlines()
+    assert code == 0 and len(lines) <= 8 and lines[0].startswith("retrain promoted: v") and lines[0].endswith(" is live")
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["reason", "candidate", "live", "time"]
+    assert "accuracy" in lines[2] and "macro-F1" in lines[2]
+    code, out, err = run(capsys, "retrain", "--api", url, "--status", "--json")
     status = json.loads(out)
     assert code == 0 and status["state"] == "succeeded" and status["percent"] == 100
     new = status["result"]["version"]
+    assert new in lines[0] and status["result"]["reason"] in lines[1]
 
     code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN)  # nothing new since
     assert code == 1 and err.startswith("nothing_new: nothing new to learn")
@@ -88,3 +95,11 @@ def test_bad_token_and_unreachable_server_are_one_line_exit_2(server, capsys, mo
     monkeypatch.setenv("FRUITPIPE_TOKEN", TOKEN)
     code, out, err = run(capsys, "models", "--api", "http://127.0.0.1:9", "--activate", "v1")
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_retrain_rejected_by_the_gate_exits_3(tmp_path, monkeypatch, capsys):
+    with serve(tmp_path, monkeypatch, mode="bad") as url:
+        code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--force", "--wait")
+        lines = out.splitlines()
+        assert code == 3 and lines[0].startswith("retrain rejected by the gate: v"), out
+        assert lines[1].startswith("  reason:") and "candidate:" in out and "live:" in out
