@@ -78,9 +78,16 @@ def test_upload_retrain_models_activate_over_http(server, capsys):
 
     (tmp / "var").mkdir()
     (tmp / "var" / "admin-token").write_text(TOKEN + "\n")  # the token file, as fruitpipe serve writes it
-    code, out, err = run(capsys, "models", "--api", url)
+    code, out, err = run(capsys, "models", "--api", url, "--json")
     versions = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [v["status"] for v in versions if v["version"] == new] == ["live"]
+    code, out, err = run(capsys, "models", "--api", url)  # a table by default
+    table = out.splitlines()
+    assert code == 0 and table[0].split() == ["version", "created", "status", "accuracy", "macro-F1", "rejection", "reason"]
+    assert len(table) == 1 + len(versions) and len(out) < 200 * len(table)
+    row = next(r.split() for r in table if r.startswith(new))  # created is two words: date, time
+    assert row[3] == "live" and row[4].endswith("%") and row[5].endswith("%")
+    assert all(r == r.rstrip() for r in table)
     old = next(v["version"] for v in versions if v["version"] != new)
     code, out, err = run(capsys, "models", "--api", url, "--activate", old)
     assert code == 0 and out.strip() == f"live: {old}"
@@ -103,3 +110,6 @@ def test_retrain_rejected_by_the_gate_exits_3(tmp_path, monkeypatch, capsys):
         lines = out.splitlines()
         assert code == 3 and lines[0].startswith("retrain rejected by the gate: v"), out
         assert lines[1].startswith("  reason:") and "candidate:" in out and "live:" in out
+        code, out, err = run(capsys, "models", "--api", url)
+        rejected = [r for r in out.splitlines() if " rejected " in r]
+        assert len(rejected) == 1 and rejected[0].rstrip().endswith(lines[1].split("reason:")[1].strip())

@@ -161,11 +161,35 @@ def _models_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--aws", action="store_true", help="the deployed S3 model registry, directly")
     p.add_argument("--bucket", help="with --aws: models bucket (default: $FRUITPIPE_MODELS_BUCKET)")
     p.add_argument("--activate", metavar="VERSION", help="move the live pointer to VERSION (rollback)")
+    p.add_argument("--json", action="store_true", help="one JSON object per version instead of a table")
+
+
+def versions_table(versions: list[dict[str, Any]]) -> str:
+    """The versions as a text table: version, created, status, accuracy, macro-F1, not-fruit
+    rejection (on the frozen evaluation set where the version has a score on it, as the dashboard
+    shows; else the manifest's own figures) and, for a rejected one, the gate's reason."""
+    rows = [("version", "created", "status", "accuracy", "macro-F1", "rejection", "reason")]
+    for v in versions:
+        m = v.get("metrics") or {}
+        ev = m.get("frozen") if isinstance(m.get("frozen"), dict) else m
+        rows.append((v["version"], str(v.get("created", "")).replace("T", " ").replace("Z", "")[:19],
+                     v.get("status", ""), _pct(ev.get("accuracy", m.get("test_accuracy"))), _pct(ev.get("macro_f1")),
+                     _pct(ev.get("ood_rejected_rate")), (v.get("reason") or "") if v.get("status") == "rejected" else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[6]).rstrip() for r in rows)
+
+
+def _print_versions(versions: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        for v in versions:
+            print(json.dumps(v, default=str))
+    else:
+        print(versions_table(versions))
 
 
 @command("models", _models_args)
 def _models(args: argparse.Namespace) -> int:
-    """List model versions (one JSON object each), or activate one (rollback / roll forward)."""
+    """List model versions (a table; ``--json``: one JSON object each), or activate one (rollback)."""
     if args.aws:
         return _models_aws(args)
     client = api_client(args, token_required=bool(args.activate))
@@ -173,8 +197,7 @@ def _models(args: argparse.Namespace) -> int:
         if args.activate:
             print(f"live: {client.activate(args.activate)['live']}")
             return 0
-        for v in client.models()["versions"]:
-            print(json.dumps(v, default=str))
+        _print_versions(client.models()["versions"], args.json)
     except ClientError as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -196,6 +219,5 @@ def _models_aws(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(f"live: {registry.live_version()}")
         return 0
-    for v in registry.versions():
-        print(json.dumps(v.as_dict(), default=str))
+    _print_versions([v.as_dict() for v in registry.versions()], args.json)
     return 0
