@@ -14,7 +14,7 @@ from . import errors, multipart
 from .deps import AppState, ModelHolder
 from .metrics import Metrics
 from .middleware import MetricsMiddleware, RequestGuard, SecurityHeaders
-from .routers import dashboard, data, health, models, predict, retrain
+from .routers import auth, dashboard, data, health, models, predict, retrain
 from .settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -34,7 +34,7 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
     errors.install(app)
     multipart.install()  # file parts named only with RFC 5987 filename*= are files too
     for router in (dashboard.router, predict.router, data.router, retrain.router, models.router,
-                   health.router):
+                   health.router, auth.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     dashboard.mount_docs_assets(app)

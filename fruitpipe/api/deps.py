@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..backends.base import Backend
 from ..bundle import BundleError
@@ -131,7 +132,13 @@ def check_admin(authorization: str, settings: Settings) -> None:
         raise ApiError(403, "forbidden", "the admin token is not valid")
 
 
-def require_admin(request: Request) -> None:
+# Declares the bearer scheme in the OpenAPI document (so /docs has an "Authorize" button); the
+# check itself is check_admin, which gives our own error codes.
+BEARER = HTTPBearer(auto_error=False, description="the admin token (see docs/api.md, Auth)")
+
+
+def require_admin(request: Request,
+                  _credentials: HTTPAuthorizationCredentials | None = Security(BEARER)) -> None:
     """The write routes' dependency. :class:`~fruitpipe.api.middleware.RequestGuard` finds the routes
     that declare it and runs :func:`check_admin` before their body is read; this repeats the check
     where the app runs without the guard."""
