@@ -10,11 +10,12 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..backends.base import Backend
+from ..capture import Capturer
 from . import errors, multipart
 from .deps import AppState, ModelHolder
 from .metrics import Metrics
 from .middleware import MetricsMiddleware, RequestGuard, SecurityHeaders
-from .routers import dashboard, data, health, models, predict, retrain
+from .routers import dashboard, data, feedback, health, models, predict, retrain
 from .settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -30,11 +31,11 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
                   description="Fresh-or-rotten fruit classifier. Writes need `Authorization: Bearer <token>`.")
     holder = ModelHolder(backend, settings, metrics)
     app.state.fruitpipe = AppState(backend=backend, settings=settings, holder=holder, metrics=metrics,
-                                   static_dir=STATIC_DIR)
+                                   static_dir=STATIC_DIR, capture=Capturer(backend.capture, settings.capture))
     errors.install(app)
     multipart.install()  # file parts named only with RFC 5987 filename*= are files too
     for router in (dashboard.router, predict.router, data.router, retrain.router, models.router,
-                   health.router):
+                   health.router, feedback.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     dashboard.mount_docs_assets(app)
@@ -42,6 +43,8 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if app.state.fruitpipe.capture.enabled:
+        app.state.fruitpipe.capture.prune()  # nothing older than the retention limit survives a restart
     if load_model:
         holder.refresh(force=True)
         if holder.current is None:

@@ -14,6 +14,7 @@ from fastapi import Request
 
 from ..backends.base import Backend
 from ..bundle import BundleError
+from ..capture import Capturer
 from ..classifier import Backbone, Classifier
 from .errors import ApiError
 from .metrics import Metrics
@@ -103,6 +104,7 @@ class AppState:
     holder: ModelHolder
     metrics: Metrics
     static_dir: Path
+    capture: Capturer
 
 
 def state(request: Request) -> AppState:

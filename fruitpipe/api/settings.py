@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import imaging
+from ..capture import CapturePolicy
 
 TOKEN_ENV = "FRUITPIPE_ADMIN_TOKEN"
 TOKEN_FILE = "admin-token"
@@ -53,6 +54,12 @@ class Settings:
     max_request_bytes: int | None = None
     # where bigger files go instead (named in the 413 the transport cap causes), e.g. /upload-url
     large_upload_route: str | None = None
+    # which predictions are kept for review, and for how long (FRUITPIPE_CAPTURE* variables)
+    capture: CapturePolicy = field(default_factory=CapturePolicy.from_env)
+    # POST /feedback: per client address, at most this many per minute (burst: the same number)
+    feedback_per_minute: int = 20
+    # label-based accuracy (GET /review/accuracy, metrics): reviews of the last this many days
+    accuracy_window_days: float = 7.0
 
     def files_per_request(self, route: str) -> int | None:
         """How many image files the route (a path template such as ``/predict``) takes at most;

@@ -240,7 +240,7 @@ class S3DataStore(_S3Bound, DataStore):
             return self.counter.record(filed.sha256, filed.key)
         return stored
 
-    def add(self, label: str, data: bytes, filename: str) -> UploadResult:
+    def add(self, label: str, data: bytes, filename: str, *, origin: str = "upload") -> UploadResult:
         shown = safe_name(filename)
         try:
             filed = dataset.prepare(label, data)
@@ -248,7 +248,7 @@ class S3DataStore(_S3Bound, DataStore):
             return UploadResult(shown, "rejected", label=None, error=exc.code, detail=str(exc))
         except imaging.InvalidImage as exc:
             return UploadResult(shown, "rejected", label=label, error=exc.code, detail=exc.detail)
-        added = self._file(filed, "api")
+        added = self._file(filed, "api" if origin == "upload" else origin)  # the object's "source" metadata
         return UploadResult(shown, "added" if added else "duplicate", label=label, sha256=filed.sha256,
                             key=filed.key)
 

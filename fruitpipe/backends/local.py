@@ -11,6 +11,7 @@ Layout of the store (default ``./var``)::
     retrain/status.json                 the current/last run (survives a server restart)
     retrain/runs/<run_id>/              a run's data snapshot (symlinks), candidate bundle, log
     cache/embeddings/                   the training job's persistent embedding cache
+    capture/<prediction id>.jpg|.json   captured predictions (fruitpipe.capture; bounded, opt-out)
     admin-token                         the generated admin token (mode 0600)
 
 Every write is a temporary file + ``os.replace`` (or a temporary folder + ``os.rename``), so a
@@ -155,7 +156,7 @@ class LocalDataStore(DataStore):
         for label in LABELS:  # leftovers of a writer killed mid-upload
             remove_stale_temps(self.dataset_dir / label)
 
-    def add(self, label: str, data: bytes, filename: str) -> UploadResult:
+    def add(self, label: str, data: bytes, filename: str, *, origin: str = "upload") -> UploadResult:
         shown = _display_name(filename)
         try:
             filed = dataset.prepare(label, data)
@@ -164,6 +165,8 @@ class LocalDataStore(DataStore):
         except imaging.InvalidImage as exc:
             return UploadResult(shown, "rejected", label=label, error=exc.code, detail=exc.detail)
         path = self.root / filed.key
+        if origin != "upload" and not path.exists():  # before the image: never filed without it
+            create_once(self.root / dataset.origin_key(filed.key), (origin + "\n").encode())
         added = not path.exists() and create_once(path, filed.data)
         return UploadResult(shown, "added" if added else "duplicate", label=label, sha256=filed.sha256,
                             key=filed.key)
@@ -508,5 +511,6 @@ def create_local_backend(store: Path | str = "var", *, seed_bundle: Path | None 
     root = Path(store).resolve()
     root.mkdir(parents=True, exist_ok=True)
     registry = LocalRegistry(root, seed_bundle if seed_bundle is not None else default_model_dir())
+    from .local_capture import LocalCaptureStore
     return Backend(name="local", store=LocalDataStore(root), registry=registry,
-                   trainer=LocalTrainer(root, registry, trainer_config))
+                   trainer=LocalTrainer(root, registry, trainer_config), capture=LocalCaptureStore(root))

@@ -112,6 +112,7 @@ async function predictFile(file) {
       : `${NICE[p.predicted_class]} · ${pct(p.confidence)}`;
     $("pred-meta").textContent = `model ${p.model_version} · ${p.latency_ms.toFixed(1)} ms on the server`;
     $("result").hidden = false;
+    document.dispatchEvent(new CustomEvent("fruitpipe:prediction", { detail: { prediction: p, container: $("result") } }));
     barChart($("prob-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.probabilities[c], color: classColor(c) })),
       { max: 1, fmt: pct });
     refreshStats();

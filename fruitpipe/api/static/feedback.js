@@ -1,0 +1,55 @@
+// "Wrong? tell us" under each prediction result. Self-contained: the dashboard announces each
+// answer with a `fruitpipe:prediction` event ({prediction, container}); this adds a small form to
+// the container that POSTs /feedback {prediction_id, correct}. Text only, never innerHTML.
+"use strict";
+
+(() => {
+  const ANSWERS = [["freshapples", "fresh apples"], ["freshbanana", "fresh banana"], ["freshoranges", "fresh oranges"],
+    ["rottenapples", "rotten apples"], ["rottenbanana", "rotten banana"], ["rottenoranges", "rotten oranges"],
+    ["not_fruit", "not a fruit"]];
+
+  function make(tag, attrs = {}, text) {
+    const n = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+    if (text !== undefined) n.textContent = text;
+    return n;
+  }
+
+  function widget(prediction) {
+    const box = make("div", { class: "feedback small", "data-prediction-id": prediction.prediction_id });
+    const open = make("button", { type: "button", class: "link feedback-open" }, "Wrong? tell us");
+    const form = make("form", { class: "feedback-form", hidden: "" });
+    const select = make("select", { "aria-label": "the right answer" });
+    for (const [value, text] of ANSWERS) select.append(make("option", { value }, text));
+    const send = make("button", { type: "submit" }, "Send");
+    const note = make("span", { class: "muted feedback-note", role: "status" });
+    form.append("It is ", select, " ", send);
+    open.addEventListener("click", () => { form.hidden = false; open.hidden = true; select.focus(); });
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      send.disabled = true;
+      try {
+        const r = await fetch("/feedback", { method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ prediction_id: prediction.prediction_id, correct: select.value }) });
+        const body = await r.json().catch(() => ({}));
+        if (r.ok) { form.hidden = true; note.textContent = "Thanks: a person will look at it."; return; }
+        note.textContent = body.error === "capture_disabled" ? "This service does not keep photos for review."
+          : body.error === "unknown_prediction" ? "Too late for this one: its photo is no longer held."
+          : `Could not send: ${body.detail || r.status}`;
+      } catch (e) {
+        note.textContent = `Could not send: ${e.message}`;
+      } finally {
+        send.disabled = false;
+      }
+    });
+    box.append(open, form, note);
+    return box;
+  }
+
+  document.addEventListener("fruitpipe:prediction", (ev) => {
+    const { prediction, container } = ev.detail || {};
+    if (!prediction?.prediction_id || !container) return;
+    container.querySelectorAll(":scope > .feedback").forEach((n) => n.remove());
+    container.append(widget(prediction));
+  });
+})();
