@@ -65,7 +65,8 @@ async function show() {
   $("answer").textContent = `Model said: ${NICE[it.answered] || it.answered} · ${it.verdict} · ${pct(it.confidence)}`;
   $("why").textContent = `kept because: ${it.reasons.join(", ")} · ${it.captured} · model ${it.model_version}`;
   $("fb").textContent = it.feedback ? `User says: ${NICE[it.feedback.correct] || it.feedback.correct}` : "No feedback.";
-  $("done").textContent = it.review ? `Labelled ${NICE[it.review.label]}` : "";
+  const filed = it.review?.dataset ? ` · dataset: ${it.review.dataset.status}` : "";
+  $("done").textContent = it.review ? `Labelled ${NICE[it.review.label]}${filed}` : "";
   const keys = $("keys"); keys.replaceChildren();
   for (const [key, answer] of Object.entries(KEY_OF).sort((a, b) => (a[0] === "0") - (b[0] === "0") || a[0] - b[0])) {
     const b = make("button", { type: "button", "data-label": answer }, `${key} ${NICE[answer]}`);
@@ -86,9 +87,7 @@ async function label(answer) {
     const res = await api(`/review/${encodeURIComponent(it.prediction_id)}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ label: answer }) });
     state.items[state.index] = res.item;
-    const filed = res.dataset ? ` · dataset: ${res.dataset.status}` : "";
     showError("queue-error", "");
-    $("done").textContent = `Labelled ${NICE[answer]}${filed}`;
     if (state.index < state.items.length - 1) state.index += 1;
     renderList(); await show(); loadAccuracy();
   } catch (e) {
