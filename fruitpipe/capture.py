@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import queue
 import random
 import re
 import secrets
@@ -101,6 +102,11 @@ class CapturePolicy:
     pending_items: int = 256
     pending_bytes: int = 64 * 1024 * 1024
     prune_every: int = 20  # captures between two retention sweeps (also swept at start and listing)
+    # Write captures on a writer thread (queue of ``queue_items``; full: the capture is dropped, the
+    # answer never waits). Off in Lambda, where a thread is frozen once the answer is out: there the
+    # write runs after the answer is built, before the invocation ends.
+    write_in_thread: bool = True
+    queue_items: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "CapturePolicy":
@@ -111,7 +117,8 @@ class CapturePolicy:
         policy = cls(enabled=_env_bool(env.get("FRUITPIPE_CAPTURE"), d.enabled),
                      sample_rate=float(env.get("FRUITPIPE_CAPTURE_SAMPLE_RATE") or d.sample_rate),
                      retention_days=float(env.get("FRUITPIPE_CAPTURE_RETENTION_DAYS") or d.retention_days),
-                     max_items=int(env.get("FRUITPIPE_CAPTURE_MAX_ITEMS") or d.max_items))
+                     max_items=int(env.get("FRUITPIPE_CAPTURE_MAX_ITEMS") or d.max_items),
+                     write_in_thread=not env.get("AWS_LAMBDA_FUNCTION_NAME"))
         if not 0.0 <= policy.sample_rate <= 1.0 or policy.retention_days <= 0 or policy.max_items < 1:
             raise ValueError("capture: sample rate must be in [0, 1], retention days and max items positive")
         return policy
@@ -271,6 +278,9 @@ class Capturer:
         self.pending = Pending(self.policy.pending_seconds, self.policy.pending_items, self.policy.pending_bytes)
         self._puts = 0
         self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, dict[str, Any], bytes, list[str]]] = queue.Queue(self.policy.queue_items)
+        self._writer: threading.Thread | None = None
+        self.dropped = 0  # captures not kept because the writer queue was full
 
     @property
     def enabled(self) -> bool:
@@ -300,6 +310,34 @@ class Capturer:
         if not reasons:
             self.pending.add(pid, prediction, data)
         return reasons
+
+    def submit(self, pid: str, prediction: dict[str, Any], data: bytes, reasons: list[str]) -> None:
+        """:meth:`keep` now (``write_in_thread`` off), or hand it to the writer thread without
+        waiting: when its queue is full the capture is dropped (counted in ``dropped``)."""
+        if not self.policy.write_in_thread:
+            self.keep(pid, prediction, data, reasons)
+            return
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="fruitpipe-capture", daemon=True)
+                self._writer.start()
+        try:
+            self._queue.put_nowait((pid, prediction, data, reasons))
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                self.keep(*item)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every submitted capture is written (tests, benchmarks, shutdown)."""
+        self._queue.join()
 
     def keep(self, pid: str, prediction: Mapping[str, Any], data: bytes, reasons: list[str],
              feedback: dict[str, Any] | None = None) -> Record | None:

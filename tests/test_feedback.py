@@ -36,6 +36,7 @@ class FakeClock:
 
 
 def app_with(store, clock=None, **policy):  # type: ignore[no-untyped-def]
+    policy.setdefault("write_in_thread", False)  # kept by the time the answer is back (the thread: below)
     app = make_app(make_backend(store), capture=CapturePolicy(**policy))
     if clock is not None:
         app.state.fruitpipe.capture.clock = clock
@@ -215,3 +216,16 @@ def test_worth_and_accuracy_window():
     acc = review_accuracy(reviewed, "v1", now - timedelta(days=7))
     assert acc["all"]["n"] == 1 and acc["all"]["accuracy"] == 1.0
     assert review_accuracy(reviewed, "v2", now - timedelta(days=7))["all"]["n"] == 0
+
+
+def test_writer_thread_keeps_after_the_answer_and_drops_when_full(tmp_path):
+    store = tmp_path / "store"
+    with TestClient(app_with(store, sample_rate=1.0, write_in_thread=True)) as c:
+        pid = predict(c)["prediction_id"]
+        c.app.state.fruitpipe.capture.flush()
+        assert (store / "capture" / f"{pid}.json").is_file()
+    cap = Capturer(None, CapturePolicy(queue_items=1))
+    cap._writer = object()  # type: ignore[assignment]  # no writer running: the queue fills
+    for _ in range(3):
+        cap.submit("x", {}, b"", ["sample"])
+    assert cap.dropped == 2

@@ -65,6 +65,7 @@ def test_wrong_tell_us_and_keyboard_review_in_a_browser(tmp_path):
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url + "/")
+        page.wait_for_selector("#label-accuracy tr[data-class='not_fruit']")  # the accuracy card
         page.set_input_files("#file", str(apple))
         page.wait_for_selector("#result .feedback .feedback-open")
         page.click("#result .feedback .feedback-open")
@@ -83,6 +84,9 @@ def test_wrong_tell_us_and_keyboard_review_in_a_browser(tmp_path):
         review.keyboard.press("4")  # rotten apples
         review.wait_for_function("() => document.querySelector('#done').textContent.includes('dataset: added')")
         review.wait_for_selector("#acc tr[data-class='rottenapples']")
+        page.reload()
+        page.wait_for_selector("#label-accuracy tr[data-class='rottenapples']")
+        assert page.text_content("#label-accuracy tr[data-class='rottenapples'] td:nth-child(2)") == "1"
         browser.close()
         assert not errors, errors
     filed = list((store / "dataset" / "rottenapples").glob("*.jpg"))

@@ -629,12 +629,14 @@ class SecretsManagerToken:
 
 def create_aws_backend(config: AwsConfig | None = None, *, seed_bundle: Path | None = None) -> Backend:
     config = config or AwsConfig.from_env()
+    from .aws_capture import S3CaptureStore
     counter = NewImageCounter(config.state_table)
     return Backend(
         name="aws",
         store=S3DataStore(config.data_bucket, counter),
         registry=S3ModelRegistry(config.models_bucket, config.model_cache, seed_bundle=seed_bundle),
         trainer=_trainer(config.state_machine_arn),
+        capture=S3CaptureStore(config.data_bucket),
     )
 
 

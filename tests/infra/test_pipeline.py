@@ -227,10 +227,20 @@ def test_triggers_schedule_new_data_and_drift(tpl):
 def test_alarms_notify_sns(tpl):
     alarms = of_type(tpl, "AWS::CloudWatch::Alarm")
     names = {k.split("Monitoring")[1][:-8] for k in alarms}
-    assert {"Api5xxRate", "ApiP95Latency", "TrainingFailure", "DriftConfidenceDrop", "DriftNotFruitRise"} <= names
+    assert {"Api5xxRate", "ApiP95Latency", "TrainingFailure", "DriftConfidenceDrop", "DriftNotFruitRise",
+            "DriftLabelAccuracy"} <= names
     (topic,) = of_type(tpl, "AWS::SNS::Topic")
     for a in [*alarms.values(), *of_type(tpl, "AWS::CloudWatch::CompositeAlarm").values()]:
         assert a["Properties"]["AlarmActions"] == [{"Ref": topic}]
+    label = next(a for k, a in alarms.items() if "DriftLabelAccuracy" in k)["Properties"]
+    exprs = {m["Id"]: m for m in label["Metrics"]}
+    assert label["Threshold"] == 0.8 and label["ComparisonOperator"] == "LessThanThreshold"
+    assert any(m.get("Expression") == "IF(n >= 30, acc, 1)" for m in exprs.values())  # silent below 30 reviews
+    assert {exprs[i]["MetricStat"]["Stat"] for i in ("acc", "n")} == {"Average", "SampleCount"}
+    assert exprs["acc"]["MetricStat"]["Metric"]["MetricName"] == "ReviewCorrect"
+    assert exprs["acc"]["MetricStat"]["Period"] == 7 * 86400
+    (composite,) = of_type(tpl, "AWS::CloudWatch::CompositeAlarm").values()
+    assert "DriftLabelAccuracy" in json.dumps(composite["Properties"]["AlarmRule"])
     fail = next(a for k, a in alarms.items() if "TrainingFailure" in k)["Properties"]
     assert fail["MetricName"] == "ExecutionsFailed" and fail["Threshold"] == 1
 
@@ -244,11 +254,12 @@ def test_dashboard_has_every_widget(tpl):
                   "Confidence and drift signals", "API Lambda: invocations, errors, throttles",
                   "API Lambda: duration p50/p95/p99 and concurrency", "Ingest: added, duplicates, rejected",
                   "Retrain outcomes", "Retrain quality (candidate vs live)", "Retrain per-class F1",
-                  "Retrain data and duration", "State machine executions", "Alarms"):
+                  "Retrain data and duration", "State machine executions", "Alarms",
+                  "Accuracy on reviewed captures (label-based)"):
         assert f'"title":"{title}"' in body, title
         assert title in doc, f"docs/operations.md does not name widget {title!r}"
     for metric in ("ConfidenceDelta", "NotFruitExcess", "ColdStart", "ImagesAdded", "RetrainOutcome",
-                   "ClassF1", "EmbeddedNew", "ConcurrentExecutions", "Throttles"):
+                   "ClassF1", "EmbeddedNew", "ConcurrentExecutions", "Throttles", "ReviewCorrect"):
         assert metric in body and metric in doc, metric
 
 

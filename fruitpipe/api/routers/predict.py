@@ -31,15 +31,15 @@ def _response(pred, latency_ms: float, prediction_id: str) -> PredictionResponse
 
 
 def _offer(request: Request, tasks: BackgroundTasks, pred, data: bytes, keep: bool) -> str:  # type: ignore[no-untyped-def]
-    """A new prediction id; when the capture policy keeps this one, the write is queued to run
-    after the answer has been sent (it never delays the answer)."""
+    """A new prediction id; when the capture policy keeps this one, it is handed to the capture
+    writer once the answer has been sent (:meth:`~fruitpipe.capture.Capturer.submit`)."""
     capture = state(request).capture
     pid = capture.new_id()
     if keep:
         prediction = pred.as_dict()
         reasons = capture.offer(pid, prediction, data)
         if reasons:
-            tasks.add_task(capture.keep, pid, prediction, data, reasons)
+            tasks.add_task(capture.submit, pid, prediction, data, reasons)
     return pid
 
 

@@ -46,6 +46,34 @@
     return box;
   }
 
+  // A card with the live model's accuracy on reviewed captures (GET /review/accuracy).
+  async function accuracyCard() {
+    const main = document.querySelector("main");
+    if (!main) return;
+    let a;
+    try { const r = await fetch("/review/accuracy"); if (!r.ok) return; a = await r.json(); } catch (_) { return; }
+    const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`);
+    const card = make("section", { class: "card", id: "label-accuracy" });
+    card.append(make("h2", {}, "Accuracy on reviewed photos"),
+      make("p", { class: "muted small" }, `model ${a.model_version || "–"}, reviews since ${a.since.slice(0, 10)}: `
+        + `${a.all.correct} of ${a.all.n} right (${pct(a.all.accuracy)}). Reviewed photos over-sample hard cases.`));
+    const table = make("table", { class: "review-acc" });
+    const head = make("tr");
+    for (const t of ["class", "reviewed", "accuracy"]) head.append(make("th", {}, t));
+    table.append(head);
+    for (const [name, row] of Object.entries(a.all.per_class)) {
+      const tr = make("tr", { "data-class": name });
+      for (const v of [name.replace("_", " "), row.n, pct(row.accuracy)]) tr.append(make("td", {}, v));
+      table.append(tr);
+    }
+    const link = make("a", { href: "/static/review.html" }, "review queue");
+    card.append(table, make("p", { class: "small" }), link);
+    document.getElementById("label-accuracy")?.remove();
+    main.append(card);
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", accuracyCard);
+  else accuracyCard();
+
   document.addEventListener("fruitpipe:prediction", (ev) => {
     const { prediction, container } = ev.detail || {};
     if (!prediction?.prediction_id || !container) return;
