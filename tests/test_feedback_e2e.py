@@ -91,3 +91,32 @@ def test_wrong_tell_us_and_keyboard_review_in_a_browser(tmp_path):
         assert not errors, errors
     filed = list((store / "dataset" / "rottenapples").glob("*.jpg"))
     assert len(filed) == 1 and dataset.origin_of(filed[0]) == "review"
+
+
+@pytest.mark.slow
+def test_an_accepted_label_reaches_the_retrained_manifest(tmp_path):
+    """The loop closed with the real training job: feedback -> review -> retrain -> the candidate's
+    manifest counts the reviewed photo under training_data.origins (promoted or held by the gate)."""
+    import sys
+
+    from fruitpipe import bundle
+
+    from .service_support import small_dataset, wait_for_run
+    seed = small_dataset(tmp_path / "seed", "train", 4)
+    eval_dir = small_dataset(tmp_path / "eval", "val", 2)
+    store = tmp_path / "store"
+    backend = make_backend(store, seed=seed, eval_dir=eval_dir, train_command=[sys.executable, "-m", "training_job"])
+    backend.trainer.config.validation_dir = small_dataset(tmp_path / "val", "val", 3, offset=2)
+    app = make_app(backend, capture=CapturePolicy(sample_rate=0.0))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        pid = c.post("/predict", files={"file": ("p.jpg", fruit("rottenoranges", 3), "image/jpeg")}).json()["prediction_id"]
+        assert c.post("/feedback", json={"prediction_id": pid, "correct": "rottenoranges"}).status_code == 200
+        assert c.post(f"/review/{pid}", headers=AUTH, json={"label": "rottenoranges"}).json()["dataset"]["status"] == "added"
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        status = wait_for_run(c, timeout=600)
+    assert status["state"] in ("succeeded", "rejected"), status
+    version = status["result"]["version"]
+    folder = next(p for p in (store / "models" / "versions" / version, store / "models" / "rejected" / version)
+                  if p.is_dir())
+    origins = bundle.read_manifest(folder).training_data["origins"]
+    assert origins == {"review": 1, "untagged": 6 * 4}
