@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Does capture slow ``POST /predict``? Client-side latency over real HTTP, same run, same images.
+"""Do capture and a running shadow slow ``POST /predict``? Client-side latency over real HTTP,
+same run, same images.
 
-Three servers (uvicorn on 127.0.0.1, local backend, default model, fresh temporary stores, built as
+Five servers (uvicorn on 127.0.0.1, local backend, default model, fresh temporary stores, built as
 ``fruitpipe serve`` builds them) are measured in interleaved rounds, so machine load hits each
-alike: capture off; capture on at the default sample rate (2 %); and capture on for every request
-(``sample_rate=1``: the worst case, each answer followed by an image shrink and two file writes).
+alike: capture off; capture on at the default sample rate (2 %); capture on for every request
+(``sample_rate=1``: the worst case, each answer followed by an image shrink and two file writes);
+and capture off with a shadow running (a second copy of the model as candidate) on 10 % of the
+requests and on every request (each shadowed answer is followed by one more inference on the
+shadow's thread).
 One client, sequential requests, real 640x480 JPEG photos from ../shared.
 
     .venv/bin/python scripts/bench_capture.py            # 6 rounds x 50 requests per server
@@ -52,8 +56,20 @@ def photos(n: int) -> list[bytes]:
     return out
 
 
+def start_shadow(app, store: Path, sample_rate: float) -> None:  # type: ignore[no-untyped-def]
+    """Register a copy of the default model as a new version and shadow it on ``sample_rate`` of requests."""
+    from fruitpipe import bundle
+    from fruitpipe.models_path import default_model_dir
+    src = default_model_dir()
+    m = bundle.verify(src)
+    raw = dict(m.to_dict(), version="v20990101-000000-shadow", created="2099-01-01T00:00:00Z")
+    bundle.write(store / "models" / "versions" / raw["version"], bundle.Manifest.from_dict(raw),
+                 {name: (src / name).read_bytes() for name in m.files})
+    app.state.fruitpipe.shadow.start(raw["version"], requests=10**9, seconds=10**6, sample_rate=sample_rate)
+
+
 @contextmanager
-def server(store: Path, policy) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def server(store: Path, policy, shadow: float = 0.0) -> Iterator[str]:  # type: ignore[no-untyped-def]
     import socket
 
     import uvicorn
@@ -63,6 +79,8 @@ def server(store: Path, policy) -> Iterator[str]:  # type: ignore[no-untyped-def
     from fruitpipe.api.settings import Settings
     from fruitpipe.backends.local import create_local_backend
     app = create_app(create_local_backend(store), Settings(token_provider=lambda: "bench", capture=policy))
+    if shadow:
+        start_shadow(app, store, shadow)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -92,11 +110,14 @@ def main() -> int:
     from fruitpipe.capture import CapturePolicy
     configs = {"capture off": CapturePolicy(enabled=False),
                "capture on, default 2% sample": CapturePolicy(),
-               "capture on, every request (worst case)": CapturePolicy(sample_rate=1.0, max_items=100_000)}
+               "capture on, every request (worst case)": CapturePolicy(sample_rate=1.0, max_items=100_000),
+               "shadow running, 10% sample": CapturePolicy(enabled=False),
+               "shadow running, every request": CapturePolicy(enabled=False)}
+    shadow_rate = {"shadow running, 10% sample": 0.1, "shadow running, every request": 1.0}
     images = photos(args.per_round)
     lat: dict[str, list[float]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        urls = {name: stack.enter_context(server(Path(tmp) / f"s{i}", policy))
+        urls = {name: stack.enter_context(server(Path(tmp) / f"s{i}", policy, shadow_rate.get(name, 0.0)))
                 for i, (name, policy) in enumerate(configs.items())}
         clients = {name: stack.enter_context(httpx.Client(base_url=url, timeout=30)) for name, url in urls.items()}
         for name, c in clients.items():  # warm-up

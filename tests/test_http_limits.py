@@ -280,4 +280,5 @@ def test_guard_sees_every_route_and_knows_the_write_routes(tmp_path):
     assert {r.path for r in routes if is_write_route(r)} == {"/upload-training-data", "/retrain",
                                                               "/models/{version}/activate", "/review",
                                                               "/review/{prediction_id}",
-                                                              "/review/{prediction_id}/image"}
+                                                              "/review/{prediction_id}/image",
+                                                              "/models/{version}/shadow"}

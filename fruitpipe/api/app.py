@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..backends.base import Backend
 from ..capture import Capturer
+from ..shadow import Shadow
 from . import errors, multipart
 from .deps import AppState, ModelHolder
 from .metrics import Metrics
@@ -31,7 +32,11 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
                   description="Fresh-or-rotten fruit classifier. Writes need `Authorization: Bearer <token>`.")
     holder = ModelHolder(backend, settings, metrics)
     app.state.fruitpipe = AppState(backend=backend, settings=settings, holder=holder, metrics=metrics,
-                                   static_dir=STATIC_DIR, capture=Capturer(backend.capture, settings.capture))
+                                   static_dir=STATIC_DIR, capture=Capturer(backend.capture, settings.capture),
+                                   shadow=Shadow(backend.shadow, backend.registry, holder.load_version,
+                                                 settings.shadow_bounds, in_thread=settings.capture.write_in_thread,
+                                                 refresh_seconds=settings.model_refresh_seconds,
+                                                 on_promote=lambda: holder.refresh(True)))
     errors.install(app)
     multipart.install()  # file parts named only with RFC 5987 filename*= are files too
     for router in (dashboard.router, predict.router, data.router, retrain.router, models.router,

@@ -15,6 +15,7 @@ from fastapi import Request
 from ..backends.base import Backend
 from ..bundle import BundleError
 from ..capture import Capturer
+from ..shadow import Shadow
 from ..classifier import Backbone, Classifier
 from .errors import ApiError
 from .metrics import Metrics
@@ -84,6 +85,10 @@ class ModelHolder:
         finally:
             self._lock.release()
 
+    def load_version(self, version: str) -> Classifier:
+        """``version`` from the registry on the shared backbone (the shadow's candidate)."""
+        return Classifier(self.registry.fetch(version), shared_backbone=self.backbone)
+
     def get(self) -> Classifier:
         if self._current is None or time.monotonic() >= self._next_check:
             self.refresh()
@@ -105,6 +110,7 @@ class AppState:
     metrics: Metrics
     static_dir: Path
     capture: Capturer
+    shadow: Shadow
 
 
 def state(request: Request) -> AppState:

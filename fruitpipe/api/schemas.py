@@ -82,6 +82,14 @@ class ModelVersionResponse(BaseModel):
 class ModelsResponse(BaseModel):
     live: Optional[str]
     versions: list[ModelVersionResponse]
+    shadow: Optional[dict[str, Any]] = Field(None, description="the latest shadow evaluation: version, status "
+                                             "(running/promoted/held), reason, result, bounds")
+
+
+class ShadowRequest(BaseModel):
+    requests: int = Field(200, ge=1, le=1_000_000, description="shadowed requests before the decision")
+    seconds: float = Field(3600, gt=0, le=30 * 86400, description="time limit")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="share of /predict requests shadowed")
 
 
 class ActivateResponse(BaseModel):

@@ -14,6 +14,7 @@ from typing import Callable
 
 from .. import imaging
 from ..capture import CapturePolicy
+from ..shadow import Bounds
 
 TOKEN_ENV = "FRUITPIPE_ADMIN_TOKEN"
 TOKEN_FILE = "admin-token"
@@ -60,6 +61,8 @@ class Settings:
     feedback_per_minute: int = 20
     # label-based accuracy (GET /review/accuracy, metrics): reviews of the last this many days
     accuracy_window_days: float = 7.0
+    # what a shadowed candidate must show before it is promoted (fruitpipe.shadow)
+    shadow_bounds: Bounds = field(default_factory=Bounds)
 
     def files_per_request(self, route: str) -> int | None:
         """How many image files the route (a path template such as ``/predict``) takes at most;

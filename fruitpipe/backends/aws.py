@@ -630,6 +630,7 @@ class SecretsManagerToken:
 def create_aws_backend(config: AwsConfig | None = None, *, seed_bundle: Path | None = None) -> Backend:
     config = config or AwsConfig.from_env()
     from .aws_capture import S3CaptureStore
+    from .shadow_pointers import S3ShadowPointer
     counter = NewImageCounter(config.state_table)
     return Backend(
         name="aws",
@@ -637,6 +638,7 @@ def create_aws_backend(config: AwsConfig | None = None, *, seed_bundle: Path | N
         registry=S3ModelRegistry(config.models_bucket, config.model_cache, seed_bundle=seed_bundle),
         trainer=_trainer(config.state_machine_arn),
         capture=S3CaptureStore(config.data_bucket),
+        shadow=S3ShadowPointer(config.models_bucket),
     )
 
 

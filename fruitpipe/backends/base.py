@@ -144,6 +144,18 @@ class CaptureStore(ABC):
         beyond ``max_items``; returns how many were deleted."""
 
 
+class ShadowPointer(ABC):
+    """Where the shadow evaluation's state lives, next to the live pointer (:mod:`fruitpipe.shadow`)."""
+
+    @abstractmethod
+    def read(self) -> dict[str, Any] | None:
+        """The state, or None when no shadow was ever started."""
+
+    @abstractmethod
+    def write(self, state: dict[str, Any]) -> None:
+        """Replace the state in one step (readers see the old or the new one, never a mix)."""
+
+
 @dataclass
 class Backend:
     name: str
@@ -151,3 +163,4 @@ class Backend:
     registry: ModelRegistry
     trainer: Trainer
     capture: CaptureStore | None = None  # None: this backend keeps no predictions
+    shadow: ShadowPointer | None = None  # None: no shadow evaluation

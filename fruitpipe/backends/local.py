@@ -512,5 +512,7 @@ def create_local_backend(store: Path | str = "var", *, seed_bundle: Path | None 
     root.mkdir(parents=True, exist_ok=True)
     registry = LocalRegistry(root, seed_bundle if seed_bundle is not None else default_model_dir())
     from .local_capture import LocalCaptureStore
+    from .shadow_pointers import LocalShadowPointer
     return Backend(name="local", store=LocalDataStore(root), registry=registry,
-                   trainer=LocalTrainer(root, registry, trainer_config), capture=LocalCaptureStore(root))
+                   trainer=LocalTrainer(root, registry, trainer_config), capture=LocalCaptureStore(root),
+                   shadow=LocalShadowPointer(root))

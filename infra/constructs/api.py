@@ -31,7 +31,8 @@ API_TIMEOUT = Duration.seconds(29)
 # throttling is per route, so anonymous traffic that uses up the public routes' budget (the
 # $default route) cannot lock the operators out of these.
 ADMIN_ROUTES = (("/upload-training-data", "POST"), ("/upload-url", "POST"), ("/retrain", "POST"),
-                ("/models/{version}/activate", "POST"), ("/review/{prediction_id}", "POST"))
+                ("/models/{version}/activate", "POST"), ("/models/{version}/shadow", "POST"),
+                ("/review/{prediction_id}", "POST"))
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,15 @@ class Api(Construct):
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadModels", actions=["s3:GetObject"],
             resources=[models.arn_for_objects("versions/*"), models.arn_for_objects("rejected/*"),
-                       models.arn_for_objects("live.json")]))
+                       models.arn_for_objects("live.json"), models.arn_for_objects("shadow.json")]))
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="MoveLivePointer", actions=["s3:PutObject"], resources=[models.arn_for_objects("live.json")]))
+            sid="MoveLivePointer", actions=["s3:PutObject"],
+            resources=[models.arn_for_objects("live.json"), models.arn_for_objects("shadow.json")]))
         # ListBucket only under the prefixes the app reads; S3 also checks it (with the key as
         # s3:prefix) to answer a HEAD of a missing key 404 rather than 403.
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ListModels", actions=["s3:ListBucket"], resources=[models.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": ["versions/*", "rejected/*", "live.json"]}}))
+            conditions={"StringLike": {"s3:prefix": ["versions/*", "rejected/*", "live.json", "shadow.json"]}}))
         # HEAD on dataset/ (de-duplication) needs GetObject. Writes there must be conditional
         # (If-None-Match: the data bucket's policy denies the others), so a filed image is never
         # overwritten. PutObject on incoming/ is what presigned upload forms carry.

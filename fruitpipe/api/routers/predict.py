@@ -70,7 +70,9 @@ def predict(request: Request, tasks: BackgroundTasks,
         image = imaging.load_image(data, size=clf.size)
     except imaging.InvalidImage as exc:
         raise image_error(exc) from None
+    t_infer = time.perf_counter()
     pred = clf.predict_arrays(image[None])[0]
+    tasks.add_task(st.shadow.offer, image, pred, (time.perf_counter() - t_infer) * 1000)  # after the answer
     explanation = None
     if explain:
         try:
