@@ -140,14 +140,75 @@ class Backbone:
         return softmax(embeddings @ self._imagenet_kernel + self._imagenet_bias)
 
 
+ZOOM_MEMO_ENV = "FRUITPIPE_ZOOM_MEMO"  # file a training job loads and saves its ZoomMemo in
+
+
+class ZoomMemo:
+    """The four quadrant embeddings of preprocessed images, keyed by the image's sha256 and the
+    backbone's: training and the retrain's evaluations ask for the same images' second look again
+    and again (calibration, the job's own check, the gate), with other prototypes each time. Off
+    unless :func:`remember_zoom` switched it on (serving never keeps it); ``save``/``load`` carry
+    it across the processes of a retrain (npz, temporary file + ``os.replace``)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, np.ndarray] = {}  # key -> float32 [4, 1280]
+        self.new = 0
+
+    @staticmethod
+    def key(image: np.ndarray) -> str:
+        import hashlib
+        return hashlib.sha256(backbone.SHA256.encode() + image.tobytes()).hexdigest()
+
+    def save(self, path: Path) -> None:
+        import tempfile
+        if not self.new:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            keys = sorted(self.entries)
+            # float32, exactly what the backbone gave: calibration sets bars just above these scores
+            np.savez(fh, keys=np.array(keys), emb=np.stack([self.entries[k] for k in keys]).astype(np.float32))
+        os.replace(tmp, path)
+        self.new = 0
+
+    def load(self, path: Path) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                for key, emb in zip(data["keys"], data["emb"]):
+                    self.entries.setdefault(str(key), emb)
+        except (OSError, KeyError, ValueError):
+            pass
+
+
+_ZOOM_MEMO: ZoomMemo | None = None
+
+
+def remember_zoom() -> ZoomMemo:
+    """Switch the process's :class:`ZoomMemo` on (training and retrain processes) and return it."""
+    global _ZOOM_MEMO
+    if _ZOOM_MEMO is None:
+        _ZOOM_MEMO = ZoomMemo()
+    return _ZOOM_MEMO
+
+
 def zoom_similarity(backbone: Backbone, prototypes: np.ndarray, images: np.ndarray) -> np.ndarray:
     """Best prototype similarity over each image's four zoomed quadrants, ``float32 [N]``.
 
-    Four backbone passes per image; the rejection asks for it only for images it would reject.
+    Four backbone passes per image (none for an image the :class:`ZoomMemo`, when on, already
+    holds); the rejection asks for it only for images it would reject.
     """
     out = np.empty(len(images), dtype=np.float32)
+    memo = _ZOOM_MEMO
     for i, image in enumerate(images):
-        out[i] = prototype_similarity(backbone.embed(imaging.zoom_views(image)), prototypes).max()
+        key = memo.key(image) if memo is not None else None
+        emb = memo.entries.get(key) if memo is not None and key is not None else None
+        if emb is None:
+            emb = backbone.embed(imaging.zoom_views(image))
+            if memo is not None and key is not None:
+                memo.entries[key] = emb
+                memo.new += 1
+        out[i] = prototype_similarity(emb, prototypes).max()
     return out
 
 

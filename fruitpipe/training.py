@@ -296,8 +296,14 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     ``base_model`` (the live bundle): when it has the same fine-tuned recipe, its block and head are
     the starting point (a warm start: ``warm_epochs`` of stage 2 instead of both stages).
     """
-    from .classifier import Backbone, Classifier, zoom_similarity
+    from .classifier import ZOOM_MEMO_ENV, Backbone, Classifier, remember_zoom, zoom_similarity
     from .evaluation import evaluate_embeddings, image_source
+
+    # Calibration and the bundle check take a second look at the same validation images.
+    memo = remember_zoom()
+    memo_path = Path(os.environ[ZOOM_MEMO_ENV]) if os.environ.get(ZOOM_MEMO_ENV) else None
+    if memo_path is not None:
+        memo.load(memo_path)
 
     cfg = config or Config()
     try:
@@ -376,10 +382,20 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     def x_of(rows: Inputs) -> np.ndarray:  # the head's input for the fitted block (what serving computes)
         return rows.head_input(block) if block is not None else head_input(cfg.features, rows.embedding, rows.pooled)
 
-    train_in, y_tr = stack(tr_idx)
-    head, block, history = fit(train_in, y_tr, val_fruit, y_val)
+    # A warm-started refit fits once, on train + validation. The rejection thresholds depend only on
+    # the frozen embeddings and the prototypes, never on the head (rejection.compute_scores), so the
+    # fit on train alone, which only scores validation before the refit, is skipped: the base
+    # model's block and head stand in for it during calibration.
+    single_fit = start is not None and cfg.refit and len(y_val) > 0
+    if single_fit:
+        assert start is not None
+        head, block, history = start[0], start[1], {}
+        log(single_fit=1)
+    else:
+        train_in, y_tr = stack(tr_idx)
+        head, block, history = fit(train_in, y_tr, val_fruit, y_val)
+        del train_in
     x_val, val_x_full = x_of(val_fruit), x_of(val_full)
-    del train_in
 
     print("stage=calibrate", flush=True)
     other = np.array(sorted(OTHER_PRODUCE), dtype=np.int64)
@@ -409,7 +425,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
                           ood_zoom=ood_zoom, fruit_zoom=lambda rows: zoom_of(fruit_rows[rows]))
     log(min_similarity=rejection["min_similarity"], min_similarity_zoom=rejection["min_similarity_zoom"])
     honest = None
-    if cfg.refit and len(y_val):
+    if cfg.refit and len(y_val) and not single_fit:
         # Score the pre-refit model on validation now: after the refit it has seen those images.
         pre = Rejector(other, prototypes, rejection["min_similarity"], rejection["max_other_fruit"],
                        rejection["min_similarity_other"], rejection["min_confidence"],
@@ -419,13 +435,15 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         pre.take_second_look(pre_scores, zoom_of)
         flags = pre.not_fruit(pre_scores)
         honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
+    if cfg.refit and len(y_val):
         print("stage=refit", flush=True)
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
         # Without a channel the holdout is inside y_all; with one, its fruit joins in every view.
         extra = [_outputs(backbone, val_emb, v, vfruit) for v in views] if val_emb is not None else []
         rf_in, y_rf = stack(np.arange(len(y_all)), extra)
         y_rf = np.concatenate([y_rf] + [y_val] * len(extra))
-        head, block, _ = fit(rf_in, y_rf)
+        head, block, refit_history = fit(rf_in, y_rf)
+        history = refit_history if single_fit else history
         prototypes = protos(normalise(rf_in.embedding), y_rf)
         del rf_in
 
@@ -475,7 +493,9 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
             seen = metrics
             metrics = {**honest, "uncertain_rate": seen["uncertain_rate"], "skipped": seen["skipped"],
                        "model_version": seen["model_version"], "refit_validation_accuracy": seen["accuracy"]}
-        metrics.update({"split": "validation" + (" (scored before the train+validation refit)" if honest else ""),
+        split = ("validation (scored before the train+validation refit)" if honest
+                 else "validation (seen: warm-started refit on train+validation)" if single_fit else "validation")
+        metrics.update({"split": split,
                         "embedded_new": embedded_new, "cached": cached, "skipped": dict(skipped),
                         "train_seconds": round(time.monotonic() - started, 2),
                         "calibration_fruit_rejected_rate": rejection["calibration"]["fruit_rejected_rate"]})
@@ -495,6 +515,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         (output_data_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if memo_path is not None:
+        memo.save(memo_path)
     log(train_seconds=round(time.monotonic() - started, 2))
     print("stage=done", flush=True)
     return metrics

@@ -145,7 +145,7 @@ def main() -> int:
     ours_port, ref_port = free_port(), free_port()
     ours_url, ref_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{ref_port}"
     serve = [PY, "-m", "fruitpipe", "serve", "--host", "127.0.0.1", "--port", str(ours_port),
-             "--store", str(store), "--log-level", "warning"]
+             "--store", str(store), "--log-level", "warning", "--no-warm-up"]
     if args.workers:
         serve += ["--workers", str(args.workers)]
     conditions = {
@@ -172,7 +172,8 @@ def main() -> int:
 
         print("3. /predict during a retrain vs idle", flush=True)
         idle = locust(ours_url, "ReferenceUser", args.users, t_rt, raw, "rt_idle")
-        r = httpx.post(ours_url + "/retrain", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        # force: the store has no uploads, and this scenario is about serving while a job trains
+        r = httpx.post(ours_url + "/retrain?force=true", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         r.raise_for_status()
         t0 = time.monotonic()
         busy = locust(ours_url, "ReferenceUser", args.users, t_rt, raw, "rt_busy")

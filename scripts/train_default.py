@@ -1,6 +1,7 @@
 """Reproduce the shipped model ``models/default`` from ../shared/data/fruits (``make train-default``).
 
-Protocol (no test image is used for any choice):
+The data sets and hyperparameters are :mod:`fruitpipe.recipe`'s (the same recipe every local
+retrain uses). Protocol (no test image is used for any choice):
 1. hyperparameters were chosen on ``val`` with a head trained on ``train`` (docs/ml.md);
 2. the job trains on ``train``, calibrates the rejection thresholds on ``val`` fruit plus the
    *calibration* group of generated not-fruit images (scripts/make_ood_set.py), then refits the
@@ -25,15 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 FRUITS = SHARED / "data" / "fruits"
-HYPERPARAMETERS = ["refit=true"]
-
-
-def linked_folder(dest: Path, sources: dict[str, Path]) -> Path:
-    """A dataset folder made of symlinks: ``dest/<name>`` → source folder."""
-    dest.mkdir(parents=True)
-    for name, src in sources.items():
-        (dest / name).symlink_to(src.resolve(), target_is_directory=True)
-    return dest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,24 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "train").is_dir():
         print(f"error: {args.data}/train not found (../shared beside the checkout?)", file=sys.stderr)
         return 2
-    from fruitpipe.labels import LABELS, OOD_FOLDER
+    from fruitpipe import recipe as rc
 
     with tempfile.TemporaryDirectory(prefix="fruitpipe-default-") as tmp_name:
         tmp = Path(tmp_name)
         py = sys.executable
-        for group in ("calib", "heldout"):
-            subprocess.run([py, str(REPO / "scripts" / "make_ood_set.py"), "--out", str(tmp / f"ood-{group}"),
-                            "--group", group], check=True, stdout=subprocess.DEVNULL)
-        validation = linked_folder(tmp / "validation", {**{c: args.data / "val" / c for c in LABELS},
-                                                        OOD_FOLDER: tmp / "ood-calib" / OOD_FOLDER})
-        test = linked_folder(tmp / "test", {**{c: args.data / "test" / c for c in LABELS},
-                                            OOD_FOLDER: tmp / "ood-heldout" / OOD_FOLDER})
+        shipped = rc.shipped(generated=tmp, fruits=args.data)
+        shipped.prepare()
+        rc.link_dataset(tmp / "train", shipped.train)
+        rc.link_dataset(tmp / "validation", shipped.validation)
+        rc.link_dataset(tmp / "test", shipped.evaluation)
+        test = tmp / "test"
+        hyperparameters = [f"{k}={v}" for k, v in shipped.hyperparameters.items()] + args.set
         staged = tmp / "bundle"
         started = time.monotonic()
-        cmd = [py, "-m", "fruitpipe", "train", "--data", str(args.data / "train"), "--validation",
-               str(validation), "--cache", str(args.cache), "--out", str(staged),
+        cmd = [py, "-m", "fruitpipe", "train", "--data", str(tmp / "train"), "--validation",
+               str(tmp / "validation"), "--cache", str(args.cache), "--out", str(staged),
                "--output-data", str(tmp / "output")]
-        for hp in HYPERPARAMETERS + args.set:
+        for hp in hyperparameters:
             cmd += ["--set", hp]
         proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         if proc.returncode != 0:
@@ -107,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                "bundle_bytes": size, **{k: v for k, v in result.items() if k != "per_class"},
                "per_class": result["per_class"]}
     (REPO / "results").mkdir(exist_ok=True)
-    summary["hyperparameters"] = HYPERPARAMETERS + args.set
+    summary["hyperparameters"] = hyperparameters
     (REPO / "results" / f"{args.results}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n| metric (test split + held-out not-fruit) | value |\n|---|---:|")
     for key in ("accuracy", "macro_f1", "fruit_rejected_rate", "ood_rejected_rate", "uncertain_rate"):

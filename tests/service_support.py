@@ -57,11 +57,17 @@ def small_dataset(dest: Path, split: str, per_class: int, offset: int = 0) -> Pa
 
 
 def make_backend(store: Path, *, mode: str = "good", seed: Path | None = None, eval_dir: Path | None = None,
-                 sleep: float = 0.0, train_command: list[str] | None = None):  # type: ignore[no-untyped-def]
+                 sleep: float = 0.0, train_command: list[str] | None = None,
+                 cache_dir: Path | None = None):  # type: ignore[no-untyped-def]
+    """A local backend whose training job is the tiny test job (``mode``) on a small recipe:
+    ``seed`` trains, ``eval_dir`` is the evaluation set, no validation set, no hyperparameters."""
     from fruitpipe.backends.local import TrainerConfig, create_local_backend
+    from fruitpipe.recipe import Recipe
     cmd = train_command or [sys.executable, str(TINY_JOB), "--init", str(DEFAULT_MODEL), "--mode", mode,
                             "--sleep", str(sleep)]
-    config = TrainerConfig(train_command=cmd, seed_dirs=[seed] if seed else [], eval_dir=eval_dir, nice=0,
+    recipe = Recipe(train=(seed,) if seed else (), evaluation=(eval_dir,) if eval_dir else ())
+    config = TrainerConfig(recipe=recipe, train_command=cmd, nice=0,
+                           cache_dir=cache_dir or Path(store) / "cache" / "embeddings",
                            extra_env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     return create_local_backend(store, seed_bundle=DEFAULT_MODEL, trainer_config=config)
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import needs_shared
+from .conftest import FRUITS, needs_shared
 from .service_support import AUTH, fruit, jpeg, live_server, make_app, make_backend, tree_hash
 from .test_api import second_version
 
@@ -132,7 +132,8 @@ def test_fruitpipe_serve_command(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FRUITPIPE_ADMIN_TOKEN"}
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "fruitpipe", "serve", "--store", str(store), "--port", str(port),
-                             "--workers", "2"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                             "--workers", "2", "--no-warm-up"], env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -148,7 +149,9 @@ def test_fruitpipe_serve_command(tmp_path):
         token = (store / "admin-token").read_text().strip()
         assert stat.S_IMODE((store / "admin-token").stat().st_mode) == 0o600
         assert token not in log.read_text() and f"TOKEN=$(cat {store / 'admin-token'})" in log.read_text()
-        files = [("files", ("a.jpg", fruit("freshoranges", 2), "image/jpeg"))]
+        # a photo from outside the seed and evaluation sets (those are refused / duplicates)
+        new_photo = sorted((FRUITS.parent / "fruits_extra" / "freshoranges").glob("*.jpg"))[0].read_bytes()
+        files = [("files", ("a.jpg", new_photo, "image/jpeg"))]
         assert httpx.post(url + "/upload-training-data", data={"class_name": "freshoranges"},
                           files=files).status_code == 401
         r = httpx.post(url + "/upload-training-data", data={"class_name": "freshoranges"}, files=files,

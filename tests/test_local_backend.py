@@ -98,7 +98,7 @@ def test_stale_running_status_becomes_failed(tmp_path):
                                                "percent": 30, "pid": 2 ** 22 + 12345}))
     fresh = LocalTrainer(tmp_path, backend.registry)  # a restarted server
     st = fresh.status()
-    assert st.state == "failed" and "exited" in st.result["error"] and st.stage == "train:embed"
+    assert st.state == "failed" and "died without finishing" in st.result["error"] and st.stage == "train:embed"
 
 
 def test_admin_token_generated_once_with_mode_0600(tmp_path, monkeypatch):

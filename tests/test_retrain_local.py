@@ -37,7 +37,7 @@ def test_gate_accepts_and_server_swaps_without_restart(tmp_path, data):
         up = c.post("/upload-training-data", data={"class_name": "rottenapples"},
                     files=[("files", ("u.jpg", fruit("rottenapples", 5, "train"), "image/jpeg"))], headers=AUTH)
         assert up.status_code == 200
-        r = c.post("/retrain", headers=AUTH)
+        r = c.post("/retrain?force=true", headers=AUTH)
         assert r.status_code == 202 and r.json()["state"] == "running"
         status = wait_for_run(c)
         assert status["state"] == "succeeded", status
@@ -58,7 +58,7 @@ def test_gate_accepts_and_server_swaps_without_restart(tmp_path, data):
 def test_gate_rejects_worse_candidate_and_keeps_it(tmp_path, data):
     store, app = run_retrain(tmp_path, data, "bad")
     with TestClient(app) as c:
-        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "rejected", status
         assert status["result"]["promoted"] is False and "worse" in status["result"]["reason"]
@@ -71,7 +71,7 @@ def test_training_crash_keeps_live_model_serving(tmp_path, data):
     store, app = run_retrain(tmp_path, data, "crash")
     with TestClient(app) as c:
         models_before = tree_hash(store / "models")
-        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "failed"
         assert "exited with status 3" in status["result"]["error"]
@@ -84,7 +84,7 @@ def test_training_crash_keeps_live_model_serving(tmp_path, data):
 def test_missing_training_command_fails_cleanly(tmp_path, data):
     store, app = run_retrain(tmp_path, data, "good", train_command=[sys.executable, "-m", "no_such_training_module"])
     with TestClient(app) as c:
-        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "failed" and c.get("/health").json()["model_version"] == LIVE
 
@@ -97,7 +97,7 @@ def test_two_concurrent_retrains_one_409(tmp_path, data):
 
         def go() -> None:
             barrier.wait()
-            results.append(c.post("/retrain", headers=AUTH).status_code)
+            results.append(c.post("/retrain?force=true", headers=AUTH).status_code)
 
         threads = [threading.Thread(target=go) for _ in range(2)]
         for t in threads:
@@ -105,19 +105,19 @@ def test_two_concurrent_retrains_one_409(tmp_path, data):
         for t in threads:
             t.join()
         assert sorted(results) == [202, 409]
-        r = c.post("/retrain", headers=AUTH)
+        r = c.post("/retrain?force=true", headers=AUTH)
         assert r.status_code == 409 and r.json()["error"] == "retrain_running"
         # predictions keep working while it trains
         assert c.post("/predict", files={"file": ("a.jpg", fruit(), "image/jpeg")}).status_code == 200
         assert wait_for_run(c)["state"] == "succeeded"
-        assert c.post("/retrain", headers=AUTH).status_code == 202  # the lock is free again
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202  # the lock is free again
         wait_for_run(c)
 
 
 def test_status_survives_restart(tmp_path, data):
     store, app = run_retrain(tmp_path, data, "crash")
     with TestClient(app) as c:
-        c.post("/retrain", headers=AUTH)
+        c.post("/retrain?force=true", headers=AUTH)
         first = wait_for_run(c)
     seed, eval_dir = data
     with TestClient(make_app(make_backend(store, mode="crash", seed=seed, eval_dir=eval_dir))) as c2:
@@ -131,8 +131,141 @@ def test_relative_store_path_works_from_any_directory(tmp_path, data, monkeypatc
     monkeypatch.chdir(tmp_path)
     seed, eval_dir = data
     with TestClient(make_app(make_backend(Path("var"), mode="crash", seed=seed, eval_dir=eval_dir))) as c:
-        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
         status = wait_for_run(c)
         assert status["state"] == "failed" and "exited with status 3" in status["result"]["error"], status
         run_dir = tmp_path / "var" / "retrain" / "runs" / status["run_id"]
         assert (run_dir / "config.json").is_file() and not (run_dir / "data").exists()
+
+
+def test_garbage_candidate_fails_with_reason_and_live_untouched(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "garbage")
+    with TestClient(app) as c:
+        models_before = tree_hash(store / "models")
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "failed" and "invalid bundle" in status["result"]["error"], status
+        assert "live model is unchanged" in status["result"]["error"]
+        assert tree_hash(store / "models") == models_before
+        assert c.get("/health").json()["model_version"] == LIVE
+
+
+def test_emptied_class_fails_before_training(tmp_path, data):
+    import shutil
+    seed, eval_dir = data
+    partial = tmp_path / "partial"
+    shutil.copytree(seed, partial)
+    shutil.rmtree(partial / "rottenoranges")
+    app = make_app(make_backend(tmp_path / "store", mode="good", seed=partial, eval_dir=eval_dir))
+    with TestClient(app) as c:
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "failed", status
+        assert "no training image for rottenoranges" in status["result"]["error"]
+        assert not any("$ " in line for line in status["log_tail"])  # the job never started
+        # an upload of that class fills it again: the next retrain runs
+        up = c.post("/upload-training-data", data={"class_name": "rottenoranges"},
+                    files=[("files", ("r.jpg", fruit("rottenoranges", 1, "train"), "image/jpeg"))], headers=AUTH)
+        assert up.json()["added"] == 1
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert wait_for_run(c)["state"] == "succeeded"
+
+
+def test_training_job_killed_9_fails_with_signal(tmp_path, data):
+    import os
+    import signal
+    import time
+    store, app = run_retrain(tmp_path, data, "good", sleep=30.0)
+    with TestClient(app) as c:
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
+        deadline = time.monotonic() + 60
+        job = None
+        while job is None:
+            assert time.monotonic() < deadline
+            job = next((p for p in _children(c.get("/retraining-status").json(), store)), None)
+            time.sleep(0.2)
+        os.kill(job, signal.SIGKILL)
+        status = wait_for_run(c)
+        assert status["state"] == "failed" and "killed by signal 9" in status["result"]["error"], status
+        assert c.get("/health").json()["model_version"] == LIVE
+
+
+def test_nothing_new_is_409_unless_forced(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "good")
+    with TestClient(app) as c:
+        r = c.post("/retrain", headers=AUTH)
+        assert r.status_code == 409 and r.json()["error"] == "nothing_new"
+        assert "nothing new to learn" in r.json()["detail"]
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
+        wait_for_run(c)
+
+
+def test_evaluation_images_refused_seed_images_duplicates(tmp_path, data):
+    import io
+    from PIL import Image
+    store, app = run_retrain(tmp_path, data, "good")
+    seed, eval_dir = data
+    test_photo = sorted((eval_dir / "freshoranges").iterdir())[0].read_bytes()
+    resized = io.BytesIO()
+    Image.open(io.BytesIO(test_photo)).convert("RGB").resize((150, 150)).save(resized, "JPEG", quality=75)
+    seed_photo = sorted((seed / "freshoranges").iterdir())[0].read_bytes()
+    with TestClient(app) as c:
+        def up(*blobs: bytes):  # type: ignore[no-untyped-def]
+            return c.post("/upload-training-data", data={"class_name": "freshoranges"}, headers=AUTH,
+                          files=[("files", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)])
+        r = up(test_photo)
+        assert r.status_code == 400 and r.json()["results"][0]["error"] == "in_evaluation_set"
+        assert "frozen evaluation set" in r.json()["results"][0]["detail"]
+        r = up(resized.getvalue(), seed_photo, fruit("freshoranges", 30, "train"))
+        assert r.status_code == 200
+        near, dup, new = r.json()["results"]
+        assert near["status"] == "rejected" and near["error"] == "in_evaluation_set"  # a near-duplicate
+        assert dup["status"] == "duplicate" and "seed training data" in dup["detail"]
+        assert new["status"] == "added"
+        assert c.get("/dataset").json()["total"] == 1
+
+
+def _children(status: dict, store) -> list[int]:  # type: ignore[no-untyped-def]
+    """Live child processes of the run process (its training job)."""
+    import json
+    from pathlib import Path
+    pid = json.loads((store / "retrain" / "status.json").read_text()).get("pid")
+    if not pid or status.get("state") != "running":
+        return []
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def test_same_data_after_a_rejected_candidate_is_nothing_new(tmp_path, data):
+    store, app = run_retrain(tmp_path, data, "bad")
+    with TestClient(app) as c:
+        c.post("/upload-training-data", data={"class_name": "freshapples"}, headers=AUTH,
+               files=[("files", ("u.jpg", fruit("freshapples", 7, "train"), "image/jpeg"))])
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        assert wait_for_run(c)["state"] == "rejected"
+        r = c.post("/retrain", headers=AUTH)
+        assert r.status_code == 409 and r.json()["error"] == "nothing_new" and "was rejected" in r.json()["detail"]
+
+
+def test_evaluation_image_filed_behind_the_guard_never_trains(tmp_path, data):
+    import hashlib
+    store, app = run_retrain(tmp_path, data, "good")
+    seed, eval_dir = data
+    sneaked = sorted((eval_dir / "rottenbanana").iterdir())[0].read_bytes()
+    path = store / "dataset" / "rottenbanana" / f"{hashlib.sha256(sneaked).hexdigest()}.jpg"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(sneaked)  # e.g. filed before the evaluation set was frozen
+    with TestClient(app) as c:
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "succeeded", status
+        assert status["result"]["left_out_in_evaluation_set"] == [f"rottenbanana/{path.name}"]
+        assert status["result"]["images"]["rottenbanana"] == 4  # the seed photos only

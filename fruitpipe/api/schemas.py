@@ -125,11 +125,13 @@ class RetrainStatusResponse(BaseModel):
     run_id: Optional[str] = None
     trigger: Optional[str] = None
     stage: Optional[str] = None
-    percent: float = 0.0
+    percent: float = Field(0.0, description="progress over the whole run, 0-100, never goes backwards")
+    eta_seconds: Optional[float] = Field(None, description="estimated seconds left (null: unknown)")
     started: Optional[str] = None
     finished: Optional[str] = None
     log_tail: list[str] = Field(default_factory=list)
     result: dict[str, Any] = Field(default_factory=dict)
+    warmup: Optional[dict[str, Any]] = Field(None, description="local: the first-start warm-up, while it runs")
 
 
 class DatasetResponse(BaseModel):

@@ -558,7 +558,8 @@ class StepFunctionsTrainer(Trainer):
                                      "deployment has none (FRUITPIPE_STATE_MACHINE_ARN is not set)")
         return self.arn
 
-    def start(self, trigger: str = "manual") -> RetrainStatus:
+    def start(self, trigger: str = "manual", force: bool = False) -> RetrainStatus:
+        # force: the state machine has no "nothing new" check of its own (it always trains)
         arn = self._require()
         if self.sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING", maxResults=1)["executions"]:
             raise RetrainRunning("a retrain is already running")

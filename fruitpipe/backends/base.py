@@ -28,6 +28,11 @@ class RetrainRunning(RuntimeError):
     """A retrain was asked for while one is running (HTTP 409)."""
 
 
+class NothingToLearn(RuntimeError):
+    """A retrain was asked for with no new training data since the live model (HTTP 409,
+    ``nothing_new``); ``force`` runs it anyway."""
+
+
 @dataclass
 class UploadResult:
     filename: str
@@ -60,11 +65,13 @@ class RetrainStatus:
     run_id: str | None = None
     trigger: str | None = None
     stage: str | None = None
-    percent: float = 0.0
+    percent: float = 0.0  # over the whole run, never goes backwards
+    eta_seconds: float | None = None  # estimated seconds left (None: unknown)
     started: str | None = None
     finished: str | None = None
     log_tail: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
+    warmup: dict[str, Any] | None = None  # local: the background warm-up at first start, while it runs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,8 +111,9 @@ class ModelRegistry(ABC):
 
 class Trainer(ABC):
     @abstractmethod
-    def start(self, trigger: str = "manual") -> RetrainStatus:
-        """Start a retrain; raises :class:`RetrainRunning` if one is already running."""
+    def start(self, trigger: str = "manual", force: bool = False) -> RetrainStatus:
+        """Start a retrain; raises :class:`RetrainRunning` if one is already running and
+        :class:`NothingToLearn` when there is no new data and not ``force``."""
 
     @abstractmethod
     def status(self) -> RetrainStatus: ...

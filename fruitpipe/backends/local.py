@@ -10,9 +10,17 @@ Layout of the store (default ``./var``)::
                                         replaced atomically
     retrain/status.json                 the current/last run (survives a server restart)
     retrain/runs/<run_id>/              a run's data snapshot (symlinks), candidate bundle, log
-    cache/embeddings/                   the training job's persistent embedding cache
+    retrain/trained-on.json             version -> fingerprint of the uploads it was trained on
+    retrain/stage-seconds.json          measured stage durations of the last run (progress weights)
+    retrain/warmup.json                 the background warm-up at first start (cache, indexes)
+    recipe/                             generated not-fruit sets, upload-guard indexes
+    evaluations/<version>.json          each version's metrics on the frozen evaluation set
     capture/<prediction id>.jpg|.json   captured predictions (fruitpipe.capture; bounded, opt-out)
+    models/shadow.json                  the shadow evaluation's state (fruitpipe.shadow)
     admin-token                         the generated admin token (mode 0600)
+
+The embedding cache is shared by every store of the machine (``<fruitpipe cache>/embeddings``,
+see :func:`default_cache_dir`).
 
 Every write is a temporary file + ``os.replace`` (or a temporary folder + ``os.rename``), so a
 crash never leaves a half-written image, bundle or pointer behind. Dataset images are published
@@ -30,6 +38,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,13 +49,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import bundle, dataset, imaging
+from .. import recipe as rc
+from ..evalset import UploadGuard
 from ..labels import LABELS
-from .base import (Backend, DataStore, ModelRegistry, ModelVersion, NotFound, RetrainRunning,
+from .base import (Backend, DataStore, ModelRegistry, ModelVersion, NothingToLearn, NotFound, RetrainRunning,
                    RetrainStatus, Trainer, UploadResult, VersionRejected)
 
 log = logging.getLogger("fruitpipe.registry")
 REPO = Path(__file__).resolve().parent.parent.parent
-SHARED_FRUITS = REPO.parent / "shared" / "data" / "fruits"
 
 
 # ".<target name>.<pid>-<random>.tmp": the pid tells a crashed writer's leftovers from a live one's.
@@ -150,11 +160,12 @@ def safe_version(version: str) -> str:
 class LocalDataStore(DataStore):
     """``<root>/dataset/<class>/<sha256>.jpg``; the client's filename is never part of a path."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, guard: "UploadGuard | None" = None) -> None:
         self.root = Path(root)
         self.dataset_dir = self.root / dataset.DATASET_PREFIX
         for label in LABELS:  # leftovers of a writer killed mid-upload
             remove_stale_temps(self.dataset_dir / label)
+        self.guard = guard  # refuses evaluation-set images, flags seed images (fruitpipe.evalset)
 
     def add(self, label: str, data: bytes, filename: str, *, origin: str = "upload") -> UploadResult:
         shown = _display_name(filename)
@@ -165,11 +176,18 @@ class LocalDataStore(DataStore):
         except imaging.InvalidImage as exc:
             return UploadResult(shown, "rejected", label=label, error=exc.code, detail=exc.detail)
         path = self.root / filed.key
+        result = UploadResult(shown, "added", label=label, sha256=filed.sha256, key=filed.key)
+        if self.guard is not None and (found := self.guard.check(data, filed.sha256)) is not None:
+            status, code, detail = found
+            if status == "rejected":
+                return UploadResult(shown, "rejected", label=label, sha256=filed.sha256, error=code, detail=detail)
+            result.status, result.detail, result.key = "duplicate", detail, None  # not filed: already seed data
+            return result
         if origin != "upload" and not path.exists():  # before the image: never filed without it
             create_once(self.root / dataset.origin_key(filed.key), (origin + "\n").encode())
-        added = not path.exists() and create_once(path, filed.data)
-        return UploadResult(shown, "added" if added else "duplicate", label=label, sha256=filed.sha256,
-                            key=filed.key)
+        if path.exists() or not create_once(path, filed.data):
+            result.status = "duplicate"
+        return result
 
     def counts(self) -> dict[str, int]:
         out = {}
@@ -280,6 +298,12 @@ class LocalRegistry(ModelRegistry):
         evaluation = read_json(path / "evaluation.json")
         if isinstance(evaluation, dict):
             metrics["evaluation"] = evaluation
+        frozen = read_json(self.root.parent / "evaluations" / f"{path.name}.json")
+        if isinstance(frozen, dict) and isinstance(frozen.get("metrics"), dict):
+            # the frozen evaluation set: the same images for every version, so rows compare
+            metrics["frozen"] = {"eval_set": frozen.get("eval_set"), **{
+                k: frozen["metrics"].get(k) for k in ("n", "accuracy", "macro_f1", "fruit_rejected_rate",
+                                                      "ood_n", "ood_rejected_rate", "per_class", "confusion")}}
         reason = None
         if status == "rejected":
             info = read_json(path / "rejection.json") or {}
@@ -326,29 +350,9 @@ class LocalRegistry(ModelRegistry):
 # trainer
 
 
-def default_seed_dirs() -> list[Path]:
-    """Shared training photos beside the checkout, when present."""
-    train = SHARED_FRUITS / "train"
-    return [train] if train.is_dir() else []
-
-
-def default_validation_dir() -> Path | None:
-    """Calibration photos for the training job (it then refits on train + validation, as the
-    shipped model was made); a separate split, because near-copies inside one split would make the
-    not-fruit thresholds too strict."""
-    val = SHARED_FRUITS / "val"
-    return val if val.is_dir() else None
-
-
-def default_eval_dir() -> Path | None:
-    """The gate's images: the shared test split, which neither the shipped model nor a retrain
-    trains on, so candidate and live are compared on images both have never seen."""
-    test = SHARED_FRUITS / "test"
-    return test if test.is_dir() else None
-
-
 def default_train_command() -> list[str]:
-    """The training job (contract: ``--data --out --cache [--validation]`` are appended).
+    """The training job (contract: ``--data --out --cache [--validation] [--base-model]
+    [--hyperparameters]`` are appended).
 
     ``$FRUITPIPE_TRAIN_COMMAND`` (shell words) overrides it, e.g. ``fruitpipe train``.
     """
@@ -358,29 +362,42 @@ def default_train_command() -> list[str]:
     return [sys.executable, "-m", "training_job"]
 
 
+def default_cache_dir() -> Path:
+    """The embedding cache shared by every store on this machine (``<fruitpipe cache>/embeddings``):
+    entries are keyed by image sha256, backbone and preprocessing, so sharing is safe, and the
+    seed data is embedded once per machine, not once per store."""
+    from ..backbone import cache_dir
+    return cache_dir() / "embeddings"
+
+
 @dataclass
 class TrainerConfig:
+    """How local retrains run. ``recipe`` None: the shipped recipe (:func:`fruitpipe.recipe.shipped`)
+    on ``fruits`` (default ``../shared/data/fruits``), its generated sets under ``<store>/recipe``."""
+
+    recipe: rc.Recipe | None = None
+    fruits: Path | None = None
     train_command: list[str] = field(default_factory=default_train_command)
-    seed_dirs: list[Path] = field(default_factory=default_seed_dirs)
-    eval_dir: Path | None = field(default_factory=default_eval_dir)
-    validation_dir: Path | None = field(default_factory=default_validation_dir)
-    # Python callable "module:function" used by the run process to evaluate a classifier on a folder.
-    evaluate: str = "fruitpipe.backends.local_run:evaluate"
+    cache_dir: Path | None = None  # None: default_cache_dir()
+    # Python callable "module:function" used by the run process to evaluate a classifier on a folder
+    # (None: the cached-embedding evaluation in local_run).
+    evaluate: str | None = None
     gate_tolerance: float = 0.0
     nice: int = 10  # the run and the training job yield the CPU to the server's predictions
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        # absolute paths: the run process does not share the server's working directory
-        return {"train_command": list(self.train_command),
-                "seed_dirs": [str(Path(p).resolve()) for p in self.seed_dirs],
-                "eval_dir": str(Path(self.eval_dir).resolve()) if self.eval_dir else None,
-                "validation_dir": str(Path(self.validation_dir).resolve()) if self.validation_dir else None,
-                "evaluate": self.evaluate,
-                "gate_tolerance": self.gate_tolerance, "nice": self.nice}
+
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, ``/proc/<pid>/stat`` field 22), or None."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-def pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
+    """True while ``pid`` runs and (when given) is still the process that started at ``start_time``
+    (a recycled pid is another process)."""
     if not pid:
         return False
     try:
@@ -388,32 +405,62 @@ def pid_alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped) counts as dead
+        pass
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return True
+    if stat[0] == "Z":  # exited, not yet reaped
+        return False
+    return start_time is None or int(stat[19]) == int(start_time)
+
+
+def kill_group(pgid: int | None) -> bool:
+    """SIGKILL every process of the group ``pgid`` (a run and its training job); True if any was."""
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def uploads_fingerprint(store: Path) -> str:
+    """The uploads' identity: sha256 over the sorted ``<class>/<sha256>.jpg`` names of the store's
+    dataset (names are content hashes, so no file is read)."""
+    import hashlib
+    root = Path(store) / dataset.DATASET_PREFIX
+    names = sorted(f"{p.parent.name}/{p.name}" for p in root.glob("*/*.jpg")) if root.is_dir() else []
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
 class LocalTrainer(Trainer):
     """Starts ``python -m fruitpipe.backends.local_run`` as a separate process and reads its status.
 
     The run process (not the server) snapshots the data, runs the training job, evaluates
-    candidate and live on the same images, applies :func:`fruitpipe.gate.decide` and publishes.
-    A lock file makes sure only one run exists at a time, across threads and processes.
+    candidate and live on the frozen evaluation set, applies :func:`fruitpipe.gate.decide` and
+    publishes. A lock file makes sure only one run exists at a time, across threads and processes.
+    The run is the leader of its own process group, which holds its training job too: when the
+    run process is found dead (pid + start time), the whole group is killed and the run marked
+    failed, so no orphan training job keeps running.
     """
 
     def __init__(self, root: Path, registry: LocalRegistry, config: TrainerConfig | None = None) -> None:
         self.root = Path(root).resolve()
         self.registry = registry
         self.config = config or TrainerConfig()
+        self.recipe = self.config.recipe or rc.shipped(self.root / "recipe", self.config.fruits)
+        self.cache_dir = Path(self.config.cache_dir or default_cache_dir()).resolve()
         self.dir = self.root / "retrain"
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.dir)  # a status write cut short
         self.status_path = self.dir / "status.json"
         self.lock_path = self.dir / "lock"
+        self.trained_on_path = self.dir / "trained-on.json"
+        self.warmup_path = self.dir / "warmup.json"
+        self.guard = UploadGuard(self.recipe.evaluation, self.recipe.train + self.recipe.validation,
+                                 self.root / "recipe")
         self._thread_lock = threading.Lock()
         self._procs: dict[int, subprocess.Popen] = {}
 
@@ -422,29 +469,67 @@ class LocalTrainer(Trainer):
         return data if isinstance(data, dict) else {}
 
     def _settle(self, data: dict[str, Any]) -> dict[str, Any]:
-        """A 'running' status whose process is gone becomes 'failed' (crash or server restart)."""
+        """A 'running' status whose process is gone becomes 'failed' (crash, kill -9, server
+        restart); whatever is left of its process group (the training job) is killed."""
         if data.get("state") != "running":
             return data
         pid = data.get("pid")
         proc = self._procs.get(pid) if isinstance(pid, int) else None
         if proc is not None and proc.poll() is None:
             return data
-        if proc is None and pid_alive(pid):
-            return data
+        if proc is None and (pid is None or pid_alive(pid, data.get("pid_start"))):
+            return data  # pid None: the server is between Popen and writing the pid
         fresh = self._read()  # the run may have written its final status just now
         if fresh.get("state") != "running" or fresh.get("run_id") != data.get("run_id"):
             return fresh
-        fresh.update(state="failed", finished=bundle.now_iso(), stage=fresh.get("stage") or "failed")
-        fresh.setdefault("result", {})["error"] = "the training run process exited without finishing"
+        killed = kill_group(pid)
+        code = proc.returncode if proc is not None else None
+        how = f"exit status {code}" if code is not None and code >= 0 else (
+            f"signal {-code}" if code is not None else "it is gone")
+        fresh.update(state="failed", finished=bundle.now_iso(), stage=fresh.get("stage") or "failed", eta_seconds=None)
+        fresh.setdefault("result", {})["error"] = (
+            f"the training run process (pid {pid}) died without finishing ({how})"
+            + ("; its training job was stopped" if killed else "") + ". The live model is unchanged.")
         atomic_write_json(self.status_path, fresh)
         return fresh
 
     def status(self) -> RetrainStatus:
         with self._thread_lock:
             data = self._settle(self._read())
-        return to_status(data)
+        status = to_status(data)
+        warm = read_json(self.warmup_path)
+        if isinstance(warm, dict) and warm.get("state") == "running" and status.state != "running":
+            if pid_alive(warm.get("pid"), warm.get("pid_start")) or warm.get("pid") is None:
+                status.warmup = {k: warm.get(k) for k in ("state", "stage", "percent", "started")}
+        return status
 
-    def start(self, trigger: str = "manual") -> RetrainStatus:
+    def trained_on(self) -> dict[str, dict[str, Any]]:
+        """version → ``{"uploads": fingerprint of the uploads it was trained on, "base": the live
+        version it started from}`` (written by each run, promoted or rejected)."""
+        data = read_json(self.trained_on_path)
+        return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+    def nothing_new(self) -> str | None:
+        """Why a retrain would learn nothing, else None: no upload since the live model was trained
+        (a live version without a record, the shipped model, was trained on no uploads), or a
+        candidate trained on exactly these images from this live model was already rejected."""
+        live = self.registry.live_version()
+        if live is None:
+            return None
+        current = uploads_fingerprint(self.root)
+        records = self.trained_on()
+        if records.get(live, {"uploads": uploads_fingerprint(self.root / ".none")}).get("uploads") == current:
+            return (f"nothing new to learn: no image was added since the live model {live} was trained; "
+                    "retrain with force=true to run anyway (the gate still protects the live model)")
+        for version, rec in records.items():
+            if (rec.get("uploads") == current and rec.get("base") == live
+                    and (self.registry.rejected_dir / version).is_dir()):
+                return (f"nothing new to learn: candidate {version}, trained on exactly these images from the "
+                        f"live model {live}, was rejected by the gate; upload more images, or retrain with "
+                        "force=true to run anyway")
+        return None
+
+    def start(self, trigger: str = "manual", force: bool = False) -> RetrainStatus:
         with self._thread_lock:
             with open(self.lock_path, "a+") as lockf:
                 fcntl.flock(lockf, fcntl.LOCK_EX)
@@ -453,39 +538,89 @@ class LocalTrainer(Trainer):
                     if current.get("state") == "running":
                         raise RetrainRunning(f"run {current.get('run_id')} is running "
                                              f"(stage {current.get('stage')}, {current.get('percent', 0):.0f}%)")
+                    reason = None if force else self.nothing_new()
+                    if reason:
+                        raise NothingToLearn(reason)
                     run_id = bundle.new_version(salt=str(os.getpid())).replace("v", "run-", 1)
                     run_dir = self.dir / "runs" / run_id
                     run_dir.mkdir(parents=True)
-                    (run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+                    config = {"train_command": list(self.config.train_command), "recipe": self.recipe.to_dict(),
+                              "cache_dir": str(self.cache_dir), "evaluate": self.config.evaluate,
+                              "gate_tolerance": self.config.gate_tolerance, "nice": self.config.nice,
+                              "force": bool(force)}
+                    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
                     status = {"state": "running", "run_id": run_id, "trigger": trigger, "stage": "starting",
-                              "percent": 0.0, "started": bundle.now_iso(), "finished": None,
-                              "log_tail": [], "result": {}, "pid": None}
+                              "percent": 0.0, "eta_seconds": None, "started": bundle.now_iso(), "finished": None,
+                              "log_tail": [], "result": {}, "pid": None, "force": bool(force)}
                     atomic_write_json(self.status_path, status)
-                    env = dict(os.environ, **self.config.extra_env)
-                    env.setdefault("PYTHONUNBUFFERED", "1")
-                    log = open(run_dir / "run.log", "ab")
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "fruitpipe.backends.local_run", "--store", str(self.root),
-                         "--run-id", run_id],
-                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                        start_new_session=True,
-                        # in a checkout, run from its top so `python -m training_job` is found
-                        cwd=str(REPO) if (REPO / "pyproject.toml").is_file() else None)
-                    log.close()
-                    self._procs[proc.pid] = proc
-                    status["pid"] = proc.pid
+                    proc = self._spawn(["--run-id", run_id], run_dir / "run.log")
+                    status["pid"], status["pid_start"] = proc.pid, proc_start_time(proc.pid)
                     # the run may already have written progress; only fill in the pid
                     latest = self._read()
                     if latest.get("run_id") == run_id:
-                        latest["pid"] = proc.pid
+                        latest["pid"], latest["pid_start"] = status["pid"], status["pid_start"]
                         status = latest
                     atomic_write_json(self.status_path, status)
                     return to_status(status)
                 finally:
                     fcntl.flock(lockf, fcntl.LOCK_UN)
 
+    def _spawn(self, args: list[str], log_path: Path) -> subprocess.Popen:
+        """``python -m fruitpipe.backends.local_run --store ROOT ARGS`` in a new session (its own
+        process group), output appended to ``log_path``."""
+        env = dict(os.environ, **self.config.extra_env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fruitpipe.backends.local_run", "--store", str(self.root), *args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+                # in a checkout, run from its top so `python -m training_job` is found
+                cwd=str(REPO) if (REPO / "pyproject.toml").is_file() else None)
+        self._procs[proc.pid] = proc
+        return proc
+
+    def warm_up(self) -> bool:
+        """At server start: in the background, make the recipe's generated sets, the upload guard's
+        indexes and the embedding cache of the recipe's images (seed train, validation, evaluation),
+        so the first retrain only embeds uploads. Skipped (False) when a previous warm-up of the same
+        recipe and cache finished or one is running."""
+        warm = read_json(self.warmup_path)
+        key = {"recipe": self.recipe.to_dict(), "cache_dir": str(self.cache_dir)}
+        if isinstance(warm, dict):
+            if warm.get("state") == "done" and warm.get("key") == key:
+                return False
+            if warm.get("state") == "running" and pid_alive(warm.get("pid"), warm.get("pid_start")):
+                return False
+        atomic_write_json(self.warmup_path, {"state": "running", "key": key, "percent": 0.0,
+                                             "started": bundle.now_iso()})
+        proc = self._spawn(["--warm-up"], self.dir / "warmup.log")
+        warm = read_json(self.warmup_path) or {}
+        warm.update(pid=proc.pid, pid_start=proc_start_time(proc.pid))
+        atomic_write_json(self.warmup_path, warm)
+        return True
+
+    def stop_warm_up(self) -> bool:
+        """Stop a running warm-up (the server is shutting down); the next start resumes it, with
+        what it had already embedded. True if one was stopped. A retrain is never stopped."""
+        warm = read_json(self.warmup_path)
+        if not (isinstance(warm, dict) and warm.get("state") == "running"
+                and pid_alive(warm.get("pid"), warm.get("pid_start"))):
+            return False
+        try:
+            os.killpg(int(warm["pid"]), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return False
+        proc = self._procs.get(int(warm["pid"]))
+        if proc is not None:
+            proc.wait(10)
+        warm.update(state="stopped", finished=bundle.now_iso())
+        atomic_write_json(self.warmup_path, warm)
+        return True
+
     def wait(self, timeout: float | None = None) -> RetrainStatus:
-        """Wait for the current run's process (tests and the CLI)."""
+        """Wait for the started processes (tests and the CLI)."""
         for proc in list(self._procs.values()):
             proc.wait(timeout=timeout)
         return self.status()
@@ -494,9 +629,11 @@ class LocalTrainer(Trainer):
 def to_status(data: dict[str, Any]) -> RetrainStatus:
     if not data:
         return RetrainStatus()
+    eta = data.get("eta_seconds")
     return RetrainStatus(
         state=data.get("state", "idle"), run_id=data.get("run_id"), trigger=data.get("trigger"),
-        stage=data.get("stage"), percent=float(data.get("percent") or 0.0), started=data.get("started"),
+        stage=data.get("stage"), percent=float(data.get("percent") or 0.0),
+        eta_seconds=float(eta) if isinstance(eta, (int, float)) else None, started=data.get("started"),
         finished=data.get("finished"), log_tail=list(data.get("log_tail") or [])[-40:],
         result=dict(data.get("result") or {}))
 
@@ -513,6 +650,6 @@ def create_local_backend(store: Path | str = "var", *, seed_bundle: Path | None 
     registry = LocalRegistry(root, seed_bundle if seed_bundle is not None else default_model_dir())
     from .local_capture import LocalCaptureStore
     from .shadow_pointers import LocalShadowPointer
-    return Backend(name="local", store=LocalDataStore(root), registry=registry,
-                   trainer=LocalTrainer(root, registry, trainer_config), capture=LocalCaptureStore(root),
-                   shadow=LocalShadowPointer(root))
+    trainer = LocalTrainer(root, registry, trainer_config)
+    return Backend(name="local", store=LocalDataStore(root, guard=trainer.guard), registry=registry,
+                   trainer=trainer, capture=LocalCaptureStore(root), shadow=LocalShadowPointer(root))

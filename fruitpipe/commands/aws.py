@@ -1,23 +1,27 @@
-"""``fruitpipe upload --class C DIR [--bucket B | --api URL]``: fill the S3 drop folder.
+"""``fruitpipe upload --class C DIR [--api URL | --bucket B]``: add training images.
 
-With ``--bucket`` the files go straight to ``s3://B/incoming/<class>/`` with your AWS credentials;
-with ``--api`` the service hands out presigned S3 POST forms (``POST /upload-url``, admin token:
-one exact key each, the size bounded, valid a few minutes) and the files are POSTed to S3 directly,
-so neither API Gateway's nor Lambda's payload limits apply. Either way the ingest function
-validates, de-duplicates and files them within seconds.
+With ``--api`` (default ``$FRUITPIPE_API`` or http://127.0.0.1:8000) the files go to any fruitpipe
+server, local or AWS, through ``POST /upload-training-data`` (admin token), and each file's result
+is printed (added, duplicate, rejected with the reason).
+With ``--api ... --presigned`` (AWS) the service hands out presigned S3 POST forms
+(``POST /upload-url``: one exact key each, the size bounded, valid a few minutes) and the files are
+POSTed to S3 directly, so neither API Gateway's nor Lambda's payload limits apply.
+With ``--bucket`` the files go straight to ``s3://B/incoming/<class>/`` with your AWS credentials.
+On AWS the ingest function then validates, de-duplicates and files them within seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..cli import UsageError, command
+from ..client import ClientError
+from .http import add_api_args, api_base, api_client, api_token
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 BATCH = 20  # upload forms asked for at a time: each expires minutes after it is handed out
@@ -26,10 +30,11 @@ BATCH = 20  # upload forms asked for at a time: each expires minutes after it is
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--class", dest="label", required=True, help="class of every image in the folder")
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--bucket", help="data bucket name (uses your AWS credentials)")
-    where.add_argument("--api", help="service base URL (uses presigned upload forms from POST /upload-url)")
-    p.add_argument("--token", default=None, help="admin token for --api (default: $FRUITPIPE_ADMIN_TOKEN)")
+    add_api_args(where, p)
+    p.add_argument("--presigned", action="store_true",
+                   help="with --api on AWS: POST the files to S3 through presigned upload forms (POST /upload-url)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -103,11 +108,24 @@ def _upload(args: argparse.Namespace) -> int:
                 s3.upload_file(str(f), args.bucket, f"incoming/{args.label}/{rel}")
                 sent += 1
                 bar.update(1)
+        elif not args.presigned:
+            client = api_client(args)
+            results = []
+            try:
+                for f in files:  # one file a request keeps the progress bar honest
+                    results += client.upload(args.label, [f])
+                    bar.update(1)
+            except ClientError as exc:
+                raise UsageError(str(exc)) from None
+            bar.close()
+            for r in results:
+                print(json.dumps(r))
+            counts = {k: sum(r["status"] == k for r in results) for k in ("added", "duplicate", "rejected")}
+            print(json.dumps({**counts, "skipped": len(too_big), "class": args.label}))
+            return 0 if counts["added"] + counts["duplicate"] else 2
         else:
-            token = args.token or os.environ.get("FRUITPIPE_ADMIN_TOKEN")
-            if not token:
-                raise UsageError("--api needs an admin token: --token or $FRUITPIPE_ADMIN_TOKEN")
-            base = args.api.rstrip("/")
+            token = api_token(args)
+            base = api_base(args)
             for start in range(0, len(files), BATCH):
                 chunk = files[start:start + BATCH]
                 answer = _post_json(f"{base}/upload-url", {"class_name": args.label,

@@ -31,7 +31,8 @@ class StepFunctionsTrainer(Trainer):
     def __init__(self, sfn: Any, sagemaker: Any, state_machine_arn: str) -> None:
         self.sfn, self.sagemaker, self.arn = sfn, sagemaker, state_machine_arn
 
-    def start(self, trigger_name: str = "manual") -> RetrainStatus:
+    def start(self, trigger_name: str = "manual", force: bool = False) -> RetrainStatus:
+        # force: the state machine has no "nothing new" check of its own (it always trains)
         res = trigger.start(self.sfn, self.arn, trigger_name)
         if not res.started:
             raise RetrainRunning(f"a retrain is already running ({res.execution_arn})")

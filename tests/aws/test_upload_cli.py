@@ -77,10 +77,22 @@ def served_api(aws, monkeypatch, tmp_path):
 
 def test_upload_through_presigned_urls(aws, served_api, tmp_path, capsys):
     folder = photos(tmp_path, n=2)
-    args = ["upload", "--class", "rottenbanana", str(folder), "--api", served_api, "--quiet"]
+    args = ["upload", "--class", "rottenbanana", str(folder), "--api", served_api, "--presigned", "--quiet"]
     assert main(args + ["--token", "wrong"]) == 2
     assert "403" in capsys.readouterr().err
     assert main(args + ["--token", "s3cret-token"]) == 0
     assert len(keys(aws, "incoming/rottenbanana/")) == 2
     assert ingest_all(aws) == ["added", "added"]
     assert len(keys(aws, "dataset/rottenbanana/")) == 2
+
+
+def test_upload_and_models_over_the_http_api(aws, served_api, tmp_path, capsys):
+    """The same CLI as against a local server: POST /upload-training-data, GET /models."""
+    import json
+    folder = photos(tmp_path, n=2)
+    args = ["upload", "--class", "rottenbanana", str(folder), "--api", served_api, "--token", "s3cret-token", "--quiet"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["added"] == 2
+    assert len(keys(aws, "dataset/rottenbanana/")) == 2
+    assert main(["models", "--api", served_api]) == 0
+    capsys.readouterr()

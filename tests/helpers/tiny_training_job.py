@@ -8,6 +8,10 @@ head (a warm start), so it runs in seconds. ``--mode`` picks what the test needs
 * ``good``: learn the real labels → the gate accepts it (no worse than the live model).
 * ``bad``: learn deliberately wrong labels (each class mapped to the next) → the gate rejects it.
 * ``crash``: print some progress and exit 3 before writing anything.
+* ``garbage``: exit 0 after writing a bundle folder whose files do not match its manifest.
+
+The real training job is covered end to end by tests/test_e2e_local_loop.py; this one only keeps
+the gate / failure bookkeeping tests fast.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def main() -> int:
     p.add_argument("--hyperparameters", type=Path, help="accepted for the contract; unused")
     p.add_argument("--base-model", type=Path, help="accepted for the contract; unused")
     p.add_argument("--init", type=Path, required=True, help="bundle whose head and rejection rule to start from")
-    p.add_argument("--mode", choices=["good", "bad", "crash"], default="good")
+    p.add_argument("--mode", choices=["good", "bad", "crash", "garbage"], default="good")
     p.add_argument("--sleep", type=float, default=0.0, help="pause after embedding (concurrency tests)")
     args = p.parse_args()
 
@@ -48,6 +52,11 @@ def main() -> int:
         print("stage=embed", flush=True)
         print("error: simulated out-of-memory in the training job", file=sys.stderr, flush=True)
         return 3
+    if args.mode == "garbage":
+        import shutil
+        shutil.copytree(args.init, args.out)
+        (args.out / "head.npz").write_bytes(b"not a head")
+        return 0
     print("stage=embed", flush=True)
     # The head's input as the init bundle computes it (the serving code path).
     init_clf = Classifier(args.init)

@@ -159,6 +159,7 @@ async function refreshDataset() {
 // ---------------------------------------------------------------- model performance + versions
 function perfFrom(version) {
   const m = version?.metrics || {};
+  if (m.frozen?.per_class) return { src: `the frozen evaluation set (${m.frozen.n} fruit photos, the same for every version)`, ev: m.frozen };
   if (m.per_class) return { src: "the live model's manifest", ev: m };
   if (m.evaluation?.candidate?.per_class) return { src: `the gate evaluation on ${m.evaluation.candidate.n} images`, ev: m.evaluation.candidate };
   if (m.evaluation?.per_class) return { src: "the live model's evaluation", ev: m.evaluation };
@@ -207,27 +208,36 @@ function drawPerformance(live) {
   conf.replaceChildren(t);
 }
 
+// The metrics a versions-table row shows: the version's score on the frozen evaluation set when
+// it has one (the same images for every version), else its manifest's own figures (labelled).
+function rowMetrics(v) {
+  const m = v.metrics || {};
+  if (m.frozen) return { ev: m.frozen, note: `frozen evaluation set ${m.frozen.eval_set || ""}` };
+  return { ev: m, note: m.split ? `from the manifest: ${m.split}` : "from the manifest" };
+}
+
 async function refreshVersions() {
   const data = await api("/models");
   const tbody = $("versions").querySelector("tbody");
   tbody.replaceChildren();
   for (const v of data.versions) {
-    const ev = v.metrics?.evaluation?.candidate || v.metrics || {};
+    const { ev, note } = rowMetrics(v);
     const acc = ev.accuracy ?? v.metrics?.test_accuracy;
-    const cell = h("td");
+    const metric = (x) => h("td", note ? { title: note } : {}, x != null ? pct(x) : "–");
+    const last = h("td");
     const tr = h("tr", {}, h("td", {}, h("code", {}, v.version)),
       h("td", {}, String(v.created).replace("T", " ").replace("Z", "")),
       h("td", {}, h("span", { class: `pill ${v.status}` }, v.status)),
-      h("td", {}, acc != null ? pct(acc) : "–"), h("td", {}, ev.macro_f1 != null ? pct(ev.macro_f1) : "–"), cell);
+      metric(acc), metric(ev.macro_f1), metric(ev.ood_rejected_rate), last);
     tr.dataset.version = v.version;
     if (v.status === "available") {
       const b = h("button", { class: "ghost" }, "activate");
       b.addEventListener("click", () => activate(v.version));
-      cell.append(b);
+      last.append(b);
     }
     tbody.append(tr);
     if (v.status === "rejected" && v.reason) {
-      tbody.append(h("tr", {}, h("td", { colspan: 6, class: "reason" }, `rejected: ${v.reason}`)));
+      tbody.append(h("tr", {}, h("td", { colspan: 7, class: "reason" }, `rejected: ${v.reason}`)));
     }
   }
   drawPerformance(data.versions.find((v) => v.status === "live"));
@@ -304,18 +314,24 @@ async function upload(e) {
 }
 
 let polling = null;
+const fmtEta = (s) => (s < 60 ? `${Math.ceil(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
 function renderRetrain(s) {
-  $("retrain-state").textContent = s.state;
+  // While no run is going, show the first-start warm-up (embedding cache) when one runs.
+  const warm = s.state !== "running" && s.warmup?.state === "running" ? s.warmup : null;
+  const percent = warm ? warm.percent : s.percent;
+  $("retrain-state").textContent = warm ? "preparing" : s.state;
   $("retrain-state").dataset.state = s.state;
-  $("retrain-stage").textContent = s.stage ? `· ${s.stage}` : "";
-  $("retrain-pct").textContent = s.state === "idle" ? "" : `· ${Math.round(s.percent)}%`;
-  $("retrain-bar").style.width = `${s.percent}%`;
+  $("retrain-stage").textContent = warm ? `· ${warm.stage || "warm-up"} (first start)` : s.stage ? `· ${s.stage}` : "";
+  $("retrain-pct").textContent = s.state === "idle" && !warm ? "" : `· ${percent.toFixed(percent < 100 ? 1 : 0)}%`;
+  $("retrain-pct").dataset.percent = String(percent);
+  $("retrain-eta").textContent = s.state === "running" && s.eta_seconds != null ? `· about ${fmtEta(s.eta_seconds)} left` : "";
+  $("retrain-bar").style.width = `${percent}%`;
   $("retrain-btn").disabled = s.state === "running";
   const r = s.result || {};
   let text = "";
   if (s.state === "succeeded") text = `Promoted ${r.version}: ${r.reason}`;
   else if (s.state === "rejected") text = `Kept ${r.live_version} live; candidate ${r.version} rejected: ${r.reason}`;
-  else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}. The live model kept serving.`;
+  else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}`;
   $("retrain-result").textContent = text;
   const log = $("retrain-log");
   log.hidden = !s.log_tail?.length;
@@ -327,10 +343,11 @@ async function pollRetrain() {
   try {
     const s = await api("/retraining-status");
     renderRetrain(s);
-    if (s.state !== "running" && polling) {
+    const busy = s.state === "running" || s.warmup?.state === "running";
+    if (!busy && polling) {
       clearInterval(polling); polling = null;
       refreshVersions(); refreshStats();
-    } else if (s.state === "running" && !polling) {
+    } else if (busy && !polling) {
       polling = setInterval(pollRetrain, 1000);
     }
   } catch (_) { /* next tick */ }
@@ -340,7 +357,8 @@ async function retrain(e) {
   e.preventDefault();
   showError("admin-error", "");
   try {
-    renderRetrain(await api("/retrain", { method: "POST", headers: authHeaders() }));
+    const force = $("retrain-force").checked ? "?force=true" : "";
+    renderRetrain(await api(`/retrain${force}`, { method: "POST", headers: authHeaders() }));
     if (!polling) polling = setInterval(pollRetrain, 1000);
   } catch (err) {
     showError("admin-error", `retrain: ${err.message}`);

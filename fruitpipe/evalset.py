@@ -1,0 +1,147 @@
+"""Which images a model must never train on, and which it already trains on: the upload guard.
+
+The frozen evaluation set (:mod:`fruitpipe.recipe`) only measures something while no model has
+trained on it, so an upload whose content is already in it is refused, and an upload of a seed
+training image is reported as a duplicate. "Content" means the same bytes (sha256) or a
+near-duplicate: the rule ``../shared/data/*/README.md`` de-duplicated the data with, 16x16
+grayscale thumbnails (bilinear), each normalised to mean 128 and standard deviation 32, whose mean
+absolute difference is below 1.5 (0-255 scale). A re-encoded, resized or lightly edited copy of a
+test photo is caught; a different photo of the same fruit is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from . import recipe as rc
+
+THUMB: Final[int] = 16  # thumbnail side (px), from ../shared/data/fruits/README.md
+NEAR_DUPLICATE: Final[float] = 1.5  # mean absolute difference, 0-255 scale, same source
+
+
+def thumbnail(data: bytes) -> np.ndarray:
+    """``float32 [256]``: the 16x16 grayscale thumbnail (bilinear, EXIF orientation applied),
+    normalised to mean 128 and standard deviation 32 (a flat image stays all 128).
+
+    Raises ``PIL.UnidentifiedImageError``/``OSError`` for bytes Pillow cannot decode.
+    """
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("L", (THUMB * 4, THUMB * 4))  # JPEG: decode at a reduced scale, much faster
+        small = ImageOps.exif_transpose(img).convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+    a = np.asarray(small, dtype=np.float32).reshape(-1)
+    sd = float(a.std())
+    return ((a - a.mean()) / sd * 32.0 + 128.0 if sd > 1e-6 else np.full_like(a, 128.0)).astype(np.float32)
+
+
+@dataclass
+class Index:
+    """sha256s and thumbnails of a set of images (``names``: ``<folder>/<file>`` for messages)."""
+
+    shas: np.ndarray  # str [N]
+    thumbs: np.ndarray  # float32 [N, 256]
+    names: np.ndarray  # str [N]
+
+    def match(self, sha: str, thumb: np.ndarray | None) -> str | None:
+        """The name of an image with this sha256 or a near-duplicate thumbnail, else None."""
+        hit = np.flatnonzero(self.shas == sha)
+        if len(hit):
+            return str(self.names[hit[0]])
+        if thumb is None or not len(self.thumbs):
+            return None
+        diff = np.abs(self.thumbs - thumb[None, :]).mean(axis=1)
+        best = int(diff.argmin())
+        return str(self.names[best]) if diff[best] < NEAR_DUPLICATE else None
+
+    @classmethod
+    def build(cls, roots: tuple[Path, ...] | list[Path]) -> "Index":
+        """Read every image under ``roots`` (unreadable files are left out)."""
+        shas, thumbs, names = [], [], []
+        for label, path in rc.images(roots):
+            data = path.read_bytes()
+            try:
+                thumbs.append(thumbnail(data))
+            except (OSError, ValueError):
+                continue
+            shas.append(hashlib.sha256(data).hexdigest())
+            names.append(f"{label}/{path.name}")
+        return cls(np.array(shas, dtype=str), np.array(thumbs, np.float32).reshape(-1, THUMB * THUMB),
+                   np.array(names, dtype=str))
+
+    def save(self, path: Path) -> None:
+        """npz via a temporary file + ``os.replace``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, shas=self.shas, thumbs=self.thumbs, names=self.names)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> "Index":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["shas"], data["thumbs"], data["names"])
+
+
+def cached_index(roots: tuple[Path, ...] | list[Path], folder: Path, name: str) -> Index:
+    """:meth:`Index.build` once per content of ``roots``, kept as ``folder/<name>-<fingerprint>.npz``."""
+    path = Path(folder) / f"{name}-{rc.fingerprint(roots)}.npz"
+    if path.is_file():
+        try:
+            return Index.load(path)
+        except (OSError, ValueError, KeyError):
+            pass
+    index = Index.build(roots)
+    if len(index.shas):  # nothing to remember for an empty set
+        index.save(path)
+    return index
+
+
+class UploadGuard:
+    """Checks an upload against the frozen evaluation set (refuse) and the seed training data
+    (duplicate). Indexes are built on first use (a few seconds) and cached under ``folder``."""
+
+    def __init__(self, evaluation: tuple[Path, ...], training: tuple[Path, ...], folder: Path) -> None:
+        self.evaluation, self.training, self.folder = tuple(evaluation), tuple(training), Path(folder)
+        self._eval: Index | None = None
+        self._train: Index | None = None
+
+    def indexes(self) -> tuple[Index, Index]:
+        """Build (or load) both indexes now; the server calls this in the background at start."""
+        if self._eval is None:
+            self._eval = cached_index(self.evaluation, self.folder, "evaluation")
+        if self._train is None:
+            self._train = cached_index(self.training, self.folder, "training")
+        return self._eval, self._train
+
+    def check(self, raw: bytes, stored_sha: str) -> tuple[str, str, str] | None:
+        """``(status, code, detail)`` when the upload must not be added as new, else None:
+        ``("rejected", "in_evaluation_set", ...)`` or ``("duplicate", "in_seed_data", ...)``."""
+        evaluation, training = self.indexes()
+        try:
+            thumb: np.ndarray | None = thumbnail(raw)
+        except (OSError, ValueError):
+            thumb = None
+        raw_sha = hashlib.sha256(raw).hexdigest()
+        for sha in {raw_sha, stored_sha}:
+            hit = evaluation.match(sha, thumb)
+            if hit:
+                return ("rejected", "in_evaluation_set",
+                        f"this image is (a copy of) {hit} in the frozen evaluation set, which no model may "
+                        "train on: it would make the gate's comparison meaningless")
+        for sha in {raw_sha, stored_sha}:
+            hit = training.match(sha, thumb)
+            if hit:
+                return ("duplicate", "in_seed_data", f"already in the seed training data as {hit}")
+        return None

@@ -1,0 +1,72 @@
+"""fruitpipe.recipe (one place for data sets + hyperparameters), fruitpipe.ood, fruitpipe.evalset."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from fruitpipe import evalset, ood
+from fruitpipe import recipe as rc
+from fruitpipe.training import Config
+
+from .conftest import FRUITS, needs_shared
+
+
+def test_shipped_recipe_names_every_set_and_only_known_hyperparameters(tmp_path):
+    r = rc.shipped(tmp_path / "gen", fruits=FRUITS)
+    assert r.train == (FRUITS / "train",)
+    assert r.validation == (FRUITS / "val", tmp_path / "gen" / "ood-calib")
+    assert r.evaluation == (FRUITS / "test", tmp_path / "gen" / "ood-heldout")
+    Config.from_mapping(dict(r.hyperparameters))  # raises on an unknown name
+    assert rc.Recipe.from_dict(r.to_dict()) == rc.Recipe.from_dict(rc.Recipe.from_dict(r.to_dict()).to_dict())
+
+
+def test_ood_sets_are_made_once_and_identically(tmp_path):
+    a = ood.ensure(tmp_path / "a", "calib")
+    b = ood.ensure(tmp_path / "b", "calib")
+    files = sorted(p.name for p in (a / "not_fruit").iterdir())
+    assert len(files) > 100 and files == sorted(p.name for p in (b / "not_fruit").iterdir())
+    assert all((a / "not_fruit" / f).read_bytes() == (b / "not_fruit" / f).read_bytes() for f in files[:20])
+    stamp = (a / "not_fruit" / files[0]).stat().st_mtime_ns
+    ood.ensure(tmp_path / "a", "calib")  # already there: untouched
+    assert (a / "not_fruit" / files[0]).stat().st_mtime_ns == stamp
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]
+
+
+@needs_shared
+def test_link_dataset_joins_roots_and_fingerprint_ignores_names(tmp_path):
+    one, two = tmp_path / "one" / "freshapples", tmp_path / "two" / "freshapples"
+    one.mkdir(parents=True)
+    two.mkdir(parents=True)
+    photos = sorted((FRUITS / "val" / "freshapples").glob("*.jpg"))[:3]
+    shutil.copy(photos[0], one / "a.jpg")
+    shutil.copy(photos[1], two / "a.jpg")  # same name, other root
+    shutil.copy(photos[2], two / "b.jpg")
+    counts = rc.link_dataset(tmp_path / "joined", [tmp_path / "one", tmp_path / "two"])
+    assert counts == {"freshapples": 3}
+    assert sorted(p.name for p in (tmp_path / "joined" / "freshapples").iterdir()) == ["s0-a.jpg", "s1-a.jpg", "s1-b.jpg"]
+    assert rc.fingerprint([tmp_path / "joined"]) == rc.fingerprint([tmp_path / "one", tmp_path / "two"])
+    before = rc.fingerprint([tmp_path / "one", tmp_path / "two"])
+    (two / "b.jpg").rename(two / "renamed.jpg")
+    assert rc.fingerprint([tmp_path / "one", tmp_path / "two"]) == before
+
+
+@needs_shared
+def test_near_duplicate_rule_catches_copies_not_other_photos():
+    photos = sorted((FRUITS / "test" / "rottenbanana").glob("*.jpg"))[:40]
+    index = evalset.Index.build([FRUITS / "test"])
+    original = photos[0].read_bytes()
+    img = Image.open(io.BytesIO(original)).convert("RGB")
+    for variant in (img.resize((120, 120)), img.resize((400, 400)), img.point(lambda v: min(255, int(v * 1.05)))):
+        buf = io.BytesIO()
+        variant.save(buf, "JPEG", quality=70)
+        assert index.match("other-sha", evalset.thumbnail(buf.getvalue())) == f"rottenbanana/{photos[0].name}"
+    # a photo of the same class that is not in the index
+    other = sorted((FRUITS / "train" / "rottenbanana").glob("*.jpg"))[0].read_bytes()
+    assert index.match("other-sha", evalset.thumbnail(other)) is None
+    flat = io.BytesIO()
+    Image.new("RGB", (50, 50), (90, 90, 90)).save(flat, "PNG")
+    assert np.all(evalset.thumbnail(flat.getvalue()) == 128)
