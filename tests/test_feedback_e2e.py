@@ -106,7 +106,6 @@ def test_an_accepted_label_reaches_the_retrained_manifest(tmp_path):
     eval_dir = small_dataset(tmp_path / "eval", "val", 2)
     store = tmp_path / "store"
     backend = make_backend(store, seed=seed, eval_dir=eval_dir, train_command=[sys.executable, "-m", "training_job"])
-    backend.trainer.config.validation_dir = small_dataset(tmp_path / "val", "val", 3, offset=2)
     app = make_app(backend, capture=CapturePolicy(sample_rate=0.0))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         pid = c.post("/predict", files={"file": ("p.jpg", fruit("rottenoranges", 3), "image/jpeg")}).json()["prediction_id"]
