@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..backends.base import Backend
 from ..capture import Capturer
+from ..rollback import RollbackGuard
 from ..shadow import Shadow
 from . import errors, multipart
 from .deps import AppState, ModelHolder
@@ -31,8 +32,13 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
     app = FastAPI(title=settings.title, version=__version__, docs_url=None, redoc_url=None,  # /docs: dashboard.py
                   description="Fresh-or-rotten fruit classifier. Writes need `Authorization: Bearer <token>`.")
     holder = ModelHolder(backend, settings, metrics)
+    capture = Capturer(backend.capture, settings.capture)
+    rollback = RollbackGuard(backend.registry, settings.rollback_bars,
+                             accuracy=lambda v: capture.accuracy(v, settings.rollback_bars.window_seconds / 86400),
+                             on_rollback=lambda: holder.refresh(True))
+    holder.on_swap, metrics.observer = rollback.on_swap, rollback
     app.state.fruitpipe = AppState(backend=backend, settings=settings, holder=holder, metrics=metrics,
-                                   static_dir=STATIC_DIR, capture=Capturer(backend.capture, settings.capture),
+                                   static_dir=STATIC_DIR, capture=capture, rollback=rollback,
                                    shadow=Shadow(backend.shadow, backend.registry, holder.load_version,
                                                  settings.shadow_bounds, in_thread=settings.capture.write_in_thread,
                                                  refresh_seconds=settings.model_refresh_seconds,

@@ -210,3 +210,5 @@ class MetricsMiddleware:
             self.metrics.latency.labels(**labels).observe(elapsed)
             if path == "/predict" and status == 200:
                 self.metrics.record_predict_latency(elapsed)
+            if path == "/predict" and self.metrics.observer is not None:
+                self.metrics.observer.observe(status, elapsed * 1000)

@@ -84,6 +84,8 @@ class ModelsResponse(BaseModel):
     versions: list[ModelVersionResponse]
     shadow: Optional[dict[str, Any]] = Field(None, description="the latest shadow evaluation: version, status "
                                              "(running/promoted/held), reason, result, bounds")
+    rollbacks: list[dict[str, Any]] = Field(default_factory=list, description="automatic rollbacks by this "
+                                            "server: at, from, to, reason, requests, bars (newest last)")
 
 
 class ShadowRequest(BaseModel):

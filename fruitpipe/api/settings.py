@@ -14,6 +14,7 @@ from typing import Callable
 
 from .. import imaging
 from ..capture import CapturePolicy
+from ..rollback import RollbackBars
 from ..shadow import Bounds
 
 TOKEN_ENV = "FRUITPIPE_ADMIN_TOKEN"
@@ -63,6 +64,8 @@ class Settings:
     accuracy_window_days: float = 7.0
     # what a shadowed candidate must show before it is promoted (fruitpipe.shadow)
     shadow_bounds: Bounds = field(default_factory=Bounds)
+    # when the model that became live last is rolled back automatically (fruitpipe.rollback)
+    rollback_bars: RollbackBars = field(default_factory=RollbackBars)
 
     def files_per_request(self, route: str) -> int | None:
         """How many image files the route (a path template such as ``/predict``) takes at most;

@@ -30,7 +30,7 @@ def models(request: Request) -> ModelsResponse:
     """Every version (newest first) with its metrics; which one is live; why rejected ones were."""
     st = state(request)
     reg = st.backend.registry
-    return ModelsResponse(live=reg.live_version(), shadow=st.shadow.state(),
+    return ModelsResponse(live=reg.live_version(), shadow=st.shadow.state(), rollbacks=st.rollback.events,
                           versions=[ModelVersionResponse(**v.as_dict()) for v in reg.versions()])
 
 

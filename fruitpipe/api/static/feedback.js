@@ -71,8 +71,23 @@
     document.getElementById("label-accuracy")?.remove();
     main.append(card);
   }
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", accuracyCard);
-  else accuracyCard();
+  // Automatic rollbacks and the latest shadow evaluation (GET /models), as a banner over the page.
+  async function modelEvents() {
+    let m;
+    try { const r = await fetch("/models"); if (!r.ok) return; m = await r.json(); } catch (_) { return; }
+    document.getElementById("model-events")?.remove();
+    const lines = (m.rollbacks || []).map((e) => `Automatic rollback at ${e.at}: ${e.from} → ${e.to} (${e.reason})`);
+    const s = m.shadow;
+    if (s) lines.push(s.status === "running" ? `Shadow: ${s.version} running (${s.seen?.n ?? 0} of ${s.requests} requests)`
+      : `Shadow: ${s.version} ${s.status}${s.reason ? ` (${s.reason})` : ""}`);
+    if (!lines.length) return;
+    const box = make("section", { class: "card wide model-events", id: "model-events", role: "status" });
+    for (const line of lines) box.append(make("p", { class: "small" }, line));
+    document.querySelector("main")?.prepend(box);
+  }
+  function learningCards() { accuracyCard(); modelEvents(); }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", learningCards);
+  else learningCards();
 
   document.addEventListener("fruitpipe:prediction", (ev) => {
     const { prediction, container } = ev.detail || {};
