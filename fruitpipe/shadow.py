@@ -98,6 +98,16 @@ def _iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def plan(version: str, live: str | None, now: datetime, requests: int = 200, seconds: float = 3600.0,
+         sample_rate: float = 1.0, bounds: Bounds | None = None) -> dict[str, Any]:
+    """The pointer state of a new shadow of ``version`` beside ``live``. Raises ``ValueError`` for bad numbers."""
+    if requests < 1 or seconds <= 0 or not 0 < sample_rate <= 1:
+        raise ValueError("requests >= 1, seconds > 0 and 0 < sample_rate <= 1")
+    return {"version": version, "status": "running", "started": _iso(now),
+            "deadline": _iso(now + timedelta(seconds=seconds)), "requests": int(requests),
+            "sample_rate": float(sample_rate), "bounds": asdict(bounds or Bounds()), "live": live}
+
+
 class Shadow:
     """One API process's side of the shadow (see the module doc). ``load`` turns a version into a
     classifier (the model holder's, on the shared backbone)."""
@@ -149,18 +159,13 @@ class Shadow:
         ``NotFound`` (via the registry), ``ValueError`` for the live version or bad numbers."""
         if self.pointer is None:
             raise ValueError("this backend has no shadow pointer")
-        if requests < 1 or seconds <= 0 or not 0 < sample_rate <= 1:
-            raise ValueError("requests >= 1, seconds > 0 and 0 < sample_rate <= 1")
+        state = plan(version, self.registry.live_version(), self.clock(), requests, seconds, sample_rate, self.bounds)
         current = self.state(force=True)
         if current and current.get("status") == "running":
             raise ShadowRunning(f"version {current['version']} is in shadow since {current['started']}")
         if version == self.registry.live_version():
             raise ValueError(f"version {version} is already live")
         self.registry.fetch(version)  # NotFound / BundleError before anything is written
-        now = self.clock()
-        state = {"version": version, "status": "running", "started": _iso(now),
-                 "deadline": _iso(now + timedelta(seconds=seconds)), "requests": int(requests),
-                 "sample_rate": float(sample_rate), "bounds": asdict(self.bounds), "live": self.registry.live_version()}
         self.pointer.write(state)
         self.state(force=True)
         return state

@@ -5,6 +5,7 @@ pages in headless Chromium ("Wrong? tell us" on the dashboard, keyboard labellin
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -119,3 +120,42 @@ def test_an_accepted_label_reaches_the_retrained_manifest(tmp_path):
                   if p.is_dir())
     origins = bundle.read_manifest(folder).training_data["origins"]
     assert origins == {"review": 1, "untagged": 6 * 4}
+
+
+@pytest.mark.slow
+def test_reviewed_label_retrain_shadow_promotion(tmp_path):
+    """The whole loop on the local backend (the tiny training job, real model and HTTP): feedback ->
+    review -> retrain -> the gate's yes starts a shadow instead of going live -> after its shadowed
+    requests the candidate is promoted; the answers never came from it before."""
+    from fruitpipe.shadow import Bounds
+
+    from .service_support import small_dataset, wait_for_run
+    seed = small_dataset(tmp_path / "seed", "train", 3)
+    eval_dir = small_dataset(tmp_path / "eval", "val", 2)
+    store = tmp_path / "store"
+    backend = make_backend(store, mode="good", seed=seed, eval_dir=eval_dir)
+    backend.trainer.config.shadow_requests = 6
+    app = make_app(backend, capture=CapturePolicy(sample_rate=0.0), shadow_bounds=Bounds(max_latency_ratio=5.0))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        live = c.get("/models").json()["live"]
+        pid = c.post("/predict", files={"file": ("p.jpg", fruit("rottenapples", 4), "image/jpeg")}).json()["prediction_id"]
+        assert c.post("/feedback", json={"prediction_id": pid, "correct": "rottenapples"}).status_code == 200
+        assert c.post(f"/review/{pid}", headers=AUTH, json={"label": "rottenapples"}).status_code == 200
+        assert c.post("/retrain", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        assert status["state"] == "succeeded" and status["result"]["shadow"] is True, status
+        candidate = status["result"]["version"]
+        deadline = time.monotonic() + 10
+        while (c.get("/models").json()["shadow"] or {}).get("version") != candidate:  # picked up like the pointer
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        answers = [c.post("/predict", files={"file": ("p.jpg", fruit(label, 2), "image/jpeg")}).json()["model_version"]
+                   for label in ("freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana",
+                                 "rottenoranges")]
+        assert answers == [live] * 6
+        deadline = time.monotonic() + 20
+        while (shadow := c.get("/models").json()["shadow"])["status"] == "running":
+            assert time.monotonic() < deadline, shadow
+            time.sleep(0.1)
+        assert shadow["status"] == "promoted", shadow
+        assert c.get("/models").json()["live"] == candidate

@@ -383,6 +383,9 @@ class TrainerConfig:
     # (None: the cached-embedding evaluation in local_run).
     evaluate: str | None = None
     gate_tolerance: float = 0.0
+    # shadowed /predict requests a candidate the gate passed must go through before it goes live
+    # (fruitpipe.shadow); 0: the gate's yes activates it at once. $FRUITPIPE_SHADOW_REQUESTS.
+    shadow_requests: int = field(default_factory=lambda: int(os.environ.get("FRUITPIPE_SHADOW_REQUESTS") or 0))
     nice: int = 10  # the run and the training job yield the CPU to the server's predictions
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -547,7 +550,7 @@ class LocalTrainer(Trainer):
                     config = {"train_command": list(self.config.train_command), "recipe": self.recipe.to_dict(),
                               "cache_dir": str(self.cache_dir), "evaluate": self.config.evaluate,
                               "gate_tolerance": self.config.gate_tolerance, "nice": self.config.nice,
-                              "force": bool(force)}
+                              "force": bool(force), "shadow_requests": self.config.shadow_requests}
                     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
                     status = {"state": "running", "run_id": run_id, "trigger": trigger, "stage": "starting",
                               "percent": 0.0, "eta_seconds": None, "started": bundle.now_iso(), "finished": None,
