@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "labelAccuracyMin": 0.80,  # live answers right on reviewed captures (which over-sample hard cases)
     "labelWindowDays": 7,
     "labelMinReviews": 30,  # fewer reviews in the window: no verdict
+    "rollbackWindowMinutes": 120,  # an alarm this soon after a promotion rolls it back automatically
 }
 
 
@@ -121,9 +122,18 @@ class Monitoring(Construct):
             self, "Drift", alarm_description="Production drift: retrain started automatically",
             alarm_rule=cw.AlarmRule.any_of(self.alarms["DriftConfidenceDrop"], self.alarms["DriftNotFruitRise"],
                                            self.alarms["DriftLabelAccuracy"]))
-        for alarm in [*self.alarms.values(), self.drift_alarm]:
+        # Any of these soon after a promotion means the new model is at fault: roll it back (the
+        # rollback Lambda checks how long ago the live version went live; fruitpipe.pipeline.rollback).
+        self.post_promotion_alarm = cw.CompositeAlarm(
+            self, "PostPromotion", alarm_description="A bar crossed; within the window after a promotion the "
+            "previous model is re-activated automatically",
+            alarm_rule=cw.AlarmRule.any_of(self.alarms["Api5xxRate"], self.alarms["ApiP95Latency"],
+                                           self.alarms["DriftNotFruitRise"], self.alarms["DriftLabelAccuracy"]))
+        for alarm in [*self.alarms.values(), self.drift_alarm, self.post_promotion_alarm]:
             alarm.add_alarm_action(action)
         self.drift_rule = pipeline.retrain_on_alarm("DriftRetrainRule", self.drift_alarm)
+        self.rollback_rule = pipeline.rollback_on_alarm("RollbackRule", self.post_promotion_alarm,
+                                                        int(cfg["rollbackWindowMinutes"]) * 60)
 
         # --- dashboard -------------------------------------------------------------------------------
         d = cw.Dashboard(self, "Dashboard", dashboard_name=f"{pipeline.state_machine_name.removesuffix('-retrain')}")

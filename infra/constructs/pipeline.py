@@ -445,6 +445,38 @@ class RetrainPipeline(Construct):
         self.rules[construct_id] = rule
         return rule
 
+    def rollback_on_alarm(self, construct_id: str, alarm: cloudwatch.IAlarm, window_seconds: int) -> events.Rule:
+        """Route ``alarm`` entering ALARM to the rollback Lambda (``functions/pipeline/rollback``),
+        which re-activates ``live.json``'s previous version when the live one became live less than
+        ``window_seconds`` ago. Its role may read the versions and the pointer, write the pointer
+        and publish to the alerts topic; nothing else."""
+        models = self.storage.models_bucket
+        fn = self._function("Rollback", "rollback", {
+            "FRUITPIPE_MODELS_BUCKET": models.bucket_name, "FRUITPIPE_ALERTS_TOPIC_ARN": self.alerts.topic_arn,
+            "FRUITPIPE_ROLLBACK_WINDOW_SECONDS": str(window_seconds), "POWERTOOLS_SERVICE_NAME": "fruitpipe-rollback"},
+            memory=256, timeout=Duration.minutes(2))
+        self._objects(fn.role, "ReadVersions", ["s3:GetObject"], models, "versions/*", "live.json")  # type: ignore[arg-type]
+        self._objects(fn.role, "MoveLivePointer", ["s3:PutObject"], models, "live.json")  # type: ignore[arg-type]
+        self._list(fn.role, "ListModels", models, "versions/*", "live.json")  # type: ignore[arg-type]
+        self.alerts.grant_publish(fn)
+        self.rollback_function = fn
+        acknowledge(fn.role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
+                    "X-Ray (xray:PutTraceSegments/PutTelemetryRecords) supports no resource-level permissions; "
+                    "AWS documents '*' as its only resource.")
+        acknowledge(fn.role, iam5_object_finding(models, "versions/*"),  # type: ignore[arg-type]
+                    "Objects under one prefix of one bucket (immutable model versions, named at training "
+                    "time): the rollback verifies the previous version's files before pointing at it.")
+        acknowledge(fn.role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",  # type: ignore[arg-type]
+                    "Topic.grant_publish on the alerts topic's own key only: SNS needs GenerateDataKey "
+                    "(and its WithoutPlaintext form) to encrypt each message with the customer-managed key.")
+        rule = events.Rule(self, construct_id, description=f"Roll back when {construct_id} fires",
+                           event_pattern=events.EventPattern(
+                               source=["aws.cloudwatch"], detail_type=["CloudWatch Alarm State Change"],
+                               resources=[alarm.alarm_arn], detail={"state": {"value": ["ALARM"]}}),
+                           targets=[targets.LambdaFunction(fn, retry_attempts=2)])
+        self.rules[construct_id] = rule
+        return rule
+
     def grant_status_read(self, grantee: iam.IGrantable) -> None:
         """Let ``grantee`` (the API, which already may start and read executions) read the training
         job of a run, for ``GET /retraining-status``."""

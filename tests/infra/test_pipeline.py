@@ -214,10 +214,11 @@ def test_triggers_schedule_new_data_and_drift(tpl):
     inputs = {json.loads(r["Properties"]["Targets"][0].get("Input", "{}")).get("trigger")
               for r in rules if "ScheduleExpression" in r["Properties"]}
     assert inputs == {"schedule", "new-data"}
-    (drift,) = [r for r in rules if r["Properties"].get("EventPattern", {}).get("source") == ["aws.cloudwatch"]]
+    (drift,) = [r for r in rules if r["Properties"].get("EventPattern", {}).get("source") == ["aws.cloudwatch"]
+                and r["Properties"]["Description"] == "Retrain when DriftRetrainRule fires"]
     pat = drift["Properties"]["EventPattern"]
     assert pat["detail-type"] == ["CloudWatch Alarm State Change"] and pat["detail"] == {"state": {"value": ["ALARM"]}}
-    (composite,) = of_type(tpl, "AWS::CloudWatch::CompositeAlarm")
+    (composite,) = [k for k in of_type(tpl, "AWS::CloudWatch::CompositeAlarm") if "Drift" in k]
     assert pat["resources"] == [{"Fn::GetAtt": [composite, "Arn"]}]
     trigger_fns = [f for f in of_type(tpl, "AWS::Lambda::Function").values()
                    if f["Properties"]["Handler"] == "functions.pipeline.trigger.handler.handler"]
@@ -239,7 +240,7 @@ def test_alarms_notify_sns(tpl):
     assert {exprs[i]["MetricStat"]["Stat"] for i in ("acc", "n")} == {"Average", "SampleCount"}
     assert exprs["acc"]["MetricStat"]["Metric"]["MetricName"] == "ReviewCorrect"
     assert exprs["acc"]["MetricStat"]["Period"] == 7 * 86400
-    (composite,) = of_type(tpl, "AWS::CloudWatch::CompositeAlarm").values()
+    (composite,) = [a for k, a in of_type(tpl, "AWS::CloudWatch::CompositeAlarm").items() if "Drift" in k]
     assert "DriftLabelAccuracy" in json.dumps(composite["Properties"]["AlarmRule"])
     fail = next(a for k, a in alarms.items() if "TrainingFailure" in k)["Properties"]
     assert fail["MetricName"] == "ExecutionsFailed" and fail["Threshold"] == 1
@@ -338,3 +339,30 @@ def test_api_may_start_and_read_runs_only(tpl):
                        "states:ListExecutions", "states:StartExecution"]
     for s in statements:
         assert s["Resource"] != "*" and "*" not in as_list(s["Resource"]), s
+
+
+def test_post_promotion_alarm_rolls_back_through_eventbridge(tpl):
+    """The rollback wiring: PostPromotion (5xx, p95, not-fruit rise, label accuracy) -> EventBridge ->
+    the rollback Lambda, whose role may move live.json and publish alerts, and write nothing else."""
+    (post_id, post), = [(k, a) for k, a in of_type(tpl, "AWS::CloudWatch::CompositeAlarm").items() if "PostPromotion" in k]
+    rule_text = json.dumps(post["Properties"]["AlarmRule"])
+    for name in ("Api5xxRate", "ApiP95Latency", "DriftNotFruitRise", "DriftLabelAccuracy"):
+        assert name in rule_text, name
+    (topic,) = of_type(tpl, "AWS::SNS::Topic")
+    assert post["Properties"]["AlarmActions"] == [{"Ref": topic}]
+    (rule,) = [r for r in of_type(tpl, "AWS::Events::Rule").values()
+               if r["Properties"].get("Description") == "Roll back when RollbackRule fires"]
+    pat = rule["Properties"]["EventPattern"]
+    assert pat["resources"] == [{"Fn::GetAtt": [post_id, "Arn"]}] and pat["detail"] == {"state": {"value": ["ALARM"]}}
+    fns = {k: f for k, f in of_type(tpl, "AWS::Lambda::Function").items()
+           if f["Properties"]["Handler"] == "functions.pipeline.rollback.handler.handler"}
+    (fn_id, fn), = fns.items()
+    assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [fn_id, "Arn"]}
+    env = fn["Properties"]["Environment"]["Variables"]
+    assert env["FRUITPIPE_ROLLBACK_WINDOW_SECONDS"] == "7200" and env["FRUITPIPE_ALERTS_TOPIC_ARN"] == {"Ref": topic}
+    role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    statements = policies_of(tpl, role_id)
+    writes = [s for s in statements if any(a.startswith("s3:Put") or a.startswith("s3:Delete") for a in as_list(s["Action"]))]
+    assert len(writes) == 1 and as_list(writes[0]["Action"]) == ["s3:PutObject"]
+    assert flatten(as_list(writes[0]["Resource"])[0]).endswith("/live.json")
+    assert any("sns:Publish" in as_list(s["Action"]) and s["Resource"] == {"Ref": topic} for s in statements)

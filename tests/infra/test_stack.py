@@ -304,7 +304,7 @@ def test_arm64_throwaway_stage(tmp_path):
     (stage,) = resources(tpl, "AWS::ApiGatewayV2::Stage").values()
     assert stage["Properties"]["RouteSettings"]["POST /retrain"] == {"ThrottlingRateLimit": 2, "ThrottlingBurstLimit": 4}
     fns = {k: p for k, p in functions(tpl).items() if p.get("Handler", "").startswith("functions.")}
-    assert len(fns) == 8 and all(p["Architectures"] == ["arm64"] for p in fns.values())
+    assert len(fns) == 9 and all(p["Architectures"] == ["arm64"] for p in fns.values())  # 9: + rollback
     api = next(p for p in fns.values() if p["Handler"] == "functions.api.handler.handler")
     assert api["MemorySize"] == 2048 and api["ReservedConcurrentExecutions"] == 20  # the context key sets one
     ingest = next(p for p in fns.values() if p["Handler"] == "functions.ingest.handler.handler")
