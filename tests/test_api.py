@@ -176,7 +176,24 @@ def test_upload_dedup_and_counts(client, store):
     again = client.post("/upload-training-data", data={"class_name": "freshapples"},
                         files=[("files", ("again.jpg", img, "image/jpeg"))], headers=AUTH)
     assert again.json()["results"][0]["status"] == "duplicate"
-    assert client.get("/dataset").json() == {"counts": {**dict.fromkeys(LABELS, 0), "freshapples": 1}, "total": 1}
+    assert client.get("/dataset").json() == {"counts": {**dict.fromkeys(LABELS, 0), "freshapples": 1}, "total": 1,
+                                             "seed": dict.fromkeys(LABELS, 0), "seed_total": 0}
+
+
+def test_dataset_reports_the_seed_data_besides_the_uploads(tmp_path):
+    """/dataset: ``seed`` counts the images of the trainer's seed folders (what every retrain trains
+    on besides the uploads), by class; only image files, whatever the folder holds besides."""
+    from .service_support import small_dataset
+    seed = small_dataset(tmp_path / "seed", "train", 2)
+    (seed / "freshapples" / "notes.txt").write_text("not an image")
+    (seed / "not_fruit").mkdir()
+    (seed / "not_fruit" / "x.jpg").write_bytes(jpeg())
+    with TestClient(make_app(make_backend(tmp_path / "store", seed=seed))) as c:
+        c.post("/upload-training-data", data={"class_name": "rottenbanana"},
+               files=[("files", ("x.jpg", fruit("rottenbanana", 1), "image/jpeg"))], headers=AUTH)
+        d = c.get("/dataset").json()
+    assert d["seed"] == dict.fromkeys(LABELS, 2) and d["seed_total"] == 12
+    assert d["counts"]["rottenbanana"] == 1 and d["total"] == 1
 
 
 @pytest.mark.parametrize("name", ["../../../etc/passwd.jpg", "..\\..\\evil.jpg", "/abs/path.jpg",

@@ -137,8 +137,11 @@ class RetrainStatusResponse(BaseModel):
 
 
 class DatasetResponse(BaseModel):
-    counts: dict[str, int]
+    counts: dict[str, int] = Field(description="uploaded images per class")
     total: int
+    seed: dict[str, int] = Field(default_factory=dict, description="seed images per class that every retrain "
+                                 "trains on besides the uploads; empty when the backend does not report them")
+    seed_total: int = 0
 
 
 class StatsResponse(BaseModel):

@@ -118,6 +118,11 @@ class Trainer(ABC):
     @abstractmethod
     def status(self) -> RetrainStatus: ...
 
+    def seed_counts(self) -> dict[str, int]:
+        """Images per class every retrain trains on besides the uploads (the seed data); empty
+        when the backend does not know them."""
+        return {}
+
 
 class CaptureStore(ABC):
     """Where captured predictions are kept (:mod:`fruitpipe.capture` decides what and how long).

@@ -496,6 +496,14 @@ class LocalTrainer(Trainer):
         atomic_write_json(self.status_path, fresh)
         return fresh
 
+    def seed_counts(self) -> dict[str, int]:
+        """Images per class in the recipe's training roots (what a retrain trains on besides the uploads)."""
+        counts = dict.fromkeys(LABELS, 0)
+        for label, _ in rc.images(self.recipe.train):
+            if label in counts:
+                counts[label] += 1
+        return counts
+
     def status(self) -> RetrainStatus:
         with self._thread_lock:
             data = self._settle(self._read())

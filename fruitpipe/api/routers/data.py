@@ -56,6 +56,8 @@ def upload_training_data(request: Request,
 
 @router.get("/dataset", response_model=DatasetResponse)
 def dataset_counts(request: Request) -> DatasetResponse:
-    """Images per class in the store's dataset (uploads; the seed data is not counted)."""
-    counts = state(request).backend.store.counts()
-    return DatasetResponse(counts=counts, total=sum(counts.values()))
+    """Images per class: the store's uploads (``counts``) and the seed data every retrain also
+    trains on (``seed``, when the backend reports it)."""
+    backend = state(request).backend
+    counts, seed = backend.store.counts(), backend.trainer.seed_counts()
+    return DatasetResponse(counts=counts, total=sum(counts.values()), seed=seed, seed_total=sum(seed.values()))

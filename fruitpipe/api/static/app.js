@@ -27,13 +27,17 @@ function h(tag, attrs = {}, ...children) {
 }
 
 // Horizontal bar chart in SVG. items: [{label, value, color}]; the value is also kept in data-value.
-function barChart(svg, items, { max = null, fmt = (v) => String(v), labelWidth = 110 } = {}) {
+// The chart's values are also its aria-label ("title: label value, ..."), for screen readers.
+// An item with a ``part`` is a stacked bar: its first ``part`` of ``value`` drawn lighter (partFmt says it).
+function barChart(svg, items, { max = null, fmt = (v) => String(v), labelWidth = 110, title = "", partFmt = null } = {}) {
   const width = Math.max(svg.clientWidth || 300, 200);
   const rowH = 22, gap = 6;
   const top = max ?? Math.max(1, ...items.map((i) => i.value));
   svg.setAttribute("viewBox", `0 0 ${width} ${items.length * (rowH + gap)}`);
   svg.setAttribute("height", items.length * (rowH + gap));
   svg.replaceChildren();
+  if (!svg.dataset.title) svg.dataset.title = svg.getAttribute("aria-label") || "";
+  svg.setAttribute("aria-label", `${title || svg.dataset.title}: ` + (items.length ? items.map((it) => `${it.label} ${fmt(it.value)}${partFmt ? ` (${partFmt(it)})` : ""}`).join(", ") : "no data"));
   const barMax = width - labelWidth - 60;
   items.forEach((it, i) => {
     const y = i * (rowH + gap);
@@ -42,6 +46,10 @@ function barChart(svg, items, { max = null, fmt = (v) => String(v), labelWidth =
     svg.append(el("rect", { x: labelWidth, y, width: barMax, height: rowH, rx: 5, fill: "#f0eee8" }));
     svg.append(el("rect", { x: labelWidth, y, width: w, height: rowH, rx: 5, fill: it.color || "#2f6f4f",
       class: "bar", "data-label": it.key ?? it.label, "data-value": it.value }));
+    if (it.part != null && it.part > 0) {  // the first part of a stacked bar, drawn lighter over it
+      svg.append(el("rect", { x: labelWidth, y, width: top > 0 ? (it.part / top) * barMax : 0, height: rowH, rx: 5,
+        fill: "#ffffff", "fill-opacity": 0.55, class: "part", "data-label": it.key ?? it.label, "data-value": it.part }));
+    }
     svg.append(el("text", { x: labelWidth + barMax + 6, y: y + rowH * 0.7, class: "val" }, fmt(it.value)));
   });
 }
@@ -97,38 +105,235 @@ function showError(id, msg) {
   n.textContent = msg || ""; n.hidden = !msg;
 }
 
-// ---------------------------------------------------------------- predict
+// ---------------------------------------------------------------- photos: scale down before sending
+const MAX_SIDE = 1600;          // longest side sent, px (issue #14 item 10)
+const JPEG_QUALITY = 0.85;
+const BATCH_FILES = 32;         // fruitpipe.api.settings.Settings.max_batch_files
+const BATCH_BYTES = 4_000_000;  // below the AWS body cap (settings.LAMBDA_MAX_BODY_BYTES, 4.7 MB)
+
+const fmtBytes = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(0)} KB` : `${(n / 1048576).toFixed(1)} MB`);
+
+// A photo as it will be sent: scaled so its longest side is at most MAX_SIDE, as JPEG, with the
+// EXIF orientation applied (createImageBitmap's imageOrientation "from-image"). A file the browser
+// cannot decode (HEIC in Chromium) or that is already small is sent unchanged: the server decodes it.
+// Returns {blob, name, original: {bytes, width, height}, sent: {bytes, width, height}, scaled}.
+async function preparePhotoFile(file) {
+  const info = { blob: file, name: file.name, filename: file.name, scaled: false,
+    original: { bytes: file.size, width: null, height: null }, sent: { bytes: file.size, width: null, height: null } };
+  let bmp;
+  try { bmp = await createImageBitmap(file, { imageOrientation: "from-image" }); } catch (_) { return info; }
+  const { width, height } = bmp;
+  info.original.width = width; info.original.height = height;
+  const scale = Math.min(1, MAX_SIDE / Math.max(width, height));
+  if (scale === 1 && file.size <= 1_000_000) {
+    info.sent.width = width; info.sent.height = height; bmp.close();
+    return info;
+  }
+  const w = Math.max(1, Math.round(width * scale)), hgt = Math.max(1, Math.round(height * scale));
+  const canvas = document.createElement("canvas");
+  canvas.width = w; canvas.height = hgt;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bmp, 0, 0, w, hgt);
+  bmp.close();
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", JPEG_QUALITY));
+  if (!blob || blob.size >= file.size) { info.sent.width = width; info.sent.height = height; return info; }
+  info.blob = blob; info.scaled = true;
+  info.name = file.name.replace(/\.[^.]*$/, "") + ".jpg";
+  info.sent = { bytes: blob.size, width: w, height: hgt };
+  return info;
+}
+
+const dims = (d) => (d.width ? `${d.width}×${d.height}, ` : "");
+function sizeLine(p) {
+  return p.scaled ? `Original ${dims(p.original)}${fmtBytes(p.original.bytes)}; sent ${dims(p.sent)}${fmtBytes(p.sent.bytes)}.`
+    : `Sent as picked: ${dims(p.original)}${fmtBytes(p.original.bytes)}.`;
+}
+
+// ---------------------------------------------------------------- predict one photo
+let previewUrl = null;
+function setPreview(img, blob) {
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(blob);
+  img.src = previewUrl;
+}
+
+const verdictText = (v) => v.replace("_", " ");
+function classText(p) {
+  return p.verdict === "not_fruit" ? "doesn't look like an apple, banana or orange" : `${NICE[p.predicted_class]} · ${pct(p.confidence)}`;
+}
+
+// Heat colour for a cell's share of the hottest cell, a in [0, 1]: transparent blue to opaque red.
+function heat(a) {
+  const r = Math.round(255 * Math.min(1, 2 * a)), g = Math.round(200 * Math.max(0, 1 - Math.abs(2 * a - 1)) + 40 * (1 - a));
+  const b = Math.round(255 * Math.max(0, 1 - 2 * a));
+  return [r, g, b, Math.round(255 * (0.15 + 0.6 * a))];
+}
+
+// The explanation's grid (rows top to bottom, fruitpipe.explain) drawn over the photo: one pixel per
+// cell on a small canvas, upscaled by the browser's bilinear smoothing onto the overlay canvas.
+function drawHeatmap(canvas, img, grid) {
+  const rows = grid.length, cols = grid[0].length;
+  const peak = Math.max(...grid.flat()) || 1;
+  const small = document.createElement("canvas");
+  small.width = cols; small.height = rows;
+  const sctx = small.getContext("2d");
+  const px = sctx.createImageData(cols, rows);
+  grid.forEach((row, i) => row.forEach((v, j) => px.data.set(heat(v / peak), 4 * (i * cols + j))));
+  sctx.putImageData(px, 0, 0);
+  const w = img.clientWidth, hgt = img.clientHeight;
+  canvas.width = w; canvas.height = hgt;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = true; ctx.imageSmoothingQuality = "high";
+  // Each source pixel's centre lands on its cell's centre (half-pixel edges clamp at the border).
+  ctx.drawImage(small, 0, 0, w, hgt);
+  canvas.dataset.rows = String(rows); canvas.dataset.cols = String(cols);
+  canvas.hidden = false;
+}
+
+let lastExplanation = null;
 async function predictFile(file) {
   showError("predict-error", "");
-  const url = URL.createObjectURL(file);
-  $("preview").src = url; $("preview").hidden = false; $("drop-hint").hidden = true;
-  const form = new FormData(); form.append("file", file);
+  $("batch").hidden = true;
+  const explain = $("explain-toggle").checked;
+  $("predict-status").textContent = "Preparing the photo…";
+  const photo = await preparePhotoFile(file);
+  $("predict-status").textContent = "Classifying…";
+  const form = new FormData(); form.append("file", photo.blob, photo.name);
   try {
-    const p = await api("/predict", { method: "POST", body: form });
+    let p, unexplained = null;
+    try {
+      p = await api(explain ? "/predict?explain=true" : "/predict", { method: "POST", body: form });
+    } catch (e) {
+      if (e.body?.error !== "cannot_explain") throw e;
+      unexplained = e.message;  // a model without a fine-tuned block: the prediction alone
+      p = await api("/predict", { method: "POST", body: form });
+    }
+    const img = $("preview");
+    img.hidden = false;
+    // a format the browser cannot show (HEIC in Chromium): no preview, and no overlay to draw on
+    img.addEventListener("error", () => { img.hidden = true; $("heatmap").hidden = true; }, { once: true });
+    setPreview(img, photo.blob);
     const v = $("verdict");
-    v.textContent = p.verdict.replace("_", " "); v.className = `verdict ${p.verdict}`;
+    v.textContent = verdictText(p.verdict); v.className = `verdict ${p.verdict}`;
     v.dataset.verdict = p.verdict;
-    $("pred-class").textContent = p.verdict === "not_fruit" ? "doesn't look like an apple, banana or orange"
-      : `${NICE[p.predicted_class]} · ${pct(p.confidence)}`;
+    $("pred-class").textContent = classText(p);
     $("pred-meta").textContent = `model ${p.model_version} · ${p.latency_ms.toFixed(1)} ms on the server`;
+    $("pred-size").textContent = sizeLine(photo);
+    $("pred-size").dataset.sentBytes = String(photo.sent.bytes);
     $("result").hidden = false;
     document.dispatchEvent(new CustomEvent("fruitpipe:prediction", { detail: { prediction: p, container: $("result") } }));
     barChart($("prob-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.probabilities[c], color: classColor(c) })),
-      { max: 1, fmt: pct });
+      { max: 1, fmt: pct, title: "class probabilities" });
+    lastExplanation = p.explanation || null;
+    const canvas = $("heatmap"), cap = $("heat-caption");
+    canvas.hidden = true; cap.hidden = !lastExplanation && !unexplained;
+    if (unexplained) cap.textContent = `No heat map: ${unexplained}`;
+    if (lastExplanation) {
+      cap.textContent = `Heat map: where the evidence for "${NICE[lastExplanation.explained_class] || lastExplanation.explained_class}" ` +
+        `lies (red: most; ${lastExplanation.method}), a coarse guide, not an outline of the fruit.`;
+      const draw = () => drawHeatmap(canvas, img, lastExplanation.grid);
+      if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw, { once: true });
+    }
+    $("predict-status").textContent = `Result: ${verdictText(p.verdict)}, ${classText(p)}.`;
     refreshStats();
   } catch (e) {
     $("result").hidden = true;
+    $("predict-status").textContent = "";
     showError("predict-error", `${e.body?.error ? e.body.error + ": " : ""}${e.message}`);
   }
 }
 
+// ---------------------------------------------------------------- predict a batch
+let batchUrls = [];
+const CSV_COLUMNS = ["file", "verdict", "predicted_class", "confidence", "model_version", "error"];
+// A CSV field: quoted, quotes doubled; a leading = + - @ is defused so a spreadsheet shows it as text.
+const csvField = (v) => { let s = String(v ?? ""); if (/^[=+\-@\t\r]/.test(s)) s = "'" + s; return `"${s.replace(/"/g, '""')}"`; };
+
+function chunks(photos) {
+  const out = [];
+  let cur = [], bytes = 0;
+  for (const p of photos) {
+    if (cur.length && (cur.length >= BATCH_FILES || bytes + p.blob.size > BATCH_BYTES)) { out.push(cur); cur = []; bytes = 0; }
+    cur.push(p); bytes += p.blob.size;
+  }
+  if (cur.length) out.push(cur);
+  return out;
+}
+
+async function predictBatch(files) {
+  showError("predict-error", "");
+  $("result").hidden = true;
+  const tbody = $("batch-table").querySelector("tbody");
+  tbody.replaceChildren();
+  batchUrls.forEach((u) => URL.revokeObjectURL(u)); batchUrls = [];
+  const csvLink = $("batch-csv");
+  if (csvLink.href) URL.revokeObjectURL(csvLink.href);
+  csvLink.hidden = true; csvLink.removeAttribute("href");
+  $("batch").hidden = false;
+  $("batch-summary").textContent = `Preparing ${files.length} photos…`;
+  $("predict-status").textContent = `Classifying ${files.length} photos…`;
+  const photos = [];
+  for (const f of files) photos.push(await preparePhotoFile(f));
+  const rows = [];
+  for (const group of chunks(photos)) {
+    const form = new FormData();
+    group.forEach((p) => form.append("files", p.blob, p.name));
+    let answer;
+    try {
+      answer = await api("/predict/batch", { method: "POST", body: form });
+    } catch (e) {
+      answer = { results: group.map((p) => ({ filename: p.name, ok: false, error: e.body?.error || "error", detail: e.message })) };
+    }
+    group.forEach((photo, i) => {
+      const r = answer.results[i] || { ok: false, error: "missing", detail: "no answer for this file" };
+      const url = URL.createObjectURL(photo.blob); batchUrls.push(url);
+      const p = r.prediction;
+      const tr = h("tr", { "data-verdict": p?.verdict || "error" },
+        h("td", {}, h("img", { src: url, alt: "", class: "thumb" })),
+        h("td", { class: "fname" }, photo.filename),
+        h("td", {}, p ? h("span", { class: `pill v-${p.verdict}` }, verdictText(p.verdict)) : h("span", { class: "pill rejected" }, r.error || "error")),
+        h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : (r.detail || "")),
+        h("td", { class: "num" }, p ? pct(p.confidence) : "–"));
+      tbody.append(tr);
+      if (p) document.dispatchEvent(new CustomEvent("fruitpipe:prediction", { detail: { prediction: p, container: tr.cells[4] } }));
+      rows.push([photo.filename, p?.verdict ?? "", p?.predicted_class ?? "", p ? p.confidence.toFixed(4) : "",
+        p?.model_version ?? "", p ? "" : `${r.error}: ${r.detail || ""}`]);
+    });
+  }
+  const counts = {};
+  rows.forEach((r) => { const k = r[1] || "error"; counts[k] = (counts[k] || 0) + 1; });
+  const summary = `${rows.length} photos: ` + Object.entries(counts).map(([k, n]) => `${n} ${verdictText(k)}`).join(", ");
+  $("batch-summary").textContent = summary;
+  $("predict-status").textContent = `Batch done. ${summary}.`;
+  const csv = [CSV_COLUMNS, ...rows].map((r) => r.map(csvField).join(",")).join("\r\n") + "\r\n";
+  csvLink.href = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
+  csvLink.hidden = rows.length === 0;
+  refreshStats();
+}
+
+function handleFiles(list) {
+  const files = [...list];
+  if (files.length === 1) predictFile(files[0]);
+  else if (files.length > 1) predictBatch(files);
+}
+
 function setupDrop() {
-  const drop = $("drop"), input = $("file");
-  input.addEventListener("change", () => input.files[0] && predictFile(input.files[0]));
-  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
+  const drop = $("drop"), input = $("file"), camera = $("camera");
+  input.addEventListener("change", () => { handleFiles(input.files); input.value = ""; });
+  camera.addEventListener("change", () => { handleFiles(camera.files); camera.value = ""; });
+  drop.addEventListener("click", () => input.click());
+  $("pick-btn").addEventListener("click", () => input.click());
+  $("camera-btn").addEventListener("click", () => camera.click());
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
-  drop.addEventListener("drop", (e) => { const f = e.dataTransfer.files[0]; if (f) predictFile(f); });
+  drop.addEventListener("drop", (e) => handleFiles(e.dataTransfer.files));
+  $("explain-toggle").addEventListener("change", () => {
+    if (!$("explain-toggle").checked) { $("heatmap").hidden = true; $("heat-caption").hidden = true; }
+  });
+  window.addEventListener("resize", () => {
+    if (lastExplanation && !$("heatmap").hidden) drawHeatmap($("heatmap"), $("preview"), lastExplanation.grid);
+  });
 }
 
 // ---------------------------------------------------------------- stats, health, dataset
@@ -150,10 +355,18 @@ async function refreshStats() {
   }
 }
 
+// What a retrain trains on: the seed data (light part of each bar) plus the uploads (dark part).
 async function refreshDataset() {
   const d = await api("/dataset");
+  const seed = d.seed || {};
+  const hasSeed = d.seed_total > 0;
   $("dataset-total").textContent = d.total;
-  barChart($("dataset-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: d.counts[c] || 0, color: classColor(c) })));
+  $("dataset-seed-total").textContent = d.seed_total ?? 0;
+  $("dataset-sum").textContent = (d.seed_total ?? 0) + d.total;
+  $("dataset-note").dataset.seed = String(hasSeed);
+  barChart($("dataset-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: (seed[c] || 0) + (d.counts[c] || 0),
+    part: seed[c] || 0, color: classColor(c) })),
+    { fmt: (v) => String(v), partFmt: (it) => `${it.part} seed + ${it.value - it.part} uploaded` });
 }
 
 // ---------------------------------------------------------------- model performance + versions
@@ -188,13 +401,14 @@ function drawPerformance(live) {
   if (!Array.isArray(m)) { conf.replaceChildren(); return; }
   const max = Math.max(1, ...m.flat());
   const short = (c) => String(c).replace("fresh", "F·").replace("rotten", "R·").replace("apples", "apl").replace("banana", "ban").replace("oranges", "org");
-  const head = (c) => c === "not_fruit" ? "rej." : short(c);
+  // column heads on two lines ("F·" over "apl"), so they fit a phone's width without colliding
+  const head = (c) => c === "not_fruit" ? ["rej."] : [short(c).slice(0, 2), h("br"), short(c).slice(2)];
   const t = h("table", {},
-    h("thead", {}, h("tr", {}, h("th", { title: "rows: true class, columns: predicted" }, "true \\ pred"),
-      ...cols.map((c) => h("th", { title: c }, head(c))))));
+    h("thead", {}, h("tr", {}, h("th", { title: "rows: true class, columns: predicted", scope: "col" }, "true \\ pred"),
+      ...cols.map((c) => h("th", { title: c, scope: "col", "aria-label": `predicted ${c}` }, ...head(c))))));
   const body = h("tbody");
   m.forEach((row, i) => {
-    const tr = h("tr", {}, h("th", { title: LABELS[i] }, short(LABELS[i])));
+    const tr = h("tr", {}, h("th", { title: LABELS[i], scope: "row", "aria-label": `true ${LABELS[i]}` }, short(LABELS[i])));
     row.forEach((v, j) => {
       const a = Number(v) / max;
       const td = h("td", { "data-value": v }, v);
@@ -243,21 +457,65 @@ async function refreshVersions() {
   drawPerformance(data.versions.find((v) => v.status === "live"));
 }
 
-// ---------------------------------------------------------------- admin: token, upload, retrain, activate
-const token = () => $("token").value.trim() || sessionStorage.getItem("fruitpipe-token") || "";
-function authHeaders() {
-  const t = token();
-  if (t) sessionStorage.setItem("fruitpipe-token", t);
-  return t ? { Authorization: `Bearer ${t}` } : {};
+// ---------------------------------------------------------------- admin: one sign-in for every write
+// The token lives in sessionStorage (this tab only). Each write action shows its own errors in its
+// own card; a 401/403 signs out, so the next write asks again.
+const TOKEN_KEY = "fruitpipe-token";
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+const authHeaders = () => (token() ? { Authorization: `Bearer ${token()}` } : {});
+
+function renderAdmin() {
+  const signedIn = Boolean(token());
+  const b = $("admin-btn");
+  b.textContent = signedIn ? "sign out" : "sign in";
+  b.setAttribute("aria-label", signedIn ? "admin: sign out" : "admin: sign in");
+  b.dataset.signedIn = String(signedIn);
+  b.setAttribute("aria-haspopup", signedIn ? "false" : "dialog");
+}
+
+function signOut() { sessionStorage.removeItem(TOKEN_KEY); renderAdmin(); }
+
+// Resolves true once signed in (at once if already), false if the dialog was cancelled.
+function ensureSignedIn() {
+  if (token()) return Promise.resolve(true);
+  const dlg = $("admin-dialog");
+  $("token").value = "";
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(Boolean(token())), { once: true });
+    dlg.showModal();
+  });
+}
+
+function setupAdmin() {
+  const dlg = $("admin-dialog");
+  $("admin-form").addEventListener("submit", (e) => {
+    const t = $("token").value.trim();
+    if (!t) { e.preventDefault(); return; }
+    sessionStorage.setItem(TOKEN_KEY, t);
+    $("token").value = "";
+    ["upload-error", "retrain-error", "versions-error"].forEach((box) => showError(box, ""));  // stale "sign in" errors
+    renderAdmin();
+  });
+  $("admin-cancel").addEventListener("click", () => dlg.close());
+  $("admin-btn").addEventListener("click", () => (token() ? signOut() : ensureSignedIn()));
+  $("retrain-cancel").addEventListener("click", () => $("retrain-dialog").close("cancel"));
+  renderAdmin();
+}
+
+// A write's error, shown in its own card; an auth failure also signs out.
+function writeError(box, what, e) {
+  if (e.status === 401 || e.status === 403) { signOut(); showError(box, `${what}: the admin token is missing or wrong; sign in again.`); }
+  else showError(box, `${what}: ${e.message}`);
 }
 
 async function activate(version) {
-  showError("admin-error", "");
+  showError("versions-error", "");
+  if (!(await ensureSignedIn())) return;
   try {
     await api(`/models/${encodeURIComponent(version)}/activate`, { method: "POST", headers: authHeaders() });
     await Promise.all([refreshVersions(), refreshStats()]);
   } catch (e) {
-    showError("admin-error", `activate ${version}: ${e.message}`);
+    writeError("versions-error", `activate ${version}`, e);
   }
 }
 
@@ -267,53 +525,78 @@ function uploadOne(file, label, li) {
     const xhr = new XMLHttpRequest();
     const bar = li.querySelector("progress"), st = li.querySelector(".st");
     xhr.open("POST", "/upload-training-data");
-    const h = authHeaders();
-    if (h.Authorization) xhr.setRequestHeader("Authorization", h.Authorization);
+    const auth = authHeaders();
+    if (auth.Authorization) xhr.setRequestHeader("Authorization", auth.Authorization);
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = e.loaded / e.total; };
+    const done = (status, text, http) => {
+      bar.value = 1;
+      st.textContent = text; st.className = `st st-${status}`;
+      li.dataset.status = status;
+      resolve(http);
+    };
     xhr.onload = () => {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* ignore */ }
-      bar.value = 1;
       const item = body?.results?.[0];
-      if (item) {
-        st.textContent = item.status + (item.error ? ` (${item.error})` : "");
-        st.className = `st st-${item.status}`;
-      } else {
-        st.textContent = `error: ${body?.detail || xhr.status}`;
-        st.className = "st st-rejected";
-      }
-      li.dataset.status = item?.status || "error";
-      resolve(xhr.status);
+      if (item) done(item.status, item.status + (item.detail || item.error ? `: ${item.detail || item.error}` : ""), xhr.status);
+      else done("rejected", `not sent: ${body?.detail || xhr.status}`, xhr.status);
     };
-    xhr.onerror = () => { st.textContent = "network error"; st.className = "st st-rejected"; resolve(0); };
+    xhr.onerror = () => done("rejected", "not sent: network error", 0);
     const form = new FormData();
     form.append("class_name", label); form.append("files", file);
     xhr.send(form);
   });
 }
 
+// "5 added, 1 duplicate, 1 rejected" from the per-file statuses the API answered.
+function uploadSummary(items) {
+  const n = { added: 0, duplicate: 0, rejected: 0 };
+  items.forEach((li) => { if (li.dataset.status in n) n[li.dataset.status]++; });
+  const waiting = items.length - n.added - n.duplicate - n.rejected;
+  return `${n.added} added, ${n.duplicate} duplicate, ${n.rejected} rejected` + (waiting ? `, ${waiting} not sent` : "");
+}
+
 async function upload(e) {
   e.preventDefault();
-  showError("admin-error", "");
+  showError("upload-error", "");
   const files = [...$("upload-files").files];
   const label = $("upload-class").value;
-  if (!files.length) return;
+  if (!files.length) { showError("upload-error", "choose one or more images first"); return; }
+  if (!(await ensureSignedIn())) { showError("upload-error", "uploading needs the admin sign-in"); return; }
   const list = $("upload-list");
   list.replaceChildren();
   const items = files.map((f) => {
     const li = h("li", {}, h("span", { class: "name" }, f.name), h("span", { class: "st" }, "waiting"),
-      h("progress", { max: 1, value: 0 }));
+      h("progress", { max: 1, value: 0, "aria-label": `upload of ${f.name}` }));
     list.append(li);
     return li;
   });
+  $("upload-summary").textContent = `Uploading ${files.length} images…`;
   for (let i = 0; i < files.length; i++) {
     const status = await uploadOne(files[i], label, items[i]);
-    if (status === 401 || status === 403) { showError("admin-error", "the admin token is missing or wrong"); break; }
+    if (status === 401 || status === 403) {
+      writeError("upload-error", "upload", { status, message: "" });
+      break;
+    }
   }
+  // rejected files first, so none is out of sight however long the list
+  const rejected = items.filter((li) => li.dataset.status === "rejected");
+  list.prepend(...rejected);
+  $("upload-summary").textContent = uploadSummary(items);
+  $("upload-summary").dataset.summary = $("upload-summary").textContent;
   refreshDataset();
 }
 
 let polling = null;
+// The bar never goes backwards within one run (a late or reordered status answer cannot pull it back).
+let barRun = null, barPercent = 0;
+function monotonicPercent(s, percent) {
+  const run = s.run_id || s.started || null;
+  if (run !== barRun) { barRun = run; barPercent = 0; }
+  barPercent = Math.max(barPercent, Number(percent) || 0);
+  return barPercent;
+}
+
 const fmtEta = (s) => (s < 60 ? `${Math.ceil(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
 function renderRetrain(s) {
   // While no run is going, show the first-start warm-up (embedding cache) when one runs.
@@ -322,10 +605,12 @@ function renderRetrain(s) {
   $("retrain-state").textContent = warm ? "preparing" : s.state;
   $("retrain-state").dataset.state = s.state;
   $("retrain-stage").textContent = warm ? `· ${warm.stage || "warm-up"} (first start)` : s.stage ? `· ${s.stage}` : "";
-  $("retrain-pct").textContent = s.state === "idle" && !warm ? "" : `· ${percent.toFixed(percent < 100 ? 1 : 0)}%`;
-  $("retrain-pct").dataset.percent = String(percent);
+  const shown = monotonicPercent(warm ? { run_id: "warm-up" } : s, percent);
+  $("retrain-pct").textContent = s.state === "idle" && !warm ? "" : `· ${shown.toFixed(shown < 100 ? 1 : 0)}%`;
+  $("retrain-pct").dataset.percent = String(shown);
   $("retrain-eta").textContent = s.state === "running" && s.eta_seconds != null ? `· about ${fmtEta(s.eta_seconds)} left` : "";
-  $("retrain-bar").style.width = `${percent}%`;
+  $("retrain-bar").style.width = `${shown}%`;
+  $("retrain-progress").setAttribute("aria-valuenow", String(Math.round(shown)));
   $("retrain-btn").disabled = s.state === "running";
   const r = s.result || {};
   let text = "";
@@ -353,15 +638,23 @@ async function pollRetrain() {
   } catch (_) { /* next tick */ }
 }
 
-async function retrain(e) {
-  e.preventDefault();
-  showError("admin-error", "");
+// Retraining asks for confirmation in a dialog, then starts with the admin sign-in.
+async function retrain() {
+  showError("retrain-error", "");
+  if (!(await ensureSignedIn())) { showError("retrain-error", "retraining needs the admin sign-in"); return; }
+  const dlg = $("retrain-dialog");
+  dlg.returnValue = "";
+  const confirmed = await new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(dlg.returnValue === "start"), { once: true });
+    dlg.showModal();
+  });
+  if (!confirmed) return;
   try {
     const force = $("retrain-force").checked ? "?force=true" : "";
     renderRetrain(await api(`/retrain${force}`, { method: "POST", headers: authHeaders() }));
     if (!polling) polling = setInterval(pollRetrain, 1000);
   } catch (err) {
-    showError("admin-error", `retrain: ${err.message}`);
+    writeError("retrain-error", "retrain", err);
   }
 }
 
@@ -369,11 +662,10 @@ async function retrain(e) {
 function init() {
   const sel = $("upload-class");
   LABELS.forEach((c) => sel.append(new Option(NICE[c], c)));
-  const saved = sessionStorage.getItem("fruitpipe-token");
-  if (saved) $("token").value = saved;
+  setupAdmin();
   setupDrop();
   $("upload-form").addEventListener("submit", upload);
-  $("token-form").addEventListener("submit", retrain);
+  $("retrain-btn").addEventListener("click", retrain);
   refreshStats(); refreshDataset(); refreshVersions(); pollRetrain();
   setInterval(refreshStats, 3000);
   setInterval(refreshDataset, 15000);
