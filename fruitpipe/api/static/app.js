@@ -296,7 +296,6 @@ async function predictBatch(files) {
         h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : (r.detail || "")),
         h("td", { class: "num" }, p ? pct(p.confidence) : "–"));
       tbody.append(tr);
-      if (p) document.dispatchEvent(new CustomEvent("fruitpipe:prediction", { detail: { prediction: p, container: tr.cells[4] } }));
       rows.push([photo.filename, p?.verdict ?? "", p?.predicted_class ?? "", p ? p.confidence.toFixed(4) : "",
         p?.model_version ?? "", p ? "" : `${r.error}: ${r.detail || ""}`]);
     });
