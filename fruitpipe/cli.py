@@ -38,17 +38,53 @@ def default_model() -> Path:
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP, HEIC/HEIF, AVIF)")
-    p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
+    which.add_argument("--store", type=Path, default=None,
+                       help="a local store (e.g. var/ of fruitpipe serve): its live model, checked against "
+                            "the registry's pinned manifest")
+    which.add_argument("--api", default=None, metavar="URL",
+                       help="a running fruitpipe server, local or AWS: POST each image to its /predict "
+                            "(the server's live model)")
     p.add_argument("--backbone", default=None, help="backbone file or folder (default: $FRUITPIPE_BACKBONE, cache, download)")
+
+
+def store_live_model(store: Path) -> Path:
+    """The live bundle folder of the local store ``store``, its manifest checked against the pin
+    recorded by the registry (``models/live.json``, ``manifest.sha256``).
+
+    Raises:
+        UsageError: ``store`` has no live pointer (not a store, or nothing published yet).
+        fruitpipe.bundle.BundleError: the live bundle was modified since it was published.
+    """
+    from .backends.base import NotFound
+    from .backends.local import LocalRegistry
+
+    pointer = Path(store) / "models" / "live.json"
+    if not pointer.is_file():
+        raise UsageError(f"--store {store}: no live model ({pointer} is missing; a store is the folder "
+                         "fruitpipe serve --store uses, e.g. var)")
+    registry = LocalRegistry(Path(store))
+    version = registry.live_version()
+    if version is None:
+        raise UsageError(f"--store {store}: {pointer} names no version")
+    try:
+        return registry.fetch(version)
+    except NotFound as exc:
+        raise UsageError(f"--store {store}: live pointer names a missing version: {exc}") from None
 
 
 @command("predict", _predict_args)
 def _predict(args: argparse.Namespace) -> int:
-    """Classify images; one JSON object per image on stdout."""
-    from .classifier import Classifier
+    """Classify images; one JSON object per image on stdout (errors on stderr, exit 2)."""
     from .imaging import InvalidImage
 
-    clf = Classifier(args.model or default_model(), backbone_path=args.backbone)
+    if args.api:
+        return _predict_api(args)
+    from .classifier import Classifier
+
+    model = args.model or (store_live_model(args.store) if args.store else default_model())
+    clf = Classifier(model, backbone_path=args.backbone)
     status = 0
     for path in args.images:
         try:
@@ -64,6 +100,35 @@ def _predict(args: argparse.Namespace) -> int:
             status = 2
             continue
         print(json.dumps({"file": str(path), **pred.as_dict()}), flush=True)
+    return status
+
+
+def _predict_api(args: argparse.Namespace) -> int:
+    """``predict --api URL``: each image through the server's ``POST /predict``. A file the server
+    refuses (4xx) is one line on stderr and exit status 2, like a local bad image; no answer at all
+    stops with exit status 2."""
+    from .client import Client, ClientError
+
+    client = Client(args.api)
+    status = 0
+    for path in args.images:
+        if not path.is_file():
+            print(f"error: {path}: cannot read (not a file)", file=sys.stderr)
+            status = 2
+            continue
+        try:
+            pred = client.predict(path)
+        except ClientError as exc:
+            if not 400 <= exc.status < 500:
+                raise UsageError(str(exc)) from None
+            print(f"error: {path}: {exc.code}: {exc.detail}", file=sys.stderr)
+            status = 2
+            continue
+        except OSError as exc:
+            print(f"error: {path}: cannot read ({exc.strerror or exc})", file=sys.stderr)
+            status = 2
+            continue
+        print(json.dumps({"file": str(path), **pred}), flush=True)
     return status
 
 

@@ -172,18 +172,23 @@ class EmbeddingCache:
 
 
 class Progress:
-    """A tqdm bar on a terminal; ``stage=`` / ``progress=`` lines (every 5%) otherwise."""
+    """Progress of one embedding stage, on ``stream`` (default stderr: stdout carries results).
+
+    On a terminal a tqdm bar; otherwise ``stage=<stage>`` then ``progress=<percent>`` lines (every
+    5%), which the local retrain runner reads from the training job's merged stdout and stderr.
+    """
 
     def __init__(self, stage: str, total: int, stream=None) -> None:  # type: ignore[no-untyped-def]
-        self.stream = stream or sys.stdout
+        self.stream = stream or sys.stderr
         self.total = max(total, 1)
         self.done = 0
         self._last = -1
         self._bar = None
-        print(f"stage={stage}", file=self.stream, flush=True)
         if self.stream.isatty():
             from tqdm import tqdm
-            self._bar = tqdm(total=total, desc=stage, unit="img", file=sys.stderr)
+            self._bar = tqdm(total=total, desc=stage.replace("_", " "), unit="img", file=self.stream)
+        else:
+            print(f"stage={stage}", file=self.stream, flush=True)
 
     def update(self, n: int = 1) -> None:
         self.done += n

@@ -22,6 +22,7 @@ import numpy as np
 from . import features
 from .block import Block
 from .head import Head
+from .joblog import Epochs, keras_callback, log, stage
 from .labels import LABELS
 
 if TYPE_CHECKING:
@@ -51,19 +52,6 @@ class Inputs(NamedTuple):
     def keras(self) -> list[np.ndarray]:
         """The joint model's inputs: block input, embedding, pooled map 156."""
         return [self.block_in, self.embedding, self.pooled[:, POOLED_170:]]
-
-
-def _report(epochs: int, offset: int, total: int):  # type: ignore[no-untyped-def]
-    import keras
-
-    from .training import log
-
-    class Report(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            print(f"progress={int(100 * (offset + epoch + 1) / total)}", flush=True)
-            log(epoch=offset + epoch + 1, **{k if k.startswith("val_") else f"train_{k}": float(v)
-                                             for k, v in (logs or {}).items()})
-    return Report()
 
 
 def export_head(head_model: Any) -> Head:
@@ -144,15 +132,15 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
         sample = np.random.default_rng(cfg.seed).permutation(len(y))[:2048]
         load_head(head, start, Inputs(*(a[sample] for a in train)).head_input(init))
     else:
-        print("stage=train_head", flush=True)
+        stage("train_head")
         # jit_compile=False: XLA makes these small convolutions several times slower on CPU (measured).
         head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=["accuracy"],
                      jit_compile=False)
         hist1 = head.fit(train.frozen_input(), y_hot, epochs=head_epochs, batch_size=cfg.batch_size, shuffle=True,
                          verbose=0, validation_data=(val.frozen_input(), val_hot) if has_val else None,
-                         callbacks=[_report(head_epochs, 0, total)])
+                         callbacks=[keras_callback(Epochs(head_epochs, 0, total, desc="head"))])
 
-    print("stage=finetune_block", flush=True)
+    stage("finetune_block")
     block_in, emb, pooled_156 = (keras.Input(a.shape[1:]) for a in train.keras())
     convs = {"expand": keras.layers.Conv2D(init.expand.shape[1], 1),
              "depthwise": keras.layers.DepthwiseConv2D(3, padding="same"),
@@ -166,7 +154,7 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
     model.compile(optimizer=keras.optimizers.Adam(cfg.finetune_lr), loss=loss, metrics=["accuracy"], jit_compile=False)
     hist2 = model.fit(train.keras(), y_hot, epochs=joint_epochs, batch_size=cfg.batch_size, shuffle=True,
                       verbose=0, validation_data=(val.keras(), val_hot) if has_val else None,
-                      callbacks=[_report(joint_epochs, head_epochs, total)]) if joint_epochs else None
+                      callbacks=[keras_callback(Epochs(joint_epochs, head_epochs, total, desc="block 17 + head"))]) if joint_epochs else None
 
     block = Block.from_keras({name: layer.get_weights() for name, layer in convs.items()})
     numpy_head = export_head(head)
@@ -176,7 +164,6 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
     if diff > 1e-3:
         from .training import TrainingError
         raise TrainingError(f"numpy block + head differ from the Keras model by {diff}")
-    from .training import log
     log(export_max_abs_diff=diff)
     history: dict[str, list[float]] = {}
     for hist in (hist1, hist2):

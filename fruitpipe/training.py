@@ -1,7 +1,7 @@
 """The training job: embed (cached) → train the head with Keras → export → calibrate → evaluate → bundle.
 
 Runs unchanged as ``fruitpipe train``, as a local child process, and in SageMaker
-(``training_job/``). Prints ``stage=<name>`` / ``progress=<0-100>`` lines and metrics as
+(``training_job/``). Reports through :mod:`fruitpipe.joblog`: ``stage=<name>`` / ``progress=<0-100>`` lines and metrics as
 ``name=value`` lines (flushed) that SageMaker metric definitions scrape. On any failure it raises
 and writes no bundle: files are assembled in a temporary folder, checked by loading them with
 the serving :class:`~fruitpipe.classifier.Classifier`, and only then moved into place (manifest last).
@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import bundle, dataset, finetune, imaging
+from .joblog import Epochs, keras_callback, log, stage
 from .backbone import BLOCK_INPUT_TENSOR
 from .block import FILE as BLOCK_FILE, Block
 from .embeddings import Embedded, EmbeddingCache, embed_folder
@@ -88,12 +89,6 @@ class Config:
         return out
 
 
-def log(**values: Any) -> None:
-    """``name=value`` lines, flushed, for humans and SageMaker metric definitions."""
-    for name, value in values.items():
-        if isinstance(value, float):
-            value = f"{value:.6g}"
-        print(f"{name}={value}", flush=True)
 
 
 def _targets(labels: list[str]) -> np.ndarray:
@@ -167,19 +162,12 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"])
 
-    class Report(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = logs or {}
-            print(f"progress={int(100 * (epoch + 1) / cfg.epochs)}", flush=True)
-            log(epoch=epoch + 1, **{f"train_{k}" if not k.startswith("val_") else k: float(v)
-                                    for k, v in logs.items()})
-
     val = None
     if x_val is not None and y_val is not None and len(y_val):
         val = ((x_val - mu) / sd, keras.utils.to_categorical(y_val, len(LABELS)))
     hist = model.fit(x_in, keras.utils.to_categorical(y, len(LABELS)), validation_data=val,
                      epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-                     callbacks=[Report()])
+                     callbacks=[keras_callback(Epochs(cfg.epochs, desc="head"))])
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     kernels = [np.asarray(d.kernel.numpy(), np.float32) for d in dense]
     biases = [np.asarray(d.bias.numpy(), np.float32) for d in dense]
@@ -314,7 +302,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     out_dir, output_data_dir = Path(out_dir), Path(output_data_dir or out_dir)
     # Checked before embedding anything: an unusable base model fails in a second, not after minutes.
     start = _warm_start(base_model, cfg) if uses_block(cfg.features) else None
-    print("stage=load_backbone", flush=True)
+    stage("load_backbone")
     backbone = Backbone(backbone_path, num_threads=int(os.environ.get("FRUITPIPE_THREADS", "2")))
     cache = EmbeddingCache(cache_dir)
     views = ("orig", "flip") if cfg.flip else ("orig",)
@@ -374,7 +362,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
             y_v: np.ndarray | None = None) -> tuple[Head, Block | None, dict[str, list[float]]]:
         if init_block is not None:
             return finetune.fit(train_in, y, cfg, init_block, val_in, y_v, start=start_head)
-        print("stage=train_head", flush=True)
+        stage("train_head")
         x_v = head_input(cfg.features, val_in.embedding, val_in.pooled) if val_in is not None else None
         fitted, hist, _ = fit_head(head_input(cfg.features, train_in.embedding, train_in.pooled), y, cfg, x_v, y_v)
         return fitted, None, hist
@@ -397,7 +385,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         del train_in
     x_val, val_x_full = x_of(val_fruit), x_of(val_full)
 
-    print("stage=calibrate", flush=True)
+    stage("calibrate")
     other = np.array(sorted(OTHER_PRODUCE), dtype=np.int64)
 
     def protos(units: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -436,7 +424,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         flags = pre.not_fruit(pre_scores)
         honest = metrics_from_predictions(val_labels, [LABELS[i] for i in probs.argmax(axis=1)], flags)
     if cfg.refit and len(y_val):
-        print("stage=refit", flush=True)
+        stage("refit")
         # The final head and prototypes see the validation images too; thresholds stay as calibrated.
         # Without a channel the holdout is inside y_all; with one, its fruit joins in every view.
         extra = [_outputs(backbone, val_emb, v, vfruit) for v in views] if val_emb is not None else []
@@ -447,7 +435,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         prototypes = protos(normalise(rf_in.embedding), y_rf)
         del rf_in
 
-    print("stage=write_bundle", flush=True)
+    stage("write_bundle")
     work = Path(tempfile.mkdtemp(prefix=".fruitpipe-train-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         staged = work / "bundle"
@@ -485,7 +473,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
             raw={"hyperparameters": asdict(cfg)})
         bundle.write(staged, manifest, {**{n: f.read_bytes() for n, f in files.items()}, REJECTION_FILE: rej_path.read_bytes()})
 
-        print("stage=evaluate", flush=True)
+        stage("evaluate")
         clf = Classifier(staged, shared_backbone=backbone)  # the serving code path, checksums included
         metrics = evaluate_embeddings(clf, val_full.embedding, val_labels, pooled=val_full.pooled, paths=val_paths,
                                       block_in=val_codes)
@@ -518,7 +506,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     if memo_path is not None:
         memo.save(memo_path)
     log(train_seconds=round(time.monotonic() - started, 2))
-    print("stage=done", flush=True)
+    stage("done")
     return metrics
 
 

@@ -2,7 +2,11 @@
 """Cost per million predictions on Lambda + API Gateway, from the measured handler duration,
 next to an always-on container. Writes ``docs/cost.md``.
 
-    python scripts/cost_estimate.py [--bench results/bench_lambda.json] [--out docs/cost.md]
+    python scripts/cost_estimate.py [--bench results/bench_lambda.json] [--predict results/bench_predict.json]
+                                    [--out docs/cost.md]
+
+The reference container's speed is the Keras float MobileNetV2 time measured by
+``scripts/bench_predict.py`` (``keras_median_ms``), the same figure as docs/benchmarks.md.
 
 Prices are public list prices (us-east-1, on-demand, no free tier), written here as
 assumptions; change them in PRICES if they move.
@@ -43,7 +47,8 @@ def lambda_cost_per_million(duration_ms: float, memory_mb: int, arm: bool = Fals
             "requests": PRICES["lambda_per_million_requests"]}
 
 
-def estimate(bench: dict) -> str:
+def estimate(bench: dict, predict: dict) -> str:
+    """docs/cost.md from the Lambda benchmark and the predict-path benchmark (its Keras baseline)."""
     measured = bench["warm"]["http_api_v2"]["median_ms"]
     minimum = bench["warm"]["http_api_v2"]["min_ms"]
     load = bench.get("load_average_1m_at_end")
@@ -65,9 +70,10 @@ def estimate(bench: dict) -> str:
     pointer_checks = 60 * 24 * 30 * PRICES["s3_get_per_1000"] / 1000  # one HEAD per minute, one warm instance
     default = rows[0]
     break_even_millions = container_month / default[7] if default[7] else float("inf")
-    # The reference's Keras float MobileNetV2 takes 74-81 ms per image on one core (DESIGN §5,
-    # measured here), so one 1-vCPU task serves at most about 1000/77 predictions per second.
-    keras_ms = 77.0
+    # The reference's Keras float MobileNetV2, measured on one core by scripts/bench_predict.py: one
+    # 1-vCPU task serves at most about 1000/keras_ms predictions per second.
+    keras_ms = float(predict["keras_median_ms"])
+    speedup = float(predict["speedup"])
     container_capacity_millions = 1000 / keras_ms * 3600 * HOURS_PER_MONTH / 1e6
 
     lines = [
@@ -121,10 +127,12 @@ def estimate(bench: dict) -> str:
         f"At the default 1024 MB and the measured median, the serverless stack costs about ${default[7]:.2f} per "
         f"million predictions, so it is cheaper below about **{break_even_millions:.0f} million predictions per "
         "month** and costs nothing when idle. That is also about what the reference container could serve at "
-        f"all: its float Keras MobileNetV2 takes {keras_ms:.0f} ms per image on one core (DESIGN §5), so one "
+        f"all: its float Keras MobileNetV2 takes {keras_ms:.0f} ms per image on one core (`keras_median_ms` in "
+        "`results/bench_predict.json`, the predict-path benchmark's baseline), so one "
         f"1-vCPU task tops out near {container_capacity_millions:.0f} million predictions a month at 100% "
         "utilisation; beyond that it needs more tasks, while Lambda adds environments by itself. A container "
-        "running this project's int8 LiteRT model instead would serve about ten times more per task, which is "
+        f"running this project's int8 LiteRT model instead would serve about {speedup:.0f} times more per task (same "
+        "benchmark), which is "
         "where a container (or provisioned concurrency) starts to win on price at steady high volume.",
         "",
     ]
@@ -134,9 +142,10 @@ def estimate(bench: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", type=Path, default=REPO / "results" / "bench_lambda.json")
+    ap.add_argument("--predict", type=Path, default=REPO / "results" / "bench_predict.json")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "cost.md")
     args = ap.parse_args()
-    text = estimate(json.loads(args.bench.read_text()))
+    text = estimate(json.loads(args.bench.read_text()), json.loads(args.predict.read_text()))
     args.out.write_text(text)
     print(text)
     return 0

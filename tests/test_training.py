@@ -246,5 +246,5 @@ def test_unusable_base_model_fails_clearly_and_writes_nothing(tmp_path: Path) ->
     proc = run_job({}, ["--data", str(train), "--out", str(model), "--base-model", str(tmp_path / "not-a-bundle"),
                         "--set", "epochs=1"])
     assert proc.returncode == 1 and "cannot warm-start from base model" in proc.stderr
-    assert "stage=embed_train" not in proc.stdout  # refused before any image is embedded
+    assert "stage=embed_train" not in proc.stdout + proc.stderr  # refused before any image is embedded
     assert not model.exists() or not any(model.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..cli import UsageError, command, default_model
@@ -29,6 +30,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     """Train a model bundle from a class-folder dataset (the training job, run locally)."""
     from ..bundle import read_manifest
+    from ..joblog import interactive, quiet_native_stderr
     from ..training import Config, TrainingError, main_error, train
 
     if not args.data.is_dir():
@@ -45,13 +47,30 @@ def _train(args: argparse.Namespace) -> int:
         config = Config.from_mapping(values)
     except (ValueError, TrainingError) as exc:
         raise UsageError(f"bad hyperparameter: {exc}") from None
-    try:
-        train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
-              output_data_dir=args.output_data, config=config,
-              backbone_path=Path(args.backbone) if args.backbone else None, base_model=args.base_model)
-    except TrainingError as exc:
-        return main_error(exc)
+    started = time.monotonic()
+    with quiet_native_stderr():  # a crash shows what was held back; a TrainingError is its own message
+        try:
+            metrics = train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
+                            output_data_dir=args.output_data, config=config,
+                            backbone_path=Path(args.backbone) if args.backbone else None, base_model=args.base_model)
+        except TrainingError as exc:
+            return main_error(exc)
+    if interactive():
+        print(_summary(args.out, metrics, time.monotonic() - started))
     return 0
+
+
+def _summary(out: Path, metrics: dict, seconds: float) -> str:
+    """The end of ``fruitpipe train`` on a terminal: the bundle, its validation figures, the time."""
+    lines = [f"bundle: {out} (version {metrics.get('model_version', '?')})"]
+    if metrics.get("n"):
+        line = (f"{metrics.get('split', 'validation')}: accuracy {100 * metrics['accuracy']:.1f}% "
+                f"macro-F1 {100 * metrics['macro_f1']:.1f}% on {metrics['n']} images")
+        if metrics.get("ood_n"):
+            line += f"; not-fruit rejected {100 * metrics['ood_rejected_rate']:.1f}% of {metrics['ood_n']}"
+        lines.append(line)
+    lines.append(f"time: {seconds:.0f} s")
+    return "\n".join(lines)
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
