@@ -7,7 +7,6 @@ import io
 import random
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 
 from fruitpipe import bundle
