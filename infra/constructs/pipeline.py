@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "newDataCheckMinutes": 15,
     "minImagesPerClass": 20,
     "gateTolerance": 0,
+    "shadowRequests": 0,  # > 0: a candidate the gate passed runs in shadow for this many requests first
     "alertEmail": "",
 }
 # SageMaker parses these from the job's `name=value` log lines (see training_job).
@@ -104,7 +105,8 @@ class RetrainPipeline(Construct):
         self.evaluate_fn = self._function("Evaluate", "evaluate", base_env | {
             "FRUITPIPE_GATE_TOLERANCE": str(cfg["gateTolerance"])}, memory=3008, timeout=Duration.minutes(15),
             ephemeral_mb=4096)
-        self.publish_fn = self._function("Publish", "publish", base_env, memory=512, timeout=Duration.minutes(5))
+        self.publish_fn = self._function("Publish", "publish", base_env | {
+            "FRUITPIPE_SHADOW_REQUESTS": str(int(cfg["shadowRequests"]))}, memory=512, timeout=Duration.minutes(5))
         self.reject_fn = self._function("Reject", "reject", base_env, memory=256, timeout=Duration.minutes(2))
         self.report_fn = self._function("Report", "report", base_env | {
             "FRUITPIPE_RETRAIN_NAMESPACE": RETRAIN_NAMESPACE}, memory=256, timeout=Duration.minutes(1))
@@ -246,7 +248,7 @@ class RetrainPipeline(Construct):
         r = self.publish_fn.role
         self._list(r, "ListModels", models)
         self._objects(r, "ReadModels", get, models, "runs/*", "versions/*", "live.json")
-        self._objects(r, "WriteVersions", put, models, "versions/*", "live.json")
+        self._objects(r, "WriteVersions", put, models, "versions/*", "live.json", "shadow.json")
         r = self.reject_fn.role
         self._list(r, "ListModels", models)
         self._objects(r, "ReadRuns", get, models, "runs/*")

@@ -73,3 +73,25 @@ def test_shadow_through_the_lambda_handler(aws, monkeypatch, tmp_path):
     status, models = call("GET", "/models")
     assert models["shadow"]["status"] == "held" and "agreement" in models["shadow"]["reason"], models["shadow"]
     assert models["live"] == live
+
+
+def test_the_publish_step_can_start_a_shadow_instead_of_going_live(aws, tmp_path):
+    """With ``shadowRequests`` (FRUITPIPE_SHADOW_REQUESTS) the pipeline's publish step uploads the
+    candidate and writes shadow.json; live.json stays where it was."""
+    from fruitpipe.pipeline import publish, s3util
+    from tests.pipeline.conftest import archive, make_bundle
+    s3, models = aws["s3"], aws["models"]
+
+    def candidate(version: str) -> str:
+        key = f"runs/{version}/output/model.tar.gz"
+        s3.put_object(Bucket=models, Key=key, Body=archive(make_bundle(tmp_path, version)))
+        return f"s3://{models}/{key}"
+
+    live = publish.publish(s3, models_bucket=models, model_artifacts=candidate("v20260103-000000-cccccc"))["version"]
+    out = publish.publish(s3, models_bucket=models, model_artifacts=candidate("v20260104-000000-dddddd"),
+                          shadow_requests=50)
+    assert out["shadow"] is True and out["pointer_moved"] is False
+    assert s3util.live_version(s3, models) == live
+    state = S3ShadowPointer(models, s3=s3).read()
+    assert state["version"] == out["version"] and state["status"] == "running" and state["requests"] == 50
+    assert state["live"] == live

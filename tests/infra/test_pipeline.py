@@ -290,8 +290,8 @@ def test_sagemaker_iam_is_least_privilege(tpl):
 
 def test_step_roles_are_scoped(tpl):
     publish = [s for s in policies_of(tpl, "RetrainPublishRole") if "s3:PutObject" in as_list(s["Action"])]
-    assert sorted(flatten(r)[-12:] for s in publish for r in as_list(s["Resource"])) == ["/versions/*", "}/live.json"] \
-        or all(flatten(r).endswith(("/versions/*", "/live.json")) for s in publish for r in as_list(s["Resource"]))
+    assert all(flatten(r).endswith(("/versions/*", "/live.json", "/shadow.json"))  # shadow.json: -c shadowRequests
+               for s in publish for r in as_list(s["Resource"]))
     # Prepare reads the live pointer (to fill base_model); it may not write it
     def prepare_objects(action: str) -> list[str]:
         return [flatten(r) for s in policies_of(tpl, "RetrainPrepareRole") if action in as_list(s["Action"])
@@ -366,3 +366,14 @@ def test_post_promotion_alarm_rolls_back_through_eventbridge(tpl):
     assert len(writes) == 1 and as_list(writes[0]["Action"]) == ["s3:PutObject"]
     assert flatten(as_list(writes[0]["Resource"])[0]).endswith("/live.json")
     assert any("sns:Publish" in as_list(s["Action"]) and s["Resource"] == {"Ref": topic} for s in statements)
+
+
+def test_publish_step_may_start_a_shadow(tpl):
+    fns = [f["Properties"] for f in of_type(tpl, "AWS::Lambda::Function").values()
+           if f["Properties"]["Handler"] == "functions.pipeline.publish.handler.handler"]
+    (publish_fn,) = fns
+    assert publish_fn["Environment"]["Variables"]["FRUITPIPE_SHADOW_REQUESTS"] == "0"  # off unless -c shadowRequests=N
+    role_id = publish_fn["Role"]["Fn::GetAtt"][0]
+    puts = {flatten(r).rsplit("/", 1)[-1] for s in policies_of(tpl, role_id) if "s3:PutObject" in as_list(s["Action"])
+            for r in as_list(s["Resource"])}
+    assert {"live.json", "shadow.json"} <= puts
