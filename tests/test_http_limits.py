@@ -278,7 +278,10 @@ def test_guard_sees_every_route_and_knows_the_write_routes(tmp_path):
     paths = {getattr(r, "path", None) for r in routes}
     assert set(app.openapi()["paths"]) <= paths
     assert {r.path for r in routes if is_write_route(r)} == {"/upload-training-data", "/retrain",
-                                                              "/models/{version}/activate", "/auth/check"}
+                                                              "/models/{version}/activate", "/review",
+                                                              "/review/{prediction_id}",
+                                                              "/review/{prediction_id}/image",
+                                                              "/models/{version}/shadow", "/auth/check"}
 
 
 def test_auth_check_and_the_bearer_scheme_in_openapi(server):

@@ -15,6 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..backends.base import Backend
 from ..bundle import BundleError
+from ..capture import Capturer
+from ..rollback import RollbackGuard
+from ..shadow import Shadow
 from ..classifier import Backbone, Classifier
 from .errors import ApiError
 from .metrics import Metrics
@@ -42,6 +45,7 @@ class ModelHolder:
         self._next_check = 0.0
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        self.on_swap: Any = None  # called (old version or None, new version) after each swap
 
     @property
     def backbone(self) -> Backbone:
@@ -76,13 +80,20 @@ class ModelHolder:
                 self.last_error = f"cannot load model {version}: {exc}"
                 log.error(self.last_error)
                 return  # keep the old one; try again at the next check
+            old = self._current.version if self._current is not None else None
             self._current = clf  # the swap: one reference assignment
             self._signature = signature
             self.last_error = None
             self.metrics.set_model(clf.version)
             log.info("serving model %s", clf.version)
+            if self.on_swap is not None:
+                self.on_swap(old, clf.version)
         finally:
             self._lock.release()
+
+    def load_version(self, version: str) -> Classifier:
+        """``version`` from the registry on the shared backbone (the shadow's candidate)."""
+        return Classifier(self.registry.fetch(version), shared_backbone=self.backbone)
 
     def get(self) -> Classifier:
         if self._current is None or time.monotonic() >= self._next_check:
@@ -104,6 +115,9 @@ class AppState:
     holder: ModelHolder
     metrics: Metrics
     static_dir: Path
+    capture: Capturer
+    shadow: Shadow
+    rollback: RollbackGuard
 
 
 def state(request: Request) -> AppState:

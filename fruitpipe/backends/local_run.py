@@ -30,6 +30,7 @@ import time
 import traceback
 from collections import deque
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -398,7 +399,16 @@ class Run:
             if decision.promote:
                 self.stage("publish")
                 self.registry.add(candidate, version, evaluation=evaluation_record)
-                self.registry.activate(version)
+                if self.config.get("shadow_requests"):  # live only after its shadow (fruitpipe.shadow)
+                    from ..shadow import plan
+                    from .shadow_pointers import LocalShadowPointer
+                    LocalShadowPointer(self.store).write(plan(version, live_version, datetime.now(timezone.utc),
+                                                              int(self.config["shadow_requests"])))
+                    result["shadow"] = True
+                    self.log(f"shadow: {version} runs beside {live_version} for "
+                             f"{self.config['shadow_requests']} requests before it may go live")
+                else:
+                    self.registry.activate(version)
                 state = "succeeded"
             else:
                 self.registry.add(candidate, version, rejected_reason=decision.reason, evaluation=evaluation_record)

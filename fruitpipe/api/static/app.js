@@ -222,6 +222,7 @@ async function predictFile(file) {
     $("pred-size").textContent = sizeLine(photo);
     $("pred-size").dataset.sentBytes = String(photo.sent.bytes);
     $("result").hidden = false;
+    document.dispatchEvent(new CustomEvent("fruitpipe:prediction", { detail: { prediction: p, container: $("result") } }));
     barChart($("prob-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.probabilities[c], color: classColor(c) })),
       { max: 1, fmt: pct, title: "class probabilities" });
     lastExplanation = p.explanation || null;
