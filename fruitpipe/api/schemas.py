@@ -133,7 +133,7 @@ class RetrainStatusResponse(BaseModel):
     finished: Optional[str] = None
     log_tail: list[str] = Field(default_factory=list)
     result: dict[str, Any] = Field(default_factory=dict)
-    warmup: Optional[dict[str, Any]] = Field(None, description="local: the first-start warm-up, while it runs")
+    warmup: Optional[dict[str, Any]] = Field(None, description="local: the first-start warm-up while it runs, or its error if it failed (until the first retrain)")
 
 
 class DatasetResponse(BaseModel):

@@ -71,7 +71,7 @@ class RetrainStatus:
     finished: str | None = None
     log_tail: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
-    warmup: dict[str, Any] | None = None  # local: the background warm-up at first start, while it runs
+    warmup: dict[str, Any] | None = None  # local: the first-start warm-up while it runs, or its failure until the first run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -512,6 +512,9 @@ class LocalTrainer(Trainer):
         if isinstance(warm, dict) and warm.get("state") == "running" and status.state != "running":
             if pid_alive(warm.get("pid"), warm.get("pid_start")) or warm.get("pid") is None:
                 status.warmup = {k: warm.get(k) for k in ("state", "stage", "percent", "started")}
+        elif isinstance(warm, dict) and warm.get("state") == "failed" and status.state == "idle":
+            # said until the first run: that run then does the preparation itself (slower)
+            status.warmup = {k: warm.get(k) for k in ("state", "stage", "started", "finished", "error")}
         return status
 
     def trained_on(self) -> dict[str, dict[str, Any]]:

@@ -229,7 +229,7 @@ class Run:
             self.recipe.prepare()
         except ImportError as exc:
             raise RunFailed(f"the recipe's generated not-fruit images need an optional package ({exc.name}): "
-                            "pip install scikit-image matplotlib (both in fruitpipe[dev])") from None
+                            "pip install scikit-image matplotlib (both in fruitpipe[train], which `make run` installs)") from None
         data = self.dir / "data"
         uploads = self.store / "dataset"
         guard = UploadGuard(self.recipe.evaluation, (), self.store / "recipe")

@@ -616,6 +616,9 @@ function renderRetrain(s) {
   if (s.state === "succeeded") text = `Promoted ${r.version}: ${r.reason}`;
   else if (s.state === "rejected") text = `Kept ${r.live_version} live; candidate ${r.version} rejected: ${r.reason}`;
   else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}`;
+  else if (s.warmup?.state === "failed") {
+    text = `Preparing the embedding cache failed (${s.warmup.error || "see the server log"}); the first retrain will do that work itself, more slowly.`;
+  }
   $("retrain-result").textContent = text;
   const log = $("retrain-log");
   log.hidden = !s.log_tail?.length;
