@@ -1,4 +1,4 @@
-"""``GET /auth/check`` (admin): whether a bearer token is the admin token, for the dashboard's sign-in."""
+"""``GET /auth/check``: is this admin token valid? (the dashboard's sign-in asks before it says yes)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from .common import errors
 router = APIRouter(tags=["auth"])
 
 
-@router.get("/auth/check", status_code=204, response_class=Response, responses=errors(401, 403),
+@router.get("/auth/check", status_code=204, response_class=Response, responses=errors(401, 403, 503),
             dependencies=[Depends(require_admin)])
 def auth_check() -> Response:
-    """204 when the ``Authorization: Bearer`` token is the admin token; 401 (none) / 403 (wrong) otherwise."""
+    """204 with a valid admin token; 401 without one, 403 with a wrong one. Changes nothing."""
     return Response(status_code=204)

@@ -260,6 +260,7 @@ async function predictFile(file) {
     $("pred-size").textContent = sizeLine(photo);
     $("pred-size").dataset.sentBytes = String(photo.sent.bytes);
     $("result").hidden = false;
+    document.dispatchEvent(new CustomEvent("fruitpipe:prediction", { detail: { prediction: p, container: $("result") } }));
     barChart($("prob-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.probabilities[c], color: classColor(c) })),
       { max: 1, fmt: pct, title: "class probabilities" });
     lastPhoto = photo;
@@ -671,6 +672,9 @@ function renderRetrain(s) {
   if (s.state === "succeeded") text = `Promoted ${r.version}: ${r.reason}`;
   else if (s.state === "rejected") text = `Kept ${r.live_version} live; candidate ${r.version} rejected: ${r.reason}`;
   else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}`;
+  else if (s.warmup?.state === "failed") {
+    text = `Preparing the embedding cache failed (${s.warmup.error || "see the server log"}); the first retrain will do that work itself, more slowly.`;
+  }
   $("retrain-result").textContent = text;
   const log = $("retrain-log");
   log.hidden = !s.log_tail?.length;
