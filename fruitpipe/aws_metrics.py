@@ -57,6 +57,16 @@ def prediction_metrics(prediction: Mapping[str, Any], latency_ms: float,
     return out
 
 
+def review_metrics(review: Mapping[str, Any]) -> list[tuple[str, float, str, dict[str, str]]]:
+    """For one ``POST /review/{id}`` answer: ``ReviewCorrect`` (1 when the user's answer equals the
+    reviewer's label, else 0) with no dimension (its Average over a window is the label-based
+    accuracy, its SampleCount the number reviewed: the drift alarm's input) and by ``class``."""
+    item = review.get("item") or {}
+    label = str((item.get("review") or {}).get("label"))
+    correct = 1.0 if item.get("answered") == label else 0.0
+    return [("ReviewCorrect", correct, "Count", {}), ("ReviewCorrect", correct, "Count", {"class": label})]
+
+
 def emit(metrics: list[tuple[str, float, str, dict[str, str]]], service: str = API_SERVICE) -> None:
     """Write ``metrics`` as EMF (one JSON log line per dimension set) via Powertools."""
     from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -98,7 +108,8 @@ class PredictionMetricsMiddleware:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        watch = scope.get("method") == "POST" and scope.get("path") in self.paths
+        review = scope.get("method") == "POST" and str(scope.get("path", "")).startswith("/review/")
+        watch = review or (scope.get("method") == "POST" and scope.get("path") in self.paths)
         started = time.perf_counter()
         status = {"code": 0}
         chunks: list[bytes] = []
@@ -121,6 +132,9 @@ class PredictionMetricsMiddleware:
             elif watch and status["code"] == 200:
                 import json
                 answer = json.loads(b"".join(chunks) or b"{}")
+                if review:
+                    emit(review_metrics(answer))
+                    return
                 latency = (time.perf_counter() - started) * 1000
                 for pred in answer.get("results", [answer]) if isinstance(answer, dict) else []:
                     if isinstance(pred, dict) and "verdict" in pred:

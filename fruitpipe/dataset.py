@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from . import imaging
@@ -17,6 +18,7 @@ from .labels import LABELS
 DATASET_PREFIX: Final[str] = "dataset"
 INCOMING_PREFIX: Final[str] = "incoming"
 QUARANTINE_PREFIX: Final[str] = "quarantine"
+ORIGIN_SUFFIX: Final[str] = ".origin"  # dataset/<class>/<sha256>.origin: how a non-upload image came
 
 
 class UnknownClass(ValueError):
@@ -49,3 +51,18 @@ def prepare(label: str, data: bytes) -> FiledImage:
     stored = imaging.to_jpeg(data)
     digest = hashlib.sha256(stored).hexdigest()
     return FiledImage(label=label, sha256=digest, key=f"{DATASET_PREFIX}/{label}/{digest}.jpg", data=stored)
+
+
+def origin_key(image_key: str) -> str:
+    """The origin tag beside a filed image: ``dataset/<class>/<sha256>.origin`` (one line of text,
+    e.g. ``review``). Uploads have none. Not an image suffix, so no image listing picks it up."""
+    return image_key.rsplit(".", 1)[0] + ORIGIN_SUFFIX
+
+
+def origin_of(path: Path) -> str | None:
+    """The origin tag of the image file ``path`` (symlinks followed to the filed image), or None."""
+    try:
+        tag = Path(path).resolve().with_suffix(ORIGIN_SUFFIX).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return tag[:40] or None

@@ -12,7 +12,6 @@ test photo is caught; a different photo of the same fruit is not.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,11 +19,12 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from . import recipe as rc
+from . import imaging, recipe as rc
 
 THUMB: Final[int] = 16  # thumbnail side (px), from ../shared/data/fruits/README.md
+THUMB_VERSION: Final[str] = "t2"  # in index file names: indexes of another thumbnail rule are rebuilt
 NEAR_DUPLICATE: Final[float] = 1.5  # mean absolute difference, 0-255 scale, same source
 
 
@@ -32,12 +32,12 @@ def thumbnail(data: bytes) -> np.ndarray:
     """``float32 [256]``: the 16x16 grayscale thumbnail (bilinear, EXIF orientation applied),
     normalised to mean 128 and standard deviation 32 (a flat image stays all 128).
 
-    Raises ``PIL.UnidentifiedImageError``/``OSError`` for bytes Pillow cannot decode.
+    Decoded by :func:`fruitpipe.imaging.load_image` (the one decode path: its format checks, cost
+    bound and decode budget hold here too; a JPEG is decoded at a reduced scale) at 64x64, then
+    reduced to 16x16. Raises :class:`fruitpipe.imaging.InvalidImage` for bytes that are no usable image.
     """
-    with Image.open(io.BytesIO(data)) as img:
-        img.draft("L", (THUMB * 4, THUMB * 4))  # JPEG: decode at a reduced scale, much faster
-        small = ImageOps.exif_transpose(img).convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
-    a = np.asarray(small, dtype=np.float32).reshape(-1)
+    small = Image.fromarray(imaging.load_image(data, size=THUMB * 4)).convert("L")
+    a = np.asarray(small.resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.float32).reshape(-1)
     sd = float(a.std())
     return ((a - a.mean()) / sd * 32.0 + 128.0 if sd > 1e-6 else np.full_like(a, 128.0)).astype(np.float32)
 
@@ -69,7 +69,7 @@ class Index:
             data = path.read_bytes()
             try:
                 thumbs.append(thumbnail(data))
-            except (OSError, ValueError):
+            except imaging.InvalidImage:
                 continue
             shas.append(hashlib.sha256(data).hexdigest())
             names.append(f"{label}/{path.name}")
@@ -96,7 +96,7 @@ class Index:
 
 def cached_index(roots: tuple[Path, ...] | list[Path], folder: Path, name: str) -> Index:
     """:meth:`Index.build` once per content of ``roots``, kept as ``folder/<name>-<fingerprint>.npz``."""
-    path = Path(folder) / f"{name}-{rc.fingerprint(roots)}.npz"
+    path = Path(folder) / f"{name}-{THUMB_VERSION}-{rc.fingerprint(roots)}.npz"
     if path.is_file():
         try:
             return Index.load(path)
@@ -131,7 +131,7 @@ class UploadGuard:
         evaluation, training = self.indexes()
         try:
             thumb: np.ndarray | None = thumbnail(raw)
-        except (OSError, ValueError):
+        except imaging.InvalidImage:
             thumb = None
         raw_sha = hashlib.sha256(raw).hexdigest()
         for sha in {raw_sha, stored_sha}:

@@ -158,11 +158,6 @@ class Preprocessing:
 PREPROCESSING: Final[Preprocessing] = Preprocessing()
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
-
-
 def _identify_other(data: bytes) -> str | None:
     """The format of a real image that is not an accepted one (header parsed by any plugin)."""
     try:
@@ -191,19 +186,21 @@ def open_image(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX
     try:
         img = Image.open(io.BytesIO(data), formats=_OPENERS)
     except Image.DecompressionBombError:
-        raise InvalidImage("too_many_pixels", f"more than {max_pixels} pixels") from None
-    except Exception as exc:  # noqa: BLE001 - every parser error is the client's bad file
+        raise InvalidImage("too_many_pixels", f"the image has more than {max_pixels} pixels (the limit; "
+                           "about 7300 x 5500): scale it down and try again") from None
+    except Exception:  # noqa: BLE001 - every parser error is the client's bad file
         other = _identify_other(data)
         if other is not None and other not in ACCEPTED_FORMATS:
             raise InvalidImage("unsupported_format",
                                f"{other} images are not accepted; send {ACCEPTED_NAMES}") from None
-        raise InvalidImage("not_an_image", f"the data is not a readable image ({_describe(exc)})") from None
+        raise InvalidImage("not_an_image", f"the data is not a readable image; send {ACCEPTED_NAMES}") from None
     if img.format not in ACCEPTED_FORMATS:  # pragma: no cover - only accepted openers were tried
         raise InvalidImage("unsupported_format",
                            f"{img.format or 'unknown'} images are not accepted; send {ACCEPTED_NAMES}")
     width, height = img.size
     if width * height > max_pixels:
-        raise InvalidImage("too_many_pixels", f"{width}x{height} is more than {max_pixels} pixels")
+        raise InvalidImage("too_many_pixels", f"{width}x{height} is more than {max_pixels} pixels (the limit; "
+                           "about 7300 x 5500): scale it down and try again")
     if min(width, height) < MIN_SIDE:
         raise InvalidImage("too_small", f"{width}x{height}; each side must be at least {MIN_SIDE} px")
     return img
@@ -289,15 +286,17 @@ def _decode(img: Image.Image, target: tuple[int, int] | None) -> Image.Image:
     holding its cost in :data:`DECODE_BUDGET`. Any decoder or metadata error -> ``truncated``."""
     cost = _check_cost(img)
     with DECODE_BUDGET.hold(cost):
+        step = "the pixel data is incomplete or corrupt"
         try:
             img.load()
+            step = "the image's EXIF metadata is corrupt (its orientation cannot be read)"
             ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies even when upright
+            step = "the pixel data is incomplete or corrupt"
             return _flatten(img, target)
         except InvalidImage:
             raise
-        except Exception as exc:  # noqa: BLE001 - struct.error, AttributeError, OSError, ...: all bad input
-            raise InvalidImage("truncated", "the image data or its metadata is incomplete or corrupt "
-                               f"({_describe(exc)})") from None
+        except Exception:  # noqa: BLE001 - struct.error, AttributeError, OSError, ...: all bad input
+            raise InvalidImage("truncated", f"{step}; re-save or re-export the photo and try again") from None
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,

@@ -138,7 +138,7 @@ def generate(group: str, seed: int = 0) -> Iterator[tuple[str, Image.Image]]:
 def write(folder: Path, group: str, seed: int = 0) -> int:
     """Write one group's images as ``folder/<group>-<name>.jpg`` (JPEG quality 90); returns the count.
 
-    Needs scikit-image (and matplotlib for the held-out group), both in ``fruitpipe[dev]``.
+    Needs scikit-image (and matplotlib for the held-out group), both in ``fruitpipe[train]`` (what `make run` installs).
     """
     folder.mkdir(parents=True, exist_ok=True)
     n = 0

@@ -16,13 +16,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from . import bundle, finetune, imaging
+from . import bundle, dataset, finetune, imaging
 from .joblog import Epochs, keras_callback, log, stage
 from .backbone import BLOCK_INPUT_TENSOR
 from .block import FILE as BLOCK_FILE, Block
@@ -517,6 +518,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         with open(rej_path, "wb") as fh:
             np.savez_compressed(fh, prototypes=prototypes.astype(np.float16))
         counts = {lab: int((y_all == i).sum()) for i, lab in enumerate(LABELS)}
+        origins = Counter(dataset.origin_of(p) or "untagged" for p, lab in zip(train_emb.paths, train_emb.labels)
+                          if lab in LABELS)
         manifest = bundle.Manifest(
             version=bundle.new_version(salt=str(os.getpid())), created=bundle.now_iso(), labels=LABELS,
             files={}, head={"file": "head.npz", "dtype": cfg.head_dtype, "features": cfg.features,
@@ -526,7 +529,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
                             **({"block": {"file": BLOCK_FILE, "dtype": "int8", "init": "backbone expanded_conv_17",
                                           "input_tensor": BLOCK_INPUT_TENSOR}} if block is not None else {})},
             preprocessing=imaging.PREPROCESSING.as_dict(), rejection=rejection,
-            training_data={"train": counts, "validation_n": int(len(y_val)), "skipped": dict(skipped),
+            training_data={"train": counts, "origins": dict(sorted(origins.items())),
+                           "validation_n": int(len(y_val)), "skipped": dict(skipped),
                            "views": list(views), "refit": cfg.refit,
                            "warm_start_from": bundle.read_manifest(Path(base_model)).version if start else None},
             raw={"hyperparameters": asdict(cfg)})

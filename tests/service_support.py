@@ -75,6 +75,8 @@ def make_backend(store: Path, *, mode: str = "good", seed: Path | None = None, e
 def make_app(backend, **settings_kw):  # type: ignore[no-untyped-def]
     from fruitpipe.api.app import create_app
     from fruitpipe.api.settings import Settings
+    from fruitpipe.capture import CapturePolicy
+    settings_kw.setdefault("capture", CapturePolicy(enabled=False))  # deterministic stores; tests/test_feedback.py
     settings = Settings(token_provider=lambda: TOKEN, inference_workers=2, model_refresh_seconds=0.2,
                         **settings_kw)
     return create_app(backend, settings)

@@ -151,14 +151,33 @@ def test_dashboard_end_to_end(browser, tmp_path):
         assert parts == d["seed"]
         assert page.text_content("#dataset-sum") == "19"
 
-        # a wrong token: the error shows in the upload card, and the next write asks again
+        # a token gone wrong after sign-in (e.g. the server restarted with a new one): the error shows
+        # in the upload card, the file counts as not sent (not "rejected"), and the next write asks again
         page.evaluate("sessionStorage.setItem('fruitpipe-token', 'wrong')")
         page.set_input_files("#upload-files", [str(photo)])
         page.click("#upload-form button")
         page.wait_for_selector("#upload-error:not([hidden])")
         assert "token" in page.text_content("#upload-error") and page.is_hidden("#retrain-error")
         assert page.evaluate("sessionStorage.getItem('fruitpipe-token')") is None
-        sign_in(page)
+        page.wait_for_selector("#upload-summary[data-summary='1 not sent']")
+        assert page.eval_on_selector_all("#upload-list li", "els => els.map(e => e.dataset.status)") == ["not_sent"]
+
+        # signing in with a wrong token: checked at once (GET /auth/check), the error shows inside
+        # the dialog, which stays open, and the page stays signed out
+        page.click("#admin-btn")
+        page.wait_for_selector("#admin-dialog[open]")
+        with page.expect_response(lambda r: r.url.endswith("/auth/check")) as check:
+            page.fill("#token", "wrong-token")
+            page.click("#admin-ok")
+        assert check.value.status in (401, 403)
+        page.wait_for_selector("#admin-error:not([hidden])")
+        assert "wrong" in page.text_content("#admin-error")
+        assert page.is_visible("#admin-dialog") and page.get_attribute("#admin-btn", "data-signed-in") == "false"
+        assert page.evaluate("sessionStorage.getItem('fruitpipe-token')") is None
+        page.fill("#token", TOKEN)  # the right one now, in the same dialog
+        page.click("#admin-ok")
+        page.wait_for_selector("#admin-btn[data-signed-in='true']")
+        assert page.is_hidden("#admin-dialog")
 
         # retrain: a confirmation dialog first; cancelling starts nothing
         page.click("#retrain-btn")
@@ -247,8 +266,13 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         assert page.get_attribute("#verdict", "data-verdict") == "fresh"
         page.wait_for_selector("#preview", state="hidden")  # Chromium cannot show HEIC: no broken image
 
-        # where the model looked
-        page.check("#explain-toggle")
+        # where the model looked: ticking the toggle for the photo shown (the HEIC) asks again with
+        # ?explain=true; there is no preview to draw on, so no overlay
+        with page.expect_response(lambda r: "/predict?explain=true" in r.url) as resp:
+            page.check("#explain-toggle")
+        assert resp.value.ok and resp.value.json()["explanation"]["grid"]
+        page.wait_for_selector("#heat-caption:not([hidden])")
+        assert page.is_hidden("#heatmap")
         apple = sorted((FRUITS / "test" / "freshapples").glob("*.jpg"))[0]
         with page.expect_response(lambda r: "/predict?explain=true" in r.url) as resp:
             page.set_input_files("#file", str(apple))
@@ -272,6 +296,27 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         img = page.eval_on_selector("#preview", "c => [c.getBoundingClientRect().width, c.getBoundingClientRect().height]")
         assert box == pytest.approx(img, abs=1)  # the overlay covers the photo exactly
 
+        # the toggle on a photo already classified without it: ticking asks for the explanation and
+        # draws it; unticking hides it; re-ticking shows it again (the answer is kept: no new request)
+        page.uncheck("#explain-toggle")
+        assert page.is_hidden("#heatmap") and page.is_hidden("#heat-caption")
+        orange = sorted((FRUITS / "test" / "freshoranges").glob("*.jpg"))[2]
+        n_sent = len(sent)
+        page.set_input_files("#file", str(orange))
+        page.wait_for_function("() => document.querySelector('#pred-class').textContent.startsWith('fresh oranges')")
+        assert len(sent) == n_sent + 1 and page.is_hidden("#heatmap")
+        with page.expect_response(lambda r: "/predict?explain=true" in r.url) as resp:
+            page.check("#explain-toggle")
+        assert b'filename="' + orange.name.encode() in sent[-1]  # the same photo, sent again
+        page.wait_for_selector("#heatmap:not([hidden])")
+        assert page.get_attribute("#heatmap", "data-rows") == str(len(resp.value.json()["explanation"]["grid"]))
+        page.uncheck("#explain-toggle")
+        assert page.is_hidden("#heatmap") and page.is_hidden("#heat-caption")
+        n_sent = len(sent)
+        page.check("#explain-toggle")
+        page.wait_for_selector("#heatmap:not([hidden])")
+        assert page.is_visible("#heat-caption") and len(sent) == n_sent
+
         # a model that cannot be explained (the API's 409 cannot_explain): the prediction, no heat map
         def cannot_explain(route):
             route.fulfill(status=409, json={"error": "cannot_explain",
@@ -286,20 +331,33 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         picks = [sorted((FRUITS / "test" / c).glob("*.jpg"))[5] for c in ("freshoranges", "rottenbanana", "freshapples")]
         notes = tmp_path / "notes.txt"
         notes.write_text("not an image")
-        page.set_input_files("#file", [str(p) for p in picks] + [str(notes)])
+        page.set_input_files("#file", [str(p) for p in picks] + [str(notes), str(heic)])
         page.wait_for_selector("#batch-csv:not([hidden])")
+        # the HEIC row: a neutral "no preview" box, not a broken image; its prediction still there
+        page.wait_for_selector("#batch-table tbody tr:last-child .thumb.none")
+        heic_row = page.eval_on_selector("#batch-table tbody tr:last-child", "e => [e.dataset.verdict, e.cells[0].textContent]")
+        assert heic_row == ["fresh", "no preview"]
+        # every column in view at desktop sizes: nothing cut off by the table's scroll box
+        for width in (1366, 1920):
+            page.set_viewport_size({"width": width, "height": 900})
+            fit = page.eval_on_selector("#batch .table-wrap", """w => {
+                const box = w.getBoundingClientRect();
+                return {scroll: w.scrollWidth, client: w.clientWidth, right: box.right,
+                        cols: [...w.querySelectorAll('thead th')].map(th => th.getBoundingClientRect().right)}; }""")
+            assert fit["scroll"] <= fit["client"] and max(fit["cols"]) <= fit["right"] + 1, (width, fit)
+        page.set_viewport_size(DESKTOP)
         expected = [api.post("/predict", files={"file": ("x.jpg", p.read_bytes(), "image/jpeg")}).json() for p in picks]
         rows = page.eval_on_selector_all("#batch-table tbody tr", """els => els.map(e => ({
             verdict: e.dataset.verdict, name: e.cells[1].textContent, conf: e.cells[4].textContent,
-            thumb: e.querySelector('img').src, loaded: e.querySelector('img').naturalWidth }))""")
-        assert [r["name"] for r in rows] == [p.name for p in picks] + ["notes.txt"]
-        assert [r["verdict"] for r in rows] == [e["verdict"] for e in expected] + ["error"]
+            thumb: e.querySelector('img')?.src, loaded: e.querySelector('img')?.naturalWidth }))""")
+        assert [r["name"] for r in rows[:4]] == [p.name for p in picks] + ["notes.txt"]
+        assert [r["verdict"] for r in rows[:4]] == [e["verdict"] for e in expected] + ["error"]
         assert all(r["thumb"].startswith("blob:") and r["loaded"] > 0 for r in rows[:3])  # img-src blob: allowed
         assert [r["conf"] for r in rows[:3]] == [f"{e['confidence'] * 100:.1f}%" for e in expected]
         with page.expect_download() as dl:
             page.click("#batch-csv")
         table = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
-        assert [t["file"] for t in table] == [p.name for p in picks] + ["notes.txt"]
+        assert [t["file"] for t in table] == [p.name for p in picks] + ["notes.txt", "apple.heic"]
         assert [t["predicted_class"] for t in table[:3]] == [e["predicted_class"] for e in expected]
         assert [float(t["confidence"]) for t in table[:3]] == pytest.approx([e["confidence"] for e in expected], abs=1e-4)
         assert table[3]["verdict"] == "" and table[3]["error"].startswith("not_an_image")

@@ -278,4 +278,20 @@ def test_guard_sees_every_route_and_knows_the_write_routes(tmp_path):
     paths = {getattr(r, "path", None) for r in routes}
     assert set(app.openapi()["paths"]) <= paths
     assert {r.path for r in routes if is_write_route(r)} == {"/upload-training-data", "/retrain",
-                                                              "/models/{version}/activate"}
+                                                              "/models/{version}/activate", "/review",
+                                                              "/review/{prediction_id}",
+                                                              "/review/{prediction_id}/image",
+                                                              "/models/{version}/shadow", "/auth/check"}
+
+
+def test_auth_check_and_the_bearer_scheme_in_openapi(server):
+    """GET /auth/check answers 204 for the admin token, 401/403 otherwise, and changes nothing;
+    the OpenAPI document declares the bearer scheme, so /docs can send the token."""
+    url, _ = server
+    assert httpx.get(url + "/auth/check", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 204
+    assert httpx.get(url + "/auth/check").status_code == 401
+    assert httpx.get(url + "/auth/check", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    spec = httpx.get(url + "/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/retrain"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in spec["paths"]["/predict"]["post"]

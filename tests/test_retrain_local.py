@@ -269,3 +269,17 @@ def test_evaluation_image_filed_behind_the_guard_never_trains(tmp_path, data):
         assert status["state"] == "succeeded", status
         assert status["result"]["left_out_in_evaluation_set"] == [f"rottenbanana/{path.name}"]
         assert status["result"]["images"]["rottenbanana"] == 4  # the seed photos only
+
+
+def test_a_failed_warm_up_is_reported_until_the_first_run(tmp_path) -> None:
+    """The first-start warm-up runs in the background; when it fails (e.g. a package missing), the
+    status says so with its error instead of showing nothing (the first retrain then does the work)."""
+    import json as _json
+    backend = make_backend(tmp_path / "store")
+    warm = tmp_path / "store" / "retrain" / "warmup.json"
+    warm.write_text(_json.dumps({"state": "failed", "stage": "generated not-fruit sets",
+                                 "error": "ModuleNotFoundError: No module named 'skimage'",
+                                 "started": "2026-11-30T00:00:00Z", "finished": "2026-11-30T00:00:01Z"}))
+    status = backend.trainer.status()
+    assert status.state == "idle" and status.warmup["state"] == "failed"
+    assert "skimage" in status.warmup["error"]

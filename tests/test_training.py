@@ -88,7 +88,12 @@ def test_sagemaker_layout_end_to_end(tmp_path: Path) -> None:
 
     # Retrain: nothing new to embed, one image added → exactly one new embedding, one new shard.
     model2 = tmp_path / "model2"
-    extra = sorted((FRUITS / "train" / LABELS[3]).glob("*.jpg"))[PER_CLASS]
+    # It came through the review queue: its origin tag, beside the filed image the run links to,
+    # reaches the manifest's training-data summary.
+    extra = tmp_path / "store" / "dataset" / LABELS[3] / "reviewed.jpg"
+    extra.parent.mkdir(parents=True)
+    extra.write_bytes(sorted((FRUITS / "train" / LABELS[3]).glob("*.jpg"))[PER_CLASS].read_bytes())
+    extra.with_suffix(".origin").write_text("review\n")
     (train / LABELS[3] / extra.name).symlink_to(extra)
     # ... warm-started from the first model (the base_model channel): no head-only stage this time.
     second = run_job({**env, "SM_MODEL_DIR": str(model2), "SM_OUTPUT_DATA_DIR": str(tmp_path / "o2"),
@@ -98,6 +103,8 @@ def test_sagemaker_layout_end_to_end(tmp_path: Path) -> None:
     assert out2["embedded_new"] == "1" and out2["cached"] == str(n_images)
     assert out2["warm_start"] == "1" and "stage=train_head" not in second.stdout
     assert bundle.verify(model2).training_data["warm_start_from"] == manifest.version
+    assert manifest.training_data["origins"] == {"untagged": 6 * PER_CLASS}
+    assert bundle.verify(model2).training_data["origins"] == {"review": 1, "untagged": 6 * PER_CLASS}
     assert len(list(cache.glob("emb-*.npz"))) == 2
     assert shards[0].exists()  # shards are append-only
 

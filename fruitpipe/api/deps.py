@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..backends.base import Backend
 from ..bundle import BundleError
+from ..capture import Capturer
+from ..rollback import RollbackGuard
+from ..shadow import Shadow
 from ..classifier import Backbone, Classifier
 from .errors import ApiError
 from .metrics import Metrics
@@ -41,6 +45,7 @@ class ModelHolder:
         self._next_check = 0.0
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        self.on_swap: Any = None  # called (old version or None, new version) after each swap
 
     @property
     def backbone(self) -> Backbone:
@@ -75,13 +80,20 @@ class ModelHolder:
                 self.last_error = f"cannot load model {version}: {exc}"
                 log.error(self.last_error)
                 return  # keep the old one; try again at the next check
+            old = self._current.version if self._current is not None else None
             self._current = clf  # the swap: one reference assignment
             self._signature = signature
             self.last_error = None
             self.metrics.set_model(clf.version)
             log.info("serving model %s", clf.version)
+            if self.on_swap is not None:
+                self.on_swap(old, clf.version)
         finally:
             self._lock.release()
+
+    def load_version(self, version: str) -> Classifier:
+        """``version`` from the registry on the shared backbone (the shadow's candidate)."""
+        return Classifier(self.registry.fetch(version), shared_backbone=self.backbone)
 
     def get(self) -> Classifier:
         if self._current is None or time.monotonic() >= self._next_check:
@@ -103,6 +115,9 @@ class AppState:
     holder: ModelHolder
     metrics: Metrics
     static_dir: Path
+    capture: Capturer
+    shadow: Shadow
+    rollback: RollbackGuard
 
 
 def state(request: Request) -> AppState:
@@ -131,7 +146,13 @@ def check_admin(authorization: str, settings: Settings) -> None:
         raise ApiError(403, "forbidden", "the admin token is not valid")
 
 
-def require_admin(request: Request) -> None:
+# Declares the bearer scheme in the OpenAPI document (so /docs has an "Authorize" button); the
+# check itself is check_admin, which gives our own error codes.
+BEARER = HTTPBearer(auto_error=False, description="the admin token (see docs/api.md, Auth)")
+
+
+def require_admin(request: Request,
+                  _credentials: HTTPAuthorizationCredentials | None = Security(BEARER)) -> None:
     """The write routes' dependency. :class:`~fruitpipe.api.middleware.RequestGuard` finds the routes
     that declare it and runs :func:`check_admin` before their body is read; this repeats the check
     where the app runs without the guard."""

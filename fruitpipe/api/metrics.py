@@ -44,6 +44,13 @@ class Metrics:
                                    ["state"], registry=r)
         self.retrain_finished = Gauge("fruitpipe_retrain_last_finished_timestamp_seconds",
                                       "When the latest retrain run finished (Unix time; 0 if never)", registry=r)
+        self.reviews = Counter("fruitpipe_reviews_total", "Captured predictions an admin labelled, by label and "
+                               "whether the live answer was right", ["label", "correct"], registry=r)
+        self.review_accuracy = Gauge("fruitpipe_review_accuracy", "Accuracy of the live model on captures reviewed "
+                                     "in the accuracy window, by reviewed class (all: every class)", ["class"],
+                                     registry=r)
+        self.review_count = Gauge("fruitpipe_review_count", "Captures of the live model reviewed in the accuracy "
+                                  "window, by reviewed class (all: every class)", ["class"], registry=r)
         self.uptime = Gauge("fruitpipe_uptime_seconds", "Seconds since the app started", registry=r)
         self.uptime.set_function(lambda: time.time() - self.started)
         self._lock = threading.Lock()
@@ -52,6 +59,7 @@ class Metrics:
         self._by_verdict: PyCounter[str] = PyCounter()
         self._count = 0
         self._version: str | None = None
+        self.observer: Any = None  # e.g. fruitpipe.rollback.RollbackGuard: sees each /predict outcome and verdict
 
     def set_model(self, version: str) -> None:
         with self._lock:
@@ -71,6 +79,8 @@ class Metrics:
         """
         answered = answered_class(predicted_class, verdict)
         self.predictions.labels(predicted_class=answered, verdict=verdict).inc()
+        if self.observer is not None:
+            self.observer.note_verdict(verdict)
         with self._lock:
             self._count += 1
             if answered in LABELS:
@@ -89,6 +99,20 @@ class Metrics:
             except ValueError:
                 stamp = 0.0
         self.retrain_finished.set(stamp)
+
+    def record_review(self, answered: str, label: str) -> None:
+        """Count one review: the reviewer's ``label`` and whether the user's answer matched it."""
+        self.reviews.labels(label=label, correct=str(answered == label).lower()).inc()
+
+    def set_review_accuracy(self, summary: dict[str, Any]) -> None:
+        """Mirror :func:`fruitpipe.capture.review_accuracy`'s ``all`` figures into the two review
+        gauges (accuracy NaN where nothing was reviewed: no data, not 0%)."""
+        group = summary["all"]
+        rows = [("all", group)] + list(group["per_class"].items())
+        for name, row in rows:
+            self.review_count.labels(**{"class": name}).set(row["n"])
+            acc = row["accuracy"]
+            self.review_accuracy.labels(**{"class": name}).set(float("nan") if acc is None else acc)
 
     def record_predict_latency(self, seconds: float) -> None:
         with self._lock:

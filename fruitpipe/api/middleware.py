@@ -188,17 +188,20 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        done: float | None = None  # when the last body byte went out: background tasks come after
 
         async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, done
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                done = time.perf_counter()
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - start
+            elapsed = (done or time.perf_counter()) - start
             route = scope.get("route")
             path = getattr(route, "path", None) or ("/static" if scope.get("path", "").startswith("/static/")
                                                     else "unmatched")
@@ -207,3 +210,5 @@ class MetricsMiddleware:
             self.metrics.latency.labels(**labels).observe(elapsed)
             if path == "/predict" and status == 200:
                 self.metrics.record_predict_latency(elapsed)
+            if path == "/predict" and self.metrics.observer is not None:
+                self.metrics.observer.observe(status, elapsed * 1000)

@@ -24,6 +24,7 @@ class Explanation(BaseModel):
 
 
 class PredictionResponse(BaseModel):
+    prediction_id: str = Field(description="this answer's id, for POST /feedback (time-sortable, unguessable)")
     predicted_class: str
     confidence: float
     probabilities: dict[str, float]
@@ -81,6 +82,16 @@ class ModelVersionResponse(BaseModel):
 class ModelsResponse(BaseModel):
     live: Optional[str]
     versions: list[ModelVersionResponse]
+    shadow: Optional[dict[str, Any]] = Field(None, description="the latest shadow evaluation: version, status "
+                                             "(running/promoted/held), reason, result, bounds")
+    rollbacks: list[dict[str, Any]] = Field(default_factory=list, description="automatic rollbacks by this "
+                                            "server: at, from, to, reason, requests, bars (newest last)")
+
+
+class ShadowRequest(BaseModel):
+    requests: int = Field(200, ge=1, le=1_000_000, description="shadowed requests before the decision")
+    seconds: float = Field(3600, gt=0, le=30 * 86400, description="time limit")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="share of /predict requests shadowed")
 
 
 class ActivateResponse(BaseModel):
@@ -122,7 +133,7 @@ class RetrainStatusResponse(BaseModel):
     finished: Optional[str] = None
     log_tail: list[str] = Field(default_factory=list)
     result: dict[str, Any] = Field(default_factory=dict)
-    warmup: Optional[dict[str, Any]] = Field(None, description="local: the first-start warm-up, while it runs")
+    warmup: Optional[dict[str, Any]] = Field(None, description="local: the first-start warm-up while it runs, or its error if it failed (until the first retrain)")
 
 
 class DatasetResponse(BaseModel):
@@ -142,3 +153,56 @@ class StatsResponse(BaseModel):
     latency_ms: dict[str, Optional[float]] = Field(description="p50 / p95 / mean over recent /predict calls")
     latency_samples: int
     recent_latencies_ms: list[float] = Field(description="the last 120 /predict latencies, oldest first")
+
+
+Answer = Literal["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges",
+                 "not_fruit"]
+
+
+class FeedbackRequest(BaseModel):
+    prediction_id: str = Field(max_length=64, description="the prediction_id of a /predict answer")
+    correct: Answer = Field(description="the right answer: one of the six classes, or not_fruit")
+
+
+class FeedbackResponse(BaseModel):
+    prediction_id: str
+    correct: str
+    kept: bool = Field(description="the prediction and its image are kept for review")
+
+
+class CaptureItem(BaseModel):
+    prediction_id: str
+    captured: str
+    model_version: str
+    predicted_class: str
+    verdict: Verdict
+    answered: str = Field(description="what the user was told: the class, or not_fruit")
+    confidence: float
+    margin: float = Field(description="top-1 minus top-2 probability")
+    probabilities: dict[str, float]
+    reasons: list[str] = Field(description="why it was kept: sample, uncertain, feedback")
+    feedback: Optional[dict[str, Any]] = None
+    review: Optional[dict[str, Any]] = None
+    image_url: str
+
+
+class ReviewQueueResponse(BaseModel):
+    enabled: bool
+    count: int
+    items: list[CaptureItem]
+
+
+class ReviewRequest(BaseModel):
+    label: Answer = Field(description="the reviewer's answer: a class files the image into the dataset")
+
+
+class ReviewResponse(BaseModel):
+    item: CaptureItem
+    dataset: Optional[UploadItem] = Field(None, description="the dataset filing (None for not_fruit)")
+
+
+class AccuracyResponse(BaseModel):
+    model_version: Optional[str]
+    since: str
+    all: dict[str, Any] = Field(description="n, correct, accuracy and per_class over every reviewed capture")
+    sampled: dict[str, Any] = Field(description="the same over the random sample only (unbiased, fewer)")

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from .. import imaging
+from ..capture import CapturePolicy
+from ..rollback import RollbackBars
+from ..shadow import Bounds
 
 TOKEN_ENV = "FRUITPIPE_ADMIN_TOKEN"
 TOKEN_FILE = "admin-token"
@@ -53,6 +56,16 @@ class Settings:
     max_request_bytes: int | None = None
     # where bigger files go instead (named in the 413 the transport cap causes), e.g. /upload-url
     large_upload_route: str | None = None
+    # which predictions are kept for review, and for how long (FRUITPIPE_CAPTURE* variables)
+    capture: CapturePolicy = field(default_factory=CapturePolicy.from_env)
+    # POST /feedback: per client address, at most this many per minute (burst: the same number)
+    feedback_per_minute: int = 20
+    # label-based accuracy (GET /review/accuracy, metrics): reviews of the last this many days
+    accuracy_window_days: float = 7.0
+    # what a shadowed candidate must show before it is promoted (fruitpipe.shadow)
+    shadow_bounds: Bounds = field(default_factory=Bounds)
+    # when the model that became live last is rolled back automatically (fruitpipe.rollback)
+    rollback_bars: RollbackBars = field(default_factory=RollbackBars)
 
     def files_per_request(self, route: str) -> int | None:
         """How many image files the route (a path template such as ``/predict``) takes at most;

@@ -240,7 +240,7 @@ class S3DataStore(_S3Bound, DataStore):
             return self.counter.record(filed.sha256, filed.key)
         return stored
 
-    def add(self, label: str, data: bytes, filename: str) -> UploadResult:
+    def add(self, label: str, data: bytes, filename: str, *, origin: str = "upload") -> UploadResult:
         shown = safe_name(filename)
         try:
             filed = dataset.prepare(label, data)
@@ -248,7 +248,7 @@ class S3DataStore(_S3Bound, DataStore):
             return UploadResult(shown, "rejected", label=None, error=exc.code, detail=str(exc))
         except imaging.InvalidImage as exc:
             return UploadResult(shown, "rejected", label=label, error=exc.code, detail=exc.detail)
-        added = self._file(filed, "api")
+        added = self._file(filed, "api" if origin == "upload" else origin)  # the object's "source" metadata
         return UploadResult(shown, "added" if added else "duplicate", label=label, sha256=filed.sha256,
                             key=filed.key)
 
@@ -630,12 +630,16 @@ class SecretsManagerToken:
 
 def create_aws_backend(config: AwsConfig | None = None, *, seed_bundle: Path | None = None) -> Backend:
     config = config or AwsConfig.from_env()
+    from .aws_capture import S3CaptureStore
+    from .shadow_pointers import S3ShadowPointer
     counter = NewImageCounter(config.state_table)
     return Backend(
         name="aws",
         store=S3DataStore(config.data_bucket, counter),
         registry=S3ModelRegistry(config.models_bucket, config.model_cache, seed_bundle=seed_bundle),
         trainer=_trainer(config.state_machine_arn),
+        capture=S3CaptureStore(config.data_bucket),
+        shadow=S3ShadowPointer(config.models_bucket),
     )
 
 

@@ -71,7 +71,7 @@ class RetrainStatus:
     finished: str | None = None
     log_tail: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
-    warmup: dict[str, Any] | None = None  # local: the background warm-up at first start, while it runs
+    warmup: dict[str, Any] | None = None  # local: the first-start warm-up while it runs, or its failure until the first run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,8 +79,13 @@ class RetrainStatus:
 
 class DataStore(ABC):
     @abstractmethod
-    def add(self, label: str, data: bytes, filename: str) -> UploadResult:
-        """Validate and file one image; never raises for bad input (status ``rejected``)."""
+    def add(self, label: str, data: bytes, filename: str, *, origin: str = "upload") -> UploadResult:
+        """Validate and file one image; never raises for bad input (status ``rejected``).
+
+        ``origin`` says how it came (``upload``, ``drop-folder``, ``review``: an admin accepted a
+        captured prediction's label); a newly filed image keeps it, and a retrain counts its
+        training images by origin (``training_data.origins`` in the manifest).
+        """
 
     @abstractmethod
     def counts(self) -> dict[str, int]:
@@ -119,9 +124,56 @@ class Trainer(ABC):
         return {}
 
 
+class CaptureStore(ABC):
+    """Where captured predictions are kept (:mod:`fruitpipe.capture` decides what and how long).
+
+    A capture is an image (JPEG bytes) and a JSON-able record, both under the prediction id,
+    which is time-sortable: ids that sort lower are older.
+    """
+
+    @abstractmethod
+    def put(self, prediction_id: str, record: dict[str, Any], image: bytes) -> None:
+        """Keep the image, then the record (a record is never visible without its image)."""
+
+    @abstractmethod
+    def update(self, prediction_id: str, record: dict[str, Any]) -> None:
+        """Replace the record of a kept capture (feedback, review). Raises :class:`NotFound`."""
+
+    @abstractmethod
+    def get(self, prediction_id: str) -> dict[str, Any]:
+        """The record. Raises :class:`NotFound`."""
+
+    @abstractmethod
+    def image(self, prediction_id: str) -> bytes:
+        """The image bytes. Raises :class:`NotFound`."""
+
+    @abstractmethod
+    def records(self) -> list[dict[str, Any]]:
+        """Every kept record, oldest first."""
+
+    @abstractmethod
+    def prune(self, older_than: str, max_items: int) -> int:
+        """Delete (for good) every capture whose id sorts below ``older_than`` and the oldest
+        beyond ``max_items``; returns how many were deleted."""
+
+
+class ShadowPointer(ABC):
+    """Where the shadow evaluation's state lives, next to the live pointer (:mod:`fruitpipe.shadow`)."""
+
+    @abstractmethod
+    def read(self) -> dict[str, Any] | None:
+        """The state, or None when no shadow was ever started."""
+
+    @abstractmethod
+    def write(self, state: dict[str, Any]) -> None:
+        """Replace the state in one step (readers see the old or the new one, never a mix)."""
+
+
 @dataclass
 class Backend:
     name: str
     store: DataStore
     registry: ModelRegistry
     trainer: Trainer
+    capture: CaptureStore | None = None  # None: this backend keeps no predictions
+    shadow: ShadowPointer | None = None  # None: no shadow evaluation

@@ -15,6 +15,8 @@ Layout of the store (default ``./var``)::
     retrain/warmup.json                 the background warm-up at first start (cache, indexes)
     recipe/                             generated not-fruit sets, upload-guard indexes
     evaluations/<version>.json          each version's metrics on the frozen evaluation set
+    capture/<prediction id>.jpg|.json   captured predictions (fruitpipe.capture; bounded, opt-out)
+    models/shadow.json                  the shadow evaluation's state (fruitpipe.shadow)
     admin-token                         the generated admin token (mode 0600)
 
 The embedding cache is shared by every store of the machine (``<fruitpipe cache>/embeddings``,
@@ -165,7 +167,7 @@ class LocalDataStore(DataStore):
             remove_stale_temps(self.dataset_dir / label)
         self.guard = guard  # refuses evaluation-set images, flags seed images (fruitpipe.evalset)
 
-    def add(self, label: str, data: bytes, filename: str) -> UploadResult:
+    def add(self, label: str, data: bytes, filename: str, *, origin: str = "upload") -> UploadResult:
         shown = _display_name(filename)
         try:
             filed = dataset.prepare(label, data)
@@ -181,6 +183,8 @@ class LocalDataStore(DataStore):
                 return UploadResult(shown, "rejected", label=label, sha256=filed.sha256, error=code, detail=detail)
             result.status, result.detail, result.key = "duplicate", detail, None  # not filed: already seed data
             return result
+        if origin != "upload" and not path.exists():  # before the image: never filed without it
+            create_once(self.root / dataset.origin_key(filed.key), (origin + "\n").encode())
         if path.exists() or not create_once(path, filed.data):
             result.status = "duplicate"
         return result
@@ -379,6 +383,9 @@ class TrainerConfig:
     # (None: the cached-embedding evaluation in local_run).
     evaluate: str | None = None
     gate_tolerance: float = 0.0
+    # shadowed /predict requests a candidate the gate passed must go through before it goes live
+    # (fruitpipe.shadow); 0: the gate's yes activates it at once. $FRUITPIPE_SHADOW_REQUESTS.
+    shadow_requests: int = field(default_factory=lambda: int(os.environ.get("FRUITPIPE_SHADOW_REQUESTS") or 0))
     nice: int = 10  # the run and the training job yield the CPU to the server's predictions
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -505,6 +512,9 @@ class LocalTrainer(Trainer):
         if isinstance(warm, dict) and warm.get("state") == "running" and status.state != "running":
             if pid_alive(warm.get("pid"), warm.get("pid_start")) or warm.get("pid") is None:
                 status.warmup = {k: warm.get(k) for k in ("state", "stage", "percent", "started")}
+        elif isinstance(warm, dict) and warm.get("state") == "failed" and status.state == "idle":
+            # said until the first run: that run then does the preparation itself (slower)
+            status.warmup = {k: warm.get(k) for k in ("state", "stage", "started", "finished", "error")}
         return status
 
     def trained_on(self) -> dict[str, dict[str, Any]]:
@@ -551,7 +561,7 @@ class LocalTrainer(Trainer):
                     config = {"train_command": list(self.config.train_command), "recipe": self.recipe.to_dict(),
                               "cache_dir": str(self.cache_dir), "evaluate": self.config.evaluate,
                               "gate_tolerance": self.config.gate_tolerance, "nice": self.config.nice,
-                              "force": bool(force)}
+                              "force": bool(force), "shadow_requests": self.config.shadow_requests}
                     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
                     status = {"state": "running", "run_id": run_id, "trigger": trigger, "stage": "starting",
                               "percent": 0.0, "eta_seconds": None, "started": bundle.now_iso(), "finished": None,
@@ -652,6 +662,8 @@ def create_local_backend(store: Path | str = "var", *, seed_bundle: Path | None 
     root = Path(store).resolve()
     root.mkdir(parents=True, exist_ok=True)
     registry = LocalRegistry(root, seed_bundle if seed_bundle is not None else default_model_dir())
+    from .local_capture import LocalCaptureStore
+    from .shadow_pointers import LocalShadowPointer
     trainer = LocalTrainer(root, registry, trainer_config)
     return Backend(name="local", store=LocalDataStore(root, guard=trainer.guard), registry=registry,
-                   trainer=trainer)
+                   trainer=trainer, capture=LocalCaptureStore(root), shadow=LocalShadowPointer(root))

@@ -30,6 +30,7 @@ import time
 import traceback
 from collections import deque
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -228,7 +229,7 @@ class Run:
             self.recipe.prepare()
         except ImportError as exc:
             raise RunFailed(f"the recipe's generated not-fruit images need an optional package ({exc.name}): "
-                            "pip install scikit-image matplotlib (both in fruitpipe[dev])") from None
+                            "pip install scikit-image matplotlib (both in fruitpipe[train], which `make run` installs)") from None
         data = self.dir / "data"
         uploads = self.store / "dataset"
         guard = UploadGuard(self.recipe.evaluation, (), self.store / "recipe")
@@ -398,7 +399,16 @@ class Run:
             if decision.promote:
                 self.stage("publish")
                 self.registry.add(candidate, version, evaluation=evaluation_record)
-                self.registry.activate(version)
+                if self.config.get("shadow_requests"):  # live only after its shadow (fruitpipe.shadow)
+                    from ..shadow import plan
+                    from .shadow_pointers import LocalShadowPointer
+                    LocalShadowPointer(self.store).write(plan(version, live_version, datetime.now(timezone.utc),
+                                                              int(self.config["shadow_requests"])))
+                    result["shadow"] = True
+                    self.log(f"shadow: {version} runs beside {live_version} for "
+                             f"{self.config['shadow_requests']} requests before it may go live")
+                else:
+                    self.registry.activate(version)
                 state = "succeeded"
             else:
                 self.registry.add(candidate, version, rejected_reason=decision.reason, evaluation=evaluation_record)

@@ -1,4 +1,4 @@
-"""``fruitpipe upload --class C DIR [--api URL | --bucket B]``: add training images.
+"""``fruitpipe upload --class C PATH... [--api URL | --bucket B]``: add training images (files or folders).
 
 With ``--api`` (default ``$FRUITPIPE_API`` or http://127.0.0.1:8000) the files go to any fruitpipe
 server, local or AWS, through ``POST /upload-training-data`` (admin token), and each file's result
@@ -28,8 +28,9 @@ BATCH = 20  # upload forms asked for at a time: each expires minutes after it is
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", type=Path, help="folder of images (searched recursively)")
-    p.add_argument("--class", dest="label", required=True, help="class of every image in the folder")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                   help="image files and/or folders of images (searched recursively)")
+    p.add_argument("--class", dest="label", required=True, help="class of every image given")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--bucket", help="data bucket name (uses your AWS credentials)")
     add_api_args(where, p)
@@ -38,13 +39,23 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UsageError(f"no .jpg/.jpeg/.png/.webp files in {folder}")
-    return files
+def _images(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """The images to send, each with the folder it was found under (its own parent for a file
+    named directly): a file is taken as given (the server judges its content), a folder is
+    searched recursively for .jpg/.jpeg/.png/.webp. Raises UsageError for a path that does not
+    exist or a folder without images."""
+    found: list[tuple[Path, Path]] = []
+    for path in paths:
+        if path.is_file():
+            found.append((path, path.parent))
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise UsageError(f"no .jpg/.jpeg/.png/.webp files in {path}")
+            found += [(f, path) for f in files]
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    return found
 
 
 def _progress(total: int, quiet: bool):  # type: ignore[no-untyped-def]
@@ -84,14 +95,16 @@ def _post_form(slot: dict, data: bytes, name: str) -> None:
 
 @command("upload", _args)
 def _upload(args: argparse.Namespace) -> int:
-    """Upload a folder of images of one class to the S3 drop folder."""
+    """Upload image files and/or folders of images of one class (API, or the S3 drop folder)."""
     from .. import imaging
     from ..dataset import check_label, UnknownClass
     try:
         check_label(args.label)
     except UnknownClass as exc:
         raise UsageError(str(exc)) from None
-    files = _images(args.folder)
+    found = _images(args.paths)
+    root = dict(found)
+    files = [f for f, _ in found]
     too_big = [f for f in files if f.stat().st_size > imaging.MAX_BYTES]
     for f in too_big:
         print(f"skipped: {f}: larger than {imaging.MAX_BYTES} bytes", file=sys.stderr)
@@ -104,7 +117,7 @@ def _upload(args: argparse.Namespace) -> int:
             from ..backends.aws import safe_name
             s3 = boto3.client("s3")
             for f in files:
-                rel = "_".join(f.relative_to(args.folder).parts[:-1] + (safe_name(f.name),))
+                rel = "_".join(f.relative_to(root[f]).parts[:-1] + (safe_name(f.name),))
                 s3.upload_file(str(f), args.bucket, f"incoming/{args.label}/{rel}")
                 sent += 1
                 bar.update(1)
@@ -120,9 +133,11 @@ def _upload(args: argparse.Namespace) -> int:
             bar.close()
             for r in results:
                 print(json.dumps(r))
-            counts = {k: sum(r["status"] == k for r in results) for k in ("added", "duplicate", "rejected")}
-            print(json.dumps({**counts, "skipped": len(too_big), "class": args.label}))
-            return 0 if counts["added"] + counts["duplicate"] else 2
+            # the keys of the API's own upload answer (UploadResponse): class_name, added, duplicates, rejected
+            counts = {key: sum(r["status"] == status for r in results)
+                      for key, status in (("added", "added"), ("duplicates", "duplicate"), ("rejected", "rejected"))}
+            print(json.dumps({"class_name": args.label, **counts, "skipped": len(too_big)}))
+            return 0 if counts["added"] + counts["duplicates"] else 2
         else:
             token = api_token(args)
             base = api_base(args)
@@ -136,7 +151,7 @@ def _upload(args: argparse.Namespace) -> int:
                     bar.update(1)
     finally:
         bar.close()
-    print(json.dumps({"uploaded": sent, "skipped": len(too_big), "class": args.label,
+    print(json.dumps({"class_name": args.label, "uploaded": sent, "skipped": len(too_big),
                       "note": "the ingest function files them into dataset/ (duplicates once, bad files "
                               "to quarantine/ with a reason)"}))
     return 2 if too_big and not sent else 0

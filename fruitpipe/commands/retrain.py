@@ -15,9 +15,17 @@ import os
 import sys
 import time
 
+from datetime import datetime
+from typing import Any
+
 from ..cli import UsageError, command
 from ..client import ClientError
 from .http import add_api_args, api_client
+
+# The exit code for a run's end state (documented in README.md, "Retrain from a terminal"):
+# 0 promoted (or still running / nothing run), 3 rejected by the gate, 1 failed.
+EXIT_REJECTED = 3
+EXIT_FAILED = 1
 
 
 def _need(value: str | None, option: str, env: str) -> str:
@@ -35,6 +43,62 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status", action="store_true", help="only show the latest run's status")
     p.add_argument("--wait", action="store_true", help="follow the run until it ends")
     p.add_argument("--force", action="store_true", help="retrain even with no new images since the live model")
+    p.add_argument("--json", action="store_true", help="print the full status as JSON instead of a summary")
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+def _figures(m: dict[str, Any] | None) -> str:
+    """One evaluation's headline figures (fractions in [0, 1] shown as percentages)."""
+    if not m:
+        return "–"
+    n = f" on {m['n']} images" if m.get("n") else ""
+    return (f"accuracy {_pct(m.get('accuracy'))}, macro-F1 {_pct(m.get('macro_f1'))}, "
+            f"not-fruit rejected {_pct(m.get('ood_rejected_rate'))}{n}")
+
+
+def _duration(started: str | None, finished: str | None) -> str | None:
+    try:
+        seconds = (datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
+                   - datetime.fromisoformat(str(started).replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return None
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def summary(status: dict[str, Any]) -> str:
+    """A few lines for a person: the state, the candidate version, the gate's reason, candidate vs
+    live figures on the frozen evaluation set and the time taken. ``status`` is
+    ``GET /retraining-status``'s answer (local: ``result`` holds the gate's figures; AWS: they are
+    under ``result.evaluation``)."""
+    state, r = status.get("state", "idle"), status.get("result") or {}
+    ev = r.get("evaluation") if isinstance(r.get("evaluation"), dict) else r
+    version = r.get("version") or ev.get("candidate_version")
+    head = {"succeeded": f"retrain promoted: {version} is live",
+            "rejected": f"retrain rejected by the gate: {version} kept aside, {ev.get('live_version')} stays live",
+            "failed": "retrain failed: the live model is unchanged",
+            "running": f"retrain running: {status.get('percent', 0):.0f}% {status.get('stage') or ''}".rstrip(),
+            }.get(state, f"retrain {state}")
+    lines = [head]
+    if state == "failed":
+        lines.append(f"  error:     {r.get('failure_reason') or r.get('error') or 'see the log'}")
+    if ev.get("reason"):
+        lines.append(f"  reason:    {ev['reason']}")
+    if ev.get("candidate") or ev.get("live"):
+        lines.append(f"  candidate: {_figures(ev.get('candidate'))}")
+        lines.append(f"  live:      {_figures(ev.get('live'))}" + (f" ({ev['live_version']})" if ev.get("live_version") else ""))
+    took = _duration(status.get("started"), status.get("finished")) if status.get("finished") else None
+    if took:
+        lines.append(f"  time:      {took} (finished {status['finished']})")
+    return "\n".join(lines)
+
+
+def _report(status: dict[str, Any], as_json: bool) -> int:
+    """Print the status (summary, or JSON with ``--json``); the exit code for its state."""
+    print(json.dumps(status, indent=2, default=str) if as_json else summary(status))
+    return {"rejected": EXIT_REJECTED, "failed": EXIT_FAILED}.get(status.get("state", ""), 0)
 
 
 def _progress_line(status: dict) -> str:
@@ -45,7 +109,8 @@ def _progress_line(status: dict) -> str:
 
 @command("retrain", _retrain_args)
 def _retrain(args: argparse.Namespace) -> int:
-    """Start a retrain (one at a time) and optionally follow it, or show the latest run's status."""
+    """Start a retrain (one at a time) and optionally follow it, or show the latest run's status.
+    Prints a summary (``--json``: the full status); exits 0 promoted, 3 rejected, 1 failed."""
     if args.aws:
         return _retrain_aws(args)
     client = api_client(args, token_required=not args.status)
@@ -65,8 +130,7 @@ def _retrain(args: argparse.Namespace) -> int:
             status = client.status()
     except ClientError as exc:
         raise UsageError(str(exc)) from None
-    print(json.dumps(status, indent=2, default=str))
-    return 0 if status["state"] != "failed" else 1
+    return _report(status, args.json)
 
 
 def _retrain_aws(args: argparse.Namespace) -> int:
@@ -88,8 +152,7 @@ def _retrain_aws(args: argparse.Namespace) -> int:
         print(_progress_line(status.as_dict()), file=sys.stderr, flush=True)
         time.sleep(15)
         status = trainer.status()
-    print(json.dumps(status.as_dict(), indent=2, default=str))
-    return 0 if status.state != "failed" else 1
+    return _report(status.as_dict(), args.json)
 
 
 def _models_args(p: argparse.ArgumentParser) -> None:
@@ -98,11 +161,35 @@ def _models_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--aws", action="store_true", help="the deployed S3 model registry, directly")
     p.add_argument("--bucket", help="with --aws: models bucket (default: $FRUITPIPE_MODELS_BUCKET)")
     p.add_argument("--activate", metavar="VERSION", help="move the live pointer to VERSION (rollback)")
+    p.add_argument("--json", action="store_true", help="one JSON object per version instead of a table")
+
+
+def versions_table(versions: list[dict[str, Any]]) -> str:
+    """The versions as a text table: version, created, status, accuracy, macro-F1, not-fruit
+    rejection (on the frozen evaluation set where the version has a score on it, as the dashboard
+    shows; else the manifest's own figures) and, for a rejected one, the gate's reason."""
+    rows = [("version", "created", "status", "accuracy", "macro-F1", "rejection", "reason")]
+    for v in versions:
+        m = v.get("metrics") or {}
+        ev = m.get("frozen") if isinstance(m.get("frozen"), dict) else m
+        rows.append((v["version"], str(v.get("created", "")).replace("T", " ").replace("Z", "")[:19],
+                     v.get("status", ""), _pct(ev.get("accuracy", m.get("test_accuracy"))), _pct(ev.get("macro_f1")),
+                     _pct(ev.get("ood_rejected_rate")), (v.get("reason") or "") if v.get("status") == "rejected" else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[6]).rstrip() for r in rows)
+
+
+def _print_versions(versions: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        for v in versions:
+            print(json.dumps(v, default=str))
+    else:
+        print(versions_table(versions))
 
 
 @command("models", _models_args)
 def _models(args: argparse.Namespace) -> int:
-    """List model versions (one JSON object each), or activate one (rollback / roll forward)."""
+    """List model versions (a table; ``--json``: one JSON object each), or activate one (rollback)."""
     if args.aws:
         return _models_aws(args)
     client = api_client(args, token_required=bool(args.activate))
@@ -110,8 +197,7 @@ def _models(args: argparse.Namespace) -> int:
         if args.activate:
             print(f"live: {client.activate(args.activate)['live']}")
             return 0
-        for v in client.models()["versions"]:
-            print(json.dumps(v, default=str))
+        _print_versions(client.models()["versions"], args.json)
     except ClientError as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -133,6 +219,5 @@ def _models_aws(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(f"live: {registry.live_version()}")
         return 0
-    for v in registry.versions():
-        print(json.dumps(v.as_dict(), default=str))
+    _print_versions([v.as_dict() for v in registry.versions()], args.json)
     return 0

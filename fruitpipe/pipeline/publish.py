@@ -14,13 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .. import bundle
+from ..shadow import plan
 from . import s3util
 
 log = logging.getLogger("fruitpipe.pipeline")
+
+
+SHADOW_POINTER = "shadow.json"  # fruitpipe.backends.shadow_pointers.SHADOW_KEY
 
 
 class PublishError(RuntimeError):
@@ -86,8 +91,11 @@ def move_pointer(s3: Any, bucket: str, version: str, *, baseline: dict[str, Any]
 def publish(s3: Any, *, models_bucket: str, model_artifacts: str, expected_version: str | None = None,
             baseline: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
             reason: str = "", workdir: Path | None = None,
-            lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+            lineage: dict[str, Any] | None = None, shadow_requests: int = 0) -> dict[str, Any]:
     """Publish the verified candidate in ``model_artifacts`` and move ``live.json`` to it.
+
+    ``shadow_requests`` > 0: leave ``live.json`` alone and start a shadow evaluation of the
+    candidate instead (``shadow.json``, :mod:`fruitpipe.shadow`); the API promotes it or holds it.
 
     ``lineage`` (training job name, execution ARN, data snapshot key, base model) is recorded in
     the published ``manifest.json`` under ``lineage``; the files and their checksums are the job's.
@@ -116,6 +124,12 @@ def publish(s3: Any, *, models_bucket: str, model_artifacts: str, expected_versi
             s3.put_object(Bucket=models_bucket, Key=prefix + "manifest.json",
                           Body=published, ContentType="application/json")
         _check_remote(s3, models_bucket, prefix, manifest)
+        if shadow_requests > 0:
+            live = s3util.live_version(s3, models_bucket)
+            s3util.put_json(s3, models_bucket, SHADOW_POINTER,
+                            plan(version, live, datetime.now(timezone.utc), shadow_requests))
+            return {"version": version, "uploaded_files": uploaded, "already_published": existing is not None,
+                    "pointer_moved": False, "previous": live, "shadow": True}
         moved = move_pointer(s3, models_bucket, version, baseline=baseline, reason=reason)
         return {"version": version, "uploaded_files": uploaded, "already_published": existing is not None,
                 "pointer_moved": moved["moved"], "previous": moved["previous"]}

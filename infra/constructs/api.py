@@ -22,7 +22,7 @@ from constructs import Construct
 
 from ..nag import acknowledge, iam5_object_finding
 
-from .storage import Storage
+from .storage import CAPTURE_MAX_ITEMS, CAPTURE_RETENTION_DAYS, Storage
 
 MODEL_REFRESH_SECONDS = 60
 # HTTP API integrations time out at 30 s.
@@ -31,7 +31,8 @@ API_TIMEOUT = Duration.seconds(29)
 # throttling is per route, so anonymous traffic that uses up the public routes' budget (the
 # $default route) cannot lock the operators out of these.
 ADMIN_ROUTES = (("/upload-training-data", "POST"), ("/upload-url", "POST"), ("/retrain", "POST"),
-                ("/models/{version}/activate", "POST"))
+                ("/models/{version}/activate", "POST"), ("/models/{version}/shadow", "POST"),
+                ("/review/{prediction_id}", "POST"))
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Api(Construct):
                 # The backbone travels inside the code asset (the build copies it there).
                 "FRUITPIPE_BACKBONE": "/var/task/backbone",
                 "FRUITPIPE_THREADS": "1",
+                "FRUITPIPE_CAPTURE_RETENTION_DAYS": str(CAPTURE_RETENTION_DAYS),
+                "FRUITPIPE_CAPTURE_MAX_ITEMS": str(CAPTURE_MAX_ITEMS),
                 "POWERTOOLS_SERVICE_NAME": "fruitpipe-api",
                 "POWERTOOLS_METRICS_NAMESPACE": "Fruitpipe",
             },
@@ -152,14 +155,15 @@ class Api(Construct):
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadModels", actions=["s3:GetObject"],
             resources=[models.arn_for_objects("versions/*"), models.arn_for_objects("rejected/*"),
-                       models.arn_for_objects("live.json")]))
+                       models.arn_for_objects("live.json"), models.arn_for_objects("shadow.json")]))
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="MoveLivePointer", actions=["s3:PutObject"], resources=[models.arn_for_objects("live.json")]))
+            sid="MoveLivePointer", actions=["s3:PutObject"],
+            resources=[models.arn_for_objects("live.json"), models.arn_for_objects("shadow.json")]))
         # ListBucket only under the prefixes the app reads; S3 also checks it (with the key as
         # s3:prefix) to answer a HEAD of a missing key 404 rather than 403.
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ListModels", actions=["s3:ListBucket"], resources=[models.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": ["versions/*", "rejected/*", "live.json"]}}))
+            conditions={"StringLike": {"s3:prefix": ["versions/*", "rejected/*", "live.json", "shadow.json"]}}))
         # HEAD on dataset/ (de-duplication) needs GetObject. Writes there must be conditional
         # (If-None-Match: the data bucket's policy denies the others), so a filed image is never
         # overwritten. PutObject on incoming/ is what presigned upload forms carry.
@@ -171,13 +175,21 @@ class Api(Construct):
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ListDataset", actions=["s3:ListBucket"], resources=[data.bucket_arn],
             conditions={"StringLike": {"s3:prefix": ["dataset/*"]}}))
+        # Captured predictions: kept, read, and pruned for good (every version) by the app itself.
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="CapturePredictions",
+            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+            resources=[data.arn_for_objects("capture/*")]))
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="ListCapture", actions=["s3:ListBucket", "s3:ListBucketVersions"], resources=[data.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": ["capture/*"]}}))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="CountNewImages", actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
             resources=[self.storage.state_table.table_arn]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadAdminToken", actions=["secretsmanager:GetSecretValue"],
             resources=[self.admin_token.secret_arn]))
-        for resource in ("versions/*", "rejected/*", "dataset/*", "incoming/*"):
+        for resource in ("versions/*", "rejected/*", "dataset/*", "incoming/*", "capture/*"):
             bucket = models if resource in ("versions/*", "rejected/*") else data
             acknowledge(self.role, iam5_object_finding(bucket, resource),
                         f"Objects under one prefix ({resource}) of one bucket: keys are not known in advance.")

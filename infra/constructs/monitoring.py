@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "driftNotFruitRise": 0.15,  # not-fruit rate this much above the baseline
     "driftWindowHours": 6,
     "driftMinPredictions": 200,  # fewer predictions in the window: no verdict (not enough signal)
+    "labelAccuracyMin": 0.80,  # live answers right on reviewed captures (which over-sample hard cases)
+    "labelWindowDays": 7,
+    "labelMinReviews": 30,  # fewer reviews in the window: no verdict
+    "rollbackWindowMinutes": 120,  # an alarm this soon after a promotion rolls it back automatically
 }
 
 
@@ -101,12 +105,35 @@ class Monitoring(Construct):
         drift("DriftNotFruitRise", "NotFruitExcess", "not-fruit rate - baseline",
               float(cfg["driftNotFruitRise"]), cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
               "The not-fruit rate rose above the value measured when the live model was published")
+        # Label-based: the share of reviewed captures the live model answered right (fruitpipe.capture);
+        # silent below the minimum count. CloudWatch periods over a day must be whole days.
+        label_window = Duration.days(int(cfg["labelWindowDays"]))
+        label_acc = cw.MathExpression(
+            expression=f"IF(n >= {int(cfg['labelMinReviews'])}, acc, 1)", period=label_window,
+            label="accuracy on reviewed captures",
+            using_metrics={"acc": app("ReviewCorrect", "Average", label_window),
+                           "n": app("ReviewCorrect", "SampleCount", label_window)})
+        self.alarms["DriftLabelAccuracy"] = label_acc.create_alarm(
+            self, "DriftLabelAccuracy", threshold=float(cfg["labelAccuracyMin"]), evaluation_periods=1,
+            alarm_description="The live model's accuracy on captures an admin reviewed fell below the bar",
+            comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
         self.drift_alarm = cw.CompositeAlarm(
             self, "Drift", alarm_description="Production drift: retrain started automatically",
-            alarm_rule=cw.AlarmRule.any_of(self.alarms["DriftConfidenceDrop"], self.alarms["DriftNotFruitRise"]))
-        for alarm in [*self.alarms.values(), self.drift_alarm]:
+            alarm_rule=cw.AlarmRule.any_of(self.alarms["DriftConfidenceDrop"], self.alarms["DriftNotFruitRise"],
+                                           self.alarms["DriftLabelAccuracy"]))
+        # Any of these soon after a promotion means the new model is at fault: roll it back (the
+        # rollback Lambda checks how long ago the live version went live; fruitpipe.pipeline.rollback).
+        self.post_promotion_alarm = cw.CompositeAlarm(
+            self, "PostPromotion", alarm_description="A bar crossed; within the window after a promotion the "
+            "previous model is re-activated automatically",
+            alarm_rule=cw.AlarmRule.any_of(self.alarms["Api5xxRate"], self.alarms["ApiP95Latency"],
+                                           self.alarms["DriftNotFruitRise"], self.alarms["DriftLabelAccuracy"]))
+        for alarm in [*self.alarms.values(), self.drift_alarm, self.post_promotion_alarm]:
             alarm.add_alarm_action(action)
         self.drift_rule = pipeline.retrain_on_alarm("DriftRetrainRule", self.drift_alarm)
+        self.rollback_rule = pipeline.rollback_on_alarm("RollbackRule", self.post_promotion_alarm,
+                                                        int(cfg["rollbackWindowMinutes"]) * 60)
 
         # --- dashboard -------------------------------------------------------------------------------
         d = cw.Dashboard(self, "Dashboard", dashboard_name=f"{pipeline.state_machine_name.removesuffix('-retrain')}")
@@ -134,6 +161,10 @@ class Monitoring(Construct):
             graph("Confidence and drift signals",
                   [app("Confidence", "Average"), app("ConfidenceDelta", "Average"), app("NotFruitExcess", "Average")]),
         )
+        d.add_widgets(graph("Accuracy on reviewed captures (label-based)",
+                            [app("ReviewCorrect", "Average", Duration.days(1))] +
+                            [app("ReviewCorrect", "Average", Duration.days(1), **{"class": c}) for c in (*LABELS, "not_fruit")],
+                            [app("ReviewCorrect", "SampleCount", Duration.days(1))], width=24))
         d.add_widgets(
             graph("API Lambda: invocations, errors, throttles",
                   [fn.metric_invocations(period=five), fn.metric_errors(period=five), fn.metric_throttles(period=five)],

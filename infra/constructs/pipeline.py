@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "newDataCheckMinutes": 15,
     "minImagesPerClass": 20,
     "gateTolerance": 0,
+    "shadowRequests": 0,  # > 0: a candidate the gate passed runs in shadow for this many requests first
     "alertEmail": "",
 }
 # SageMaker parses these from the job's `name=value` log lines (see training_job).
@@ -104,7 +105,8 @@ class RetrainPipeline(Construct):
         self.evaluate_fn = self._function("Evaluate", "evaluate", base_env | {
             "FRUITPIPE_GATE_TOLERANCE": str(cfg["gateTolerance"])}, memory=3008, timeout=Duration.minutes(15),
             ephemeral_mb=4096)
-        self.publish_fn = self._function("Publish", "publish", base_env, memory=512, timeout=Duration.minutes(5))
+        self.publish_fn = self._function("Publish", "publish", base_env | {
+            "FRUITPIPE_SHADOW_REQUESTS": str(int(cfg["shadowRequests"]))}, memory=512, timeout=Duration.minutes(5))
         self.reject_fn = self._function("Reject", "reject", base_env, memory=256, timeout=Duration.minutes(2))
         self.report_fn = self._function("Report", "report", base_env | {
             "FRUITPIPE_RETRAIN_NAMESPACE": RETRAIN_NAMESPACE}, memory=256, timeout=Duration.minutes(1))
@@ -246,7 +248,7 @@ class RetrainPipeline(Construct):
         r = self.publish_fn.role
         self._list(r, "ListModels", models)
         self._objects(r, "ReadModels", get, models, "runs/*", "versions/*", "live.json")
-        self._objects(r, "WriteVersions", put, models, "versions/*", "live.json")
+        self._objects(r, "WriteVersions", put, models, "versions/*", "live.json", "shadow.json")
         r = self.reject_fn.role
         self._list(r, "ListModels", models)
         self._objects(r, "ReadRuns", get, models, "runs/*")
@@ -442,6 +444,38 @@ class RetrainPipeline(Construct):
                                source=["aws.cloudwatch"], detail_type=["CloudWatch Alarm State Change"],
                                resources=[alarm.alarm_arn], detail={"state": {"value": ["ALARM"]}}),
                            targets=[targets.LambdaFunction(self.trigger_function, retry_attempts=2)])
+        self.rules[construct_id] = rule
+        return rule
+
+    def rollback_on_alarm(self, construct_id: str, alarm: cloudwatch.IAlarm, window_seconds: int) -> events.Rule:
+        """Route ``alarm`` entering ALARM to the rollback Lambda (``functions/pipeline/rollback``),
+        which re-activates ``live.json``'s previous version when the live one became live less than
+        ``window_seconds`` ago. Its role may read the versions and the pointer, write the pointer
+        and publish to the alerts topic; nothing else."""
+        models = self.storage.models_bucket
+        fn = self._function("Rollback", "rollback", {
+            "FRUITPIPE_MODELS_BUCKET": models.bucket_name, "FRUITPIPE_ALERTS_TOPIC_ARN": self.alerts.topic_arn,
+            "FRUITPIPE_ROLLBACK_WINDOW_SECONDS": str(window_seconds), "POWERTOOLS_SERVICE_NAME": "fruitpipe-rollback"},
+            memory=256, timeout=Duration.minutes(2))
+        self._objects(fn.role, "ReadVersions", ["s3:GetObject"], models, "versions/*", "live.json")  # type: ignore[arg-type]
+        self._objects(fn.role, "MoveLivePointer", ["s3:PutObject"], models, "live.json")  # type: ignore[arg-type]
+        self._list(fn.role, "ListModels", models, "versions/*", "live.json")  # type: ignore[arg-type]
+        self.alerts.grant_publish(fn)
+        self.rollback_function = fn
+        acknowledge(fn.role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
+                    "X-Ray (xray:PutTraceSegments/PutTelemetryRecords) supports no resource-level permissions; "
+                    "AWS documents '*' as its only resource.")
+        acknowledge(fn.role, iam5_object_finding(models, "versions/*"),  # type: ignore[arg-type]
+                    "Objects under one prefix of one bucket (immutable model versions, named at training "
+                    "time): the rollback verifies the previous version's files before pointing at it.")
+        acknowledge(fn.role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",  # type: ignore[arg-type]
+                    "Topic.grant_publish on the alerts topic's own key only: SNS needs GenerateDataKey "
+                    "(and its WithoutPlaintext form) to encrypt each message with the customer-managed key.")
+        rule = events.Rule(self, construct_id, description=f"Roll back when {construct_id} fires",
+                           event_pattern=events.EventPattern(
+                               source=["aws.cloudwatch"], detail_type=["CloudWatch Alarm State Change"],
+                               resources=[alarm.alarm_arn], detail={"state": {"value": ["ALARM"]}}),
+                           targets=[targets.LambdaFunction(fn, retry_attempts=2)])
         self.rules[construct_id] = rule
         return rule
 

@@ -22,6 +22,11 @@ NONCURRENT_MODEL_VERSIONS_DAYS = 90
 # ingest deletes versions outright; what becomes noncurrent (a lifecycle expiry, an overwritten
 # quarantine file, a mistaken delete) stays recoverable this long, then goes.
 NONCURRENT_DATA_VERSIONS_DAYS = 30
+# Captured predictions (fruitpipe.capture): people's photos, kept for review at most this long; the
+# API prunes them itself at the same limit (and deletes every version), the lifecycle rule is the
+# backstop. A replaced record version (feedback, review) goes a day later.
+CAPTURE_RETENTION_DAYS = 30
+CAPTURE_MAX_ITEMS = 1000  # the review queue reads every record; 1,000 keeps a listing near a second
 
 
 class Storage(Construct):
@@ -58,6 +63,9 @@ class Storage(Construct):
                                  expiration=Duration.days(INCOMING_EXPIRY_DAYS)),
                 s3.LifecycleRule(id="expire-quarantine", prefix="quarantine/",
                                  expiration=Duration.days(QUARANTINE_EXPIRY_DAYS)),
+                s3.LifecycleRule(id="expire-capture", prefix="capture/",
+                                 expiration=Duration.days(CAPTURE_RETENTION_DAYS),
+                                 noncurrent_version_expiration=Duration.days(1)),
                 s3.LifecycleRule(id="expire-noncurrent-versions",
                                  noncurrent_version_expiration=Duration.days(NONCURRENT_DATA_VERSIONS_DAYS)),
                 s3.LifecycleRule(id="remove-expired-delete-markers", expired_object_delete_marker=True),

@@ -50,7 +50,7 @@ def test_bad_input_exits_2(aws, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["upload", "--class", "freshapples", str(tmp_path / "empty"), "--bucket", aws["data"]]) == 2
     err = capsys.readouterr().err
-    assert "unknown class" in err and "not a folder" in err and "no .jpg" in err
+    assert "unknown class" in err and "no such file or folder" in err and "no .jpg" in err
 
 
 @pytest.fixture

@@ -214,10 +214,11 @@ def test_triggers_schedule_new_data_and_drift(tpl):
     inputs = {json.loads(r["Properties"]["Targets"][0].get("Input", "{}")).get("trigger")
               for r in rules if "ScheduleExpression" in r["Properties"]}
     assert inputs == {"schedule", "new-data"}
-    (drift,) = [r for r in rules if r["Properties"].get("EventPattern", {}).get("source") == ["aws.cloudwatch"]]
+    (drift,) = [r for r in rules if r["Properties"].get("EventPattern", {}).get("source") == ["aws.cloudwatch"]
+                and r["Properties"]["Description"] == "Retrain when DriftRetrainRule fires"]
     pat = drift["Properties"]["EventPattern"]
     assert pat["detail-type"] == ["CloudWatch Alarm State Change"] and pat["detail"] == {"state": {"value": ["ALARM"]}}
-    (composite,) = of_type(tpl, "AWS::CloudWatch::CompositeAlarm")
+    (composite,) = [k for k in of_type(tpl, "AWS::CloudWatch::CompositeAlarm") if "Drift" in k]
     assert pat["resources"] == [{"Fn::GetAtt": [composite, "Arn"]}]
     trigger_fns = [f for f in of_type(tpl, "AWS::Lambda::Function").values()
                    if f["Properties"]["Handler"] == "functions.pipeline.trigger.handler.handler"]
@@ -227,10 +228,20 @@ def test_triggers_schedule_new_data_and_drift(tpl):
 def test_alarms_notify_sns(tpl):
     alarms = of_type(tpl, "AWS::CloudWatch::Alarm")
     names = {k.split("Monitoring")[1][:-8] for k in alarms}
-    assert {"Api5xxRate", "ApiP95Latency", "TrainingFailure", "DriftConfidenceDrop", "DriftNotFruitRise"} <= names
+    assert {"Api5xxRate", "ApiP95Latency", "TrainingFailure", "DriftConfidenceDrop", "DriftNotFruitRise",
+            "DriftLabelAccuracy"} <= names
     (topic,) = of_type(tpl, "AWS::SNS::Topic")
     for a in [*alarms.values(), *of_type(tpl, "AWS::CloudWatch::CompositeAlarm").values()]:
         assert a["Properties"]["AlarmActions"] == [{"Ref": topic}]
+    label = next(a for k, a in alarms.items() if "DriftLabelAccuracy" in k)["Properties"]
+    exprs = {m["Id"]: m for m in label["Metrics"]}
+    assert label["Threshold"] == 0.8 and label["ComparisonOperator"] == "LessThanThreshold"
+    assert any(m.get("Expression") == "IF(n >= 30, acc, 1)" for m in exprs.values())  # silent below 30 reviews
+    assert {exprs[i]["MetricStat"]["Stat"] for i in ("acc", "n")} == {"Average", "SampleCount"}
+    assert exprs["acc"]["MetricStat"]["Metric"]["MetricName"] == "ReviewCorrect"
+    assert exprs["acc"]["MetricStat"]["Period"] == 7 * 86400
+    (composite,) = [a for k, a in of_type(tpl, "AWS::CloudWatch::CompositeAlarm").items() if "Drift" in k]
+    assert "DriftLabelAccuracy" in json.dumps(composite["Properties"]["AlarmRule"])
     fail = next(a for k, a in alarms.items() if "TrainingFailure" in k)["Properties"]
     assert fail["MetricName"] == "ExecutionsFailed" and fail["Threshold"] == 1
 
@@ -244,11 +255,12 @@ def test_dashboard_has_every_widget(tpl):
                   "Confidence and drift signals", "API Lambda: invocations, errors, throttles",
                   "API Lambda: duration p50/p95/p99 and concurrency", "Ingest: added, duplicates, rejected",
                   "Retrain outcomes", "Retrain quality (candidate vs live)", "Retrain per-class F1",
-                  "Retrain data and duration", "State machine executions", "Alarms"):
+                  "Retrain data and duration", "State machine executions", "Alarms",
+                  "Accuracy on reviewed captures (label-based)"):
         assert f'"title":"{title}"' in body, title
         assert title in doc, f"docs/operations.md does not name widget {title!r}"
     for metric in ("ConfidenceDelta", "NotFruitExcess", "ColdStart", "ImagesAdded", "RetrainOutcome",
-                   "ClassF1", "EmbeddedNew", "ConcurrentExecutions", "Throttles"):
+                   "ClassF1", "EmbeddedNew", "ConcurrentExecutions", "Throttles", "ReviewCorrect"):
         assert metric in body and metric in doc, metric
 
 
@@ -278,8 +290,8 @@ def test_sagemaker_iam_is_least_privilege(tpl):
 
 def test_step_roles_are_scoped(tpl):
     publish = [s for s in policies_of(tpl, "RetrainPublishRole") if "s3:PutObject" in as_list(s["Action"])]
-    assert sorted(flatten(r)[-12:] for s in publish for r in as_list(s["Resource"])) == ["/versions/*", "}/live.json"] \
-        or all(flatten(r).endswith(("/versions/*", "/live.json")) for s in publish for r in as_list(s["Resource"]))
+    assert all(flatten(r).endswith(("/versions/*", "/live.json", "/shadow.json"))  # shadow.json: -c shadowRequests
+               for s in publish for r in as_list(s["Resource"]))
     # Prepare reads the live pointer (to fill base_model); it may not write it
     def prepare_objects(action: str) -> list[str]:
         return [flatten(r) for s in policies_of(tpl, "RetrainPrepareRole") if action in as_list(s["Action"])
@@ -327,3 +339,41 @@ def test_api_may_start_and_read_runs_only(tpl):
                        "states:ListExecutions", "states:StartExecution"]
     for s in statements:
         assert s["Resource"] != "*" and "*" not in as_list(s["Resource"]), s
+
+
+def test_post_promotion_alarm_rolls_back_through_eventbridge(tpl):
+    """The rollback wiring: PostPromotion (5xx, p95, not-fruit rise, label accuracy) -> EventBridge ->
+    the rollback Lambda, whose role may move live.json and publish alerts, and write nothing else."""
+    (post_id, post), = [(k, a) for k, a in of_type(tpl, "AWS::CloudWatch::CompositeAlarm").items() if "PostPromotion" in k]
+    rule_text = json.dumps(post["Properties"]["AlarmRule"])
+    for name in ("Api5xxRate", "ApiP95Latency", "DriftNotFruitRise", "DriftLabelAccuracy"):
+        assert name in rule_text, name
+    (topic,) = of_type(tpl, "AWS::SNS::Topic")
+    assert post["Properties"]["AlarmActions"] == [{"Ref": topic}]
+    (rule,) = [r for r in of_type(tpl, "AWS::Events::Rule").values()
+               if r["Properties"].get("Description") == "Roll back when RollbackRule fires"]
+    pat = rule["Properties"]["EventPattern"]
+    assert pat["resources"] == [{"Fn::GetAtt": [post_id, "Arn"]}] and pat["detail"] == {"state": {"value": ["ALARM"]}}
+    fns = {k: f for k, f in of_type(tpl, "AWS::Lambda::Function").items()
+           if f["Properties"]["Handler"] == "functions.pipeline.rollback.handler.handler"}
+    (fn_id, fn), = fns.items()
+    assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [fn_id, "Arn"]}
+    env = fn["Properties"]["Environment"]["Variables"]
+    assert env["FRUITPIPE_ROLLBACK_WINDOW_SECONDS"] == "7200" and env["FRUITPIPE_ALERTS_TOPIC_ARN"] == {"Ref": topic}
+    role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    statements = policies_of(tpl, role_id)
+    writes = [s for s in statements if any(a.startswith("s3:Put") or a.startswith("s3:Delete") for a in as_list(s["Action"]))]
+    assert len(writes) == 1 and as_list(writes[0]["Action"]) == ["s3:PutObject"]
+    assert flatten(as_list(writes[0]["Resource"])[0]).endswith("/live.json")
+    assert any("sns:Publish" in as_list(s["Action"]) and s["Resource"] == {"Ref": topic} for s in statements)
+
+
+def test_publish_step_may_start_a_shadow(tpl):
+    fns = [f["Properties"] for f in of_type(tpl, "AWS::Lambda::Function").values()
+           if f["Properties"]["Handler"] == "functions.pipeline.publish.handler.handler"]
+    (publish_fn,) = fns
+    assert publish_fn["Environment"]["Variables"]["FRUITPIPE_SHADOW_REQUESTS"] == "0"  # off unless -c shadowRequests=N
+    role_id = publish_fn["Role"]["Fn::GetAtt"][0]
+    puts = {flatten(r).rsplit("/", 1)[-1] for s in policies_of(tpl, role_id) if "s3:PutObject" in as_list(s["Action"])
+            for r in as_list(s["Resource"])}
+    assert {"live.json", "shadow.json"} <= puts

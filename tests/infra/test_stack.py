@@ -167,7 +167,7 @@ def test_least_privilege_iam(synthesized):
                 # object ARNs are scoped to a bucket (a GetAtt) and one prefix
                 assert any(isinstance(p, dict) for p in parts), (name, r)
                 assert suffix.strip("/") in {"versions/*", "rejected/*", "live.json", "dataset/*",
-                                             "incoming/*", "quarantine/*"}, (name, suffix)
+                                             "incoming/*", "quarantine/*", "capture/*", "shadow.json"}, (name, suffix)
     assert seen >= 8
     assert not resources(tpl, "AWS::IAM::ManagedPolicy")
     for role in resources(tpl, "AWS::IAM::Role").values():
@@ -181,7 +181,7 @@ def test_ingest_may_not_touch_models_and_api_may_not_delete(synthesized):
     ingest = next(v for k, v in text.items() if k.startswith("IngestRole"))
     api = next(v for k, v in text.items() if k.startswith("ApiRole"))
     assert "StorageModels" not in ingest and "secretsmanager" not in ingest
-    assert "s3:DeleteObject" not in api
+    assert "s3:DeleteObject" in api  # only under capture/: test_api_and_ingest_object_permissions
 
 
 def _role_statements(tpl, prefix: str) -> list[dict]:
@@ -206,6 +206,13 @@ def test_data_bucket_is_versioned_and_dataset_is_write_once(synthesized):
     rules = {r["Id"]: r for r in data["LifecycleConfiguration"]["Rules"]}
     assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
     assert rules["remove-expired-delete-markers"]["ExpiredObjectDeleteMarker"] is True
+    from infra.constructs.storage import CAPTURE_RETENTION_DAYS
+    capture = rules["expire-capture"]
+    assert capture["Prefix"] == "capture/" and capture["Status"] == "Enabled"
+    assert capture["ExpirationInDays"] == CAPTURE_RETENTION_DAYS == 30
+    assert capture["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
+    (api_fn,) = [f for f in functions(tpl).values() if f["Environment"]["Variables"].get("FRUITPIPE_CAPTURE_RETENTION_DAYS")]
+    assert api_fn["Environment"]["Variables"]["FRUITPIPE_CAPTURE_RETENTION_DAYS"] == "30"  # the app prunes at the same age
     assert "CorsConfiguration" not in data  # no uploadOrigins: no browser may POST to the bucket
     (policy,) = [p["Properties"]["PolicyDocument"]["Statement"] for p in resources(tpl, "AWS::S3::BucketPolicy").values()
                  if p["Properties"]["Bucket"] == {"Ref": data_id}]
@@ -216,7 +223,7 @@ def test_data_bucket_is_versioned_and_dataset_is_write_once(synthesized):
 
 def test_list_bucket_only_under_the_prefixes_each_role_reads(synthesized):
     tpl, _ = synthesized
-    expected = {"ApiRole": [{"dataset/*"}, {"versions/*", "rejected/*", "live.json"}],
+    expected = {"ApiRole": [{"dataset/*"}, {"versions/*", "rejected/*", "live.json", "shadow.json"}, {"capture/*"}],
                 "IngestRole": [{"incoming/*", "dataset/*"}]}
     for role, prefixes in expected.items():
         lists = [st for st in _role_statements(tpl, role)
@@ -231,8 +238,9 @@ def test_api_and_ingest_object_permissions(synthesized):
     tpl, _ = synthesized
     api = _role_statements(tpl, "ApiRole")
     puts = set().union(*(_suffixes(st) for st in api if "s3:PutObject" in _actions(st)))
-    assert puts == {"dataset/*", "incoming/*", "live.json"}  # dataset/ writes are If-None-Match only (bucket policy)
-    assert not any(a.startswith("s3:Delete") for st in api for a in _actions(st))
+    assert puts == {"dataset/*", "incoming/*", "live.json", "shadow.json", "capture/*"}  # dataset/: If-None-Match only
+    deletes = [st for st in api if any(a.startswith("s3:Delete") for a in _actions(st))]
+    assert [_suffixes(st) for st in deletes] == [{"capture/*"}]  # pruning captured predictions, nothing else
     ingest = _role_statements(tpl, "IngestRole")
     take = next(st for st in ingest if "s3:DeleteObjectVersion" in _actions(st))
     assert _suffixes(take) == {"incoming/*"} and "s3:GetObjectVersion" in _actions(take)
@@ -296,7 +304,7 @@ def test_arm64_throwaway_stage(tmp_path):
     (stage,) = resources(tpl, "AWS::ApiGatewayV2::Stage").values()
     assert stage["Properties"]["RouteSettings"]["POST /retrain"] == {"ThrottlingRateLimit": 2, "ThrottlingBurstLimit": 4}
     fns = {k: p for k, p in functions(tpl).items() if p.get("Handler", "").startswith("functions.")}
-    assert len(fns) == 8 and all(p["Architectures"] == ["arm64"] for p in fns.values())
+    assert len(fns) == 9 and all(p["Architectures"] == ["arm64"] for p in fns.values())  # 9: + rollback
     api = next(p for p in fns.values() if p["Handler"] == "functions.api.handler.handler")
     assert api["MemorySize"] == 2048 and api["ReservedConcurrentExecutions"] == 20  # the context key sets one
     ingest = next(p for p in fns.values() if p["Handler"] == "functions.ingest.handler.handler")

@@ -26,7 +26,7 @@ def machine(aws):
 
 
 def test_cli_retrain_starts_once(aws, machine, capsys):
-    assert main(["retrain", "--aws", "--state-machine", machine]) == 0
+    assert main(["retrain", "--aws", "--state-machine", machine, "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["state"] == "running" and first["trigger"] == "manual"
     assert main(["retrain", "--aws", "--state-machine", machine]) == 1
@@ -50,7 +50,7 @@ def test_cli_models_rollback_keeps_baseline(aws, tmp_path, capsys):
     assert pointer["baseline"] == {"mean_confidence": 0.91, "not_fruit_rate": 0.02}
     assert pointer["previous"] == "v20260102-000000-bbbbbb"
     capsys.readouterr()
-    assert main(["models", "--aws", "--bucket", MODELS]) == 0
+    assert main(["models", "--aws", "--bucket", MODELS, "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {v["version"]: v["status"] for v in listed}["v20260101-000000-aaaaaa"] == "live"
     assert main(["models", "--aws", "--bucket", MODELS, "--activate", "v20990101-000000-cccccc"]) == 2
@@ -125,3 +125,16 @@ def test_status_reads_stage_and_training_job(aws):
     done = trainer.StepFunctionsTrainer(RecordedSfn("SUCCEEDED", {
         "report": {"outcome": "rejected"}, "evaluation": {"reason": "worse"}}), sm, "arn:sm").status()
     assert done.state == "rejected" and done.result["evaluation"] == {"reason": "worse"} and done.percent == 100
+    # the CLI's summary of an AWS run: the gate's figures are under result.evaluation
+    from fruitpipe.commands.retrain import summary
+    ev = {"candidate_version": "v20261126-120000-abcdef", "reason": "macro-F1 0.80 < live 0.90",
+          "candidate": {"n": 60, "accuracy": 0.8, "macro_f1": 0.8}, "live": {"n": 60, "accuracy": 0.9, "macro_f1": 0.9},
+          "live_version": "v20261120-000000-aaaaaa"}
+    done = trainer.StepFunctionsTrainer(RecordedSfn("SUCCEEDED", {"report": {"outcome": "rejected"}, "evaluation": ev}),
+                                        sm, "arn:sm").status()
+    lines = summary(done.as_dict()).splitlines()
+    assert lines[0] == ("retrain rejected by the gate: v20261126-120000-abcdef kept aside, "
+                        "v20261120-000000-aaaaaa stays live")
+    assert lines[1] == "  reason:    macro-F1 0.80 < live 0.90"
+    assert lines[2].startswith("  candidate: accuracy 80.0%, macro-F1 80.0%") and "on 60 images" in lines[2]
+    assert lines[3].startswith("  live:      accuracy 90.0%") and lines[3].endswith("(v20261120-000000-aaaaaa)")

@@ -48,7 +48,9 @@ def upload_training_data(request: Request,
     dup = sum(r.status == "duplicate" for r in results)
     rejected = sum(r.status == "rejected" for r in results)
     if added + dup == 0:
-        return JSONResponse(error_body("all_rejected", f"none of the {len(results)} files is a usable image",
+        reasons = sorted({r.error or "rejected" for r in results})
+        return JSONResponse(error_body("all_rejected", f"none of the {len(results)} files was added "
+                                       f"({', '.join(reasons)}); each file's reason is in results",
                                        results=[r.model_dump() for r in results]), status_code=400)
     return UploadResponse(class_name=label, added=added, duplicates=dup, rejected=rejected,
                           results=results, counts=st.backend.store.counts())

@@ -41,4 +41,7 @@ def metrics(request: Request) -> Response:
     if st.backend.name == "local":
         status = st.backend.trainer.status()
         st.metrics.set_retrain(status.state, status.finished)
+    if st.capture.enabled:
+        live = st.holder.current.version if st.holder.current is not None else None
+        st.metrics.set_review_accuracy(st.capture.accuracy(live, st.settings.accuracy_window_days))
     return Response(st.metrics.render(), media_type=CONTENT_TYPE_LATEST)

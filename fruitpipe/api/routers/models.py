@@ -6,7 +6,9 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import require_admin, state
-from ..schemas import ActivateResponse, ModelInfoResponse, ModelsResponse, ModelVersionResponse
+from ...shadow import ShadowRunning
+from ..errors import ApiError
+from ..schemas import ActivateResponse, ModelInfoResponse, ModelsResponse, ModelVersionResponse, ShadowRequest
 from .common import errors
 
 router = APIRouter(tags=["models"])
@@ -26,9 +28,25 @@ def model_info(request: Request) -> ModelInfoResponse:
 @router.get("/models", response_model=ModelsResponse)
 def models(request: Request) -> ModelsResponse:
     """Every version (newest first) with its metrics; which one is live; why rejected ones were."""
-    reg = state(request).backend.registry
-    return ModelsResponse(live=reg.live_version(),
+    st = state(request)
+    reg = st.backend.registry
+    return ModelsResponse(live=reg.live_version(), shadow=st.shadow.state(), rollbacks=st.rollback.events,
                           versions=[ModelVersionResponse(**v.as_dict()) for v in reg.versions()])
+
+
+@router.post("/models/{version}/shadow", responses=errors(401, 403, 404, 409, 422, 503),
+             dependencies=[Depends(require_admin)])
+async def shadow(version: str, request: Request, body: ShadowRequest | None = None) -> dict:
+    """Run ``version`` in shadow beside the live model (never answering with it); promoted when
+    agreement, not-fruit rate and latency stay within the bounds, otherwise held with the reason."""
+    st = state(request)
+    body = body or ShadowRequest()
+    try:
+        return await run_in_threadpool(st.shadow.start, version, body.requests, body.seconds, body.sample_rate)
+    except ShadowRunning as exc:
+        raise ApiError(409, "shadow_running", str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
 
 
 @router.post("/models/{version}/activate", response_model=ActivateResponse,

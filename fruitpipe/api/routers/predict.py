@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Query, Request, UploadFile
 
 from ... import imaging
 from ...explain import CannotExplain, explain as explanation_of
@@ -22,8 +22,25 @@ from .common import errors, read_upload
 router = APIRouter(tags=["predict"])
 
 
-def _response(pred, latency_ms: float) -> PredictionResponse:  # type: ignore[no-untyped-def]
-    return PredictionResponse(**pred.as_dict(), latency_ms=round(latency_ms, 3))
+KEEP = Query(True, description="false: never keep this image for review (capture opt-out; "
+              "docs/api.md#feedback-and-capture)")
+
+
+def _response(pred, latency_ms: float, prediction_id: str) -> PredictionResponse:  # type: ignore[no-untyped-def]
+    return PredictionResponse(**pred.as_dict(), latency_ms=round(latency_ms, 3), prediction_id=prediction_id)
+
+
+def _offer(request: Request, tasks: BackgroundTasks, pred, data: bytes, keep: bool) -> str:  # type: ignore[no-untyped-def]
+    """A new prediction id; when the capture policy keeps this one, it is handed to the capture
+    writer once the answer has been sent (:meth:`~fruitpipe.capture.Capturer.submit`)."""
+    capture = state(request).capture
+    pid = capture.new_id()
+    if keep:
+        prediction = pred.as_dict()
+        reasons = capture.offer(pid, prediction, data)
+        if reasons:
+            tasks.add_task(capture.submit, pid, prediction, data, reasons)
+    return pid
 
 
 async def one_file_part(request: Request) -> None:
@@ -39,10 +56,11 @@ async def one_file_part(request: Request) -> None:
 
 @router.post("/predict", response_model=PredictionResponse,
              responses=errors(400, 409, 413, 415, 422, 503), dependencies=[Depends(one_file_part)])
-def predict(request: Request, file: UploadFile = File(..., description=f"a {imaging.ACCEPTED_NAMES} image"),
+def predict(request: Request, tasks: BackgroundTasks,
+            file: UploadFile = File(..., description=f"a {imaging.ACCEPTED_NAMES} image"),
             explain: bool = Query(False, description="also return where the evidence for the predicted "
-                                  "class lies (a 7x7 map; about one more backbone pass)")
-            ) -> PredictionResponse:
+                                  "class lies (a 7x7 map; about one more backbone pass)"),
+            keep: bool = KEEP) -> PredictionResponse:
     """Classify one image: class, confidence, all six probabilities and a verdict."""
     st = state(request)
     t0 = time.perf_counter()
@@ -52,7 +70,9 @@ def predict(request: Request, file: UploadFile = File(..., description=f"a {imag
         image = imaging.load_image(data, size=clf.size)
     except imaging.InvalidImage as exc:
         raise image_error(exc) from None
+    t_infer = time.perf_counter()
     pred = clf.predict_arrays(image[None])[0]
+    tasks.add_task(st.shadow.offer, image, pred, (time.perf_counter() - t_infer) * 1000)  # after the answer
     explanation = None
     if explain:
         try:
@@ -62,14 +82,15 @@ def predict(request: Request, file: UploadFile = File(..., description=f"a {imag
     elapsed = time.perf_counter() - t0
     st.metrics.inference.labels(endpoint="predict").observe(elapsed)
     st.metrics.record_prediction(pred.predicted_class, pred.verdict)
-    response = _response(pred, elapsed * 1000)
+    response = _response(pred, elapsed * 1000, _offer(request, tasks, pred, data, keep))
     response.explanation = explanation
     return response
 
 
 @router.post("/predict/batch", response_model=BatchResponse,
              responses=errors(400, 413, 415, 422, 503))
-def predict_batch(request: Request, files: list[UploadFile] = File(..., description="up to 32 images")
+def predict_batch(request: Request, tasks: BackgroundTasks,
+                  files: list[UploadFile] = File(..., description="up to 32 images"), keep: bool = KEEP
                   ) -> BatchResponse:
     """Classify several images in one inference batch; a bad file gets its own error entry."""
     st = state(request)
@@ -96,7 +117,8 @@ def predict_batch(request: Request, files: list[UploadFile] = File(..., descript
             items[i].error, items[i].detail = res.code, res.detail
         else:
             items[i].ok = True
-            items[i].prediction = _response(res, elapsed * 1000 / max(1, len(good)))
+            items[i].prediction = _response(res, elapsed * 1000 / max(1, len(good)),
+                                            _offer(request, tasks, res, blobs[i], keep))  # type: ignore[arg-type]
             st.metrics.record_prediction(res.predicted_class, res.verdict)
     st.metrics.inference.labels(endpoint="predict_batch").observe(elapsed)
     return BatchResponse(model_version=clf.version, count=len(items), ok=sum(it.ok for it in items),

@@ -191,7 +191,45 @@ function drawHeatmap(canvas, img, grid) {
   canvas.hidden = false;
 }
 
-let lastExplanation = null;
+let lastExplanation = null, lastPhoto = null;
+// The heat map of the shown photo (or why there is none) under the preview; hidden while the
+// "show where the model looked" toggle is off.
+function showExplanation(explanation, unexplained) {
+  lastExplanation = explanation;
+  const canvas = $("heatmap"), cap = $("heat-caption"), img = $("preview");
+  const on = $("explain-toggle").checked;
+  canvas.hidden = true; cap.hidden = !on || (!explanation && !unexplained);
+  if (!on) return;
+  if (unexplained) cap.textContent = `No heat map: ${unexplained}`;
+  if (explanation) {
+    cap.textContent = `Heat map: where the evidence for "${NICE[explanation.explained_class] || explanation.explained_class}" ` +
+      `lies (red: most; ${explanation.method}), a coarse guide, not an outline of the fruit.`;
+    const draw = () => drawHeatmap(canvas, img, explanation.grid);
+    if (img.hidden) return;  // a photo the browser cannot show: nothing to draw on
+    if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw, { once: true });
+  }
+}
+
+// Ticking the toggle after a photo was classified asks the server for its explanation then
+// (the same photo again, with ?explain=true); unticking hides the heat map, re-ticking shows it.
+async function toggleExplanation() {
+  if ($("result").hidden || !lastPhoto) return;
+  if (!$("explain-toggle").checked || lastExplanation) { showExplanation(lastExplanation, null); return; }
+  showError("predict-error", "");
+  $("predict-status").textContent = "Asking where the model looked…";
+  const form = new FormData(); form.append("file", lastPhoto.blob, lastPhoto.name);
+  try {
+    const p = await api("/predict?explain=true", { method: "POST", body: form });
+    showExplanation(p.explanation || null, null);
+    $("predict-status").textContent = `Result: ${verdictText(p.verdict)}, ${classText(p)}.`;
+    refreshStats();
+  } catch (e) {
+    $("predict-status").textContent = "";
+    if (e.body?.error === "cannot_explain") showExplanation(null, e.message);
+    else showError("predict-error", `${e.body?.error ? e.body.error + ": " : ""}${e.message}`);
+  }
+}
+
 async function predictFile(file) {
   showError("predict-error", "");
   $("batch").hidden = true;
@@ -222,18 +260,11 @@ async function predictFile(file) {
     $("pred-size").textContent = sizeLine(photo);
     $("pred-size").dataset.sentBytes = String(photo.sent.bytes);
     $("result").hidden = false;
+    document.dispatchEvent(new CustomEvent("fruitpipe:prediction", { detail: { prediction: p, container: $("result") } }));
     barChart($("prob-chart"), LABELS.map((c) => ({ key: c, label: NICE[c], value: p.probabilities[c], color: classColor(c) })),
       { max: 1, fmt: pct, title: "class probabilities" });
-    lastExplanation = p.explanation || null;
-    const canvas = $("heatmap"), cap = $("heat-caption");
-    canvas.hidden = true; cap.hidden = !lastExplanation && !unexplained;
-    if (unexplained) cap.textContent = `No heat map: ${unexplained}`;
-    if (lastExplanation) {
-      cap.textContent = `Heat map: where the evidence for "${NICE[lastExplanation.explained_class] || lastExplanation.explained_class}" ` +
-        `lies (red: most; ${lastExplanation.method}), a coarse guide, not an outline of the fruit.`;
-      const draw = () => drawHeatmap(canvas, img, lastExplanation.grid);
-      if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw, { once: true });
-    }
+    lastPhoto = photo;
+    showExplanation(p.explanation || null, unexplained);
     $("predict-status").textContent = `Result: ${verdictText(p.verdict)}, ${classText(p)}.`;
     refreshStats();
   } catch (e) {
@@ -258,6 +289,14 @@ function chunks(photos) {
   }
   if (cur.length) out.push(cur);
   return out;
+}
+
+// A batch row's thumbnail; a file the browser cannot decode (HEIC in Chromium) shows a neutral
+// "no preview" box instead of a broken image.
+function thumbnail(url) {
+  const img = h("img", { src: url, alt: "", class: "thumb" });
+  img.addEventListener("error", () => img.replaceWith(h("span", { class: "thumb none" }, "no preview")), { once: true });
+  return img;
 }
 
 async function predictBatch(files) {
@@ -289,7 +328,7 @@ async function predictBatch(files) {
       const url = URL.createObjectURL(photo.blob); batchUrls.push(url);
       const p = r.prediction;
       const tr = h("tr", { "data-verdict": p?.verdict || "error" },
-        h("td", {}, h("img", { src: url, alt: "", class: "thumb" })),
+        h("td", {}, thumbnail(url)),
         h("td", { class: "fname" }, photo.filename),
         h("td", {}, p ? h("span", { class: `pill v-${p.verdict}` }, verdictText(p.verdict)) : h("span", { class: "pill rejected" }, r.error || "error")),
         h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : (r.detail || "")),
@@ -478,6 +517,7 @@ function ensureSignedIn() {
   if (token()) return Promise.resolve(true);
   const dlg = $("admin-dialog");
   $("token").value = "";
+  showError("admin-error", "");
   return new Promise((resolve) => {
     dlg.addEventListener("close", () => resolve(Boolean(token())), { once: true });
     dlg.showModal();
@@ -486,13 +526,28 @@ function ensureSignedIn() {
 
 function setupAdmin() {
   const dlg = $("admin-dialog");
-  $("admin-form").addEventListener("submit", (e) => {
+  // The token is checked (GET /auth/check: 204 valid, 401/403 not) before the dialog closes; a wrong
+  // one shows its error inside the dialog and keeps the page signed out.
+  $("admin-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
     const t = $("token").value.trim();
-    if (!t) { e.preventDefault(); return; }
+    if (!t) return;
+    showError("admin-error", "");
+    $("admin-ok").disabled = true;
+    try {
+      const r = await fetch("/auth/check", { headers: { Authorization: `Bearer ${t}` } });
+      if (r.status === 401 || r.status === 403) { showError("admin-error", "That token is wrong: not signed in."); return; }
+      if (!r.ok) { showError("admin-error", `Could not check the token: ${r.status} ${r.statusText}`); return; }
+    } catch (_) {
+      showError("admin-error", "Could not reach the server to check the token."); return;
+    } finally {
+      $("admin-ok").disabled = false;
+    }
     sessionStorage.setItem(TOKEN_KEY, t);
     $("token").value = "";
     ["upload-error", "retrain-error", "versions-error"].forEach((box) => showError(box, ""));  // stale "sign in" errors
     renderAdmin();
+    dlg.close();
   });
   $("admin-cancel").addEventListener("click", () => dlg.close());
   $("admin-btn").addEventListener("click", () => (token() ? signOut() : ensureSignedIn()));
@@ -537,21 +592,23 @@ function uploadOne(file, label, li) {
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* ignore */ }
       const item = body?.results?.[0];
       if (item) done(item.status, item.status + (item.detail || item.error ? `: ${item.detail || item.error}` : ""), xhr.status);
-      else done("rejected", `not sent: ${body?.detail || xhr.status}`, xhr.status);
+      else done("not_sent", `not sent: ${body?.detail || xhr.status}`, xhr.status);
     };
-    xhr.onerror = () => done("rejected", "not sent: network error", 0);
+    xhr.onerror = () => done("not_sent", "not sent: network error", 0);
     const form = new FormData();
     form.append("class_name", label); form.append("files", file);
     xhr.send(form);
   });
 }
 
-// "5 added, 1 duplicate, 1 rejected" from the per-file statuses the API answered.
+// "5 added, 1 duplicate, 1 rejected" from the per-file statuses the API answered; a file the API
+// never answered for (auth failure, network error, or not tried after one) is "not sent".
 function uploadSummary(items) {
   const n = { added: 0, duplicate: 0, rejected: 0 };
   items.forEach((li) => { if (li.dataset.status in n) n[li.dataset.status]++; });
-  const waiting = items.length - n.added - n.duplicate - n.rejected;
-  return `${n.added} added, ${n.duplicate} duplicate, ${n.rejected} rejected` + (waiting ? `, ${waiting} not sent` : "");
+  const answered = n.added + n.duplicate + n.rejected, notSent = items.length - answered;
+  if (!answered) return `${notSent} not sent`;
+  return `${n.added} added, ${n.duplicate} duplicate, ${n.rejected} rejected` + (notSent ? `, ${notSent} not sent` : "");
 }
 
 async function upload(e) {
@@ -578,7 +635,7 @@ async function upload(e) {
     }
   }
   // rejected files first, so none is out of sight however long the list
-  const rejected = items.filter((li) => li.dataset.status === "rejected");
+  const rejected = items.filter((li) => li.dataset.status === "rejected" || li.dataset.status === "not_sent");
   list.prepend(...rejected);
   $("upload-summary").textContent = uploadSummary(items);
   $("upload-summary").dataset.summary = $("upload-summary").textContent;
@@ -615,6 +672,9 @@ function renderRetrain(s) {
   if (s.state === "succeeded") text = `Promoted ${r.version}: ${r.reason}`;
   else if (s.state === "rejected") text = `Kept ${r.live_version} live; candidate ${r.version} rejected: ${r.reason}`;
   else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}`;
+  else if (s.warmup?.state === "failed") {
+    text = `Preparing the embedding cache failed (${s.warmup.error || "see the server log"}); the first retrain will do that work itself, more slowly.`;
+  }
   $("retrain-result").textContent = text;
   const log = $("retrain-log");
   log.hidden = !s.log_tail?.length;
@@ -662,6 +722,7 @@ function init() {
   LABELS.forEach((c) => sel.append(new Option(NICE[c], c)));
   setupAdmin();
   setupDrop();
+  $("explain-toggle").addEventListener("change", toggleExplanation);
   $("upload-form").addEventListener("submit", upload);
   $("retrain-btn").addEventListener("click", retrain);
   refreshStats(); refreshDataset(); refreshVersions(); pollRetrain();

@@ -13,4 +13,5 @@ def handler(event, context):
                            model_artifacts=event["model_artifacts"], expected_version=event.get("version"),
                            baseline=event.get("baseline"), metrics=event.get("metrics"),
                            reason=event.get("reason", ""), workdir=Path("/tmp"),
-                           lineage=event.get("lineage"))
+                           lineage=event.get("lineage"),
+                           shadow_requests=int(os.environ.get("FRUITPIPE_SHADOW_REQUESTS", "0")))

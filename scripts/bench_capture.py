@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Do capture and a running shadow slow ``POST /predict``? Client-side latency over real HTTP,
+same run, same images.
+
+Five servers (uvicorn on 127.0.0.1, local backend, default model, fresh temporary stores, built as
+``fruitpipe serve`` builds them) are measured in interleaved rounds, so machine load hits each
+alike: capture off; capture on at the default sample rate (2 %); capture on for every request
+(``sample_rate=1``: the worst case, each answer followed by an image shrink and two file writes);
+and capture off with a shadow running (a second copy of the model as candidate) on 10 % of the
+requests and on every request (each shadowed answer is followed by one more inference on the
+shadow's thread).
+One client, sequential requests, real 640x480 JPEG photos from ../shared.
+
+    .venv/bin/python scripts/bench_capture.py            # 6 rounds x 50 requests per server
+    .venv/bin/python scripts/bench_capture.py --rounds 2 --per-round 20   # a quick look
+
+Writes ``results/bench_capture.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+FRUITS = REPO.parent / "shared" / "data" / "fruits"
+BACKBONE = REPO.parent / "shared" / "models" / "mobilenet_v2_1.0_224_int8"
+if BACKBONE.is_dir():
+    os.environ.setdefault("FRUITPIPE_BACKBONE", str(BACKBONE))
+
+
+def photos(n: int) -> list[bytes]:
+    """``n`` real test photos as 640x480 JPEGs (the size the predict benchmark uses)."""
+    from PIL import Image
+    paths = sorted(FRUITS.glob("test/*/*.jpg"))[::7][:n]
+    out = []
+    for p in paths:
+        buf = io.BytesIO()
+        Image.open(p).convert("RGB").resize((640, 480)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def start_shadow(app, store: Path, sample_rate: float) -> None:  # type: ignore[no-untyped-def]
+    """Register a copy of the default model as a new version and shadow it on ``sample_rate`` of requests."""
+    from fruitpipe import bundle
+    from fruitpipe.models_path import default_model_dir
+    src = default_model_dir()
+    m = bundle.verify(src)
+    raw = dict(m.to_dict(), version="v20990101-000000-shadow", created="2099-01-01T00:00:00Z")
+    bundle.write(store / "models" / "versions" / raw["version"], bundle.Manifest.from_dict(raw),
+                 {name: (src / name).read_bytes() for name in m.files})
+    app.state.fruitpipe.shadow.start(raw["version"], requests=10**9, seconds=10**6, sample_rate=sample_rate)
+
+
+@contextmanager
+def server(store: Path, policy, shadow: float = 0.0) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    import socket
+
+    import uvicorn
+
+    from fruitpipe.api.app import create_app
+    from fruitpipe.api.server import uvicorn_config
+    from fruitpipe.api.settings import Settings
+    from fruitpipe.backends.local import create_local_backend
+    app = create_app(create_local_backend(store), Settings(token_provider=lambda: "bench", capture=policy))
+    if shadow:
+        start_shadow(app, store, shadow)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * len(s)))], 2)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--per-round", type=int, default=50)
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "bench_capture.json")
+    args = ap.parse_args()
+    from fruitpipe.capture import CapturePolicy
+    configs = {"capture off": CapturePolicy(enabled=False),
+               "capture on, default 2% sample": CapturePolicy(),
+               "capture on, every request (worst case)": CapturePolicy(sample_rate=1.0, max_items=100_000),
+               "shadow running, 10% sample": CapturePolicy(enabled=False),
+               "shadow running, every request": CapturePolicy(enabled=False)}
+    shadow_rate = {"shadow running, 10% sample": 0.1, "shadow running, every request": 1.0}
+    images = photos(args.per_round)
+    lat: dict[str, list[float]] = {name: [] for name in configs}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        urls = {name: stack.enter_context(server(Path(tmp) / f"s{i}", policy, shadow_rate.get(name, 0.0)))
+                for i, (name, policy) in enumerate(configs.items())}
+        clients = {name: stack.enter_context(httpx.Client(base_url=url, timeout=30)) for name, url in urls.items()}
+        for name, c in clients.items():  # warm-up
+            for img in images[:5]:
+                c.post("/predict", files={"file": ("w.jpg", img, "image/jpeg")}).raise_for_status()
+        for _ in range(args.rounds):
+            for name, c in clients.items():
+                for img in images:
+                    t0 = time.perf_counter()
+                    c.post("/predict", files={"file": ("p.jpg", img, "image/jpeg")}).raise_for_status()
+                    lat[name].append((time.perf_counter() - t0) * 1000)
+        kept = {name: len(list((Path(tmp) / f"s{i}" / "capture").glob("*.json")))
+                for i, name in enumerate(configs)}
+    base = pct(lat["capture off"], 0.95)
+    rows = {name: {"n": len(v), "p50_ms": pct(v, 0.5), "p95_ms": pct(v, 0.95), "mean_ms": round(statistics.mean(v), 2),
+                   "p95_vs_off": round(pct(v, 0.95) / base, 3), "captures_kept": kept[name]}
+            for name, v in lat.items()}
+    result = {"what": "client-side POST /predict latency over HTTP, 640x480 JPEG, sequential, interleaved rounds",
+              "command": "python scripts/bench_capture.py" + ("" if (args.rounds, args.per_round) == (6, 50)
+                                                             else f" --rounds {args.rounds} --per-round {args.per_round}"),
+              "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+              "load_average_at_end": list(os.getloadavg()), "python": platform.python_version(), "results": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, r in rows.items():
+        print(f"{name:42s} p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  ({r['p95_vs_off']:.2f}x)  kept {r['captures_kept']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
