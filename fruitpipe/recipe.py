@@ -46,7 +46,7 @@ FRUITS_ENV = "FRUITPIPE_FRUITS"
 # live 98.05%), 2 epochs 98.05% / macro-F1 98.45% (promoted) (docs/ml.md, "Warm-started retrains").
 HYPERPARAMETERS: Mapping[str, str] = {"refit": "true", "warm_epochs": "2"}
 # The candidate's changes: a 7th head output learnt from the not_fruit train split (docs/ml.md,
-# "A rejection that has seen the world"; scripts/experiment_open_set.py).
+# "Real photos"; scripts/experiment_open_set.py, scripts/eval_sets.py).
 CANDIDATE_HYPERPARAMETERS: Mapping[str, str] = {"not_fruit_output": "true"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLIT_PREFIX = "@split-"
@@ -115,7 +115,7 @@ def _source(root: Path) -> tuple[Path, Callable[[Path], bool] | None]:
     if not root.name.startswith(SPLIT_PREFIX):
         return root, None
     base, split = root.parent, root.name[len(SPLIT_PREFIX):]
-    where = splits.split_of(base) if (base / splits.MANIFEST).is_file() else {}
+    where = splits.split_of(base) if base.is_dir() else {}  # a set without MANIFEST.csv: FileNotFoundError
     return base, lambda path: where.get(f"{path.parent.name}/{path.name}") == split
 
 

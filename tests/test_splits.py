@@ -118,3 +118,11 @@ def test_candidate_recipe_is_the_shipped_one_plus_the_split_sets(tmp_path):
     assert [r.name for r in cand.evaluation[-2:]] == ["@split-test", "@split-test"]
     assert Config.from_mapping(dict(cand.hyperparameters)).not_fruit_output
     assert not Config.from_mapping(dict(shipped.hyperparameters)).not_fruit_output  # the default is unchanged
+
+
+def test_a_split_root_of_a_set_without_manifest_is_an_error(tmp_path):
+    (tmp_path / "set" / "lemon").mkdir(parents=True)
+    (tmp_path / "set" / "lemon" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError):
+        rc.images([rc.split_root(tmp_path / "set", "train")])
+    assert rc.images([rc.split_root(tmp_path / "absent", "train")]) == []  # like any missing root
