@@ -32,6 +32,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_for_exit(folder: Path, timeout: float = 60.0) -> None:
+    """Wait until no process runs from ``folder`` (its command line names it), then kill leftovers."""
+    def running() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if str(folder).encode() in (entry / "cmdline").read_bytes():
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+    deadline = time.monotonic() + timeout
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in running():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def one_run(timeout: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="fruitpipe-quickstart-") as tmp_name:
         tmp = Path(tmp_name)
@@ -56,6 +78,7 @@ def one_run(timeout: float) -> dict[str, object]:
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             out = proc.communicate(timeout=30)[0].decode(errors="replace")
+            _wait_for_exit(tmp)  # the server's graceful stop (and its warm-up's) outlives make's
         if seconds is None:
             sys.stderr.write(out[-3000:])
         return {"seconds_to_health": None if seconds is None else round(seconds, 1)}
