@@ -27,7 +27,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
@@ -70,30 +69,15 @@ def start_shadow(app, store: Path, sample_rate: float) -> None:  # type: ignore[
 
 @contextmanager
 def server(store: Path, policy, shadow: float = 0.0) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    import socket
-
-    import uvicorn
-
     from fruitpipe.api.app import create_app
-    from fruitpipe.api.server import uvicorn_config
+    from fruitpipe.api.server import in_thread
     from fruitpipe.api.settings import Settings
     from fruitpipe.backends.local import create_local_backend
     app = create_app(create_local_backend(store), Settings(token_provider=lambda: "bench", capture=policy))
     if shadow:
         start_shadow(app, store, shadow)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    with in_thread(app) as url:
+        yield url
 
 
 def pct(values: list[float], q: float) -> float:

@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,23 +91,9 @@ def free_port() -> int:
 def live_server(app, **config) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """Run ``app`` under real uvicorn (configured as ``fruitpipe serve`` runs it) on 127.0.0.1 and a
     free port; yields the base URL."""
-    import uvicorn
-
-    from fruitpipe.api.server import uvicorn_config
-    port = free_port()
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, log_level="warning", access_log=False, **config))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    from fruitpipe.api.server import in_thread
+    with in_thread(app, **config) as url:
+        yield url
 
 
 def wait_for_run(client, timeout: float = 120.0) -> dict:  # type: ignore[no-untyped-def]

@@ -17,7 +17,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import h11
 import uvicorn
@@ -64,3 +68,27 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **kw: An
     kw.setdefault("timeout_keep_alive", TIMEOUT_KEEP_ALIVE)
     return uvicorn.Config(app, host=host, port=port, http=H11Protocol,
                           h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES, **kw)
+
+
+@contextmanager
+def in_thread(app: Any, **kw: Any) -> Iterator[str]:
+    """Serve ``app`` as ``fruitpipe serve`` does, on 127.0.0.1 and a free port, in a daemon thread;
+    yields the base URL (tests, benchmarks). Raises RuntimeError if uvicorn does not start in 20 s."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    kw.setdefault("log_level", "warning")
+    kw.setdefault("access_log", False)
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, **kw))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
