@@ -104,7 +104,10 @@ def test_dashboard_end_to_end(browser, tmp_path):
         assert "rotten apples" in page.text_content("#predict-status")  # the aria-live region says the result
 
         # live charts drawn from /stats
-        page.wait_for_function("() => document.querySelector('#kpi-predictions').textContent === '5'")
+        # a request's latency is recorded once its last byte is sent, after its prediction is counted:
+        # a /stats read in between sees 5 predictions and 4 latencies; the next refresh (3 s) has both
+        page.wait_for_function("() => document.querySelector('#kpi-predictions').textContent === '5' && "
+                               "document.querySelector('#latency-chart').dataset.points === '5'")
         stats = api.get("/stats").json()
         assert bar_values(page, "class-chart") == {k: float(v) for k, v in stats["by_class"].items()}
         assert bar_values(page, "verdict-chart") == {k: float(v) for k, v in stats["by_verdict"].items()}

@@ -71,8 +71,12 @@ def read_response(sock: socket.socket, timeout: float = 3.0) -> tuple[int, bytes
 
 
 def send_then_answer(addr, request_head: bytes, body_sent: bytes) -> tuple[int, bytes, float]:
-    """Send the head and the first bytes of a body, then wait for the answer; (status, raw, seconds)."""
-    with socket.create_connection(addr, timeout=5) as s:
+    """Send the head and the first bytes of a body, then wait for the answer; (status, raw, seconds).
+
+    The rest of the body is never sent, so a server that waited for it would never answer: the
+    answer arriving at all shows the refusal came before the body. The time bound only catches a
+    server that reads on until some timeout; it is generous because the test machine is shared."""
+    with socket.create_connection(addr, timeout=30) as s:
         t0 = time.monotonic()
         s.sendall(request_head + body_sent)
         status, raw = read_response(s)
@@ -89,7 +93,7 @@ def test_write_route_without_valid_token_is_refused_before_the_body(server, spoo
     """A 600 MB anonymous upload: the 401/403 arrives while 599+ MB are unsent; nothing spooled."""
     _, addr = server
     code, raw, seconds = send_then_answer(addr, head(path, 600 << 20, headers), part_start() + b"0" * 65536)
-    assert code == status and seconds < 2.0, (raw, seconds)
+    assert code == status and seconds < 20.0, (raw, seconds)
     assert b'"error"' in raw and spool == []
 
 
@@ -116,7 +120,7 @@ def test_declared_length_over_the_route_limit_is_413_at_once(server, spool, path
     _, addr = server
     limit = files * MAX_BYTES + MULTIPART_OVERHEAD
     code, raw, seconds = send_then_answer(addr, head(path, limit + 1, AUTH), part_start())
-    assert code == 413 and seconds < 2.0 and f'"limit_bytes": {limit}'.encode() in raw, raw
+    assert code == 413 and seconds < 20.0 and f'"limit_bytes": {limit}'.encode() in raw, raw
     assert spool == []
 
 
@@ -149,7 +153,7 @@ def test_wrong_content_type_is_415_before_the_body(server, spool):
     _, addr = server
     request = head("/predict", 300 << 20).replace(CTYPE.encode(), b"application/octet-stream")
     code, raw, seconds = send_then_answer(addr, request, b"0" * 65536)
-    assert code == 415 and seconds < 2.0 and spool == []
+    assert code == 415 and seconds < 20.0 and spool == []
 
 
 def test_valid_requests_still_work_and_spool_as_usual(server, spool):
