@@ -418,9 +418,15 @@ def test_every_view_accessible_and_fits(browser, tmp_path, size):
                 if page.evaluate("document.activeElement.id") == "drop":
                     break
             assert page.evaluate("document.activeElement.id") == "drop"
-            with page.expect_file_chooser() as chooser:
-                page.keyboard.press("Enter")
-            assert chooser.value.is_multiple()
+            # Enter clicks the (multiple) file input. Observed in the page, not through Playwright's
+            # file-chooser interception, which races the key press in newer Chromium builds (CI saw
+            # a 30 s timeout); the listener cancels the click so no native picker is left open.
+            page.evaluate("""() => { window.__picked = null;
+                document.getElementById('file').addEventListener('click', (e) => {
+                  window.__picked = e.target.multiple; e.preventDefault(); }, {once: true}); }""")
+            page.keyboard.press("Enter")
+            page.wait_for_function("window.__picked !== null", timeout=10_000)
+            assert page.evaluate("window.__picked") is True
         # confusion-matrix heads fit their cells (none clipped, so none collides with its neighbour)
         clipped = page.eval_on_selector_all("#confusion th", "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
         assert not clipped, clipped
