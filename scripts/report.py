@@ -77,7 +77,7 @@ def second_look_table() -> list[str]:
 
 def compare_table() -> list[str]:
     """``fruitpipe compare``'s table (results/compare.json; a ``--quick`` run's JSON says so in the heading)."""
-    c = load("compare.json")
+    c = load("compare.json") or load("compare_quick.json")
     if not c:
         return []
     n = c["protocol"]["n"]
