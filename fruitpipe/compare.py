@@ -243,10 +243,13 @@ def _train_bundle(variant: Variant, recipe: rc.Recipe, train_dir: Path, val_dir:
         cmd += ["--backbone", variant.backbone]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(rc.REPO), os.environ.get("PYTHONPATH")]))})
+    job_log = out / "train.log"  # the job's stage=/progress= lines, readable while it runs
+    with open(job_log, "w", encoding="utf-8") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  filter(None, [str(rc.REPO), os.environ.get("PYTHONPATH")]))})
     if proc.returncode != 0:
-        raise CompareError(f"training {variant.name} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        raise CompareError(f"training {variant.name} failed:\n{job_log.read_text()[-3000:]}")
     metrics = json.loads((out / "output" / "metrics.json").read_text())
     log(f"{variant.name}: trained in {metrics['train_seconds']:.0f} s (embedded {metrics['embedded_new']}, "
         f"cached {metrics['cached']}); validation accuracy {metrics['accuracy']:.3f}")
