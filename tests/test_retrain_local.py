@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 
@@ -42,7 +43,7 @@ def test_gate_accepts_and_server_swaps_without_restart(tmp_path, data):
         status = wait_for_run(c)
         assert status["state"] == "succeeded", status
         res = status["result"]
-        assert res["promoted"] is True and res["candidate"]["accuracy"] >= res["live"]["accuracy"]
+        assert res["promoted"] is True and "paired test on" in res["reason"]  # it learned a new image
         assert res["images"]["rottenapples"] == 5  # 4 seed + 1 upload
         assert any(line.startswith("stage=") for line in status["log_tail"])
         new = res["version"]
@@ -62,6 +63,9 @@ def test_gate_rejects_worse_candidate_and_keeps_it(tmp_path, data):
         status = wait_for_run(c)
         assert status["state"] == "rejected", status
         assert status["result"]["promoted"] is False and "worse" in status["result"]["reason"]
+        # nothing new to learn (a forced run on unchanged data): the strict rule, no paired test
+        config = json.loads((store / "retrain" / "runs" / status["run_id"] / "config.json").read_text())
+        assert config["strict_gate"] is True and "paired test" not in status["result"]["reason"]
         assert c.get("/health").json()["model_version"] == LIVE
         rejected = [v for v in c.get("/models").json()["versions"] if v["status"] == "rejected"]
         assert len(rejected) == 1 and "worse" in rejected[0]["reason"]

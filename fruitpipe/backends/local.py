@@ -552,8 +552,8 @@ class LocalTrainer(Trainer):
                     if current.get("state") == "running":
                         raise RetrainRunning(f"run {current.get('run_id')} is running "
                                              f"(stage {current.get('stage')}, {current.get('percent', 0):.0f}%)")
-                    reason = None if force else self.nothing_new()
-                    if reason:
+                    reason = self.nothing_new()
+                    if reason and not force:
                         raise NothingToLearn(reason)
                     run_id = bundle.new_version(salt=str(os.getpid())).replace("v", "run-", 1)
                     run_dir = self.dir / "runs" / run_id
@@ -561,7 +561,10 @@ class LocalTrainer(Trainer):
                     config = {"train_command": list(self.config.train_command), "recipe": self.recipe.to_dict(),
                               "cache_dir": str(self.cache_dir), "evaluate": self.config.evaluate,
                               "gate_tolerance": self.config.gate_tolerance, "nice": self.config.nice,
-                              "force": bool(force), "shadow_requests": self.config.shadow_requests}
+                              "force": bool(force), "shadow_requests": self.config.shadow_requests,
+                              # nothing new to learn: only a candidate no worse on every metric may replace
+                              # the live model (the paired test is for retrains that learned new images)
+                              "strict_gate": bool(reason)}
                     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
                     status = {"state": "running", "run_id": run_id, "trigger": trigger, "stage": "starting",
                               "percent": 0.0, "eta_seconds": None, "started": bundle.now_iso(), "finished": None,

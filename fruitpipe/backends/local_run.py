@@ -385,7 +385,8 @@ class Run:
             live_version = self.registry.live_version()
             try:
                 decision = gate.decide(cand_metrics, live_metrics,
-                                       tolerance=float(self.config.get("gate_tolerance", 0.0)))
+                                       tolerance=float(self.config.get("gate_tolerance", 0.0)),
+                                       strict=bool(self.config.get("strict_gate")))
             except gate.GateError as exc:
                 decision = gate.Decision(False, f"metrics cannot be compared: {exc}", {}, None)
             evaluation_record = {"candidate": cand_metrics, "live": live_metrics, "live_version": live_version,
@@ -436,9 +437,11 @@ class Run:
 
 
 def frozen_evaluation(store: Path, version: str) -> dict[str, Any] | None:
-    """``{"eval_set", "metrics"}``: a version's metrics on the frozen evaluation set, if scored."""
+    """``{"eval_set", "metrics"}``: a version's metrics on the frozen evaluation set, if scored with
+    per-image outcomes (``metrics["paired"]``, which the gate compares; older records are re-scored)."""
     data = read_json(Path(store) / "evaluations" / f"{version}.json")
-    return data if isinstance(data, dict) and isinstance(data.get("metrics"), dict) else None
+    ok = isinstance(data, dict) and isinstance(data.get("metrics"), dict) and "paired" in data["metrics"]
+    return data if ok else None
 
 
 def save_frozen_evaluation(store: Path, version: str, eval_set: str, metrics: dict[str, Any]) -> None:
