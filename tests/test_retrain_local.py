@@ -287,3 +287,70 @@ def test_a_failed_warm_up_is_reported_until_the_first_run(tmp_path) -> None:
     status = backend.trainer.status()
     assert status.state == "idle" and status.warmup["state"] == "failed"
     assert "skimage" in status.warmup["error"]
+
+
+def _group_alive(pgid: int, wait: float = 5.0) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies awaiting their reaper do not)."""
+    import time
+    from pathlib import Path
+    deadline = time.monotonic() + wait
+    while True:
+        alive = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive = True
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def test_cancel_stops_the_run_and_its_training_job_and_changes_nothing(tmp_path, data):
+    import time
+    store, app = run_retrain(tmp_path, data, "good", sleep=300.0)
+    with TestClient(app) as c:
+        r = c.post("/retrain/cancel", headers=AUTH)
+        assert r.status_code == 409 and r.json()["error"] == "not_running"
+        assert c.post("/retrain/cancel").status_code == 401
+        models_before = tree_hash(store / "models")
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
+        deadline = time.monotonic() + 120
+        while (status := c.get("/retraining-status").json())["stage"] != "embed":  # the job's sleep
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        pid = status.get("pid") or json.loads((store / "retrain" / "status.json").read_text())["pid"]
+        assert status["state"] == "running" and _group_alive(pid, wait=0)
+        r = c.post("/retrain/cancel", headers=AUTH)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["state"] == "cancelled" and "cancelled at stage" in body["result"]["error"]
+        assert not _group_alive(pid)  # the run and its training job are gone
+        assert c.get("/retraining-status").json()["state"] == "cancelled"
+        assert tree_hash(store / "models") == models_before
+        assert c.get("/health").json()["model_version"] == LIVE
+        assert not (store / "retrain" / "runs" / body["run_id"] / "data").exists()
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202  # the slot is free again
+        assert c.post("/retrain/cancel", headers=AUTH).json()["state"] == "cancelled"
+
+
+def test_a_run_at_its_gate_is_never_cancelled(tmp_path, data):
+    """From the gate on, a run finishes its decision and publication whole (decision lock)."""
+    import subprocess
+
+    from fruitpipe.backends.base import NotRunning
+    from fruitpipe.backends.local import atomic_write_json
+    store, app = run_retrain(tmp_path, data, "good")
+    trainer = app.state.fruitpipe.backend.trainer
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        atomic_write_json(store / "retrain" / "status.json",
+                          {"state": "running", "run_id": "run-at-gate", "stage": "gate", "pid": proc.pid})
+        with pytest.raises(NotRunning, match="reached its gate"):
+            trainer.cancel()
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

@@ -39,7 +39,8 @@ from .. import recipe as rc
 from ..classifier import ZOOM_MEMO_ENV, remember_zoom
 from ..evalset import UploadGuard
 from ..labels import LABELS
-from .local import LocalRegistry, atomic_write_json, proc_start_time, read_json, uploads_fingerprint
+from .local import (LocalRegistry, atomic_write_json, decision_lock, proc_start_time, read_json,
+                    uploads_fingerprint)
 
 # Rough expected seconds per stage before any run was measured here (a warm-started retrain with
 # a warm cache on an unloaded 2-core machine, about 33 s in all); afterwards
@@ -380,43 +381,44 @@ class Run:
                 candidate = self.train(data, validation)
                 cand_metrics, live_metrics, eval_set = self.evaluate(candidate, evaluation)
             self.drop_snapshot()
-            self.stage("gate")
-            version = bundle.read_manifest(candidate).version
-            live_version = self.registry.live_version()
-            try:
-                decision = gate.decide(cand_metrics, live_metrics,
-                                       tolerance=float(self.config.get("gate_tolerance", 0.0)),
-                                       strict=bool(self.config.get("strict_gate")))
-            except gate.GateError as exc:
-                decision = gate.Decision(False, f"metrics cannot be compared: {exc}", {}, None)
-            evaluation_record = {"candidate": cand_metrics, "live": live_metrics, "live_version": live_version,
-                                 "eval_set": eval_set, "evaluation": self.recipe.to_dict()["evaluation"]}
-            result = dict(self.status.get("result") or {}, version=version, promoted=decision.promote,
-                          reason=decision.reason, candidate=_summary(cand_metrics),
-                          live=_summary(live_metrics), live_version=live_version, eval_set=eval_set)
-            self.log(("promote: " if decision.promote else "reject: ") + decision.reason)
-            save_frozen_evaluation(self.store, version, eval_set, cand_metrics)
-            record_trained_on(self.store, version, fingerprint, live_version)
-            if decision.promote:
-                self.stage("publish")
-                self.registry.add(candidate, version, evaluation=evaluation_record)
-                if self.config.get("shadow_requests"):  # live only after its shadow (fruitpipe.shadow)
-                    from ..shadow import plan
-                    from .shadow_pointers import LocalShadowPointer
-                    LocalShadowPointer(self.store).write(plan(version, live_version, datetime.now(timezone.utc),
-                                                              int(self.config["shadow_requests"])))
-                    result["shadow"] = True
-                    self.log(f"shadow: {version} runs beside {live_version} for "
-                             f"{self.config['shadow_requests']} requests before it may go live")
+            with decision_lock(self.store):  # a cancel (LocalTrainer.cancel) waits for this whole block
+                self.stage("gate")
+                version = bundle.read_manifest(candidate).version
+                live_version = self.registry.live_version()
+                try:
+                    decision = gate.decide(cand_metrics, live_metrics,
+                                           tolerance=float(self.config.get("gate_tolerance", 0.0)),
+                                           strict=bool(self.config.get("strict_gate")))
+                except gate.GateError as exc:
+                    decision = gate.Decision(False, f"metrics cannot be compared: {exc}", {}, None)
+                evaluation_record = {"candidate": cand_metrics, "live": live_metrics, "live_version": live_version,
+                                     "eval_set": eval_set, "evaluation": self.recipe.to_dict()["evaluation"]}
+                result = dict(self.status.get("result") or {}, version=version, promoted=decision.promote,
+                              reason=decision.reason, candidate=_summary(cand_metrics),
+                              live=_summary(live_metrics), live_version=live_version, eval_set=eval_set)
+                self.log(("promote: " if decision.promote else "reject: ") + decision.reason)
+                save_frozen_evaluation(self.store, version, eval_set, cand_metrics)
+                record_trained_on(self.store, version, fingerprint, live_version)
+                if decision.promote:
+                    self.stage("publish")
+                    self.registry.add(candidate, version, evaluation=evaluation_record)
+                    if self.config.get("shadow_requests"):  # live only after its shadow (fruitpipe.shadow)
+                        from ..shadow import plan
+                        from .shadow_pointers import LocalShadowPointer
+                        LocalShadowPointer(self.store).write(plan(version, live_version, datetime.now(timezone.utc),
+                                                                  int(self.config["shadow_requests"])))
+                        result["shadow"] = True
+                        self.log(f"shadow: {version} runs beside {live_version} for "
+                                 f"{self.config['shadow_requests']} requests before it may go live")
+                    else:
+                        self.registry.activate(version)
+                    state = "succeeded"
                 else:
-                    self.registry.activate(version)
-                state = "succeeded"
-            else:
-                self.registry.add(candidate, version, rejected_reason=decision.reason, evaluation=evaluation_record)
-                state = "rejected"
-            atomic_write_json(self.plan_path, [list(p) for p in self.progress.finish()])
-            self.update(state=state, stage="done", percent=100.0, eta_seconds=0.0, finished=bundle.now_iso(),
-                        result=result)
+                    self.registry.add(candidate, version, rejected_reason=decision.reason, evaluation=evaluation_record)
+                    state = "rejected"
+                atomic_write_json(self.plan_path, [list(p) for p in self.progress.finish()])
+                self.update(state=state, stage="done", percent=100.0, eta_seconds=0.0, finished=bundle.now_iso(),
+                            result=result)
             return 0
         except RunFailed as exc:
             return self.fail(str(exc))
