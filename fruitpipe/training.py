@@ -96,6 +96,27 @@ class Config:
 
 
 
+def config_for(values: dict[str, Any], base_model: Path | None = None) -> Config:
+    """:meth:`Config.from_mapping` of ``values``; without a ``backbone`` among them, a retrain
+    (``base_model``, the live bundle) keeps the base model's backbone.
+
+    Raises:
+        TrainingError: an unknown hyperparameter or backbone, or an unreadable base model.
+    """
+    values = dict(values)
+    if base_model is not None and not values.get("backbone"):
+        try:
+            values["backbone"] = bundle.read_manifest(Path(base_model)).backbone_name
+        except bundle.BundleError as exc:
+            raise TrainingError(f"cannot warm-start from base model {base_model}: {exc}") from None
+    config = Config.from_mapping(values)
+    try:
+        backbones.get(config.backbone)
+    except backbones.BackboneError as exc:
+        raise TrainingError(str(exc)) from None
+    return config
+
+
 def _targets(labels: list[str]) -> np.ndarray:
     return np.array([LABELS.index(lab) for lab in labels], dtype=np.int64)
 

@@ -183,3 +183,113 @@ def test_cli_unknown_backbone_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "error: unknown backbone 'resnet50'; known: " + ", ".join(NAMES)]
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    import os
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FRUITPIPE_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fruitpipe", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def lite0_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small bundle trained on EfficientNet-Lite0 by the real CLI (6 photos a class, 2 to validate)."""
+    from .service_support import small_dataset
+    root = tmp_path_factory.mktemp("lite0")
+    train, val = small_dataset(root / "train", "train", 6), small_dataset(root / "val", "val", 2)
+    proc = _cli("train", "--data", str(train), "--validation", str(val), "--out", str(root / "model"),
+                "--cache", str(root / "cache"), "--backbone", "efficientnet_lite0",
+                "--set", "epochs=5", "--set", "hidden=32", "--set", "prototypes_per_class=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root / "model"
+
+
+@needs_shared
+@pytest.mark.slow
+def test_lite0_bundle_is_trained_predicted_and_evaluated(lite0_bundle: Path) -> None:
+    manifest = bundle.verify(lite0_bundle)
+    lite0 = bb.get("efficientnet_lite0")
+    assert manifest.raw["backbone"] == lite0.manifest_entry()
+    assert manifest.raw["backbone"]["input_size"] == 224 and manifest.raw["backbone"]["embedding_tensor"] == 161
+    assert manifest.head["features"] == "emb" and "block" not in manifest.head
+    assert manifest.raw["hyperparameters"]["backbone"] == "efficientnet_lite0"
+    photo = sorted((FRUITS / "test" / "freshbanana").glob("*.jpg"))[0]
+    proc = _cli("predict", "--model", str(lite0_bundle), str(photo))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert answer["model_version"] == manifest.version and answer["predicted_class"] in manifest.labels
+    from .service_support import small_dataset
+    data = small_dataset(lite0_bundle.parent / "test", "test", 2)
+    proc = _cli("evaluate", "--model", str(lite0_bundle), "--data", str(data), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["n"] == 12 and result["model_version"] == manifest.version and 0 <= result["accuracy"] <= 1
+
+
+@needs_shared
+@pytest.mark.slow
+def test_lite0_bundle_served_over_http(lite0_bundle: Path, tmp_path: Path) -> None:
+    import httpx
+
+    from fruitpipe.backends.local import create_local_backend
+
+    from .service_support import fruit, live_server, make_app
+    backend = create_local_backend(tmp_path / "store", seed_bundle=lite0_bundle)
+    with live_server(make_app(backend)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        info = client.get("/model-info").json()
+        assert info["backbone"]["name"] == "efficientnet_lite0" and info["preprocessing"]["size"] == 224
+        r = client.post("/predict", files={"file": ("b.jpg", fruit("freshbanana"), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == bundle.read_manifest(lite0_bundle).version
+        r = client.post("/predict/batch", files=[("files", ("a.jpg", fruit("freshapples"), "image/jpeg")),
+                                                 ("files", ("o.jpg", fruit("rottenoranges"), "image/jpeg"))])
+        assert r.status_code == 200 and len(r.json()["results"]) == 2, r.text
+        # no fine-tuned block 17 on this backbone: a clear 4xx, never a 500
+        r = client.post("/predict?explain=true", files={"file": ("b.jpg", fruit("freshbanana"), "image/jpeg")})
+        assert r.status_code == 409 and r.json()["error"] == "cannot_explain"
+        assert "efficientnet_lite0" in r.json()["detail"]
+
+
+@needs_shared
+@pytest.mark.slow
+def test_training_job_retrain_keeps_the_base_models_backbone(lite0_bundle: Path, tmp_path: Path) -> None:
+    import os
+
+    from .service_support import small_dataset
+    train = small_dataset(tmp_path / "train", "train", 5, offset=6)
+    hp = tmp_path / "hyperparameters.json"
+    hp.write_text(json.dumps({"epochs": "3", "hidden": "32", "prototypes_per_class": "2"}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FRUITPIPE_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "training_job", "--data", str(train), "--out", str(tmp_path / "m"),
+                           "--cache", str(lite0_bundle.parent / "cache"), "--base-model", str(lite0_bundle),
+                           "--hyperparameters", str(hp)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert bundle.verify(tmp_path / "m").backbone_name == "efficientnet_lite0"
+    assert "features=emb" in proc.stdout  # the embedding-only head: no MobileNetV2 feature maps here
+    # told otherwise, it trains on the named backbone; an unknown name fails before any work
+    proc = subprocess.run([sys.executable, "-m", "training_job", "--data", str(train), "--out", str(tmp_path / "x"),
+                           "--base-model", str(lite0_bundle), "--set", "backbone=resnet50"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "unknown backbone 'resnet50'" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
+
+
+@needs_shared
+@pytest.mark.slow
+def test_gate_scores_bundles_on_different_backbones_on_the_same_images(lite0_bundle: Path, tmp_path: Path) -> None:
+    """The retrain gate (local backend) compares a candidate and the live model even when their
+    manifests name different backbones: the set is embedded once per backbone, through the cache."""
+    from fruitpipe.backends.local_run import EmbeddedSet
+
+    from .service_support import small_dataset
+    data = small_dataset(tmp_path / "eval", "test", 2, offset=10)
+    sets = EmbeddedSet(data, tmp_path / "cache")
+    lite0, v2 = sets.score(lite0_bundle), sets.score(DEFAULT_MODEL)
+    assert lite0["n"] == v2["n"] == 12
+    assert lite0["model_version"] == bundle.read_manifest(lite0_bundle).version
+    assert {sets.for_bundle(b)[0].spec.name for b in (lite0_bundle, DEFAULT_MODEL)} == {"efficientnet_lite0",
+                                                                                      "mobilenet_v2"}
+    assert len(EmbeddingCache(tmp_path / "cache", "efficientnet_lite0")) == 12
+    assert len(EmbeddingCache(tmp_path / "cache")) == 12

@@ -47,10 +47,9 @@ def backbone_choice(value: str | None) -> tuple[str | None, Path | None]:
 @command("train", _train_args)
 def _train(args: argparse.Namespace) -> int:
     """Train a model bundle from a class-folder dataset (the training job, run locally)."""
-    from ..backbone import BackboneError, get as get_backbone
     from ..bundle import read_manifest
     from ..joblog import interactive, quiet_native_stderr
-    from ..training import Config, TrainingError, main_error, train
+    from ..training import TrainingError, config_for, main_error, train
 
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data} is not a folder")
@@ -66,9 +65,8 @@ def _train(args: argparse.Namespace) -> int:
         values.update(dict(item.split("=", 1) for item in args.set))
         if name is not None:
             values["backbone"] = name
-        config = Config.from_mapping(values)
-        get_backbone(config.backbone)
-    except (ValueError, TrainingError, BackboneError) as exc:
+        config = config_for(values, args.base_model)
+    except (ValueError, TrainingError) as exc:
         raise UsageError(f"bad hyperparameter: {exc}") from None
     backbone_path = args.backbone_path or legacy_path
     started = time.monotonic()
