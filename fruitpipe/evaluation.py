@@ -99,7 +99,7 @@ def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str
 def evaluate(classifier, data_dir: Path | str, progress: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Embed every image of ``data_dir`` (through the one preprocessing path) and score it."""
     from .embeddings import EmbeddingCache, embed_folder
-    emb = embed_folder(Path(data_dir), classifier.backbone, EmbeddingCache(None), views=("orig",),
+    emb = embed_folder(Path(data_dir), classifier.backbone, EmbeddingCache(None, classifier.backbone.spec), views=("orig",),
                        stage="evaluate", progress=progress)
     if not len(emb):
         raise ValueError(f"no usable images under {data_dir}")

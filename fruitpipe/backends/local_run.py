@@ -167,10 +167,33 @@ def embed_set(folder: Path, cache_dir: Path, views: tuple[str, ...] = ("orig",),
     from ..classifier import Backbone
     from ..embeddings import EmbeddingCache, embed_folder
     backbone = backbone or Backbone(None)
-    cache = EmbeddingCache(cache_dir)
+    cache = EmbeddingCache(cache_dir, backbone.spec)
     emb = embed_folder(folder, backbone, cache, views=views, progress=False)
     cache.flush()
     return backbone, emb
+
+
+class EmbeddedSet:
+    """One evaluation folder, embedded (through the cache) once per backbone that a scored bundle
+    names: bundles on different backbones are compared on the same images, each on its own."""
+
+    def __init__(self, folder: Path, cache_dir: Path, backbone: Any = None) -> None:
+        self.folder, self.cache_dir = Path(folder), Path(cache_dir)
+        self._sets: dict[str, tuple[Any, Any]] = {}
+        self._given = backbone
+
+    def for_bundle(self, bundle_dir: Path) -> tuple[Any, Any]:
+        """``(backbone, Embedded)`` for the backbone ``bundle_dir``'s manifest names."""
+        from ..classifier import Backbone
+        spec = bundle.read_manifest(bundle_dir).backbone
+        if spec.name not in self._sets:
+            given = self._given if self._given is not None and self._given.spec is spec else None
+            self._sets[spec.name] = embed_set(self.folder, self.cache_dir, backbone=given or Backbone(spec))
+        return self._sets[spec.name]
+
+    def score(self, bundle_dir: Path) -> dict[str, Any]:
+        """:func:`score` of ``bundle_dir`` on this set, embedded by its own backbone."""
+        return score(bundle_dir, *self.for_bundle(bundle_dir))
 
 
 def score(bundle_dir: Path, backbone: Any, emb: Any) -> dict[str, Any]:
@@ -334,10 +357,11 @@ class Run:
             return cand, live, eval_set
         memo = remember_zoom()
         memo.load(zoom_memo_path(self.cache_dir))
-        backbone, emb = embed_set(evaluation, self.cache_dir)
+        sets = EmbeddedSet(evaluation, self.cache_dir)
+        sets.for_bundle(candidate)
         self.progress.within(0.4)
         self.update()
-        cand = score(candidate, backbone, emb)
+        cand = sets.score(candidate)
         self.log(f"candidate: accuracy={cand['accuracy']:.4f} macro_f1={cand['macro_f1']:.4f} "
                  f"ood_rejected_rate={cand.get('ood_rejected_rate')}")
         live = None
@@ -346,7 +370,7 @@ class Run:
             if cached is not None and cached.get("eval_set") == eval_set:
                 metrics = cached["metrics"]
             else:
-                metrics = score(self.registry.fetch(version), backbone, emb)
+                metrics = sets.score(self.registry.fetch(version))
                 save_frozen_evaluation(self.store, version, eval_set, metrics)
             if version == live_version:
                 live = metrics
@@ -510,8 +534,12 @@ def warm_up(store: Path) -> int:
             work = ([(root, views) for root in recipe.train + recipe.validation]
                     + [(root, ("orig",)) for root in recipe.evaluation])
             items = [(item, v) for root, v in work if Path(root).is_dir() for item in list_dataset(Path(root))]
-            backbone = Backbone(None)
-            cache = EmbeddingCache(cache_dir)
+            registry = LocalRegistry(Path(store))
+            live = registry.live_version()
+            # the recipe's backbone, else the live model's: the one the next retrain trains on
+            backbone = Backbone(recipe.hyperparameters.get("backbone")
+                                or (bundle.read_manifest(registry.fetch(live)).backbone if live else None))
+            cache = EmbeddingCache(cache_dir, backbone.spec)
             chunk = 512
             for start in range(0, len(items), chunk):
                 part = items[start:start + chunk]
@@ -521,8 +549,6 @@ def warm_up(store: Path) -> int:
                 update(stage="embedding the seed data", percent=round(5 + 94 * (start + len(part)) / len(items), 1))
             # The live model's score on the frozen evaluation set, so the first retrain's gate only
             # has the candidate left to score.
-            registry = LocalRegistry(Path(store))
-            live = registry.live_version()
             if live is not None and recipe.evaluation:
                 update(stage="scoring the live model on the evaluation set", percent=99.0)
                 evaluation = Path(store) / "retrain" / "warmup-evaluation"
@@ -534,8 +560,8 @@ def warm_up(store: Path) -> int:
                     if cached is None or cached.get("eval_set") != eval_set:
                         memo = remember_zoom()
                         memo.load(zoom_memo_path(cache_dir))
-                        _, emb = embed_set(evaluation, cache_dir, backbone=backbone)
-                        save_frozen_evaluation(Path(store), live, eval_set, score(registry.fetch(live), backbone, emb))
+                        scored = EmbeddedSet(evaluation, cache_dir, backbone).score(registry.fetch(live))
+                        save_frozen_evaluation(Path(store), live, eval_set, scored)
                         memo.save(zoom_memo_path(cache_dir))
                 finally:
                     shutil.rmtree(evaluation, ignore_errors=True)
