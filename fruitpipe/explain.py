@@ -88,7 +88,9 @@ def explain(classifier, image: np.ndarray, cls: int | None = None) -> dict[str, 
         CannotExplain: the bundle has no fine-tuned block.
     """
     if classifier.block is None:
-        raise CannotExplain(f"recipe {classifier.recipe!r} has no fine-tuned block to explain")
+        raise CannotExplain(f"model {classifier.version} (backbone {classifier.backbone.spec.name}, recipe "
+                            f"{classifier.recipe!r}) has no fine-tuned block 17 to explain; Grad-CAM is "
+                            "available for MobileNetV2 bundles with the fine-tuned recipe")
     emb, pooled, block_in = classifier.backbone.outputs(np.asarray(image, dtype=np.uint8)[None])
     block_out = classifier.block(classifier.backbone.block_input(block_in))
     x = features.head_input(classifier.recipe, emb, features.with_block(pooled, block_out))

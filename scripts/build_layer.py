@@ -7,8 +7,9 @@
   ``pip install --platform manylinux_2_27_<arch> (… up to 2_34) --python-version 3.12 --implementation cp
   --only-binary=:all: -t …`` (Amazon Linux 2023, glibc 2.34, is what python3.12 Lambdas run on),
   then pruned (tests, caches, type stubs, C headers).
-* ``layers/build/function/`` — ``fruitpipe/``, ``functions/``, ``models/default/`` and the backbone
-  (``backbone/<file>``, resolved and checksum-verified by :mod:`fruitpipe.backbone`).
+* ``layers/build/function/`` — ``fruitpipe/``, ``functions/``, ``models/default/`` and the backbones
+  (MobileNetV2 as ``backbone/<file>``, every other registered one the build machine can provision as
+  ``backbone/<zoo folder>/<file>``; resolved and checksum-verified by :mod:`fruitpipe.backbone`).
 
 Prints (and writes ``layers/build/size-report.json``) the unzipped sizes; fails above Lambda's
 250 MB limit and warns above the project's 150 MB target. The layer is rebuilt only when the
@@ -197,7 +198,20 @@ def build_function() -> Path:
     bundle.verify(REPO / "models" / "default")
     _copy_tree(REPO / "models" / "default", tmp / "models" / "default")
     (tmp / "backbone").mkdir()
-    shutil.copy2(backbone.resolve(), tmp / "backbone" / backbone.FILENAME)
+    shutil.copy2(backbone.resolve(), tmp / "backbone" / backbone.FILENAME)  # FRUITPIPE_BACKBONE
+    # The other registered backbones in model-zoo layout (FRUITPIPE_MODEL_ZOO=/var/task/backbone), so
+    # the function serves a live bundle on any of them; one the build machine cannot provision is
+    # left out (warning): a bundle on it then fails to load and the previous model stays live.
+    for spec in backbone.SPECS.values():
+        if spec is backbone.DEFAULT:
+            continue
+        try:
+            src = backbone.resolve(spec)
+        except backbone.BackboneError as exc:
+            print(f"warning: backbone {spec.name} left out of the function asset: {exc}", file=sys.stderr)
+            continue
+        (tmp / "backbone" / spec.folder).mkdir()
+        shutil.copy2(src, tmp / "backbone" / spec.folder / spec.filename)
     compile_for_312(tmp)
     # A fixed mtime keeps the asset hash stable across identical builds.
     for path in tmp.rglob("*"):

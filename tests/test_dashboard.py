@@ -520,3 +520,26 @@ def test_api_docs_render_offline(browser, tmp_path):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "docs-desktop.png"))
         page.close()
+
+
+def test_a_running_retrain_can_be_stopped_from_the_dashboard(browser, tmp_path):
+    seed = small_dataset(tmp_path / "seed", "train", 3)
+    eval_dir = small_dataset(tmp_path / "eval", "test", 2)
+    app = make_app(make_backend(tmp_path / "store", mode="good", seed=seed, eval_dir=eval_dir, sleep=300.0))
+    with live_server(app) as url:
+        page = browser.new_page()
+        errors = watch_errors(page)
+        page.goto(url + "/")
+        assert page.is_hidden("#retrain-stop")  # nothing running
+        sign_in(page)
+        page.click("#retrain-btn")
+        page.wait_for_selector("#retrain-dialog[open]")
+        page.check("#retrain-force")  # the store has no uploads: nothing new to learn
+        page.click("#retrain-confirm")
+        page.wait_for_selector("#retrain-stop:not([hidden])")
+        page.click("#retrain-stop")
+        page.wait_for_selector("#retrain-state[data-state='cancelled']")
+        assert page.text_content("#retrain-result").startswith("Stopped: cancelled at stage")
+        assert page.is_hidden("#retrain-stop") and page.is_enabled("#retrain-btn")
+        page.close()
+        assert not errors, errors

@@ -58,7 +58,8 @@ def test_functions_runtime_architecture_memory_timeout_layer(synthesized):
     assert "ReservedConcurrentExecutions" not in api
     env = api["Environment"]["Variables"]
     for key in ("FRUITPIPE_DATA_BUCKET", "FRUITPIPE_MODELS_BUCKET", "FRUITPIPE_STATE_TABLE",
-                "FRUITPIPE_ADMIN_TOKEN_SECRET", "FRUITPIPE_BACKBONE", "POWERTOOLS_METRICS_NAMESPACE"):
+                "FRUITPIPE_ADMIN_TOKEN_SECRET", "FRUITPIPE_BACKBONE", "FRUITPIPE_MODEL_ZOO",
+                "POWERTOOLS_METRICS_NAMESPACE"):
         assert key in env, key
     assert env["FRUITPIPE_MODEL_REFRESH_SECONDS"] == "60"
     ingest = by_handler["functions.ingest.handler.handler"]

@@ -667,11 +667,14 @@ function renderRetrain(s) {
   $("retrain-bar").style.width = `${shown}%`;
   $("retrain-progress").setAttribute("aria-valuenow", String(Math.round(shown)));
   $("retrain-btn").disabled = s.state === "running";
+  // a run can be stopped until its gate; from then on it finishes its decision whole
+  $("retrain-stop").hidden = s.state !== "running" || ["gate", "publishing", "done"].includes(s.stage);
   const r = s.result || {};
   let text = "";
   if (s.state === "succeeded") text = `Promoted ${r.version}: ${r.reason}`;
   else if (s.state === "rejected") text = `Kept ${r.live_version} live; candidate ${r.version} rejected: ${r.reason}`;
   else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}`;
+  else if (s.state === "cancelled") text = `Stopped: ${r.error || "cancelled"}`;
   else if (s.warmup?.state === "failed") {
     text = `Preparing the embedding cache failed (${s.warmup.error || "see the server log"}); the first retrain will do that work itself, more slowly.`;
   }
@@ -716,6 +719,16 @@ async function retrain() {
   }
 }
 
+async function stopRetrain() {
+  showError("retrain-error", "");
+  if (!(await ensureSignedIn())) { showError("retrain-error", "stopping a retrain needs the admin sign-in"); return; }
+  try {
+    renderRetrain(await api("/retrain/cancel", { method: "POST", headers: authHeaders() }));
+  } catch (err) {
+    writeError("retrain-error", "stop", err);
+  }
+}
+
 // ---------------------------------------------------------------- start
 function init() {
   const sel = $("upload-class");
@@ -725,6 +738,7 @@ function init() {
   $("explain-toggle").addEventListener("change", toggleExplanation);
   $("upload-form").addEventListener("submit", upload);
   $("retrain-btn").addEventListener("click", retrain);
+  $("retrain-stop").addEventListener("click", stopRetrain);
   refreshStats(); refreshDataset(); refreshVersions(); pollRetrain();
   setInterval(refreshStats, 3000);
   setInterval(refreshDataset, 15000);
