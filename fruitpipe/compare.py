@@ -78,7 +78,6 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 # --quick: images kept per folder (a class, or a not-fruit kind) of each data set.
-DEFAULT_BACKBONE = "mobilenet_v2"  # what the training job uses without --backbone
 QUICK_CAPS = {"train": (40, 4), "validation": (15, 2), "test": (20, 3)}  # (per class, per not-fruit kind)
 QUICK_CNN = cnn.CnnConfig(epochs=8)
 FULL_CNN = cnn.CnnConfig(epochs=10)
@@ -90,9 +89,9 @@ class CompareError(RuntimeError):
 
 
 def available_backbones() -> set[str]:
-    """The registry's backbone names (empty before :mod:`fruitpipe.backbone` has a registry)."""
+    """The registry's backbone names (:data:`fruitpipe.backbone.SPECS`)."""
     from . import backbone
-    return set(getattr(backbone, "SPECS", {}) or {"mobilenet_v2"})
+    return set(backbone.SPECS)
 
 
 def select(names: Sequence[str] | None, quick: bool) -> list[Variant]:
@@ -223,7 +222,7 @@ def _bundle_answers(bundle: Path, items: Sequence[tuple[str, Path]], cache_dir: 
     from .evaluation import image_source
 
     clf = Classifier(bundle, num_threads=1)
-    cache = EmbeddingCache(cache_dir)
+    cache = EmbeddingCache(cache_dir, clf.backbone.spec)
     emb = embed_items([Item(p, lab) for lab, p in items], clf.backbone, cache, views=("orig",), progress=False)
     cache.flush()
     if len(emb) != len(items):
@@ -239,7 +238,7 @@ def _train_bundle(variant: Variant, recipe: rc.Recipe, train_dir: Path, val_dir:
     settings = {**recipe.hyperparameters, **variant.settings}
     cmd = [sys.executable, "-m", "fruitpipe", "train", "--data", str(train_dir), "--validation", str(val_dir),
            "--cache", str(cache_dir), "--out", str(out / "bundle"), "--output-data", str(out / "output")]
-    if variant.backbone and variant.backbone != DEFAULT_BACKBONE:
+    if variant.backbone:
         cmd += ["--backbone", variant.backbone]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
