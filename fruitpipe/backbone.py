@@ -146,6 +146,15 @@ def get(name: str | Spec | None = None) -> Spec:
         raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(SPECS)}") from None
 
 
+def is_path(value: object) -> bool:
+    """Whether ``value`` names a file rather than a registry entry (the signatures from before the
+    registry took a path where they now take a spec): a path object, or a string with a path
+    separator or a ``.tflite`` suffix."""
+    if isinstance(value, os.PathLike):
+        return True
+    return isinstance(value, str) and value not in SPECS and (os.sep in value or value.endswith(".tflite"))
+
+
 def by_sha256(sha256: str) -> Spec | None:
     """The registered backbone with this file sha256, if any."""
     return next((s for s in SPECS.values() if s.sha256 == sha256), None)
@@ -219,8 +228,8 @@ def resolve(spec: Spec | str | None = None, override: str | os.PathLike[str] | N
     Raises:
         BackboneError: unknown name, a copy with the wrong sha256, or no copy to be found.
     """
-    if isinstance(spec, (os.PathLike, Path)):  # the old signature: resolve(override)
-        spec, override = None, spec
+    if is_path(spec):  # the old signature: resolve(override)
+        spec, override = None, spec  # type: ignore[assignment]
     spec = get(spec)
     if override:
         return _checked(_candidate(Path(override), spec), "argument", spec)

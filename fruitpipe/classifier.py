@@ -1,4 +1,5 @@
-"""LiteRT inference: int8 backbone → 1280-d embedding (+ pooled earlier maps) → head → six probabilities → verdict.
+"""LiteRT inference: frozen backbone (the one the bundle names) → embedding (+ MobileNetV2's pooled
+earlier maps and block-17 input) → head → six probabilities → verdict.
 
 Thread safety: a LiteRT ``Interpreter`` must not be used by two threads at once. A
 :class:`Classifier` owns a small pool of interpreters (``workers``, default 1) and lends one to
@@ -23,7 +24,7 @@ from .head import Head, softmax
 from .labels import LABELS, OOD_FOLDER, Verdict
 from .rejection import Rejector, prototype_similarity, split_not_fruit
 
-# Rows of a batch → their preprocessed images ``uint8 [n, 224, 224, 3]``; lets callers that hold
+# Rows of a batch → their preprocessed images ``uint8 [n, S, S, 3]``; lets callers that hold
 # only embeddings (evaluation, training) load images lazily for the rejection's second look.
 ImageSource = Callable[[np.ndarray], np.ndarray]
 
@@ -74,8 +75,8 @@ class Backbone:
 
     def __init__(self, spec: backbone.Spec | str | os.PathLike[str] | None = None,
                  path: Path | str | None = None, *, num_threads: int = 1, workers: int = 1) -> None:
-        if isinstance(spec, (os.PathLike, Path)):  # Backbone(path): the default backbone's file
-            spec, path = None, spec
+        if backbone.is_path(spec):  # Backbone(path): the default backbone's file (signature before the registry)
+            spec, path = None, spec  # type: ignore[assignment]
         self.spec = backbone.get(spec)
         self.path = backbone.resolve(self.spec, path)
         model = backbone.embedding_model(self.path.read_bytes(), spec=self.spec)
@@ -210,7 +211,7 @@ class ZoomMemo:
     it across the processes of a retrain (npz, temporary file + ``os.replace``)."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, np.ndarray] = {}  # key -> float32 [4, 1280]
+        self.entries: dict[str, np.ndarray] = {}  # key -> float32 [4, D]
         self.new = 0
 
     @staticmethod

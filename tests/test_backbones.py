@@ -126,9 +126,11 @@ def test_resolve_order_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert bb.resolve("efficientnet_lite0", override) == zoo_copy
     monkeypatch.setenv(bb.ZOO_ENV_VAR, str(MODEL_ZOO))
     assert bb.resolve(lite0) == zoo_copy
-    # provisioned into the cache, then found there with no variable set
-    cached = bb.provision(spec="efficientnet_lite0")
-    assert cached == tmp_path / "cache" / lite0.filename
+    # provisioned into the cache (python -m fruitpipe.backbone --backbone NAME), then found there
+    assert bb.main(["--backbone", "efficientnet_lite0"]) == 0
+    cached = tmp_path / "cache" / lite0.filename
+    assert bb.sha256_file(cached) == lite0.sha256
+    assert bb.main(["--backbone", "resnet50"]) == 2
     monkeypatch.delenv(bb.ZOO_ENV_VAR)
     assert bb.resolve("efficientnet_lite0", download=False) == cached
     # a copy with the wrong sha256 is refused wherever it comes from
@@ -293,3 +295,14 @@ def test_gate_scores_bundles_on_different_backbones_on_the_same_images(lite0_bun
                                                                                       "mobilenet_v2"}
     assert len(EmbeddingCache(tmp_path / "cache", "efficientnet_lite0")) == 12
     assert len(EmbeddingCache(tmp_path / "cache")) == 12
+
+
+@needs_shared
+def test_old_signatures_take_a_path(tmp_path: Path) -> None:
+    """Before the registry, Backbone() and resolve() took a path first: they still do."""
+    from fruitpipe.classifier import Backbone
+
+    from .conftest import BACKBONE_DIR
+    expected = BACKBONE_DIR / bb.FILENAME
+    assert bb.resolve(BACKBONE_DIR) == bb.resolve(str(BACKBONE_DIR)) == expected
+    assert Backbone(str(BACKBONE_DIR)).spec is bb.DEFAULT and Backbone(expected).path == expected
