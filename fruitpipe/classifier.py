@@ -299,6 +299,9 @@ class Classifier:
                               [layer["activation"] for layer in self.manifest.head["layers"]])
         # Bundles made before the recipe existed have no "features" entry: embedding only.
         self.recipe = str(self.manifest.head.get("features", features.LEGACY))
+        if self.recipe != features.LEGACY and not spec.has_extras:
+            raise bundle.BundleError(f"head recipe {self.recipe!r} needs MobileNetV2's feature maps, "
+                                     f"not backbone {spec.name}")
         try:
             dim = features.input_dim(self.recipe, spec.embedding_dim)
         except ValueError as exc:

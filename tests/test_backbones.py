@@ -163,6 +163,11 @@ def test_manifest_naming_an_unknown_or_mismatched_backbone_is_refused(tmp_path: 
         bundle.read_manifest(_manifest_with(tmp_path / "a", {"name": "resnet50", "sha256": "0" * 64}))
     with pytest.raises(bundle.BundleError, match="different backbone efficientnet_lite0"):
         bundle.read_manifest(_manifest_with(tmp_path / "b", {"name": "efficientnet_lite0", "sha256": bb.SHA256}))
+    # a head that reads MobileNetV2's feature maps cannot run on another backbone
+    from fruitpipe.classifier import Classifier
+    lite0 = bb.get("efficientnet_lite0")
+    with pytest.raises(bundle.BundleError, match="needs MobileNetV2's feature maps, not backbone efficientnet_lite0"):
+        Classifier(_manifest_with(tmp_path / "c", lite0.manifest_entry()))
 
 
 def test_cache_entries_never_serve_another_backbone(tmp_path: Path) -> None:
