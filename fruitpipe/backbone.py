@@ -155,23 +155,12 @@ def is_path(value: object) -> bool:
     return isinstance(value, str) and value not in SPECS and (os.sep in value or value.endswith(".tflite"))
 
 
-def by_sha256(sha256: str) -> Spec | None:
-    """The registered backbone with this file sha256, if any."""
-    return next((s for s in SPECS.values() if s.sha256 == sha256), None)
-
-
-# The default backbone's facts, as module constants (older code and scripts read these).
+# The default backbone's facts, as module constants (the MobileNetV2-only recipes and older code read these).
 FILENAME: Final[str] = DEFAULT.filename
 URL: Final[str] = DEFAULT.url or ""
 SHA256: Final[str] = DEFAULT.sha256
-EMBEDDING_TENSOR: Final[int] = DEFAULT.embedding_tensor
 EMBEDDING_DIM: Final[int] = DEFAULT.embedding_dim
-IMAGENET_WEIGHTS_TENSOR: Final[int] = 107
-IMAGENET_BIAS_TENSOR: Final[int] = 108
-ORIGINAL_OUTPUT_TENSOR: Final[int] = 176
-FEATURE_TENSORS: Final[tuple[int, ...]] = DEFAULT.feature_tensors
 FEATURE_CHANNELS: Final[tuple[int, ...]] = DEFAULT.feature_channels
-BLOCK_INPUT_TENSOR: Final[int] = 167
 OUTPUT_TENSORS: Final[tuple[int, ...]] = DEFAULT.output_tensors
 
 
