@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -99,6 +100,8 @@ class Backbone:
         self.block_shape: tuple[int, ...] = (
             tuple(int(v) for v in details[self.spec.block_input_tensor]["shape"][1:])
             if self.spec.block_input_tensor is not None else (0,))
+        self._explain_it = None  # feature_map's interpreter, created on first use
+        self._explain_lock = threading.Lock()
         self._imagenet_kernel: np.ndarray | None = None
         self._imagenet_bias: np.ndarray | None = None
         if self.spec.imagenet_weights is not None and self.spec.imagenet_bias is not None:
@@ -112,6 +115,40 @@ class Backbone:
             self._imagenet_kernel = np.ascontiguousarray(w.T)  # [D, classes]
             self._imagenet_bias = (it.get_tensor(self.spec.imagenet_bias).astype(np.float32)
                                    * bq["scales"].astype(np.float32))
+
+    def feature_map(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One image ``uint8 [S, S, 3]`` → (its embedding ``float32 [1, D]``, the spatial map
+        ``spec.cam_tensor`` it is the global average of, ``float32 [H, W, D]``), from one pass.
+
+        For explanations only: it runs a separate interpreter that keeps every tensor
+        (``experimental_preserve_all_tensors``, created on first use), never the serving pool.
+
+        Raises:
+            ValueError: the backbone has no such map (``spec.cam_tensor`` is None).
+        """
+        if self.spec.cam_tensor is None:
+            raise ValueError(f"backbone {self.spec.name} has no spatial map before its embedding")
+        with self._explain_lock:
+            if self._explain_it is None:
+                import warnings
+
+                from ai_edge_litert.interpreter import Interpreter
+                with warnings.catch_warnings():  # "for debugging only": here it is the point, on one image
+                    warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+                    self._explain_it = Interpreter(model_content=self.path.read_bytes(), num_threads=1,
+                                                   experimental_preserve_all_tensors=True)
+                self._explain_it.allocate_tensors()
+            it = self._explain_it
+            it.set_tensor(self._input_index, np.asarray(image, np.uint8)[None])
+            it.invoke()
+            details = it.get_tensor_details()
+            scale, zero = details[self.spec.cam_tensor]["quantization"]
+            fmap = (it.get_tensor(self.spec.cam_tensor)[0].astype(np.float32) - zero) * scale
+            emb = (it.get_tensor(self.spec.embedding_tensor).reshape(1, -1).astype(np.float32)
+                   - self._out_zero) * self._out_scale
+        if self.spec.cam_layout == "nchw":
+            fmap = np.transpose(fmap, (1, 2, 0))
+        return emb, np.ascontiguousarray(fmap)
 
     @property
     def has_imagenet(self) -> bool:
