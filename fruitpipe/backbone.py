@@ -48,7 +48,10 @@ class Spec:
     ``imagenet_classes`` is 1001 when output 0 is "background", else 1000. ``graph_output`` is the
     file's single original output when the wanted tensors are not graph outputs and the output
     list must be rewritten (:func:`embedding_model`); None when the embedding already is an output.
-    The feature-map and block-17 fields exist for MobileNetV2 only (its richer head recipes).
+    The feature-map and block-17 fields exist for MobileNetV2 only (its richer head recipes);
+    ``cam_tensor`` is the map the embedding is the global average of (EfficientNet-Lite 160/210, 7x7 /
+    8x8; RegNetX 1832, 7x7, NCHW; MobileNetV1 81, 7x7), found in each graph: the input of its MEAN or
+    AVERAGE_POOL_2D op. MobileNetV3-Small has none (a 1x1 conv follows its pool).
     """
 
     name: str
@@ -68,6 +71,10 @@ class Spec:
     feature_tensors: tuple[int, ...] = ()
     feature_channels: tuple[int, ...] = ()
     block_input_tensor: int | None = None
+    # The last spatial map whose global average is the embedding ([1, H, W, C], or [1, C, H, W] when
+    # cam_layout is "nchw"): Grad-CAM through the pool for bundles without block 17 (fruitpipe.explain).
+    cam_tensor: int | None = None
+    cam_layout: str = "nhwc"
 
     @property
     def output_tensors(self) -> tuple[int, ...]:
@@ -107,13 +114,13 @@ SPECS: Final[dict[str, Spec]] = {s.name: s for s in (
     # Converted here (tools/zoo/convert.py): no public download, provisioned from a local copy.
     Spec("efficientnet_lite0", "efficientnet_lite0_int8", "efficientnet_lite0_224_int8.tflite",
          "cda7328e41848d199bcde71f8f58e86d27344ee295ccff0fa0aa421026cd0727",
-         None, 224, (0.0078125, 127), 161, 1280, "int8", 3, 2, 1000),
+         None, 224, (0.0078125, 127), 161, 1280, "int8", 3, 2, 1000, cam_tensor=160),
     Spec("efficientnet_lite1", "efficientnet_lite1_int8", "efficientnet_lite1_240_int8.tflite",
          "36275bad011ae6fb7ad16f27196adac82572d989b97d0e3794d0f47bcec46acf",
-         None, 240, (0.0078125, 127), 211, 1280, "int8", 3, 2, 1000),
+         None, 240, (0.0078125, 127), 211, 1280, "int8", 3, 2, 1000, cam_tensor=210),
     Spec("regnetx_200mf", "regnetx_200mf_int8", "regnetx_200mf_224_int8.tflite",
          "d87510366049ae540bb7c25b9471bb340d405c511c33f3fdd2e0e958aa97f89a",
-         None, 224, (1.0, 0), 1834, 368, "int8", 8, 7, 1000),
+         None, 224, (1.0, 0), 1834, 368, "int8", 8, 7, 1000, cam_tensor=1832, cam_layout="nchw"),
     # weilly0912/ATU_Model_Zoo @ 1674298, copied unchanged. Tensor 13 is not a graph output (rewrite).
     Spec("mobilenet_v3_small", "mobilenet_v3_small_1.0_224_uint8", "v3-small_224_1.0_uint8.tflite",
          "da341cf06fa50127a72dcbeb140ee5ee98013630aa044260a4c3d45c43fc89ce",
@@ -125,7 +132,7 @@ SPECS: Final[dict[str, Spec]] = {s.name: s for s in (
          "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite",
          "f409ef4f73fcbb9667841965623c5c8524aac33d41b9bf5f3667161fb4a76319",
          _CORAL + "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite", 224, (0.0078125, 128),
-         82, 1024, "uint8"),
+         82, 1024, "uint8", cam_tensor=81),
 )}
 DEFAULT: Final[Spec] = SPECS[DEFAULT_NAME]
 
@@ -146,23 +153,21 @@ def get(name: str | Spec | None = None) -> Spec:
         raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(SPECS)}") from None
 
 
-def by_sha256(sha256: str) -> Spec | None:
-    """The registered backbone with this file sha256, if any."""
-    return next((s for s in SPECS.values() if s.sha256 == sha256), None)
+def is_path(value: object) -> bool:
+    """Whether ``value`` names a file rather than a registry entry (the signatures from before the
+    registry took a path where they now take a spec): a path object, or a string with a path
+    separator or a ``.tflite`` suffix."""
+    if isinstance(value, os.PathLike):
+        return True
+    return isinstance(value, str) and value not in SPECS and (os.sep in value or value.endswith(".tflite"))
 
 
-# The default backbone's facts, as module constants (older code and scripts read these).
+# The default backbone's facts, as module constants (the MobileNetV2-only recipes and older code read these).
 FILENAME: Final[str] = DEFAULT.filename
 URL: Final[str] = DEFAULT.url or ""
 SHA256: Final[str] = DEFAULT.sha256
-EMBEDDING_TENSOR: Final[int] = DEFAULT.embedding_tensor
 EMBEDDING_DIM: Final[int] = DEFAULT.embedding_dim
-IMAGENET_WEIGHTS_TENSOR: Final[int] = 107
-IMAGENET_BIAS_TENSOR: Final[int] = 108
-ORIGINAL_OUTPUT_TENSOR: Final[int] = 176
-FEATURE_TENSORS: Final[tuple[int, ...]] = DEFAULT.feature_tensors
 FEATURE_CHANNELS: Final[tuple[int, ...]] = DEFAULT.feature_channels
-BLOCK_INPUT_TENSOR: Final[int] = 167
 OUTPUT_TENSORS: Final[tuple[int, ...]] = DEFAULT.output_tensors
 
 
@@ -219,8 +224,8 @@ def resolve(spec: Spec | str | None = None, override: str | os.PathLike[str] | N
     Raises:
         BackboneError: unknown name, a copy with the wrong sha256, or no copy to be found.
     """
-    if isinstance(spec, (os.PathLike, Path)):  # the old signature: resolve(override)
-        spec, override = None, spec
+    if is_path(spec):  # the old signature: resolve(override)
+        spec, override = None, spec  # type: ignore[assignment]
     spec = get(spec)
     if override:
         return _checked(_candidate(Path(override), spec), "argument", spec)

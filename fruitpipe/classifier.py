@@ -1,4 +1,5 @@
-"""LiteRT inference: int8 backbone → 1280-d embedding (+ pooled earlier maps) → head → six probabilities → verdict.
+"""LiteRT inference: frozen backbone (the one the bundle names) → embedding (+ MobileNetV2's pooled
+earlier maps and block-17 input) → head → six probabilities → verdict.
 
 Thread safety: a LiteRT ``Interpreter`` must not be used by two threads at once. A
 :class:`Classifier` owns a small pool of interpreters (``workers``, default 1) and lends one to
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +25,7 @@ from .head import Head, softmax
 from .labels import LABELS, OOD_FOLDER, Verdict
 from .rejection import Rejector, prototype_similarity, split_not_fruit
 
-# Rows of a batch → their preprocessed images ``uint8 [n, 224, 224, 3]``; lets callers that hold
+# Rows of a batch → their preprocessed images ``uint8 [n, S, S, 3]``; lets callers that hold
 # only embeddings (evaluation, training) load images lazily for the rejection's second look.
 ImageSource = Callable[[np.ndarray], np.ndarray]
 
@@ -74,8 +76,8 @@ class Backbone:
 
     def __init__(self, spec: backbone.Spec | str | os.PathLike[str] | None = None,
                  path: Path | str | None = None, *, num_threads: int = 1, workers: int = 1) -> None:
-        if isinstance(spec, (os.PathLike, Path)):  # Backbone(path): the default backbone's file
-            spec, path = None, spec
+        if backbone.is_path(spec):  # Backbone(path): the default backbone's file (signature before the registry)
+            spec, path = None, spec  # type: ignore[assignment]
         self.spec = backbone.get(spec)
         self.path = backbone.resolve(self.spec, path)
         model = backbone.embedding_model(self.path.read_bytes(), spec=self.spec)
@@ -98,6 +100,8 @@ class Backbone:
         self.block_shape: tuple[int, ...] = (
             tuple(int(v) for v in details[self.spec.block_input_tensor]["shape"][1:])
             if self.spec.block_input_tensor is not None else (0,))
+        self._explain_it = None  # feature_map's interpreter, created on first use
+        self._explain_lock = threading.Lock()
         self._imagenet_kernel: np.ndarray | None = None
         self._imagenet_bias: np.ndarray | None = None
         if self.spec.imagenet_weights is not None and self.spec.imagenet_bias is not None:
@@ -111,6 +115,40 @@ class Backbone:
             self._imagenet_kernel = np.ascontiguousarray(w.T)  # [D, classes]
             self._imagenet_bias = (it.get_tensor(self.spec.imagenet_bias).astype(np.float32)
                                    * bq["scales"].astype(np.float32))
+
+    def feature_map(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One image ``uint8 [S, S, 3]`` → (its embedding ``float32 [1, D]``, the spatial map
+        ``spec.cam_tensor`` it is the global average of, ``float32 [H, W, D]``), from one pass.
+
+        For explanations only: it runs a separate interpreter that keeps every tensor
+        (``experimental_preserve_all_tensors``, created on first use), never the serving pool.
+
+        Raises:
+            ValueError: the backbone has no such map (``spec.cam_tensor`` is None).
+        """
+        if self.spec.cam_tensor is None:
+            raise ValueError(f"backbone {self.spec.name} has no spatial map before its embedding")
+        with self._explain_lock:
+            if self._explain_it is None:
+                import warnings
+
+                from ai_edge_litert.interpreter import Interpreter
+                with warnings.catch_warnings():  # "for debugging only": here it is the point, on one image
+                    warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+                    self._explain_it = Interpreter(model_content=self.path.read_bytes(), num_threads=1,
+                                                   experimental_preserve_all_tensors=True)
+                self._explain_it.allocate_tensors()
+            it = self._explain_it
+            it.set_tensor(self._input_index, np.asarray(image, np.uint8)[None])
+            it.invoke()
+            details = it.get_tensor_details()
+            scale, zero = details[self.spec.cam_tensor]["quantization"]
+            fmap = (it.get_tensor(self.spec.cam_tensor)[0].astype(np.float32) - zero) * scale
+            emb = (it.get_tensor(self.spec.embedding_tensor).reshape(1, -1).astype(np.float32)
+                   - self._out_zero) * self._out_scale
+        if self.spec.cam_layout == "nchw":
+            fmap = np.transpose(fmap, (1, 2, 0))
+        return emb, np.ascontiguousarray(fmap)
 
     @property
     def has_imagenet(self) -> bool:
@@ -210,7 +248,7 @@ class ZoomMemo:
     it across the processes of a retrain (npz, temporary file + ``os.replace``)."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, np.ndarray] = {}  # key -> float32 [4, 1280]
+        self.entries: dict[str, np.ndarray] = {}  # key -> float32 [4, D]
         self.new = 0
 
     @staticmethod
@@ -298,6 +336,9 @@ class Classifier:
                               [layer["activation"] for layer in self.manifest.head["layers"]])
         # Bundles made before the recipe existed have no "features" entry: embedding only.
         self.recipe = str(self.manifest.head.get("features", features.LEGACY))
+        if self.recipe != features.LEGACY and not spec.has_extras:
+            raise bundle.BundleError(f"head recipe {self.recipe!r} needs MobileNetV2's feature maps, "
+                                     f"not backbone {spec.name}")
         try:
             dim = features.input_dim(self.recipe, spec.embedding_dim)
         except ValueError as exc:

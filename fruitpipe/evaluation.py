@@ -99,8 +99,9 @@ def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str
 def evaluate(classifier, data_dir: Path | str, progress: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Embed every image of ``data_dir`` (through the one preprocessing path) and score it."""
     from .embeddings import EmbeddingCache, embed_folder
-    emb = embed_folder(Path(data_dir), classifier.backbone, EmbeddingCache(None, classifier.backbone.spec), views=("orig",),
-                       stage="evaluate", progress=progress)
+    cache = EmbeddingCache(None, classifier.backbone.spec)  # nothing kept: embedded at the bundle's backbone
+    emb = embed_folder(Path(data_dir), classifier.backbone, cache, views=("orig",), stage="evaluate",
+                       progress=progress)
     if not len(emb):
         raise ValueError(f"no usable images under {data_dir}")
     return evaluate_embeddings(classifier, emb.views["orig"], emb.labels, dict(emb.skipped),

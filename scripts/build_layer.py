@@ -184,8 +184,14 @@ def _copy_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "tests"))
 
 
-def build_function() -> Path:
-    """Our code + the default model + the verified backbone: what ``Code.from_asset`` uploads."""
+def build_function(backbones: tuple[str, ...] = ("mobilenet_v2",)) -> Path:
+    """Our code + the default model + the verified backbones: what ``Code.from_asset`` uploads.
+
+    ``backbones``: registered names to package besides MobileNetV2 (the CDK context key
+    ``backbones``); each must be provisionable here (cache, ``$FRUITPIPE_MODEL_ZOO`` or its pinned
+    download), else :class:`fruitpipe.backbone.BackboneError`: a deployment never silently lacks
+    the backbone it was asked to serve.
+    """
     sys.path.insert(0, str(REPO))
     from fruitpipe import backbone, bundle
 
@@ -199,17 +205,14 @@ def build_function() -> Path:
     _copy_tree(REPO / "models" / "default", tmp / "models" / "default")
     (tmp / "backbone").mkdir()
     shutil.copy2(backbone.resolve(), tmp / "backbone" / backbone.FILENAME)  # FRUITPIPE_BACKBONE
-    # The other registered backbones in model-zoo layout (FRUITPIPE_MODEL_ZOO=/var/task/backbone), so
-    # the function serves a live bundle on any of them; one the build machine cannot provision is
-    # left out (warning): a bundle on it then fails to load and the previous model stays live.
-    for spec in backbone.SPECS.values():
+    # The other backbones asked for, in model-zoo layout (FRUITPIPE_MODEL_ZOO=/var/task/backbone), so
+    # the function serves a live bundle on any of them. Only those: each adds 2.6-6.2 MB to every
+    # function, and layer + function must stay within 150 MB unzipped.
+    for name in backbones:
+        spec = backbone.get(name)
         if spec is backbone.DEFAULT:
             continue
-        try:
-            src = backbone.resolve(spec)
-        except backbone.BackboneError as exc:
-            print(f"warning: backbone {spec.name} left out of the function asset: {exc}", file=sys.stderr)
-            continue
+        src = backbone.resolve(spec)
         (tmp / "backbone" / spec.folder).mkdir()
         shutil.copy2(src, tmp / "backbone" / spec.folder / spec.filename)
     compile_for_312(tmp)
@@ -221,9 +224,9 @@ def build_function() -> Path:
     return out
 
 
-def ensure_function() -> Path:
+def ensure_function(backbones: tuple[str, ...] = ("mobilenet_v2",)) -> Path:
     """Rebuilt every time (a few MB of copying) so the asset always matches the checkout."""
-    return build_function()
+    return build_function(backbones)
 
 
 def size_report(arch: str) -> dict[str, float]:
@@ -242,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default=os.environ.get("FRUITPIPE_ARCH", "x86_64"), choices=sorted(PLATFORMS))
     parser.add_argument("--force", action="store_true", help="rebuild the layer even if it is up to date")
+    parser.add_argument("--backbones", default="mobilenet_v2",
+                        help="comma-separated backbones to package (the CDK context key `backbones`)")
     args = parser.parse_args(argv)
     ensure_layer(args.arch, force=args.force)
-    ensure_function()
+    ensure_function(tuple(n.strip() for n in args.backbones.split(",") if n.strip()))
     report = size_report(args.arch)
     print(f"unzipped: layer {report['layer_mb']} MB + function {report['function_mb']} MB = "
           f"{report['total_mb']} MB (target ≤ {TARGET_MB} MB, Lambda limit {LAMBDA_LIMIT_MB} MB)")

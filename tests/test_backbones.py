@@ -126,9 +126,11 @@ def test_resolve_order_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert bb.resolve("efficientnet_lite0", override) == zoo_copy
     monkeypatch.setenv(bb.ZOO_ENV_VAR, str(MODEL_ZOO))
     assert bb.resolve(lite0) == zoo_copy
-    # provisioned into the cache, then found there with no variable set
-    cached = bb.provision(spec="efficientnet_lite0")
-    assert cached == tmp_path / "cache" / lite0.filename
+    # provisioned into the cache (python -m fruitpipe.backbone --backbone NAME), then found there
+    assert bb.main(["--backbone", "efficientnet_lite0"]) == 0
+    cached = tmp_path / "cache" / lite0.filename
+    assert bb.sha256_file(cached) == lite0.sha256
+    assert bb.main(["--backbone", "resnet50"]) == 2
     monkeypatch.delenv(bb.ZOO_ENV_VAR)
     assert bb.resolve("efficientnet_lite0", download=False) == cached
     # a copy with the wrong sha256 is refused wherever it comes from
@@ -161,6 +163,11 @@ def test_manifest_naming_an_unknown_or_mismatched_backbone_is_refused(tmp_path: 
         bundle.read_manifest(_manifest_with(tmp_path / "a", {"name": "resnet50", "sha256": "0" * 64}))
     with pytest.raises(bundle.BundleError, match="different backbone efficientnet_lite0"):
         bundle.read_manifest(_manifest_with(tmp_path / "b", {"name": "efficientnet_lite0", "sha256": bb.SHA256}))
+    # a head that reads MobileNetV2's feature maps cannot run on another backbone
+    from fruitpipe.classifier import Classifier
+    lite0 = bb.get("efficientnet_lite0")
+    with pytest.raises(bundle.BundleError, match="needs MobileNetV2's feature maps, not backbone efficientnet_lite0"):
+        Classifier(_manifest_with(tmp_path / "c", lite0.manifest_entry()))
 
 
 def test_cache_entries_never_serve_another_backbone(tmp_path: Path) -> None:
@@ -245,10 +252,13 @@ def test_lite0_bundle_served_over_http(lite0_bundle: Path, tmp_path: Path) -> No
         r = client.post("/predict/batch", files=[("files", ("a.jpg", fruit("freshapples"), "image/jpeg")),
                                                  ("files", ("o.jpg", fruit("rottenoranges"), "image/jpeg"))])
         assert r.status_code == 200 and len(r.json()["results"]) == 2, r.text
-        # no fine-tuned block 17 on this backbone: a clear 4xx, never a 500
+        # no block 17 on this backbone: Grad-CAM at its last feature map (7x7)
         r = client.post("/predict?explain=true", files={"file": ("b.jpg", fruit("freshbanana"), "image/jpeg")})
-        assert r.status_code == 409 and r.json()["error"] == "cannot_explain"
-        assert "efficientnet_lite0" in r.json()["detail"]
+        assert r.status_code == 200, r.text
+        explanation = r.json()["explanation"]
+        assert explanation["method"] == "grad-cam, efficientnet_lite0 last feature map (7x7)"
+        grid = np.array(explanation["grid"])
+        assert grid.shape == (7, 7) and grid.min() >= 0 and grid.sum() == pytest.approx(1, abs=1e-3)
 
 
 @needs_shared
@@ -293,3 +303,45 @@ def test_gate_scores_bundles_on_different_backbones_on_the_same_images(lite0_bun
                                                                                       "mobilenet_v2"}
     assert len(EmbeddingCache(tmp_path / "cache", "efficientnet_lite0")) == 12
     assert len(EmbeddingCache(tmp_path / "cache")) == 12
+
+
+@needs_shared
+def test_old_signatures_take_a_path(tmp_path: Path) -> None:
+    """Before the registry, Backbone() and resolve() took a path first: they still do."""
+    from fruitpipe.classifier import Backbone
+
+    from .conftest import BACKBONE_DIR
+    expected = BACKBONE_DIR / bb.FILENAME
+    assert bb.resolve(BACKBONE_DIR) == bb.resolve(str(BACKBONE_DIR)) == expected
+    assert Backbone(str(BACKBONE_DIR)).spec is bb.DEFAULT and Backbone(expected).path == expected
+
+
+@needs_shared
+@pytest.mark.slow
+def test_grad_cam_at_the_last_feature_map(lite0_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bundles without block 17: the map is the one the embedding is the average of, and a backbone
+    without such a map (MobileNetV3-Small) is a clear CannotExplain (409 over HTTP)."""
+    import dataclasses
+
+    from fruitpipe import explain, imaging
+    from fruitpipe.classifier import Classifier
+    clf = Classifier(lite0_bundle)
+    image = imaging.load_image(sorted((FRUITS / "test" / "rottenapples").glob("*.jpg"))[0].read_bytes())
+    emb, fmap = clf.backbone.feature_map(image)
+    assert fmap.shape == (7, 7, 1280)
+    assert np.array_equal(emb, clf.backbone.embed(image[None]))  # the serving pass's embedding
+    assert np.abs(fmap.mean(axis=(0, 1)) - emb[0]).max() < 0.05  # its average is the embedding (int8 rounding)
+    out = explain.explain(clf, image)
+    grid = np.array(out["grid"])
+    assert grid.shape == (7, 7) and grid.min() >= 0 and grid.sum() == pytest.approx(1, abs=1e-3)
+    assert out == explain.explain(clf, image) and out["explained_class"] == clf.predict_arrays(image[None])[0].predicted_class
+    for name in ("regnetx_200mf", "mobilenet_v1", "efficientnet_lite1"):  # every map has the expected layout
+        from fruitpipe.classifier import Backbone
+        other = Backbone(name)
+        size = bb.get(name).input_size
+        e, m = other.feature_map(imaging.load_image(sorted((FRUITS / "test" / "rottenapples").glob("*.jpg"))[0]
+                                                    .read_bytes(), size=size))
+        assert m.shape[-1] == e.shape[1] and np.abs(m.mean(axis=(0, 1)) - e[0]).max() < 0.05, name
+    monkeypatch.setattr(clf.backbone, "spec", dataclasses.replace(clf.backbone.spec, cam_tensor=None))
+    with pytest.raises(explain.CannotExplain, match="no spatial map"):
+        explain.explain(clf, image)

@@ -326,3 +326,8 @@ def test_bad_context_is_refused():
         with pytest.raises(ConfigError, match="uploadOrigins"):
             StackConfig.from_context({"uploadOrigins": origin}.get)
     assert StackConfig.from_context({}.get).upload_origins == ()
+    with pytest.raises(ConfigError, match="backbones: unknown backbone resnet50"):
+        StackConfig.from_context({"backbones": "resnet50"}.get)
+    assert StackConfig.from_context({}.get).backbones == ("mobilenet_v2",)
+    assert StackConfig.from_context({"backbones": "efficientnet_lite1"}.get).backbones == (
+        "mobilenet_v2", "efficientnet_lite1")

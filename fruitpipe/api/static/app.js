@@ -416,6 +416,21 @@ function perfFrom(version) {
   return null;
 }
 
+// The live model's architecture, from its manifest (a bundle names its backbone; older ones are MobileNetV2).
+let archOf = null;
+async function showArchitecture(version) {
+  if (!version || archOf === version) return;
+  try {
+    const info = await api("/model-info");
+    const b = info.backbone || {};
+    const size = b.input_size || 224;
+    $("model-arch").textContent = `Architecture: ${b.name || "mobilenet_v2"} backbone (${b.quantization || "int8"}, ` +
+      `${size}×${size} input, frozen) + a trained head in numpy.`;
+    $("model-arch").dataset.backbone = b.name || "mobilenet_v2";
+    archOf = info.version;
+  } catch (_) { /* next refresh */ }
+}
+
 function drawPerformance(live) {
   const p = perfFrom(live);
   const conf = $("confusion");
@@ -492,6 +507,7 @@ async function refreshVersions() {
     }
   }
   drawPerformance(data.versions.find((v) => v.status === "live"));
+  showArchitecture(data.live);
 }
 
 // ---------------------------------------------------------------- admin: one sign-in for every write
