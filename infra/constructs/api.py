@@ -193,8 +193,8 @@ class Api(Construct):
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadAdminToken", actions=["secretsmanager:GetSecretValue"],
             resources=[self.admin_token.secret_arn]))
-        for resource in ("versions/*", "rejected/*", "dataset/*", "incoming/*", "capture/*"):
-            bucket = models if resource in ("versions/*", "rejected/*") else data
+        for resource in ("versions/*", "rejected/*", "shadow-stats/*", "dataset/*", "incoming/*", "capture/*"):
+            bucket = models if resource in ("versions/*", "rejected/*", "shadow-stats/*") else data
             acknowledge(self.role, iam5_object_finding(bucket, resource),
                         f"Objects under one prefix ({resource}) of one bucket: keys are not known in advance.")
 
