@@ -26,7 +26,6 @@ never changed again.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import re
@@ -172,14 +171,6 @@ def predict_live(clf: Any, image: np.ndarray) -> LiveAnswer:
     return LiveAnswer(image, pred, (t2 - t0) * 1000, clf.backbone, (emb, pooled, block_in), (t1 - t0) * 1000)
 
 
-def _lower_priority() -> None:
-    """Make the calling thread yield the CPU to the request threads (Linux: niceness is per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
-
-
 def plan(version: str, live: str | None, now: datetime, requests: int = 200, seconds: float = 3600.0,
          sample_rate: float = 1.0, bounds: Bounds | None = None) -> dict[str, Any]:
     """The pointer state of a new shadow of ``version`` beside ``live``. Raises ``ValueError`` for bad numbers."""
@@ -295,7 +286,8 @@ class Shadow:
             log.exception("shadow offer failed")
 
     def _loop(self) -> None:
-        _lower_priority()
+        # Not at a lower OS priority: the worker holds the GIL in its numpy parts, and a GIL holder
+        # the OS leaves waiting would stall the request threads (priority inversion).
         while True:
             item = self._queue.get()
             try:

@@ -7,8 +7,9 @@ Five servers (uvicorn on 127.0.0.1, local backend, default model, fresh temporar
 alike: capture off; capture on at the default sample rate (2 %); capture on for every request
 (``sample_rate=1``: the worst case, each answer followed by an image shrink and two file writes);
 and capture off with a shadow running (a second copy of the model as candidate) on 10 % of the
-requests and on every request (each shadowed answer is followed by one more inference on the
-shadow's thread).
+requests and on every request (each shadowed answer is followed by the candidate's part of an
+inference on the shadow's worker, which reuses the answer's backbone outputs; the table counts
+the requests the shadow saw and any it dropped).
 One client, sequential requests, real 640x480 JPEG photos from ../shared.
 
     .venv/bin/python scripts/bench_capture.py            # 6 rounds x 50 requests per server
@@ -68,7 +69,7 @@ def start_shadow(app, store: Path, sample_rate: float) -> None:  # type: ignore[
 
 
 @contextmanager
-def server(store: Path, policy, shadow: float = 0.0) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def server(store: Path, policy, shadow: float = 0.0) -> Iterator[tuple[str, object]]:  # type: ignore[no-untyped-def]
     from fruitpipe.api.app import create_app
     from fruitpipe.api.server import in_thread
     from fruitpipe.api.settings import Settings
@@ -77,7 +78,7 @@ def server(store: Path, policy, shadow: float = 0.0) -> Iterator[str]:  # type: 
     if shadow:
         start_shadow(app, store, shadow)
     with in_thread(app) as url:
-        yield url
+        yield url, app
 
 
 def pct(values: list[float], q: float) -> float:
@@ -101,9 +102,10 @@ def main() -> int:
     images = photos(args.per_round)
     lat: dict[str, list[float]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        urls = {name: stack.enter_context(server(Path(tmp) / f"s{i}", policy, shadow_rate.get(name, 0.0)))
-                for i, (name, policy) in enumerate(configs.items())}
-        clients = {name: stack.enter_context(httpx.Client(base_url=url, timeout=30)) for name, url in urls.items()}
+        servers = {name: stack.enter_context(server(Path(tmp) / f"s{i}", policy, shadow_rate.get(name, 0.0)))
+                   for i, (name, policy) in enumerate(configs.items())}
+        clients = {name: stack.enter_context(httpx.Client(base_url=url, timeout=30))
+                   for name, (url, _) in servers.items()}
         for name, c in clients.items():  # warm-up
             for img in images[:5]:
                 c.post("/predict", files={"file": ("w.jpg", img, "image/jpeg")}).raise_for_status()
@@ -115,9 +117,19 @@ def main() -> int:
                     lat[name].append((time.perf_counter() - t0) * 1000)
         kept = {name: len(list((Path(tmp) / f"s{i}" / "capture").glob("*.json")))
                 for i, name in enumerate(configs)}
+        shadowed = {}
+        for name, (_, app) in servers.items():
+            shadow = app.state.fruitpipe.shadow  # type: ignore[attr-defined]
+            shadow.flush()
+            state = shadow.state(force=True)
+            if state:
+                shadowed[name] = {"shadowed": state["seen"]["n"], "dropped": shadow.dropped,
+                                  "live_p95_inference_ms": state["seen"]["live_p95_ms"],
+                                  "shadow_p95_inference_ms": state["seen"]["shadow_p95_ms"]}
     base = pct(lat["capture off"], 0.95)
     rows = {name: {"n": len(v), "p50_ms": pct(v, 0.5), "p95_ms": pct(v, 0.95), "mean_ms": round(statistics.mean(v), 2),
-                   "p95_vs_off": round(pct(v, 0.95) / base, 3), "captures_kept": kept[name]}
+                   "p95_vs_off": round(pct(v, 0.95) / base, 3), "captures_kept": kept[name],
+                   **shadowed.get(name, {})}
             for name, v in lat.items()}
     result = {"what": "client-side POST /predict latency over HTTP, 640x480 JPEG, sequential, interleaved rounds",
               "command": "python scripts/bench_capture.py" + ("" if (args.rounds, args.per_round) == (6, 50)
@@ -127,7 +139,9 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, r in rows.items():
-        print(f"{name:42s} p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  ({r['p95_vs_off']:.2f}x)  kept {r['captures_kept']}")
+        extra = f"  shadowed {r['shadowed']} dropped {r['dropped']}" if "shadowed" in r else ""
+        print(f"{name:42s} p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  ({r['p95_vs_off']:.2f}x)  "
+              f"kept {r['captures_kept']}{extra}")
     return 0
 
 
