@@ -271,6 +271,8 @@ class Shadow:
             state = self.state()
             if not state or state.get("status") != "running" or self.rng.random() >= state.get("sample_rate", 1.0):
                 return
+            if self.clock() >= _deadline(state):
+                return  # past its deadline (another thread is deciding): no request counts any more
             if not self.in_thread:
                 self._run(state, live)
                 return

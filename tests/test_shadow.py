@@ -119,6 +119,13 @@ def post_fruit(c: httpx.Client, i: int = 0) -> dict:
     return r.json()
 
 
+def live_shadow_app(store):  # type: ignore[no-untyped-def]
+    """:func:`shadow_app` with the shadow's work on its worker thread, as ``fruitpipe serve`` runs it."""
+    app = shadow_app(store)
+    app.state.fruitpipe.shadow.in_thread = True
+    return app
+
+
 def settle(app, until, timeout: float = 30.0) -> dict:  # type: ignore[no-untyped-def]
     """The shadow's state once ``until(state)`` holds. Over real HTTP the shadow's hand-off runs as a
     background task after the response is sent, so the client may see the answer first."""
@@ -128,7 +135,8 @@ def settle(app, until, timeout: float = 30.0) -> dict:  # type: ignore[no-untype
         shadow.flush()
         state = shadow.state(force=True)
         if until(state) or time.monotonic() > deadline:
-            return state
+            shadow.flush()  # the hand-off seen above may still be at work (sharing its counts)
+            return shadow.state(force=True)
         time.sleep(0.05)
 
 
@@ -136,7 +144,7 @@ def test_a_shadow_that_reaches_its_deadline_without_enough_requests_is_held(tmp_
     """Over real HTTP: no request at all, the deadline passes, and the next GET /models decides
     (held, reason_code shadow_timeout); with some requests, the next /predict past the deadline decides."""
     store = tmp_path / "store"
-    app = shadow_app(store)
+    app = live_shadow_app(store)
     clock = Clock()
     app.state.fruitpipe.shadow.clock = clock
     idle, some = candidate(store, "t"), candidate(store, "u")
@@ -160,7 +168,7 @@ def test_a_shadow_that_reaches_its_deadline_without_enough_requests_is_held(tmp_
         app.state.fruitpipe.shadow._next_read = float("inf")  # only the request's own path may decide
         post_fruit(c, 3)  # the first request past the deadline decides, on the 3 shadowed before it
         shadow = settle(app, lambda s: s["status"] != "running")
-        assert shadow["status"] == "held" and shadow["reason"].startswith("shadow_timeout: 3 of 50"), shadow
+        assert shadow["status"] == "held" and shadow["reason"].startswith("shadow_timeout: 3 of 50"), shadow["reason"]
         assert c.get("/models").json()["live"] == LIVE
 
 
@@ -168,7 +176,7 @@ def test_the_counts_of_several_processes_are_pooled(tmp_path):
     """Two API processes on one store (two apps, two uvicorn servers): 3 shadowed requests each
     reach a shadow of 6 together; the decision is taken on all 6."""
     store = tmp_path / "store"
-    apps = [shadow_app(store), shadow_app(store)]
+    apps = [live_shadow_app(store), live_shadow_app(store)]
     for app in apps:
         app.state.fruitpipe.shadow.flush_seconds = 0.0  # share the counts after every request
     good = candidate(store, "p")
@@ -184,8 +192,9 @@ def test_the_counts_of_several_processes_are_pooled(tmp_path):
             assert cb.get("/models").json()["shadow"]["status"] == "running"
             post_fruit(cb, 3 + i)
             settle(apps[1], lambda s: s["status"] != "running" or s["seen"]["n"] == 3 + i + 1)
+        settle(apps[1], lambda s: s["status"] != "running")  # the 6th request's decision, after its answer
         shadow = cb.get("/models").json()["shadow"]
-        assert shadow["status"] == "promoted" and shadow["result"]["n"] == 6, shadow
+        assert shadow["status"] == "promoted" and shadow["result"]["n"] == 6, (shadow["reason"], shadow["result"])
         assert ca.get("/models").json()["live"] == good
 
 
