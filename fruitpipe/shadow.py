@@ -61,6 +61,8 @@ class Bounds:
 
 @dataclass
 class Stats:
+    """Running counts of shadowed requests (one process's, or several merged); JSON-able."""
+
     n: int = 0
     agree: int = 0
     live_not_fruit: int = 0

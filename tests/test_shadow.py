@@ -219,3 +219,24 @@ def test_a_shadowed_request_runs_the_backbone_once(tmp_path):
             del backbone.outputs
         assert passes == [1, 1, 1]
         assert c.get("/models").json()["shadow"]["seen"]["n"] == 4
+
+
+def test_counts_merge_and_unreadable_ones_count_as_nothing(tmp_path):
+    from fruitpipe.backends.shadow_pointers import LocalShadowPointer
+    from fruitpipe.shadow import MAX_SAMPLES, Stats
+    pointer = LocalShadowPointer(tmp_path)
+    a = Stats(n=3, agree=2, live_not_fruit=1, shadow_not_fruit=0, live_ms=[5.0, 6.0, 7.0], shadow_ms=[1.0, 2.0, 3.0])
+    pointer.write_counts("run-1", "a", a.to_dict())
+    pointer.write_counts("run-1", "b", Stats(n=1, agree=1, live_ms=[9.0], shadow_ms=[4.0]).to_dict())
+    pointer.write_counts("run-2", "c", Stats(n=50).to_dict())  # another run: not counted
+    (tmp_path / "models" / "shadow-stats" / "run-1" / "broken.json").write_text("{not json")
+    pointer.write_counts("run-1", "odd", {"n": "many"})
+    counts = pointer.read_counts("run-1")
+    assert sorted(counts) == ["a", "b", "odd"]
+    total = Stats.merged(Stats.from_dict(c) for c in counts.values())
+    assert (total.n, total.agree, total.live_not_fruit) == (4, 3, 1) and sorted(total.live_ms) == [5.0, 6.0, 7.0, 9.0]
+    assert total.summary()["agreement"] == 0.75
+    big = Stats()
+    for _ in range(MAX_SAMPLES + 5):
+        big.add(*[type("P", (), {"predicted_class": "freshapples", "verdict": "fresh"})()] * 2, 1.0, 1.0)
+    assert big.n == MAX_SAMPLES + 5 and len(big.live_ms) == MAX_SAMPLES  # bounded memory, exact counts
