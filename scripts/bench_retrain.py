@@ -199,7 +199,8 @@ def review_vs_upload(args: argparse.Namespace, tmp: Path) -> int:
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
               "command": f"python scripts/bench_retrain.py --labels {n} --repeat {args.repeat}", "labels": n,
               "upload_retrain_s": up, "review_retrain_s": rev,
-              "upload_retrain_s_median": statistics.median(up), "review_retrain_s_median": statistics.median(rev),
+              "upload_retrain_s_median": round(statistics.median(up), 1),
+              "review_retrain_s_median": round(statistics.median(rev), 1),
               "ratio_of_medians": round(statistics.median(rev) / statistics.median(up), 3), "rounds": rounds}
     out = args.json if args.json != DEFAULT_JSON else REPO / "results" / "bench_review_retrain.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

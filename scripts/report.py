@@ -226,8 +226,8 @@ def learning_table() -> list[str]:
                         f"| {b_off['p95_ms']:.1f} ms ({b_off['p50_ms']:.1f} ms): {row['p95_vs_off']:.2f}x "
                         f"({row['p50_ms'] / b_off['p50_ms']:.2f}x) | | |")
         rows += ["", f"Load average at the end of the overhead run: {capture['load_average_at_end'][0]:.1f} on "
-                     f"{capture['cpus']} cores: the p95s are mostly the neighbours'; see docs/architecture.md "
-                     "(capture) for how to read them."]
+                     f"{capture['cpus']} cores (other jobs); under heavy load the tails are the neighbours', "
+                     "see docs/architecture.md (capture) for how to read them."]
     return rows + [""]
 
 
