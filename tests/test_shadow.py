@@ -179,6 +179,8 @@ def test_the_counts_of_several_processes_are_pooled(tmp_path):
     apps = [live_shadow_app(store), live_shadow_app(store)]
     for app in apps:
         app.state.fruitpipe.shadow.flush_seconds = 0.0  # share the counts after every request
+        # what is pooled is under test here, not latency: a p95 of 6 on a busy machine is noise
+        app.state.fruitpipe.shadow.bounds = Bounds(max_latency_ratio=1e9)
     good = candidate(store, "p")
     with live_server(apps[0]) as a, live_server(apps[1]) as b, \
             httpx.Client(base_url=a, timeout=60) as ca, httpx.Client(base_url=b, timeout=60) as cb:

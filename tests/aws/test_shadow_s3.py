@@ -136,8 +136,8 @@ def test_two_lambda_instances_pool_their_shadow_counts_in_s3(aws, monkeypatch, t
     a, b = Instance(), Instance()
     for inst in (a, b):
         inst.app.state.fruitpipe.shadow.flush_seconds = 0.0  # share the counts after every request
-        # 6 requests on a shared 2-core machine are too few to judge latency (tests/test_shadow.py)
-        inst.app.state.fruitpipe.shadow.bounds = Bounds(max_latency_ratio=5.0)
+        # what is pooled is under test here, not latency: a p95 of 6 on a busy machine is noise
+        inst.app.state.fruitpipe.shadow.bounds = Bounds(max_latency_ratio=1e9)
     status, state = a.call("POST", f"/models/{good}/shadow", body=json.dumps({"requests": 6}).encode(), headers=ADMIN)
     assert status == 200, state
     live = a.call("GET", "/models")[1]["live"]
