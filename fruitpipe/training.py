@@ -562,8 +562,9 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         with open(rej_path, "wb") as fh:
             np.savez_compressed(fh, prototypes=prototypes.astype(np.float16))
         counts = {lab: int((y_all == i).sum()) for i, lab in enumerate(LABELS)}
-        origins = Counter(dataset.origin_of(p) or "untagged" for p, lab in zip(train_emb.paths, train_emb.labels)
-                          if lab in LABELS)
+        tags = dataset.origins_beside(cache_dir)  # on SageMaker: no tag files, the prepare step's map
+        origins = Counter(dataset.origin_of(p) or tags.get(Path(p).stem) or dataset.UNTAGGED
+                          for p, lab in zip(train_emb.paths, train_emb.labels) if lab in LABELS)
         manifest = bundle.Manifest(
             version=bundle.new_version(salt=str(os.getpid())), created=bundle.now_iso(), labels=LABELS,
             files={}, head={"file": "head.npz", "dtype": cfg.head_dtype, "features": cfg.features,

@@ -185,6 +185,52 @@ def retrain_loop_table() -> list[str]:
     return rows
 
 
+def learning_table() -> list[str]:
+    """Issue 15's targets: a retrain after accepted review labels vs after uploads; /predict p95
+    with capture on and while a shadow runs."""
+    review, capture = load("bench_review_retrain.json"), load("bench_capture.json")
+    if not review and not capture:
+        return []
+    rows = ["### Learning from production (issue 15)", "",
+            "| what | result | baseline, same run | target | |", "|---|---:|---:|---:|---|"]
+    if review:
+        n, ratio = review["labels"], review["ratio_of_medians"]
+        loads = [r[k] for r in review["rounds"] for k in ("upload_load_before", "review_load_before")]
+        rows.append(f"| retrain after {n} labels accepted in the review queue (`{review['command']}`; "
+                    f"to `/predict` serving it, or to the gate's answer), median of {len(review['review_retrain_s'])} ("
+                    f"{', '.join(f'{x:.0f}' for x in review['review_retrain_s'])} s; load average before "
+                    f"{min(loads):.1f}-{max(loads):.1f}) | {review['review_retrain_s_median']:.0f} s "
+                    f"| after {n} uploads {review['upload_retrain_s_median']:.0f} s ({ratio:.2f}x) | ≤ 1.10x | {ok(ratio <= 1.10)} |")
+    if capture:
+        r = capture["results"]
+        off = r["capture off"]
+        for name, target in (("capture on, default 2% sample", None), ("capture on, every request (worst case)", None),
+                             ("shadow running, 10% sample", 1.20), ("shadow running, every request", 1.20)):
+            row = r.get(name)
+            if not row:
+                continue
+            seen = (f"; shadowed {row['shadowed']}, dropped {row['dropped']}, shadow worker CPU "
+                    f"{row['shadow_cpu_ms_per_request']} ms per shadowed request" if "shadowed" in row else "")
+            rows.append(f"| `/predict` p95 (p50), {name} (`{capture['command']}`, n={row['n']}{seen}) "
+                        f"| {row['p95_ms']:.1f} ms ({row['p50_ms']:.1f} ms) "
+                        f"| capture and shadow off {off['p95_ms']:.1f} ms ({off['p50_ms']:.1f} ms): "
+                        f"{row['p95_vs_off']:.2f}x ({row['p50_ms'] / off['p50_ms']:.2f}x) "
+                        f"| {f'p95 ≤ {target:.2f}x' if target else ''} | {ok(row['p95_vs_off'] <= target) if target else ''} |")
+        before = load("bench_capture_before_reuse.json")
+        row = before and before["results"].get("shadow running, every request")
+        if row:
+            b_off = before["results"]["capture off"]
+            rows.append(f"| the same on the code before the shadow reused the answer's backbone outputs "
+                        f"(`results/bench_capture_before_reuse.json`; shadow worker CPU {row['shadow_cpu_ms_per_request']} "
+                        f"ms per shadowed request) | {row['p95_ms']:.1f} ms ({row['p50_ms']:.1f} ms) "
+                        f"| {b_off['p95_ms']:.1f} ms ({b_off['p50_ms']:.1f} ms): {row['p95_vs_off']:.2f}x "
+                        f"({row['p50_ms'] / b_off['p50_ms']:.2f}x) | | |")
+        rows += ["", f"Load average at the end of the overhead run: {capture['load_average_at_end'][0]:.1f} on "
+                     f"{capture['cpus']} cores (other jobs); under heavy load the tails are the neighbours', "
+                     "see docs/architecture.md (capture) for how to read them."]
+    return rows + [""]
+
+
 def cloud_table() -> list[str]:
     d = load("cloud_demo.json")
     if not d:
@@ -205,7 +251,7 @@ def cloud_table() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(model_table() + speed_table() + retrain_loop_table() + load_table()
+    return "\n".join(model_table() + speed_table() + retrain_loop_table() + learning_table() + load_table()
                      + cloud_table()).rstrip() + "\n"
 
 
