@@ -309,9 +309,6 @@ class Shadow:
             if self._clf is None:
                 self._clf = self.load(state["version"])
             clf = self._clf
-        if image.shape[0] != clf.size:  # a candidate on a backbone of another input size
-            from PIL import Image
-            image = np.asarray(Image.fromarray(image).resize((clf.size, clf.size), Image.Resampling.BILINEAR))
         t0 = time.perf_counter()
         if clf.backbone is live.backbone:  # same backbone: its outputs are the candidate's too
             emb, pooled, block_in = live.outputs
@@ -319,7 +316,11 @@ class Shadow:
             pred = clf.predict_embeddings(emb, pooled, images=lambda rows: batch[rows], block_in=block_in)[0]
             shadow_ms = live.backbone_ms + (time.perf_counter() - t0) * 1000
         else:
-            pred = clf.predict_arrays(live.image[None])[0]
+            image = live.image
+            if image.shape[0] != clf.size:  # a candidate on a backbone of another input size
+                from PIL import Image
+                image = np.asarray(Image.fromarray(image).resize((clf.size, clf.size), Image.Resampling.BILINEAR))
+            pred = clf.predict_arrays(image[None])[0]
             shadow_ms = (time.perf_counter() - t0) * 1000
         with self._lock:
             self._stats.add(live.prediction, pred, live.ms, shadow_ms)
