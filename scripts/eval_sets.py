@@ -50,6 +50,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "second_look": {"min_similarity_zoom": None},
     "similarity": {"min_similarity": -1.0, "min_similarity_zoom": None},
     "other_fruit": {"max_other_fruit": 2.0},
+    "confidence": {"min_confidence": 0.0},
     "not_fruit_output": {"max_not_fruit": None},
 }
 WORST = 24  # errors kept per set (results JSON, gallery)
