@@ -252,6 +252,18 @@ def _quantile_threshold(values: np.ndarray, share: float) -> float:
     return float(np.quantile(values, share)) if len(values) else 0.0
 
 
+def not_fruit_bar(per_source: list[np.ndarray], share: float) -> float:
+    """The ``max_not_fruit`` bar: the lowest that rejects at most ``share`` of every source's fruit
+    (``per_source``: the seventh output's probabilities on each validation source's fruit), i.e.
+    the most lenient of the per-source bars."""
+    bars = []
+    for scores in per_source:
+        values = np.sort(scores)[::-1]
+        allowed = int(np.floor(max(share, 0.0) * len(values)))
+        bars.append(float(values[allowed]) if allowed < len(values) else 0.0)
+    return max(bars, default=1.0)
+
+
 def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, emb_val: np.ndarray,
               imnet_val: np.ndarray, probs_val: np.ndarray,
               ood_similarity: np.ndarray | None = None, ood_zoom: ZoomScore | None = None,
@@ -307,12 +319,7 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
         # The learnt output gets the budget the similarity rule does not: each source's fruit above the
         # bar are at most (target_fruit_loss - target_fruit_rejection) of it; the most lenient bar wins.
         share = cfg.target_fruit_loss - (cfg.target_fruit_rejection if cfg.prototype_rejection else 0.0)
-        bars = []
-        for source in np.unique(sources):
-            values = np.sort(not_fruit_val[sources == source])[::-1]
-            allowed = int(np.floor(max(share, 0.0) * len(values)))
-            bars.append(float(values[allowed]) if allowed < len(values) else 0.0)
-        max_not_fruit = max(bars)
+        max_not_fruit = not_fruit_bar([not_fruit_val[sources == s] for s in np.unique(sources)], share)
         rejected = rejected | (not_fruit_val > max_not_fruit)
     return {
         "method": "+".join((["prototype-similarity+zoom+imagenet-other-produce"] if cfg.prototype_rejection else [])

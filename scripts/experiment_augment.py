@@ -14,6 +14,9 @@ This ranks variants cheaply (a frozen-feature fit is ~10x cheaper than a block-1
 chosen variant is then trained as a full model and scored by ``scripts/eval_sets.py``.
 
     python scripts/experiment_augment.py --seeds 0 1 → results/experiment_augment.json (+ markdown)
+
+Each finished run is written at once, merged into the results file (a run of the same variant and
+seed replaced), so ``--variants`` can add to it and an interrupted run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], float]] = {
     "+ all six, real-photo sources only": ((), tuple(augment.VIEWS), 0.0),
     "class balance 0.5 (no new views)": ((), (), 0.5),
     "+ all six + class balance 0.5": (tuple(augment.VIEWS), (), 0.5),
+    "+ all six, real-photo sources only + class balance 0.5": ((), tuple(augment.VIEWS), 0.5),
 }
 
 
@@ -113,15 +117,27 @@ def main(argv: list[str] | None = None) -> int:
                                      for c, lab in enumerate(LABELS) if (y_va[idx] == c).any()}}
             row["not_fruit/val"] = {g: {"n": len(idx), "rejected_rate": float(rej[idx].mean())} for g, idx in nf_groups.items()}
             runs.append(row)
+            save(args.out, args, runs, started)
             print(f"{name} seed={seed} rows={len(y)} fit={row['fit_seconds']} s "
                   f"fruits {row['fruits/val']['accuracy']:.4f} extra {row['fruits_extra/val']['accuracy']:.4f} "
                   f"nf {[round(v['rejected_rate'], 3) for v in row['not_fruit/val'].values()]}", flush=True)
 
-    result = {"protocol": __doc__.split("\n\n")[0], "seeds": args.seeds, "budget": args.budget, "runs": runs,
-              "seconds": round(time.monotonic() - started, 1), "load_average": list(os.getloadavg())}
-    (REPO / "results" / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
+    print(markdown(save(args.out, args, runs, started)))
     return 0
+
+
+def save(name: str, args: argparse.Namespace, runs: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    """Merge ``runs`` into results/<name>.json (same variant and seed: replaced); return the result."""
+    path = REPO / "results" / f"{name}.json"
+    old = json.loads(path.read_text())["runs"] if path.exists() else []
+    mine = {(r["variant"], r["seed"]) for r in runs}
+    merged = [r for r in old if (r["variant"], r["seed"]) not in mine] + runs
+    order = list(VARIANTS)
+    merged.sort(key=lambda r: (order.index(r["variant"]) if r["variant"] in order else len(order), r["seed"]))
+    result = {"protocol": __doc__.split("\n\n")[0], "budget": args.budget, "runs": merged,
+              "last_run_seconds": round(time.monotonic() - started, 1), "load_average": list(os.getloadavg())}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def markdown(result: dict[str, Any]) -> str:
