@@ -46,7 +46,10 @@ FRUITS_ENV = "FRUITPIPE_FRUITS"
 # live 98.05%), 2 epochs 98.05% / macro-F1 98.45% (promoted) (docs/ml.md, "Warm-started retrains").
 HYPERPARAMETERS: Mapping[str, str] = {"refit": "true", "warm_epochs": "2"}
 # The candidate's changes: a 7th head output learnt from the not_fruit train split (docs/ml.md,
-# "Real photos"; scripts/experiment_open_set.py, scripts/eval_sets.py).
+# "Real photos"; scripts/experiment_open_set.py, scripts/eval_sets.py). The real-photo
+# augmentations (Config.aug_views*, fruitpipe.augment) and class balance (Config.balance) were
+# measured on val and did not pay with the full model (docs/ml.md, "Augmentations ... measured"), so
+# they are not in it.
 CANDIDATE_HYPERPARAMETERS: Mapping[str, str] = {"not_fruit_output": "true"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLIT_PREFIX = "@split-"

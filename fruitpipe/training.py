@@ -489,7 +489,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
 
     def stack(idx: np.ndarray, extra: list[Inputs] | None = None,
               extra_y: list[np.ndarray] | None = None, extra_g: list[np.ndarray] | None = None
-              ) -> tuple[Inputs, np.ndarray, np.ndarray]:
+              ) -> tuple[Inputs, np.ndarray, np.ndarray | None]:
         """Rows ``idx`` of the training fruit in every view, the not-fruit photos (if any), their
         augmented views (Config.aug_views*), then ``extra``; targets and class-balance weights."""
         keep = np.zeros(len(y_all), dtype=bool)
@@ -501,7 +501,9 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         g = np.concatenate([np.tile(groups_tr[fruit][idx], len(views))] + [groups_tr[~fruit]] * len(negatives)
                            + a_g + (extra_g or []))
         log(n_train_rows=len(y), n_augmented_rows=int(sum(len(v) for v in a_y)))
-        return Inputs(*(np.concatenate(arrays) for arrays in zip(*parts))), y, balance_weights(g, cfg.balance)
+        # No weights at all when balance is off: the fit is then exactly the one before class balance existed.
+        weights = balance_weights(g, cfg.balance) if cfg.balance > 0 else None
+        return Inputs(*(np.concatenate(arrays) for arrays in zip(*parts))), y, weights
 
     block: Block | None = None
     init_block = Block.from_backbone(backbone.path) if uses_block(cfg.features) else None
@@ -509,7 +511,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     if start is not None:
         init_block = start[1]
 
-    def fit(train_in: Inputs, y: np.ndarray, weights: np.ndarray, val_in: Inputs | None = None,
+    def fit(train_in: Inputs, y: np.ndarray, weights: np.ndarray | None, val_in: Inputs | None = None,
             y_v: np.ndarray | None = None) -> tuple[Head, Block | None, dict[str, list[float]]]:
         if init_block is not None:
             return finetune.fit(train_in, y, cfg, init_block, val_in, y_v, start=start_head, sample_weights=weights)
