@@ -5,8 +5,8 @@ server around it: ``python -m fruitpipe train`` on the recipe's training roots p
 folder (the last root, as the backend links it), validated on the recipe's validation roots, with
 the recipe's hyperparameters, warm-started from ``--base-model`` (a bundle of that recipe), the
 embedding cache already holding the recipe's own images (as after the server's first-start
-warm-up). The 100 uploads are ``fruits/test`` photos re-encoded as JPEG quality 90: new files (new
-sha256) the cache has never seen, so each is embedded in every view the recipe asks for. Only
+warm-up). The 100 uploads are ``fruits/test`` photos re-encoded as JPEG (``--quality``, default 90):
+new files (new sha256) the cache has not seen before the first run at that quality, so each is embedded in every view the recipe asks for. Only
 the time matters here: the model made is thrown away (the photos belong to an evaluation set).
 
     python scripts/bench_recipe_retrain.py --recipe candidate --base-model BUNDLE --cache DIR
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--uploads", type=int, default=100)
+    parser.add_argument("--quality", type=int, default=90,
+                        help="JPEG quality of the re-encoded uploads (another value: photos new to the cache again)")
     args = parser.parse_args(argv)
     from PIL import Image
 
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             src = pools[lab][i // len(LABELS)]
             (uploads / lab).mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
-            Image.open(src).convert("RGB").save(buf, format="JPEG", quality=90)
+            Image.open(src).convert("RGB").save(buf, format="JPEG", quality=args.quality)
             (uploads / lab / f"bench-{src.stem}.jpg").write_bytes(buf.getvalue())
         rc.link_dataset(tmp / "data", [*recipe.train, uploads])
         rc.link_dataset(tmp / "validation", recipe.validation)
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line and " " not in line.split("=")[0])
     result = {"recipe": args.recipe, "hyperparameters": dict(recipe.hyperparameters), "uploads": args.uploads,
+              "quality": args.quality,
               "seconds": round(seconds, 1), "load_average_after": list(os.getloadavg()),
               **{k: values.get(k) for k in ("embedded_new", "cached", "warm_start", "single_fit", "n_train_rows",
                                              "n_augmented_rows", "train_seconds")}}
