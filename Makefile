@@ -5,9 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SHARED_BACKBONE := $(abspath ../shared/models/mobilenet_v2_1.0_224_int8)
-# Offline machines (CI, this workplace) take the backbone from ../shared; elsewhere it is downloaded.
+# Offline machines (CI, this workplace) take the backbones from ../shared (MobileNetV2 and the model
+# zoo of fruitpipe.backbone.SPECS); elsewhere MobileNetV2 is downloaded.
 ifneq ($(wildcard $(SHARED_BACKBONE)),)
 export FRUITPIPE_BACKBONE ?= $(SHARED_BACKBONE)
+export FRUITPIPE_MODEL_ZOO ?= $(abspath ../shared/models)
 endif
 HOST ?= 127.0.0.1
 PORT ?= 8000

@@ -4,8 +4,9 @@ A bundle is ``manifest.json`` plus the files it lists (the head, and anything el
 rule needs). The manifest pins the files; a registry pins the manifest: when a version is
 published it records the manifest's sha256 in ``manifest.sha256`` beside it (``sha256sum``
 format), and the live pointer repeats it, so an edited manifest (a changed threshold) is refused
-like a changed head. The backbone is not inside: the manifest pins it by address and sha256, and
-:mod:`fruitpipe.backbone` provisions it. Loading refuses a bundle whose manifest is malformed,
+like a changed head. The backbone is not inside: the manifest names it (``backbone``: registry name,
+file, sha256, input size, quantization, embedding tensor) and :mod:`fruitpipe.backbone` provisions
+it; a manifest without ``backbone.name`` was built on MobileNetV2 (bundles before the registry). Loading refuses a bundle whose manifest is malformed,
 whose labels differ from :data:`fruitpipe.labels.LABELS`, or whose files do not match their sha256.
 """
 
@@ -54,6 +55,12 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     training_data: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    backbone_name: str = backbone.DEFAULT_NAME  # a key of fruitpipe.backbone.SPECS
+
+    @property
+    def backbone(self) -> backbone.Spec:
+        """The :class:`~fruitpipe.backbone.Spec` this bundle was trained on."""
+        return backbone.get(self.backbone_name)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
@@ -64,9 +71,14 @@ class Manifest:
             if labels != LABELS:
                 raise BundleError(f"bundle labels {list(labels)} differ from {list(LABELS)}")
             bb = data["backbone"]
-            if bb.get("sha256") != backbone.SHA256:
-                raise BundleError("bundle was trained on a different backbone "
-                                  f"(sha256 {bb.get('sha256')}, this build has {backbone.SHA256})")
+            name = bb.get("name", backbone.DEFAULT_NAME)
+            try:
+                spec = backbone.get(name)
+            except backbone.BackboneError as exc:
+                raise BundleError(f"bundle names {exc}") from None
+            if bb.get("sha256") != spec.sha256:
+                raise BundleError(f"bundle was trained on a different backbone {name} "
+                                  f"(sha256 {bb.get('sha256')}, this build has {spec.sha256})")
             files = {str(k): str(v) for k, v in data["files"].items()}
             for name in files:
                 if "/" in name or "\\" in name or name.startswith("."):
@@ -74,7 +86,7 @@ class Manifest:
             return cls(version=str(data["version"]), created=str(data["created"]), labels=labels,
                        files=files, head=dict(data["head"]), preprocessing=dict(data["preprocessing"]),
                        rejection=dict(data.get("rejection", {})), metrics=dict(data.get("metrics", {})),
-                       training_data=dict(data.get("training_data", {})), raw=data)
+                       training_data=dict(data.get("training_data", {})), raw=data, backbone_name=spec.name)
         except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"manifest is missing or has a malformed field: {exc}") from None
 
@@ -83,7 +95,7 @@ class Manifest:
         out.update({
             "format": FORMAT, "version": self.version, "created": self.created,
             "labels": list(self.labels),
-            "backbone": {"file": backbone.FILENAME, "url": backbone.URL, "sha256": backbone.SHA256},
+            "backbone": self.backbone.manifest_entry(),
             "files": self.files, "head": self.head, "preprocessing": self.preprocessing,
             "rejection": self.rejection, "metrics": self.metrics, "training_data": self.training_data,
         })

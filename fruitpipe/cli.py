@@ -46,7 +46,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     which.add_argument("--api", default=None, metavar="URL",
                        help="a running fruitpipe server, local or AWS: POST each image to its /predict "
                             "(the server's live model)")
-    p.add_argument("--backbone", default=None, help="backbone file or folder (default: $FRUITPIPE_BACKBONE, cache, download)")
+    p.add_argument("--backbone", default=None, help="a local copy of the backbone the bundle names, file or folder (default: $FRUITPIPE_BACKBONE or $FRUITPIPE_MODEL_ZOO, cache, download)")
 
 
 def store_live_model(store: Path) -> Path:

@@ -98,6 +98,10 @@ class Client:
             raise ClientError(status, str(body.get("error", "error")), str(body.get("detail", "")), body)
         return body
 
+    def cancel(self) -> dict[str, Any]:
+        """``POST /retrain/cancel``: the cancelled run's status; :class:`ClientError` 409 ``not_running``."""
+        return self._ok("POST", "/retrain/cancel")
+
     def activate(self, version: str) -> dict[str, Any]:
         return self._ok("POST", f"/models/{quote(version, safe='')}/activate")
 

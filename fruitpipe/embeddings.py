@@ -2,12 +2,14 @@
 
 Retraining only needs the backbone's embeddings, and the backbone is frozen, so an image is
 embedded once in its life. The cache is a folder of shard files (``emb-<time>-<rand>.npz``), each
-holding the raw int8 embeddings (exact: the backbone's output *is* int8) of a batch of images,
+holding the raw embedding codes (exact: the backbone's output *is* int8, or uint8) of a batch of images,
 keyed by the sha256 of the image file, plus the pooled earlier feature maps the head also reads
 (float32, exactly what :meth:`Backbone.outputs` returns; see :mod:`fruitpipe.features`) and the
 int8 input of block 17 (7.8 KB, exact), which fine-tuning that block needs. A run loads every shard, embeds only what is missing and
 appends ONE new shard; shards are never rewritten, so ``aws s3 sync`` uploads only the new one.
-A shard records the backbone sha256 and preprocessing it was made with; others are ignored.
+A shard records the backbone sha256 and preprocessing it was made with; others are ignored, so
+entries of one backbone never serve another (one folder may hold shards of several backbones).
+Backbones other than MobileNetV2 have no feature maps or block input: their entries hold empty ones.
 
 Views: ``orig`` is the image as served; ``flip`` is its mirror image, a cheap training-time
 augmentation (a mirrored apple is still an apple). Serving only ever computes ``orig``.
@@ -15,6 +17,7 @@ augmentation (a mirrored apple is still an apple). Serving only ever computes ``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,8 +32,6 @@ import numpy as np
 
 from . import backbone as bb
 from . import augment, imaging
-from .block import INPUT_SHAPE
-from .features import POOLED_DIM
 from .labels import LABELS, OOD_FOLDER
 
 IMAGE_SUFFIXES: Final[frozenset[str]] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
@@ -40,7 +41,7 @@ ALL_VIEWS: Final[tuple[str, ...]] = ("orig", "flip", "vflip", "rot30", "rot-30",
 
 
 def apply_view(images: np.ndarray, view: str) -> np.ndarray:
-    """A training-time augmentation of preprocessed ``uint8 [N, 224, 224, 3]`` images: the fixed
+    """A training-time augmentation of preprocessed ``uint8 [N, S, S, 3]`` images: the fixed
     views above or one of :data:`fruitpipe.augment.VIEWS`. ``ValueError`` for an unknown view."""
     if view == "orig":
         return images
@@ -68,15 +69,19 @@ def apply_view(images: np.ndarray, view: str) -> np.ndarray:
         out[i] = np.asarray(img)
     return out
 SHARD_GLOB: Final[str] = "emb-*.npz"
-# One cached (image, view): int8 embedding codes [1280], float32 pooled maps [832], int8 block input [7, 7, 160].
+# One cached (image, view): embedding codes [D] (int8 or uint8, the backbone's own), float32 pooled
+# maps [P] and int8 block input [*B] (MobileNetV2: 1280, 832, (7, 7, 160); other backbones: P 0, B (0,)).
 Entry = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _cache_tag() -> str:
-    """What an embedding depends on besides the image: the backbone and the preprocessing."""
+def cache_tag(spec: bb.Spec | str | None = None) -> str:
+    """What an embedding depends on besides the image: the backbone (sha256, tensors read) and the
+    preprocessing (at the backbone's input size). Unchanged for MobileNetV2 since before the registry."""
+    spec = bb.get(spec)
     # "outputs" versions the shard layout: shards from before the pooled maps are ignored, not misread.
-    meta = json.dumps({"backbone": bb.SHA256, "pre": imaging.PREPROCESSING.as_dict(),
-                       "outputs": list(bb.OUTPUT_TENSORS), "pooled": "mean+max"},
+    pre = dataclasses.replace(imaging.PREPROCESSING, size=spec.input_size).as_dict()
+    meta = json.dumps({"backbone": spec.sha256, "pre": pre,
+                       "outputs": list(spec.output_tensors), "pooled": "mean+max"},
                       sort_keys=True)
     return hashlib.sha256(meta.encode()).hexdigest()[:16]
 
@@ -97,9 +102,9 @@ class Embedded:
     labels: list[str]  # folder name per image
     paths: list[Path]
     shas: list[str]
-    views: dict[str, np.ndarray]  # view -> float32 [N, 1280] embeddings
-    pooled: dict[str, np.ndarray] = field(default_factory=dict)  # view -> float32 [N, 832] pooled maps
-    block_in: dict[str, np.ndarray] = field(default_factory=dict)  # view -> int8 [N, 7, 7, 160] codes
+    views: dict[str, np.ndarray]  # view -> float32 [N, D] embeddings (MobileNetV2: D 1280)
+    pooled: dict[str, np.ndarray] = field(default_factory=dict)  # view -> float32 [N, 832] pooled maps ([N, 0]: none)
+    block_in: dict[str, np.ndarray] = field(default_factory=dict)  # view -> int8 [N, 7, 7, 160] codes ([N, 0]: none)
     skipped: Counter = field(default_factory=Counter)  # error code -> count
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (path, code)
     embedded_new: int = 0
@@ -123,12 +128,13 @@ def list_dataset(root: Path) -> list[Item]:
 
 
 class EmbeddingCache:
-    """A folder of append-only npz shards: (sha256, view) → (int8 embedding, float32 pooled maps,
-    int8 block-17 input)."""
+    """A folder of append-only npz shards of one backbone (``spec``, default MobileNetV2):
+    (sha256, view) → (embedding codes, float32 pooled maps, int8 block-17 input)."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, spec: bb.Spec | str | None = None) -> None:
         self.folder = Path(folder) if folder else None
-        self.tag = _cache_tag()
+        self.spec = bb.get(spec)
+        self.tag = cache_tag(self.spec)
         self._q: dict[tuple[str, str], Entry] = {}
         self._new: dict[tuple[str, str], Entry] = {}
         if self.folder and self.folder.is_dir():
@@ -211,11 +217,10 @@ class Progress:
 
 
 def _quantized(backbone, images: np.ndarray) -> list[Entry]:  # type: ignore[no-untyped-def]
-    """:meth:`Backbone.outputs` per image, with the embedding as the exact int8 codes the backbone
+    """:meth:`Backbone.outputs` per image, with the embedding as the exact codes the backbone
     produced (lossless round trip); the pooled maps stay float32 as computed."""
     emb, pooled, block_in = backbone.outputs(images)
-    q = np.rint(emb / backbone._out_scale + backbone._out_zero).astype(np.int8)
-    return list(zip(q, pooled, block_in))
+    return list(zip(backbone.quantize(emb), pooled, block_in))
 
 
 def dequantize(backbone_scale: float, zero: float, q: np.ndarray) -> np.ndarray:
@@ -226,8 +231,17 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
                 views: Sequence[str] = VIEWS, stage: str = "embed",
                 batch: int = 32, progress: bool = True,
                 on_skip: Callable[[Path, str], None] | None = None) -> Embedded:
-    """Embed ``items`` in every view, reading the cache first. Bad files are skipped and counted."""
+    """Embed ``items`` in every view with ``backbone`` (a :class:`fruitpipe.classifier.Backbone`),
+    reading the cache first. Bad files are skipped and counted. Images are preprocessed at the
+    backbone's input size.
+
+    Raises:
+        ValueError: ``cache`` holds another backbone's embeddings.
+    """
+    if cache.spec.sha256 != backbone.spec.sha256:
+        raise ValueError(f"embedding cache is for backbone {cache.spec.name}, not {backbone.spec.name}")
     scale, zero = backbone._out_scale, backbone._out_zero
+    size = backbone.spec.input_size
     result = Embedded(labels=[], paths=[], shas=[], views={v: np.empty(0) for v in views})
     rows: dict[str, list[Entry | None]] = {v: [] for v in views}
     pending: list[tuple[int, np.ndarray, list[str]]] = []  # (row, preprocessed image, missing views)
@@ -266,7 +280,7 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
             result.cached += 1
         else:
             try:
-                img = imaging.load_image(data)
+                img = imaging.load_image(data, size=size)
             except imaging.InvalidImage as exc:
                 result.skipped[exc.code] += 1
                 result.skipped_files.append((str(item.path), exc.code))
@@ -290,8 +304,8 @@ def embed_items(items: Sequence[Item], backbone, cache: EmbeddingCache,  # type:
     run_pending()
     if bar:
         bar.close()
-    empty = (np.empty((0, bb.EMBEDDING_DIM), np.int8), np.empty((0, POOLED_DIM), np.float32),
-             np.empty((0, *INPUT_SHAPE), np.int8))
+    empty = (np.empty((0, backbone.spec.embedding_dim), backbone.embedding_dtype),
+             np.empty((0, backbone.pooled_dim), np.float32), np.empty((0, *backbone.block_shape), np.int8))
     for v in views:
         done = [r for r in rows[v] if r is not None]
         if len(done) != len(rows[v]):

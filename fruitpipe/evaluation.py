@@ -7,6 +7,7 @@ answered ``not_fruit`` as wrong (``uncertain`` still names a class, and that cla
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -15,9 +16,28 @@ import numpy as np
 from .labels import LABELS
 
 
+def paired_outcomes(keys: Sequence[str], true: np.ndarray, correct: np.ndarray, rej: np.ndarray) -> dict[str, str]:
+    """Per-image outcomes, for a paired comparison of two models scored on the same images.
+
+    ``order`` is a digest of the image keys in scoring order (two outcome records pair up only when
+    their orders match); ``correct`` has one ``0``/``1`` per fruit image (answered with its own
+    class), ``rejected`` one per not-fruit image (answered ``not_fruit``). About 1 byte an image.
+    """
+    is_fruit = np.array([t in LABELS for t in true], dtype=bool)
+    digest = hashlib.sha256("\n".join(f"{k}\t{t}" for k, t in zip(keys, true)).encode()).hexdigest()[:16]
+    return {"order": digest,
+            "correct": "".join("1" if c else "0" for c in correct[is_fruit]),
+            "rejected": "".join("1" if r else "0" for r in rej[~is_fruit])}
+
+
 def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str],
-                             rejected: Sequence[bool], model_version: str = "") -> dict[str, Any]:
-    """Metrics from per-image folder labels, predicted classes and not-fruit flags."""
+                             rejected: Sequence[bool], model_version: str = "",
+                             keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """Metrics from per-image folder labels, predicted classes and not-fruit flags.
+
+    With ``keys`` (one stable name per image, e.g. ``class/file.jpg``) the result also carries
+    ``paired``: the per-image outcomes :func:`fruitpipe.gate.decide` compares pairwise.
+    """
     true = np.array(list(true_labels), dtype=object)
     pred = np.array(list(predicted), dtype=object)
     rej = np.asarray(list(rejected), dtype=bool)
@@ -40,7 +60,8 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     confusion = [[int(((true == t) & (np.where(rej, "not_fruit", pred) == c)).sum()) for c in columns]
                  for t in LABELS]
     ood_n = int((~is_fruit).sum())
-    return {
+    extra = {"paired": paired_outcomes(keys, true, correct, rej)} if keys is not None else {}
+    return {**extra,
         "n": n,
         "accuracy": float(correct.sum() / n) if n else 0.0,
         # the head's own accuracy, as if nothing were rejected: separates head errors from rejection losses
@@ -67,8 +88,9 @@ def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str
     """
     source = image_source(paths, classifier.size) if paths is not None else None
     preds = classifier.predict_embeddings(embeddings, pooled, images=source, block_in=block_in) if len(labels) else []
+    keys = [f"{Path(p).parent.name}/{Path(p).name}" for p in paths] if paths is not None else None
     out = metrics_from_predictions(labels, [p.predicted_class for p in preds],
-                                   [p.verdict == "not_fruit" for p in preds], classifier.version)
+                                   [p.verdict == "not_fruit" for p in preds], classifier.version, keys=keys)
     out["uncertain_rate"] = float(np.mean([p.verdict == "uncertain" for p in preds])) if preds else 0.0
     out["skipped"] = dict(skipped or {})
     return out
@@ -77,8 +99,9 @@ def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str
 def evaluate(classifier, data_dir: Path | str, progress: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Embed every image of ``data_dir`` (through the one preprocessing path) and score it."""
     from .embeddings import EmbeddingCache, embed_folder
-    emb = embed_folder(Path(data_dir), classifier.backbone, EmbeddingCache(None), views=("orig",),
-                       stage="evaluate", progress=progress)
+    cache = EmbeddingCache(None, classifier.backbone.spec)  # nothing kept: embedded at the bundle's backbone
+    emb = embed_folder(Path(data_dir), classifier.backbone, cache, views=("orig",), stage="evaluate",
+                       progress=progress)
     if not len(emb):
         raise ValueError(f"no usable images under {data_dir}")
     return evaluate_embeddings(classifier, emb.views["orig"], emb.labels, dict(emb.skipped),

@@ -13,7 +13,10 @@ maximum sits at that position, ``g_max[k] * F[i, j, k]``. Negative evidence is c
 Limits: the map is 7x7 (one cell is 32x32 input pixels, on the 224x224 stretched image); it shows
 the evidence that flows through block 17, not the 1280-d embedding or the 14x14 map (about 40% of the
 head's input), so it is a guide to where the evidence is, not a segmentation. Only bundles with a
-fine-tuned block (recipe ``emb+b17mm+156mm``, the default) can be explained.
+fine-tuned block (recipe ``emb+b17mm+156mm``, the default) can be explained on MobileNetV2. Bundles on
+other backbones (recipe ``emb``) get the same Grad-CAM at the backbone's last feature map, whose
+global average is the embedding (:func:`_explain_pooled_map`; 7x7, 8x8 for EfficientNet-Lite1);
+MobileNetV3-Small has no such map and answers :class:`CannotExplain` (409 over HTTP).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def explain(classifier, image: np.ndarray, cls: int | None = None) -> dict[str, 
         CannotExplain: the bundle has no fine-tuned block.
     """
     if classifier.block is None:
-        raise CannotExplain(f"recipe {classifier.recipe!r} has no fine-tuned block to explain")
+        return _explain_pooled_map(classifier, image, cls)
     emb, pooled, block_in = classifier.backbone.outputs(np.asarray(image, dtype=np.uint8)[None])
     block_out = classifier.block(classifier.backbone.block_input(block_in))
     x = features.head_input(classifier.recipe, emb, features.with_block(pooled, block_out))
@@ -96,3 +99,26 @@ def explain(classifier, image: np.ndarray, cls: int | None = None) -> dict[str, 
         cls = int(classifier.head(x)[0][:len(LABELS)].argmax())  # a 7th (not_fruit) output is no class
     cam = activation_map(classifier.head, x[0], block_out[0], cls)
     return {"method": METHOD, "explained_class": LABELS[cls], "grid": np.round(cam, 4).tolist()}
+
+
+def _explain_pooled_map(classifier, image: np.ndarray, cls: int | None) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Grad-CAM for a head on the embedding alone (recipe ``emb``, backbones other than MobileNetV2):
+    at the backbone's last spatial map ``F [H, W, D]``, whose global average is the embedding, a
+    position's evidence is ``F[i, j] . g / (H W)`` with ``g`` the exact gradient of the class logit
+    w.r.t. the embedding (the average pool is linear), clipped at zero and scaled to sum to 1."""
+    spec = classifier.backbone.spec
+    if classifier.recipe != features.LEGACY or spec.cam_tensor is None:
+        raise CannotExplain(f"model {classifier.version} (backbone {spec.name}, recipe {classifier.recipe!r}) "
+                            "has no spatial map the head reads; Grad-CAM needs MobileNetV2's fine-tuned "
+                            "block 17 or a backbone whose embedding is the average of a feature map")
+    emb, fmap = classifier.backbone.feature_map(image)
+    x = features.head_input(features.LEGACY, emb, None)
+    if cls is None:
+        cls = int(classifier.head(x)[0][:len(LABELS)].argmax())
+    g = logit_gradient(classifier.head, x[0], cls)
+    h, w, _ = fmap.shape
+    cam = np.maximum(fmap @ g / (h * w), 0.0)
+    total = float(cam.sum())
+    cam = (cam / total if total > 0 else cam).astype(np.float32)
+    return {"method": f"grad-cam, {spec.name} last feature map ({h}x{w})", "explained_class": LABELS[cls],
+            "grid": np.round(cam, 4).tolist()}

@@ -1,6 +1,7 @@
 """The head's input vector, built from the backbone outputs by a named recipe stored in the manifest.
 
-``emb``: the 1280-d pooled embedding alone (bundles made before the recipe existed).
+``emb``: the pooled embedding alone (bundles made before the recipe existed, and every backbone
+other than MobileNetV2: its width is the backbone's, e.g. 368 for RegNetX-200MF).
 ``emb+170mm+156mm``: the embedding, then the mean- and max-pooled channels of the feature maps
 170 (7x7x320) and 156 (14x14x96): 1280 + 640 + 192 = 2112 values. The earlier maps keep local
 texture (spots, bruises) that the final average pool blurs; +1% accuracy on val and test.
@@ -49,15 +50,26 @@ def with_block(pooled: np.ndarray, block_out: np.ndarray) -> np.ndarray:
     return out
 
 
-def input_dim(recipe: str) -> int:
+def input_dim(recipe: str, embedding_dim: int = EMBEDDING_DIM) -> int:
+    """The head's input width for ``recipe`` on a backbone whose embedding has ``embedding_dim``
+    values (default MobileNetV2's 1280; the other recipes exist for MobileNetV2 only).
+
+    Raises:
+        ValueError: unknown recipe, or a MobileNetV2-only recipe with another embedding size.
+    """
     if recipe not in RECIPES:
         raise ValueError(f"unknown head feature recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    if recipe == LEGACY:
+        return embedding_dim
+    if embedding_dim != EMBEDDING_DIM:
+        raise ValueError(f"head feature recipe {recipe!r} needs MobileNetV2's feature maps; "
+                         f"use {LEGACY!r} on other backbones")
     return RECIPES[recipe]
 
 
 def head_input(recipe: str, embedding: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
-    """The head's input for ``recipe`` from the embedding ``[N, 1280]`` and pooled maps ``[N, 832]``."""
-    input_dim(recipe)
+    """The head's input for ``recipe`` from the embedding ``[N, D]`` and pooled maps ``[N, 832]``."""
+    input_dim(recipe, embedding.shape[1])
     if recipe == LEGACY:
         return embedding
     if pooled is None:

@@ -210,6 +210,9 @@ class Shadow:
             if self._clf is None:
                 self._clf = self.load(state["version"])
             clf = self._clf
+        if image.shape[0] != clf.size:  # a candidate on a backbone of another input size
+            from PIL import Image
+            image = np.asarray(Image.fromarray(image).resize((clf.size, clf.size), Image.Resampling.BILINEAR))
         t0 = time.perf_counter()
         pred = clf.predict_arrays(image[None])[0]
         shadow_ms = (time.perf_counter() - t0) * 1000

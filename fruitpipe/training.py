@@ -17,18 +17,18 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from . import bundle, dataset, finetune, imaging
+from . import backbone as backbones, bundle, dataset, finetune, imaging
 from .joblog import Epochs, keras_callback, log, stage
-from .backbone import BLOCK_INPUT_TENSOR
+from .backbone import DEFAULT_NAME as DEFAULT_BACKBONE
 from .block import FILE as BLOCK_FILE, Block
 from .embeddings import Embedded, EmbeddingCache, Item, embed_folder, embed_items
-from .features import DEFAULT as DEFAULT_FEATURES, head_input, input_dim, uses_block
+from .features import DEFAULT as DEFAULT_FEATURES, LEGACY as EMBEDDING_ONLY, head_input, input_dim, uses_block
 from .finetune import Inputs
 from .head import Head
 from .labels import LABELS, OOD_FOLDER
@@ -49,7 +49,8 @@ class TrainingError(RuntimeError):
 class Config:
     """Hyperparameters (SageMaker passes them as strings; :meth:`from_mapping` converts)."""
 
-    features: str = DEFAULT_FEATURES  # head input recipe (fruitpipe.features), recorded in the manifest
+    backbone: str = DEFAULT_BACKBONE  # a name in fruitpipe.backbone.SPECS, recorded in the manifest
+    features: str = DEFAULT_FEATURES  # head input recipe (fruitpipe.features); other backbones than MobileNetV2: "emb"
     hidden: int = 128  # 0 = linear head; 128 keeps head + fine-tuned block under 1 MB
     dropout: float = 0.3
     label_smoothing: float = 0.1
@@ -145,8 +146,29 @@ def augmented_outputs(backbone, cache: EmbeddingCache, emb: Embedded, cfg: "Conf
         if len(got) != len(rows):  # the images were read once already; a file changed under us
             raise TrainingError(f"{len(rows) - len(got)} training images could not be read again for augmentation")
         for v in views:
-            out.append((np.array(rows), Inputs(backbone.block_input(got.block_in[v]), got.views[v], got.pooled[v])))
+            out.append((np.array(rows), _outputs(backbone, got, v, np.ones(len(got), dtype=bool))))
     return out
+
+
+def config_for(values: dict[str, Any], base_model: Path | None = None) -> Config:
+    """:meth:`Config.from_mapping` of ``values``; without a ``backbone`` among them, a retrain
+    (``base_model``, the live bundle) keeps the base model's backbone.
+
+    Raises:
+        TrainingError: an unknown hyperparameter or backbone, or an unreadable base model.
+    """
+    values = dict(values)
+    if base_model is not None and not values.get("backbone"):
+        try:
+            values["backbone"] = bundle.read_manifest(Path(base_model)).backbone_name
+        except bundle.BundleError as exc:
+            raise TrainingError(f"cannot warm-start from base model {base_model}: {exc}") from None
+    config = Config.from_mapping(values)
+    try:
+        backbones.get(config.backbone)
+    except backbones.BackboneError as exc:
+        raise TrainingError(str(exc)) from None
+    return config
 
 
 def _targets(labels: list[str]) -> np.ndarray:
@@ -179,6 +201,9 @@ def _warm_start(base_model: Path | None, cfg: Config) -> tuple[Head, Block] | No
     try:
         manifest = bundle.verify(Path(base_model))
         recipe = manifest.head.get("features")
+        if manifest.backbone_name != cfg.backbone:
+            log(warm_start=0, warm_start_reason=f"base model backbone {manifest.backbone_name}")
+            return None
         if recipe != cfg.features or "block" not in manifest.head:
             log(warm_start=0, warm_start_reason=f"base model recipe {recipe}")
             return None
@@ -205,7 +230,11 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
              y_val: np.ndarray | None = None, weights: np.ndarray | None = None
              ) -> tuple[Head, dict[str, list[float]], Any]:
     """Train the dense head with Keras; return it as a numpy :class:`Head`, the history and the model.
-    ``weights``: optional per-row sample weights ``float32 [N]``."""
+
+    ``y`` holds class indices into :data:`LABELS`, and ``len(LABELS)`` for not-fruit photos when
+    ``cfg.not_fruit_output`` (the head then has a seventh output). ``weights``: optional per-row
+    sample weights ``float32 [N]``.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
@@ -219,7 +248,8 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
     if cfg.hidden:
         h = keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=reg)(h)
         h = keras.layers.Dropout(cfg.dropout)(h)
-    outputs = keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg)(h)
+    n_out = len(LABELS) + int(cfg.not_fruit_output)
+    outputs = keras.layers.Dense(n_out, activation="softmax", kernel_regularizer=reg)(h)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
@@ -227,8 +257,8 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
 
     val = None
     if x_val is not None and y_val is not None and len(y_val):
-        val = ((x_val - mu) / sd, keras.utils.to_categorical(y_val, len(LABELS)))
-    hist = model.fit(x_in, keras.utils.to_categorical(y, len(LABELS)), validation_data=val, sample_weight=weights,
+        val = ((x_val - mu) / sd, keras.utils.to_categorical(y_val, n_out))
+    hist = model.fit(x_in, keras.utils.to_categorical(y, n_out), validation_data=val, sample_weight=weights,
                      epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
                      callbacks=[keras_callback(Epochs(cfg.epochs, desc="head"))])
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
@@ -384,8 +414,14 @@ def _place(tmp: Path, out: Path) -> None:
 def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
           cache_dir: Path | None = None, output_data_dir: Path | None = None,
           config: Config | None = None, backbone_path: Path | None = None,
-          base_model: Path | None = None) -> dict[str, Any]:
+          base_model: Path | None = None, backbone: str | None = None) -> dict[str, Any]:
     """Train a bundle from ``data_dir/<class>/*``; return the metrics written to ``metrics.json``.
+
+    ``backbone`` (a name in :data:`fruitpipe.backbone.SPECS`; default ``config.backbone``,
+    MobileNetV2) is the frozen network the bundle is built on; its manifest names it. Backbones
+    other than MobileNetV2 train a head on the embedding alone (recipe ``emb``). ``backbone_path``
+    is a local copy of its file (default: :func:`fruitpipe.backbone.resolve`).
+    Raises :class:`TrainingError` (an unknown backbone among others).
 
     ``base_model`` (the live bundle): when it has the same fine-tuned recipe, its block and head are
     the starting point (a warm start: ``warm_epochs`` of stage 2 instead of both stages).
@@ -400,19 +436,27 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         memo.load(memo_path)
 
     cfg = config or Config()
+    if backbone is not None:
+        cfg = replace(cfg, backbone=backbone)
     try:
-        input_dim(cfg.features)
+        spec = backbones.get(cfg.backbone)
+    except backbones.BackboneError as exc:
+        raise TrainingError(str(exc)) from None
+    if not spec.has_extras and cfg.features != EMBEDDING_ONLY:
+        # Only MobileNetV2 has the feature maps and block 17 the richer recipes read.
+        log(features=EMBEDDING_ONLY, features_reason=f"backbone {spec.name} has no feature maps")
+        cfg = replace(cfg, features=EMBEDDING_ONLY)
+    try:
+        input_dim(cfg.features, spec.embedding_dim)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
-    if cfg.not_fruit_output and not uses_block(cfg.features):
-        raise TrainingError(f"not_fruit_output needs the fine-tuned recipe {DEFAULT_FEATURES}")
     started = time.monotonic()
     out_dir, output_data_dir = Path(out_dir), Path(output_data_dir or out_dir)
     # Checked before embedding anything: an unusable base model fails in a second, not after minutes.
     start = _warm_start(base_model, cfg) if uses_block(cfg.features) else None
     stage("load_backbone")
-    backbone = Backbone(backbone_path, num_threads=int(os.environ.get("FRUITPIPE_THREADS", "2")))
-    cache = EmbeddingCache(cache_dir)
+    backbone = Backbone(spec, backbone_path, num_threads=int(os.environ.get("FRUITPIPE_THREADS", "2")))
+    cache = EmbeddingCache(cache_dir, spec)
     views = ("orig", "flip") if cfg.flip else ("orig",)
     train_emb = embed_folder(Path(data_dir), backbone, cache, views=views, stage="embed_train")
     val_emb = (embed_folder(Path(validation_dir), backbone, cache, views=views, stage="embed_validation")
@@ -550,7 +594,7 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
 
     prototypes = protos(normalise(np.concatenate([e_all[v][tr_idx] for v in views])),
                         np.tile(y_all[tr_idx], len(views)))
-    val_images = image_source(val_paths, imaging.INPUT_SIZE)
+    val_images = image_source(val_paths, spec.input_size)
 
     def zoom_of(rows: np.ndarray) -> np.ndarray:  # validation rows → second-look score
         return zoom_similarity(backbone, prototypes, val_images(rows)) if len(rows) else np.empty(0, np.float32)
@@ -638,13 +682,13 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
                             "layers": [{"activation": a, "units": int(k.shape[1])}
                                        for a, k in zip(head.activations, head.kernels)],
                             **({"block": {"file": BLOCK_FILE, "dtype": "int8", "init": "backbone expanded_conv_17",
-                                          "input_tensor": BLOCK_INPUT_TENSOR}} if block is not None else {})},
-            preprocessing=imaging.PREPROCESSING.as_dict(), rejection=rejection,
+                                          "input_tensor": spec.block_input_tensor}} if block is not None else {})},
+            preprocessing=replace(imaging.PREPROCESSING, size=spec.input_size).as_dict(), rejection=rejection,
             training_data={"train": counts, "origins": dict(sorted(origins.items())),
                            "validation_n": int(len(y_val)), "skipped": dict(skipped),
                            "views": list(views), "refit": cfg.refit,
                            "warm_start_from": bundle.read_manifest(Path(base_model)).version if start else None},
-            raw={"hyperparameters": asdict(cfg)})
+            raw={"hyperparameters": asdict(cfg)}, backbone_name=spec.name)
         bundle.write(staged, manifest, {**{n: f.read_bytes() for n, f in files.items()}, REJECTION_FILE: rej_path.read_bytes()})
 
         stage("evaluate")

@@ -1,7 +1,8 @@
 """CDK app entry point (``cdk.json`` runs ``python infra/app.py``; ``make synth`` does too).
 
 Context keys (``-c key=value``): stage, architecture (x86_64|arm64), memory, reservedConcurrency,
-ingestConcurrency, throttleRate, throttleBurst, retain (true|false). Builds the layer and the
+ingestConcurrency, throttleRate, throttleBurst, retain (true|false), backbones (comma-separated
+names packaged in the functions; MobileNetV2 always). Builds the layer and the
 function asset first when they are missing (``scripts/build_layer.py``), then synthesizes with the
 cdk-nag AwsSolutions checks; a finding without an acknowledgement fails the synth.
 """
@@ -59,7 +60,7 @@ def build_app(context: dict | None = None, outdir: str | None = None) -> tuple[c
     config = StackConfig.from_context(app.node.try_get_context)
     builder = _builder()
     layer_dir = builder.ensure_layer(config.architecture)
-    function_dir = builder.ensure_function()
+    function_dir = builder.ensure_function(config.backbones)
     stack = FruitpipeStack(
         app, config.stack_name, config=config, layer_dir=layer_dir, function_dir=function_dir,
         env=cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),

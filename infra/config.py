@@ -41,6 +41,17 @@ def _origins(value: Any, key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _backbones(value: Any, key: str) -> tuple[str, ...]:
+    """A list (or comma-separated string) of registered backbone names; MobileNetV2 always first."""
+    from fruitpipe.backbone import DEFAULT, SPECS
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = [str(i).strip() for i in items if str(i).strip()]
+    unknown = [n for n in names if n not in SPECS]
+    if unknown:
+        raise ConfigError(f"context {key}: unknown backbone {', '.join(unknown)}; known: {', '.join(SPECS)}")
+    return tuple(dict.fromkeys([DEFAULT.name, *names]))
+
+
 def _int(value: Any, key: str, low: int, high: int) -> int:
     try:
         number = int(value)
@@ -71,6 +82,10 @@ class StackConfig:
     # default: the CLI and curl need no CORS, and no page of ours uploads to S3 directly.
     upload_origins: tuple[str, ...] = ()
     retain: bool = True
+    # Backbones packaged in the API and pipeline functions (MobileNetV2 always). Each other one
+    # adds its file (2.6-6.2 MB) to every function; a live bundle on a backbone not packaged fails
+    # to load and the previous model stays live (docs/deploy.md).
+    backbones: tuple[str, ...] = ("mobilenet_v2",)
 
     @property
     def stack_name(self) -> str:
@@ -110,4 +125,5 @@ class StackConfig:
             admin_throttle_burst=_int(opt("adminThrottleBurst", d.admin_throttle_burst), "adminThrottleBurst", 1, 5000),
             upload_origins=_origins(opt("uploadOrigins", d.upload_origins), "uploadOrigins"),
             retain=_bool(opt("retain", d.retain), "retain"),
+            backbones=_backbones(opt("backbones", d.backbones), "backbones"),
         )

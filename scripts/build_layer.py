@@ -7,8 +7,9 @@
   ``pip install --platform manylinux_2_27_<arch> (… up to 2_34) --python-version 3.12 --implementation cp
   --only-binary=:all: -t …`` (Amazon Linux 2023, glibc 2.34, is what python3.12 Lambdas run on),
   then pruned (tests, caches, type stubs, C headers).
-* ``layers/build/function/`` — ``fruitpipe/``, ``functions/``, ``models/default/`` and the backbone
-  (``backbone/<file>``, resolved and checksum-verified by :mod:`fruitpipe.backbone`).
+* ``layers/build/function/`` — ``fruitpipe/``, ``functions/``, ``models/default/`` and the backbones
+  (MobileNetV2 as ``backbone/<file>``, every other registered one the build machine can provision as
+  ``backbone/<zoo folder>/<file>``; resolved and checksum-verified by :mod:`fruitpipe.backbone`).
 
 Prints (and writes ``layers/build/size-report.json``) the unzipped sizes; fails above Lambda's
 250 MB limit and warns above the project's 150 MB target. The layer is rebuilt only when the
@@ -183,8 +184,14 @@ def _copy_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "tests"))
 
 
-def build_function() -> Path:
-    """Our code + the default model + the verified backbone: what ``Code.from_asset`` uploads."""
+def build_function(backbones: tuple[str, ...] = ("mobilenet_v2",)) -> Path:
+    """Our code + the default model + the verified backbones: what ``Code.from_asset`` uploads.
+
+    ``backbones``: registered names to package besides MobileNetV2 (the CDK context key
+    ``backbones``); each must be provisionable here (cache, ``$FRUITPIPE_MODEL_ZOO`` or its pinned
+    download), else :class:`fruitpipe.backbone.BackboneError`: a deployment never silently lacks
+    the backbone it was asked to serve.
+    """
     sys.path.insert(0, str(REPO))
     from fruitpipe import backbone, bundle
 
@@ -197,7 +204,17 @@ def build_function() -> Path:
     bundle.verify(REPO / "models" / "default")
     _copy_tree(REPO / "models" / "default", tmp / "models" / "default")
     (tmp / "backbone").mkdir()
-    shutil.copy2(backbone.resolve(), tmp / "backbone" / backbone.FILENAME)
+    shutil.copy2(backbone.resolve(), tmp / "backbone" / backbone.FILENAME)  # FRUITPIPE_BACKBONE
+    # The other backbones asked for, in model-zoo layout (FRUITPIPE_MODEL_ZOO=/var/task/backbone), so
+    # the function serves a live bundle on any of them. Only those: each adds 2.6-6.2 MB to every
+    # function, and layer + function must stay within 150 MB unzipped.
+    for name in backbones:
+        spec = backbone.get(name)
+        if spec is backbone.DEFAULT:
+            continue
+        src = backbone.resolve(spec)
+        (tmp / "backbone" / spec.folder).mkdir()
+        shutil.copy2(src, tmp / "backbone" / spec.folder / spec.filename)
     compile_for_312(tmp)
     # A fixed mtime keeps the asset hash stable across identical builds.
     for path in tmp.rglob("*"):
@@ -207,9 +224,9 @@ def build_function() -> Path:
     return out
 
 
-def ensure_function() -> Path:
+def ensure_function(backbones: tuple[str, ...] = ("mobilenet_v2",)) -> Path:
     """Rebuilt every time (a few MB of copying) so the asset always matches the checkout."""
-    return build_function()
+    return build_function(backbones)
 
 
 def size_report(arch: str) -> dict[str, float]:
@@ -228,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default=os.environ.get("FRUITPIPE_ARCH", "x86_64"), choices=sorted(PLATFORMS))
     parser.add_argument("--force", action="store_true", help="rebuild the layer even if it is up to date")
+    parser.add_argument("--backbones", default="mobilenet_v2",
+                        help="comma-separated backbones to package (the CDK context key `backbones`)")
     args = parser.parse_args(argv)
     ensure_layer(args.arch, force=args.force)
-    ensure_function()
+    ensure_function(tuple(n.strip() for n in args.backbones.split(",") if n.strip()))
     report = size_report(args.arch)
     print(f"unzipped: layer {report['layer_mb']} MB + function {report['function_mb']} MB = "
           f"{report['total_mb']} MB (target ≤ {TARGET_MB} MB, Lambda limit {LAMBDA_LIMIT_MB} MB)")

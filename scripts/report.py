@@ -180,7 +180,7 @@ def retrain_loop_table() -> list[str]:
                          f"{r['live']['accuracy']:.2%} / {r['live']['macro_f1']:.2%}"
                          for label, r in (("first", first), ("after the extra photos", second), ("forced", forced))
                          if r and r.get("candidate") and r.get("live"))
-             + ". A rejected candidate leaves the live model serving; the gate allows no loss (docs/ml.md, "
+             + ". A rejected candidate leaves the live model serving; the gate rejects a loss beyond fit noise (docs/retrain-pipeline.md, the gate policy; docs/ml.md, "
                "\"Local retrains\").", ""]
     return rows
 

@@ -13,8 +13,11 @@ FRUITS = SHARED / "data" / "fruits"
 BACKBONE_DIR = SHARED / "models" / "mobilenet_v2_1.0_224_int8"
 DEFAULT_MODEL = REPO / "models" / "default"
 
+MODEL_ZOO = SHARED / "models"
+
 if BACKBONE_DIR.is_dir():
     os.environ.setdefault("FRUITPIPE_BACKBONE", str(BACKBONE_DIR))
+    os.environ.setdefault("FRUITPIPE_MODEL_ZOO", str(MODEL_ZOO))  # the other backbones (fruitpipe.backbone.SPECS)
 
 needs_shared = pytest.mark.skipif(
     not FRUITS.is_dir() or not BACKBONE_DIR.is_dir(),

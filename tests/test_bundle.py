@@ -97,6 +97,7 @@ def test_offline_download_miss_is_one_clear_error(tmp_path: Path, monkeypatch) -
 
 def test_resolve_without_cache_or_override_downloads_to_cache(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv(backbone.ENV_VAR, raising=False)
+    monkeypatch.delenv(backbone.ZOO_ENV_VAR, raising=False)
     monkeypatch.setenv("FRUITPIPE_CACHE", str(tmp_path))
     with pytest.raises(backbone.BackboneError, match="not cached"):
         backbone.resolve(download=False)
@@ -139,6 +140,7 @@ def test_provision_copies_a_local_backbone_into_the_cache(tmp_path: Path, monkey
     cached = tmp_path / backbone.FILENAME
     assert backbone.sha256_file(cached) == backbone.SHA256
     monkeypatch.delenv(backbone.ENV_VAR)
+    monkeypatch.delenv(backbone.ZOO_ENV_VAR, raising=False)
     assert backbone.resolve(download=False) == cached
     cached.write_bytes(b"half a model")
     with pytest.raises(backbone.BackboneError, match="sha256"):

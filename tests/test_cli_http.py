@@ -15,13 +15,14 @@ from .service_support import TOKEN, live_server, make_app, make_backend, small_d
 pytestmark = [needs_shared, pytest.mark.slow]
 
 
-def serve(tmp_path, monkeypatch, mode: str = "good"):  # type: ignore[no-untyped-def]
+def serve(tmp_path, monkeypatch, mode: str = "good", sleep: float = 0.0):  # type: ignore[no-untyped-def]
     for env in ("FRUITPIPE_TOKEN", "FRUITPIPE_ADMIN_TOKEN", "FRUITPIPE_API"):
         monkeypatch.delenv(env, raising=False)
     monkeypatch.chdir(tmp_path)  # no var/admin-token here
     seed = small_dataset(tmp_path / "seed", "train", 3)
     eval_dir = small_dataset(tmp_path / "eval", "test", 2)
-    return live_server(make_app(make_backend(tmp_path / "store", mode=mode, seed=seed, eval_dir=eval_dir)))
+    return live_server(make_app(make_backend(tmp_path / "store", mode=mode, seed=seed, eval_dir=eval_dir,
+                                             sleep=sleep)))
 
 
 @pytest.fixture()
@@ -113,3 +114,14 @@ def test_retrain_rejected_by_the_gate_exits_3(tmp_path, monkeypatch, capsys):
         code, out, err = run(capsys, "models", "--api", url)
         rejected = [r for r in out.splitlines() if " rejected " in r]
         assert len(rejected) == 1 and rejected[0].rstrip().endswith(lines[1].split("reason:")[1].strip())
+
+
+def test_retrain_cancel(tmp_path, monkeypatch, capsys):
+    with serve(tmp_path, monkeypatch, sleep=300.0) as url:
+        code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--cancel")
+        assert code == 1 and err.startswith("not_running: no retrain is running")
+        code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--force")
+        assert code == 0 and out.startswith("retrain running")
+        code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--cancel")
+        assert code == 0 and out.startswith("retrain cancelled: the live model is unchanged"), out
+        assert "cancelled at stage" in out

@@ -392,6 +392,8 @@ def test_every_view_accessible_and_fits(browser, tmp_path, size):
         page.goto(url + "/")
         page.wait_for_selector(f"#versions tr[data-version='{extra}'] button")
         page.wait_for_selector("#confusion table")
+        page.wait_for_selector("#model-arch[data-backbone='mobilenet_v2']")  # the live model's architecture
+        assert page.text_content("#model-arch").startswith("Architecture: mobilenet_v2 backbone (int8, 224×224 input")
         views: dict[str, list] = {}
 
         def view(name: str) -> None:
@@ -520,3 +522,26 @@ def test_api_docs_render_offline(browser, tmp_path):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "docs-desktop.png"))
         page.close()
+
+
+def test_a_running_retrain_can_be_stopped_from_the_dashboard(browser, tmp_path):
+    seed = small_dataset(tmp_path / "seed", "train", 3)
+    eval_dir = small_dataset(tmp_path / "eval", "test", 2)
+    app = make_app(make_backend(tmp_path / "store", mode="good", seed=seed, eval_dir=eval_dir, sleep=300.0))
+    with live_server(app) as url:
+        page = browser.new_page()
+        errors = watch_errors(page)
+        page.goto(url + "/")
+        assert page.is_hidden("#retrain-stop")  # nothing running
+        sign_in(page)
+        page.click("#retrain-btn")
+        page.wait_for_selector("#retrain-dialog[open]")
+        page.check("#retrain-force")  # the store has no uploads: nothing new to learn
+        page.click("#retrain-confirm")
+        page.wait_for_selector("#retrain-stop:not([hidden])")
+        page.click("#retrain-stop")
+        page.wait_for_selector("#retrain-state[data-state='cancelled']")
+        assert page.text_content("#retrain-result").startswith("Stopped: cancelled at stage")
+        assert page.is_hidden("#retrain-stop") and page.is_enabled("#retrain-btn")
+        page.close()
+        assert not errors, errors

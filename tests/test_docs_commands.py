@@ -227,7 +227,7 @@ def test_local_service_blocks_run_as_written(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "shared").symlink_to(SHARED)
     # The backbone provisioned into a fresh package cache, as `make run` does; then no variable.
     cache = tmp_path / "cache"
-    env = {k: v for k, v in os.environ.items() if k != "FRUITPIPE_BACKBONE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("FRUITPIPE_BACKBONE", "FRUITPIPE_MODEL_ZOO")}
     env.update(FRUITPIPE_CACHE=str(cache), PYTHONPATH=str(REPO), HOME=str(tmp_path),
                PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([sys.executable, "-m", "fruitpipe.backbone", str(BACKBONE_DIR)], env=env,

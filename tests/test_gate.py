@@ -55,3 +55,59 @@ def test_tolerance_loosens_accuracy_only_when_asked():
 def test_malformed_candidate_metrics_raise(bad):
     with pytest.raises(gate.GateError):
         gate.decide(bad, LIVE)
+
+
+def _paired(correct: str, order: str = "o1", rejected: str = "1" * 10) -> dict:
+    n = len(correct)
+    acc = correct.count("1") / n
+    return {"accuracy": acc, "macro_f1": acc, "ood_rejected_rate": rejected.count("1") / len(rejected),
+            "paired": {"order": order, "correct": correct, "rejected": rejected}}
+
+
+LIVE_614 = "1" * 602 + "0" * 12  # 98.0% of the 614 test photos
+
+
+def _moved(worse: int, better: int) -> str:
+    """The live outcomes with ``worse`` right answers lost and ``better`` wrong ones gained."""
+    s = list(LIVE_614)
+    for i in range(worse):
+        s[i] = "0"
+    for i in range(better):
+        s[602 + i] = "1"
+    return "".join(s)
+
+
+def test_mcnemar_p_value_matches_the_binomial_tail():
+    assert gate.mcnemar_p_value(0, 0) == 1.0
+    assert gate.mcnemar_p_value(3, 0) == pytest.approx(1 / 8)
+    assert gate.mcnemar_p_value(5, 2) == pytest.approx((21 + 7 + 1) / 128)  # C(7,5)+C(7,6)+C(7,7)
+
+
+def test_a_loss_within_fit_noise_is_promoted_and_says_why():
+    # 5 photos lost, 2 gained: -0.5 points, p = 0.23 (two fits of the same data differ this much)
+    d = gate.decide(_paired(_moved(5, 2)), _paired(LIVE_614))
+    assert d.promote and "not significantly worse" in d.reason and "p=0.227" in d.reason
+
+
+def test_a_significant_loss_is_rejected():
+    d = gate.decide(_paired(_moved(12, 2)), _paired(LIVE_614))  # p = 0.0065
+    assert not d.promote and "significantly worse on the same photos" in d.reason
+
+
+def test_a_large_loss_is_rejected_even_when_not_significant():
+    live = "1" * 50
+    cand = "000" + "1" * 47  # -6 points on 50 photos, p = 0.125
+    d = gate.decide(_paired(cand), _paired(live))
+    assert not d.promote and "more than 0.01 below live" in d.reason and "significantly" not in d.reason
+
+
+def test_strict_mode_and_unpaired_records_keep_the_no_worse_rule():
+    cand, live = _paired(_moved(5, 2)), _paired(LIVE_614)
+    assert not gate.decide(cand, live, strict=True).promote  # nothing new to learn: no loss at all
+    assert not gate.decide(cand, {**live, "paired": {**live["paired"], "order": "other"}}).promote
+    assert not gate.decide({k: v for k, v in cand.items() if k != "paired"}, live).promote
+
+
+def test_the_paired_rule_never_lets_accuracy_buy_rejection():
+    d = gate.decide(_paired(_moved(0, 5), rejected="1" * 9 + "0"), _paired(LIVE_614))
+    assert not d.promote and "ood_rejected_rate" in d.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 
@@ -42,7 +43,7 @@ def test_gate_accepts_and_server_swaps_without_restart(tmp_path, data):
         status = wait_for_run(c)
         assert status["state"] == "succeeded", status
         res = status["result"]
-        assert res["promoted"] is True and res["candidate"]["accuracy"] >= res["live"]["accuracy"]
+        assert res["promoted"] is True and "paired test on" in res["reason"]  # it learned a new image
         assert res["images"]["rottenapples"] == 5  # 4 seed + 1 upload
         assert any(line.startswith("stage=") for line in status["log_tail"])
         new = res["version"]
@@ -62,6 +63,9 @@ def test_gate_rejects_worse_candidate_and_keeps_it(tmp_path, data):
         status = wait_for_run(c)
         assert status["state"] == "rejected", status
         assert status["result"]["promoted"] is False and "worse" in status["result"]["reason"]
+        # nothing new to learn (a forced run on unchanged data): the strict rule, no paired test
+        config = json.loads((store / "retrain" / "runs" / status["run_id"] / "config.json").read_text())
+        assert config["strict_gate"] is True and "paired test" not in status["result"]["reason"]
         assert c.get("/health").json()["model_version"] == LIVE
         rejected = [v for v in c.get("/models").json()["versions"] if v["status"] == "rejected"]
         assert len(rejected) == 1 and "worse" in rejected[0]["reason"]
@@ -283,3 +287,70 @@ def test_a_failed_warm_up_is_reported_until_the_first_run(tmp_path) -> None:
     status = backend.trainer.status()
     assert status.state == "idle" and status.warmup["state"] == "failed"
     assert "skimage" in status.warmup["error"]
+
+
+def _group_alive(pgid: int, wait: float = 5.0) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies awaiting their reaper do not)."""
+    import time
+    from pathlib import Path
+    deadline = time.monotonic() + wait
+    while True:
+        alive = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive = True
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def test_cancel_stops_the_run_and_its_training_job_and_changes_nothing(tmp_path, data):
+    import time
+    store, app = run_retrain(tmp_path, data, "good", sleep=300.0)
+    with TestClient(app) as c:
+        r = c.post("/retrain/cancel", headers=AUTH)
+        assert r.status_code == 409 and r.json()["error"] == "not_running"
+        assert c.post("/retrain/cancel").status_code == 401
+        models_before = tree_hash(store / "models")
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
+        deadline = time.monotonic() + 120
+        while (status := c.get("/retraining-status").json())["stage"] != "embed":  # the job's sleep
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        pid = status.get("pid") or json.loads((store / "retrain" / "status.json").read_text())["pid"]
+        assert status["state"] == "running" and _group_alive(pid, wait=0)
+        r = c.post("/retrain/cancel", headers=AUTH)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["state"] == "cancelled" and "cancelled at stage" in body["result"]["error"]
+        assert not _group_alive(pid)  # the run and its training job are gone
+        assert c.get("/retraining-status").json()["state"] == "cancelled"
+        assert tree_hash(store / "models") == models_before
+        assert c.get("/health").json()["model_version"] == LIVE
+        assert not (store / "retrain" / "runs" / body["run_id"] / "data").exists()
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202  # the slot is free again
+        assert c.post("/retrain/cancel", headers=AUTH).json()["state"] == "cancelled"
+
+
+def test_a_run_at_its_gate_is_never_cancelled(tmp_path, data):
+    """From the gate on, a run finishes its decision and publication whole (decision lock)."""
+    import subprocess
+
+    from fruitpipe.backends.base import NotRunning
+    from fruitpipe.backends.local import atomic_write_json
+    store, app = run_retrain(tmp_path, data, "good")
+    trainer = app.state.fruitpipe.backend.trainer
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        atomic_write_json(store / "retrain" / "status.json",
+                          {"state": "running", "run_id": "run-at-gate", "stage": "gate", "pid": proc.pid})
+        with pytest.raises(NotRunning, match="reached its gate"):
+            trainer.cancel()
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

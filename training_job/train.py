@@ -22,7 +22,9 @@ Three ways to get the inputs, first match wins, each option overridable by an ar
   as a toolkit-based image or a local runner would set them.
 * **Arguments** (``--data --out ...``), run by hand.
 
-Everything else lives in :mod:`fruitpipe.training`.
+Hyperparameters are :class:`fruitpipe.training.Config` fields; ``backbone`` (a name in
+:data:`fruitpipe.backbone.SPECS`) picks the frozen network, and without it a job with a base model
+keeps that model's backbone. Everything else lives in :mod:`fruitpipe.training`.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def write_failure(reason: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one training job; 0 on success, 1 on a training failure, 2 on a usage error."""
     from fruitpipe.backbone import BackboneError
-    from fruitpipe.training import Config, TrainingError, main_error, train
+    from fruitpipe.training import TrainingError, config_for, main_error, train
 
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.data is None or args.out is None:
@@ -141,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.hyperparameters.is_file():
             values.update(json.loads(args.hyperparameters.read_text(encoding="utf-8")))
         values.update(dict(item.split("=", 1) for item in args.set))
-        config = Config.from_mapping(values)
+        # a retrain keeps the base (live) model's backbone unless a "backbone" hyperparameter names one
+        config = config_for(values, args.base_model)
         if _empty(args.validation):
             args.validation = None
         before = _shards(args.cache)

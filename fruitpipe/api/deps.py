@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from .. import backbone as backbone_spec
+from ..backbone import BackboneError
 from ..backends.base import Backend
 from ..bundle import BundleError
 from ..capture import Capturer
@@ -39,7 +41,8 @@ class ModelHolder:
         self.registry = backend.registry
         self.settings = settings
         self.metrics = metrics
-        self._backbone: Backbone | None = None
+        self._backbones: dict[str, Backbone] = {}  # registry name -> the one shared instance
+        self._backbones_lock = threading.Lock()
         self._current: Classifier | None = None
         self._signature: Any = object()
         self._next_check = 0.0
@@ -49,10 +52,18 @@ class ModelHolder:
 
     @property
     def backbone(self) -> Backbone:
-        if self._backbone is None:
-            self._backbone = Backbone(self.settings.backbone_path, num_threads=self.settings.inference_threads,
-                                      workers=self.settings.inference_workers)
-        return self._backbone
+        """The default backbone (MobileNetV2), shared."""
+        return self.backbone_for(backbone_spec.DEFAULT)
+
+    def backbone_for(self, spec: backbone_spec.Spec) -> Backbone:
+        """The shared :class:`Backbone` of ``spec`` (loaded on first use; ``backbone_path`` is the
+        default backbone's local copy, the others are found by :func:`fruitpipe.backbone.resolve`)."""
+        with self._backbones_lock:
+            if spec.name not in self._backbones:
+                self._backbones[spec.name] = Backbone(
+                    spec, self.settings.backbone_path if spec is backbone_spec.DEFAULT else None,
+                    num_threads=self.settings.inference_threads, workers=self.settings.inference_workers)
+            return self._backbones[spec.name]
 
     def _signature_now(self) -> Any:
         sig = getattr(self.registry, "pointer_signature", None)
@@ -75,8 +86,8 @@ class ModelHolder:
                 self._signature = signature
                 return
             try:
-                clf = Classifier(self.registry.fetch(version), shared_backbone=self.backbone)
-            except (BundleError, OSError, ValueError, LookupError) as exc:
+                clf = Classifier(self.registry.fetch(version), backbones=self.backbone_for)
+            except (BundleError, BackboneError, OSError, ValueError, LookupError) as exc:
                 self.last_error = f"cannot load model {version}: {exc}"
                 log.error(self.last_error)
                 return  # keep the old one; try again at the next check
@@ -93,7 +104,7 @@ class ModelHolder:
 
     def load_version(self, version: str) -> Classifier:
         """``version`` from the registry on the shared backbone (the shadow's candidate)."""
-        return Classifier(self.registry.fetch(version), shared_backbone=self.backbone)
+        return Classifier(self.registry.fetch(version), backbones=self.backbone_for)
 
     def get(self) -> Classifier:
         if self._current is None or time.monotonic() >= self._next_check:

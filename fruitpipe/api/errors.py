@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import imaging
-from ..backends.base import NothingToLearn, NotFound, RetrainRunning, VersionRejected
+from ..backends.base import NothingToLearn, NotFound, NotRunning, RetrainRunning, VersionRejected
 from ..bundle import BundleError
 from ..dataset import UnknownClass
 
@@ -88,6 +88,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotFound: (404, "not_found"),
     RetrainRunning: (409, "retrain_running"),
     NothingToLearn: (409, "nothing_new"),
+    NotRunning: (409, "not_running"),
     VersionRejected: (409, "version_rejected"),
     BundleError: (503, "model_invalid"),
 }

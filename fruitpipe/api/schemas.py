@@ -123,7 +123,7 @@ class UploadRejectedResponse(ErrorResponse):
 
 
 class RetrainStatusResponse(BaseModel):
-    state: Literal["idle", "running", "succeeded", "rejected", "failed"]
+    state: Literal["idle", "running", "succeeded", "rejected", "failed", "cancelled"]
     run_id: Optional[str] = None
     trigger: Optional[str] = None
     stage: Optional[str] = None

@@ -535,60 +535,21 @@ class S3ModelRegistry(_S3Bound, ModelRegistry):
 
 # --- training ------------------------------------------------------------------------------------
 
-_SFN_STATE = {"RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed", "TIMED_OUT": "failed",
-              "ABORTED": "failed", "PENDING_REDRIVE": "failed"}
+class NoStateMachineTrainer(Trainer):
+    """A deployment without the retrain state machine: retraining answers 501, status is idle.
+    (With one, :class:`fruitpipe.pipeline.trainer.StepFunctionsTrainer` runs and reports it.)"""
 
-
-class StepFunctionsTrainer(Trainer):
-    """Starts the retrain state machine (AWS part 2) and reports its latest execution."""
-
-    def __init__(self, state_machine_arn: str | None, sfn: Any = None) -> None:
-        self.arn = state_machine_arn
-        self._sfn = sfn
-
-    @property
-    def sfn(self) -> Any:
-        if self._sfn is None:
-            self._sfn = _client("stepfunctions")
-        return self._sfn
-
-    def _require(self) -> str:
-        if not self.arn:
-            raise TrainerUnavailable("retraining on AWS runs in the retrain state machine, and this "
-                                     "deployment has none (FRUITPIPE_STATE_MACHINE_ARN is not set)")
-        return self.arn
+    MESSAGE = ("retraining on AWS runs in the retrain state machine, and this deployment has none "
+               "(FRUITPIPE_STATE_MACHINE_ARN is not set)")
 
     def start(self, trigger: str = "manual", force: bool = False) -> RetrainStatus:
-        # force: the state machine has no "nothing new" check of its own (it always trains)
-        arn = self._require()
-        if self.sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING", maxResults=1)["executions"]:
-            raise RetrainRunning("a retrain is already running")
-        name = f"{trigger}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        self.sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps({"trigger": trigger}))
-        return RetrainStatus(state="running", run_id=name, trigger=trigger, stage="starting", started=now_iso())
+        raise TrainerUnavailable(self.MESSAGE)
+
+    def cancel(self) -> RetrainStatus:
+        raise TrainerUnavailable(self.MESSAGE)
 
     def status(self) -> RetrainStatus:
-        if not self.arn:
-            return RetrainStatus(state="idle", stage="unavailable",
-                                 log_tail=["no retrain state machine in this deployment"])
-        runs = self.sfn.list_executions(stateMachineArn=self.arn, maxResults=1)["executions"]
-        if not runs:
-            return RetrainStatus()
-        run = self.sfn.describe_execution(executionArn=runs[0]["executionArn"])
-        state = _SFN_STATE.get(run["status"], "failed")
-        result: dict[str, Any] = {}
-        if run.get("output"):
-            try:
-                result = json.loads(run["output"])
-            except ValueError:
-                result = {}
-        if state == "succeeded" and result.get("promote") is False:
-            state = "rejected"
-        trigger = json.loads(run.get("input") or "{}").get("trigger")
-        stamp = lambda t: t.isoformat() if hasattr(t, "isoformat") else t  # noqa: E731
-        return RetrainStatus(state=state, run_id=run["name"], trigger=trigger, stage=run["status"].lower(),
-                             percent=100.0 if state != "running" else 0.0, started=stamp(run.get("startDate")),
-                             finished=stamp(run.get("stopDate")), result=result)  # type: ignore[arg-type]
+        return RetrainStatus(state="idle", stage="unavailable", log_tail=["no retrain state machine in this deployment"])
 
 
 # --- admin token ---------------------------------------------------------------------------------
@@ -647,9 +608,9 @@ def _trainer(state_machine_arn: str | None) -> Trainer:
     """The retrain pipeline's trainer (status from execution history + DescribeTrainingJob) when a
     state machine is deployed; otherwise the stub that answers 501."""
     if not state_machine_arn:
-        return StepFunctionsTrainer(None)
-    from ..pipeline.trainer import StepFunctionsTrainer as PipelineTrainer
-    return PipelineTrainer(_client("stepfunctions"), _client("sagemaker"), state_machine_arn)
+        return NoStateMachineTrainer()
+    from ..pipeline.trainer import StepFunctionsTrainer
+    return StepFunctionsTrainer(_client("stepfunctions"), _client("sagemaker"), state_machine_arn)
 
 
 TokenProvider = Callable[[], "str | None"]

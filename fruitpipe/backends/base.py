@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 UploadStatus = Literal["added", "duplicate", "rejected"]
 VersionStatus = Literal["live", "available", "rejected"]
-RunState = Literal["idle", "running", "succeeded", "rejected", "failed"]
+RunState = Literal["idle", "running", "succeeded", "rejected", "failed", "cancelled"]
 
 
 class NotFound(LookupError):
@@ -26,6 +26,11 @@ class VersionRejected(ValueError):
 
 class RetrainRunning(RuntimeError):
     """A retrain was asked for while one is running (HTTP 409)."""
+
+
+class NotRunning(RuntimeError):
+    """Nothing to cancel: no retrain is running, or it has reached its decision (the gate and the
+    publication are never interrupted, so a cancel never leaves a half-published model)."""
 
 
 class NothingToLearn(RuntimeError):
@@ -117,6 +122,14 @@ class Trainer(ABC):
 
     @abstractmethod
     def status(self) -> RetrainStatus: ...
+
+    def cancel(self) -> RetrainStatus:
+        """Stop the running retrain before its gate; the live model and the data stay as they were.
+
+        Returns the run's final status (state ``cancelled``). Raises :class:`NotRunning` when no run
+        is running or it has already reached the gate.
+        """
+        raise NotRunning("this backend cannot cancel a retrain")
 
     def seed_counts(self) -> dict[str, int]:
         """Images per class every retrain trains on besides the uploads (the seed data); empty

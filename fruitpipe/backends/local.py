@@ -44,16 +44,17 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import bundle, dataset, imaging
 from .. import recipe as rc
 from ..evalset import UploadGuard
 from ..labels import LABELS
-from .base import (Backend, DataStore, ModelRegistry, ModelVersion, NothingToLearn, NotFound, RetrainRunning,
-                   RetrainStatus, Trainer, UploadResult, VersionRejected)
+from .base import (Backend, DataStore, ModelRegistry, ModelVersion, NothingToLearn, NotFound, NotRunning,
+                   RetrainRunning, RetrainStatus, Trainer, UploadResult, VersionRejected)
 
 log = logging.getLogger("fruitpipe.registry")
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -429,6 +430,20 @@ def kill_group(pgid: int | None) -> bool:
         return False
 
 
+@contextmanager
+def decision_lock(store: Path) -> Iterator[None]:
+    """Held by a run from its gate to its final status, and by a cancel while it kills the run:
+    a run is either stopped before its gate or finishes its decision and publication whole."""
+    path = Path(store) / "retrain" / "decision.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def uploads_fingerprint(store: Path) -> str:
     """The uploads' identity: sha256 over the sorted ``<class>/<sha256>.jpg`` names of the store's
     dataset (names are content hashes, so no file is read)."""
@@ -496,6 +511,43 @@ class LocalTrainer(Trainer):
         atomic_write_json(self.status_path, fresh)
         return fresh
 
+    def cancel(self) -> RetrainStatus:
+        """Kill the running retrain's process group (the run and its training job) before its gate.
+
+        Holding :func:`decision_lock` while it kills, a cancel can never interrupt a gate or a
+        publication: a run that got there first finishes, and the cancel answers ``not_running``.
+        What the run leaves (its snapshot of symlinks, a candidate bundle in its run folder) was
+        never registered; embedding-cache shards are written whole or not at all.
+
+        Raises:
+            NotRunning: no retrain is running, or it has reached its gate.
+        """
+        with self._thread_lock, decision_lock(self.root):
+            data = self._settle(self._read())
+            if data.get("state") != "running":
+                raise NotRunning("no retrain is running" + (
+                    f" (the last run, {data.get('run_id')}, ended {data.get('state')})" if data.get("run_id") else ""))
+            if data.get("stage") in ("gate", "publishing", "done"):  # local_run.STAGE_LABELS
+                raise NotRunning(f"run {data.get('run_id')} has reached its gate; it can no longer be cancelled")
+            pid = data.get("pid")
+            kill_group(pid if isinstance(pid, int) else None)
+            proc = self._procs.pop(pid, None) if isinstance(pid, int) else None
+            if proc is not None:
+                proc.wait(timeout=30)
+            fresh = self._read()
+            if fresh.get("run_id") == data.get("run_id") and fresh.get("state") != "running":
+                return to_status(fresh)  # it ended on its own just before the kill
+            stage = data.get("stage") or "starting"
+            fresh = {**data, **{k: v for k, v in fresh.items() if fresh.get("run_id") == data.get("run_id")}}
+            fresh.update(state="cancelled", finished=bundle.now_iso(), eta_seconds=None)
+            fresh.setdefault("result", {})["error"] = (f"cancelled at stage {stage}; the live model and the data "
+                                                       "are unchanged")
+            atomic_write_json(self.status_path, fresh)
+            run_dir = self.dir / "runs" / str(data.get("run_id"))
+            for name in ("data", "validation", "evaluation"):  # the snapshot: symlinks only
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            return to_status(fresh)
+
     def seed_counts(self) -> dict[str, int]:
         """Images per class in the recipe's training roots (what a retrain trains on besides the uploads)."""
         counts = dict.fromkeys(LABELS, 0)
@@ -552,8 +604,8 @@ class LocalTrainer(Trainer):
                     if current.get("state") == "running":
                         raise RetrainRunning(f"run {current.get('run_id')} is running "
                                              f"(stage {current.get('stage')}, {current.get('percent', 0):.0f}%)")
-                    reason = None if force else self.nothing_new()
-                    if reason:
+                    reason = self.nothing_new()
+                    if reason and not force:
                         raise NothingToLearn(reason)
                     run_id = bundle.new_version(salt=str(os.getpid())).replace("v", "run-", 1)
                     run_dir = self.dir / "runs" / run_id
@@ -561,7 +613,10 @@ class LocalTrainer(Trainer):
                     config = {"train_command": list(self.config.train_command), "recipe": self.recipe.to_dict(),
                               "cache_dir": str(self.cache_dir), "evaluate": self.config.evaluate,
                               "gate_tolerance": self.config.gate_tolerance, "nice": self.config.nice,
-                              "force": bool(force), "shadow_requests": self.config.shadow_requests}
+                              "force": bool(force), "shadow_requests": self.config.shadow_requests,
+                              # nothing new to learn: only a candidate no worse on every metric may replace
+                              # the live model (the paired test is for retrains that learned new images)
+                              "strict_gate": bool(reason)}
                     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
                     status = {"state": "running", "run_id": run_id, "trigger": trigger, "stage": "starting",
                               "percent": 0.0, "eta_seconds": None, "started": bundle.now_iso(), "finished": None,

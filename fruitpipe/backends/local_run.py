@@ -39,7 +39,8 @@ from .. import recipe as rc
 from ..classifier import ZOOM_MEMO_ENV, remember_zoom
 from ..evalset import UploadGuard
 from ..labels import LABELS
-from .local import LocalRegistry, atomic_write_json, proc_start_time, read_json, uploads_fingerprint
+from .local import (LocalRegistry, atomic_write_json, decision_lock, proc_start_time, read_json,
+                    uploads_fingerprint)
 
 # Rough expected seconds per stage before any run was measured here (a warm-started retrain with
 # a warm cache on an unloaded 2-core machine, about 33 s in all); afterwards
@@ -166,10 +167,33 @@ def embed_set(folder: Path, cache_dir: Path, views: tuple[str, ...] = ("orig",),
     from ..classifier import Backbone
     from ..embeddings import EmbeddingCache, embed_folder
     backbone = backbone or Backbone(None)
-    cache = EmbeddingCache(cache_dir)
+    cache = EmbeddingCache(cache_dir, backbone.spec)
     emb = embed_folder(folder, backbone, cache, views=views, progress=False)
     cache.flush()
     return backbone, emb
+
+
+class EmbeddedSet:
+    """One evaluation folder, embedded (through the cache) once per backbone that a scored bundle
+    names: bundles on different backbones are compared on the same images, each on its own."""
+
+    def __init__(self, folder: Path, cache_dir: Path, backbone: Any = None) -> None:
+        self.folder, self.cache_dir = Path(folder), Path(cache_dir)
+        self._sets: dict[str, tuple[Any, Any]] = {}
+        self._given = backbone
+
+    def for_bundle(self, bundle_dir: Path) -> tuple[Any, Any]:
+        """``(backbone, Embedded)`` for the backbone ``bundle_dir``'s manifest names."""
+        from ..classifier import Backbone
+        spec = bundle.read_manifest(bundle_dir).backbone
+        if spec.name not in self._sets:
+            given = self._given if self._given is not None and self._given.spec is spec else None
+            self._sets[spec.name] = embed_set(self.folder, self.cache_dir, backbone=given or Backbone(spec))
+        return self._sets[spec.name]
+
+    def score(self, bundle_dir: Path) -> dict[str, Any]:
+        """:func:`score` of ``bundle_dir`` on this set, embedded by its own backbone."""
+        return score(bundle_dir, *self.for_bundle(bundle_dir))
 
 
 def score(bundle_dir: Path, backbone: Any, emb: Any) -> dict[str, Any]:
@@ -333,10 +357,11 @@ class Run:
             return cand, live, eval_set
         memo = remember_zoom()
         memo.load(zoom_memo_path(self.cache_dir))
-        backbone, emb = embed_set(evaluation, self.cache_dir)
+        sets = EmbeddedSet(evaluation, self.cache_dir)
+        sets.for_bundle(candidate)
         self.progress.within(0.4)
         self.update()
-        cand = score(candidate, backbone, emb)
+        cand = sets.score(candidate)
         self.log(f"candidate: accuracy={cand['accuracy']:.4f} macro_f1={cand['macro_f1']:.4f} "
                  f"ood_rejected_rate={cand.get('ood_rejected_rate')}")
         live = None
@@ -345,7 +370,7 @@ class Run:
             if cached is not None and cached.get("eval_set") == eval_set:
                 metrics = cached["metrics"]
             else:
-                metrics = score(self.registry.fetch(version), backbone, emb)
+                metrics = sets.score(self.registry.fetch(version))
                 save_frozen_evaluation(self.store, version, eval_set, metrics)
             if version == live_version:
                 live = metrics
@@ -380,42 +405,44 @@ class Run:
                 candidate = self.train(data, validation)
                 cand_metrics, live_metrics, eval_set = self.evaluate(candidate, evaluation)
             self.drop_snapshot()
-            self.stage("gate")
-            version = bundle.read_manifest(candidate).version
-            live_version = self.registry.live_version()
-            try:
-                decision = gate.decide(cand_metrics, live_metrics,
-                                       tolerance=float(self.config.get("gate_tolerance", 0.0)))
-            except gate.GateError as exc:
-                decision = gate.Decision(False, f"metrics cannot be compared: {exc}", {}, None)
-            evaluation_record = {"candidate": cand_metrics, "live": live_metrics, "live_version": live_version,
-                                 "eval_set": eval_set, "evaluation": self.recipe.to_dict()["evaluation"]}
-            result = dict(self.status.get("result") or {}, version=version, promoted=decision.promote,
-                          reason=decision.reason, candidate=_summary(cand_metrics),
-                          live=_summary(live_metrics), live_version=live_version, eval_set=eval_set)
-            self.log(("promote: " if decision.promote else "reject: ") + decision.reason)
-            save_frozen_evaluation(self.store, version, eval_set, cand_metrics)
-            record_trained_on(self.store, version, fingerprint, live_version)
-            if decision.promote:
-                self.stage("publish")
-                self.registry.add(candidate, version, evaluation=evaluation_record)
-                if self.config.get("shadow_requests"):  # live only after its shadow (fruitpipe.shadow)
-                    from ..shadow import plan
-                    from .shadow_pointers import LocalShadowPointer
-                    LocalShadowPointer(self.store).write(plan(version, live_version, datetime.now(timezone.utc),
-                                                              int(self.config["shadow_requests"])))
-                    result["shadow"] = True
-                    self.log(f"shadow: {version} runs beside {live_version} for "
-                             f"{self.config['shadow_requests']} requests before it may go live")
+            with decision_lock(self.store):  # a cancel (LocalTrainer.cancel) waits for this whole block
+                self.stage("gate")
+                version = bundle.read_manifest(candidate).version
+                live_version = self.registry.live_version()
+                try:
+                    decision = gate.decide(cand_metrics, live_metrics,
+                                           tolerance=float(self.config.get("gate_tolerance", 0.0)),
+                                           strict=bool(self.config.get("strict_gate")))
+                except gate.GateError as exc:
+                    decision = gate.Decision(False, f"metrics cannot be compared: {exc}", {}, None)
+                evaluation_record = {"candidate": cand_metrics, "live": live_metrics, "live_version": live_version,
+                                     "eval_set": eval_set, "evaluation": self.recipe.to_dict()["evaluation"]}
+                result = dict(self.status.get("result") or {}, version=version, promoted=decision.promote,
+                              reason=decision.reason, candidate=_summary(cand_metrics),
+                              live=_summary(live_metrics), live_version=live_version, eval_set=eval_set)
+                self.log(("promote: " if decision.promote else "reject: ") + decision.reason)
+                save_frozen_evaluation(self.store, version, eval_set, cand_metrics)
+                record_trained_on(self.store, version, fingerprint, live_version)
+                if decision.promote:
+                    self.stage("publish")
+                    self.registry.add(candidate, version, evaluation=evaluation_record)
+                    if self.config.get("shadow_requests"):  # live only after its shadow (fruitpipe.shadow)
+                        from ..shadow import plan
+                        from .shadow_pointers import LocalShadowPointer
+                        LocalShadowPointer(self.store).write(plan(version, live_version, datetime.now(timezone.utc),
+                                                                  int(self.config["shadow_requests"])))
+                        result["shadow"] = True
+                        self.log(f"shadow: {version} runs beside {live_version} for "
+                                 f"{self.config['shadow_requests']} requests before it may go live")
+                    else:
+                        self.registry.activate(version)
+                    state = "succeeded"
                 else:
-                    self.registry.activate(version)
-                state = "succeeded"
-            else:
-                self.registry.add(candidate, version, rejected_reason=decision.reason, evaluation=evaluation_record)
-                state = "rejected"
-            atomic_write_json(self.plan_path, [list(p) for p in self.progress.finish()])
-            self.update(state=state, stage="done", percent=100.0, eta_seconds=0.0, finished=bundle.now_iso(),
-                        result=result)
+                    self.registry.add(candidate, version, rejected_reason=decision.reason, evaluation=evaluation_record)
+                    state = "rejected"
+                atomic_write_json(self.plan_path, [list(p) for p in self.progress.finish()])
+                self.update(state=state, stage="done", percent=100.0, eta_seconds=0.0, finished=bundle.now_iso(),
+                            result=result)
             return 0
         except RunFailed as exc:
             return self.fail(str(exc))
@@ -436,9 +463,11 @@ class Run:
 
 
 def frozen_evaluation(store: Path, version: str) -> dict[str, Any] | None:
-    """``{"eval_set", "metrics"}``: a version's metrics on the frozen evaluation set, if scored."""
+    """``{"eval_set", "metrics"}``: a version's metrics on the frozen evaluation set, if scored with
+    per-image outcomes (``metrics["paired"]``, which the gate compares; older records are re-scored)."""
     data = read_json(Path(store) / "evaluations" / f"{version}.json")
-    return data if isinstance(data, dict) and isinstance(data.get("metrics"), dict) else None
+    ok = isinstance(data, dict) and isinstance(data.get("metrics"), dict) and "paired" in data["metrics"]
+    return data if ok else None
 
 
 def save_frozen_evaluation(store: Path, version: str, eval_set: str, metrics: dict[str, Any]) -> None:
@@ -505,8 +534,12 @@ def warm_up(store: Path) -> int:
             work = ([(root, views) for root in recipe.train + recipe.validation]
                     + [(root, ("orig",)) for root in recipe.evaluation])
             items = [(item, v) for root, v in work if Path(root).is_dir() for item in list_dataset(Path(root))]
-            backbone = Backbone(None)
-            cache = EmbeddingCache(cache_dir)
+            registry = LocalRegistry(Path(store))
+            live = registry.live_version()
+            # the recipe's backbone, else the live model's: the one the next retrain trains on
+            backbone = Backbone(recipe.hyperparameters.get("backbone")
+                                or (bundle.read_manifest(registry.fetch(live)).backbone if live else None))
+            cache = EmbeddingCache(cache_dir, backbone.spec)
             chunk = 512
             for start in range(0, len(items), chunk):
                 part = items[start:start + chunk]
@@ -516,8 +549,6 @@ def warm_up(store: Path) -> int:
                 update(stage="embedding the seed data", percent=round(5 + 94 * (start + len(part)) / len(items), 1))
             # The live model's score on the frozen evaluation set, so the first retrain's gate only
             # has the candidate left to score.
-            registry = LocalRegistry(Path(store))
-            live = registry.live_version()
             if live is not None and recipe.evaluation:
                 update(stage="scoring the live model on the evaluation set", percent=99.0)
                 evaluation = Path(store) / "retrain" / "warmup-evaluation"
@@ -529,8 +560,8 @@ def warm_up(store: Path) -> int:
                     if cached is None or cached.get("eval_set") != eval_set:
                         memo = remember_zoom()
                         memo.load(zoom_memo_path(cache_dir))
-                        _, emb = embed_set(evaluation, cache_dir, backbone=backbone)
-                        save_frozen_evaluation(Path(store), live, eval_set, score(registry.fetch(live), backbone, emb))
+                        scored = EmbeddedSet(evaluation, cache_dir, backbone).score(registry.fetch(live))
+                        save_frozen_evaluation(Path(store), live, eval_set, scored)
                         memo.save(zoom_memo_path(cache_dir))
                 finally:
                     shutil.rmtree(evaluation, ignore_errors=True)

@@ -23,7 +23,25 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="the live bundle; its hyperparameters are reused (the data are retrained) and, "
                         "for a fine-tuned recipe, its block and head are the starting point")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a hyperparameter")
-    p.add_argument("--backbone", default=None, help="backbone file or folder")
+    p.add_argument("--backbone", default=None, metavar="NAME",
+                   help="the frozen network: mobilenet_v2 (default), efficientnet_lite0, efficientnet_lite1, "
+                        "regnetx_200mf, mobilenet_v3_small, mobilenet_v1 (default with --base-model: its backbone)")
+    p.add_argument("--backbone-path", type=Path, default=None,
+                   help="a local copy of the backbone's file, or a folder holding it")
+
+
+def backbone_choice(value: str | None) -> tuple[str | None, Path | None]:
+    """``--backbone``: a registry name, or (as before the registry) a MobileNetV2 file or folder.
+
+    Raises:
+        UsageError: neither (the message lists the names).
+    """
+    from ..backbone import SPECS
+    if value is None or value in SPECS:
+        return value, None
+    if Path(value).exists():
+        return None, Path(value)
+    raise UsageError(f"unknown backbone {value!r}; known: {', '.join(SPECS)}")
 
 
 @command("train", _train_args)
@@ -31,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
     """Train a model bundle from a class-folder dataset (the training job, run locally)."""
     from ..bundle import read_manifest
     from ..joblog import interactive, quiet_native_stderr
-    from ..training import Config, TrainingError, main_error, train
+    from ..training import TrainingError, config_for, main_error, train
 
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data} is not a folder")
@@ -42,17 +60,21 @@ def _train(args: argparse.Namespace) -> int:
     values: dict[str, object] = {}
     if args.base_model is not None:
         values.update(read_manifest(args.base_model).raw.get("hyperparameters", {}))
+    name, legacy_path = backbone_choice(args.backbone)
     try:
         values.update(dict(item.split("=", 1) for item in args.set))
-        config = Config.from_mapping(values)
+        if name is not None:
+            values["backbone"] = name
+        config = config_for(values, args.base_model)
     except (ValueError, TrainingError) as exc:
         raise UsageError(f"bad hyperparameter: {exc}") from None
+    backbone_path = args.backbone_path or legacy_path
     started = time.monotonic()
     with quiet_native_stderr():  # a crash shows what was held back; a TrainingError is its own message
         try:
             metrics = train(args.data, args.out, validation_dir=args.validation, cache_dir=args.cache,
                             output_data_dir=args.output_data, config=config,
-                            backbone_path=Path(args.backbone) if args.backbone else None, base_model=args.base_model)
+                            backbone_path=backbone_path, base_model=args.base_model)
         except TrainingError as exc:
             return main_error(exc)
     if interactive():
@@ -78,7 +100,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="folder of <class>/ folders; any other folder (e.g. not_fruit/) must be rejected")
     p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--backbone", default=None, help="backbone file or folder")
+    p.add_argument("--backbone", default=None, help="a local copy of the backbone the bundle names (file or folder)")
 
 
 @command("evaluate", _evaluate_args)

@@ -41,6 +41,8 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--aws", action="store_true", help="start the deployed retrain state machine directly")
     p.add_argument("--state-machine", help="with --aws: its ARN (default: $FRUITPIPE_STATE_MACHINE_ARN)")
     p.add_argument("--status", action="store_true", help="only show the latest run's status")
+    p.add_argument("--cancel", action="store_true",
+                   help="stop the running retrain before its gate (the live model and the data stay as they were)")
     p.add_argument("--wait", action="store_true", help="follow the run until it ends")
     p.add_argument("--force", action="store_true", help="retrain even with no new images since the live model")
     p.add_argument("--json", action="store_true", help="print the full status as JSON instead of a summary")
@@ -79,10 +81,11 @@ def summary(status: dict[str, Any]) -> str:
     head = {"succeeded": f"retrain promoted: {version} is live",
             "rejected": f"retrain rejected by the gate: {version} kept aside, {ev.get('live_version')} stays live",
             "failed": "retrain failed: the live model is unchanged",
+            "cancelled": "retrain cancelled: the live model is unchanged",
             "running": f"retrain running: {status.get('percent', 0):.0f}% {status.get('stage') or ''}".rstrip(),
             }.get(state, f"retrain {state}")
     lines = [head]
-    if state == "failed":
+    if state in ("failed", "cancelled"):
         lines.append(f"  error:     {r.get('failure_reason') or r.get('error') or 'see the log'}")
     if ev.get("reason"):
         lines.append(f"  reason:    {ev['reason']}")
@@ -115,6 +118,14 @@ def _retrain(args: argparse.Namespace) -> int:
         return _retrain_aws(args)
     client = api_client(args, token_required=not args.status)
     try:
+        if args.cancel:
+            try:
+                return _report(client.cancel(), args.json)
+            except ClientError as exc:
+                if exc.code == "not_running":
+                    print(f"{exc.code}: {exc.detail}", file=sys.stderr)
+                    return 1
+                raise
         if not args.status:
             try:
                 client.retrain(force=args.force)
@@ -136,11 +147,17 @@ def _retrain(args: argparse.Namespace) -> int:
 def _retrain_aws(args: argparse.Namespace) -> int:
     import boto3
 
-    from ..backends.base import RetrainRunning
+    from ..backends.base import NotRunning, RetrainRunning
     from ..pipeline.trainer import StepFunctionsTrainer
 
     arn = _need(args.state_machine, "--state-machine", "FRUITPIPE_STATE_MACHINE_ARN")
     trainer = StepFunctionsTrainer(boto3.client("stepfunctions"), boto3.client("sagemaker"), arn)
+    if args.cancel:
+        try:
+            return _report(trainer.cancel().as_dict(), args.json)
+        except NotRunning as exc:
+            print(f"not_running: {exc}", file=sys.stderr)
+            return 1
     if not args.status:
         try:
             trainer.start("manual", args.force)

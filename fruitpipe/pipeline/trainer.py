@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..backends.base import RetrainRunning, RetrainStatus, Trainer
+from ..backends.base import NotRunning, RetrainRunning, RetrainStatus, Trainer
 from . import states, trigger
 
 
@@ -38,6 +38,26 @@ class StepFunctionsTrainer(Trainer):
             raise RetrainRunning(f"a retrain is already running ({res.execution_arn})")
         return RetrainStatus(state="running", run_id=res.execution_arn, trigger=trigger_name,
                              stage="prepare", percent=0.0)
+
+    def cancel(self) -> RetrainStatus:
+        """``StopExecution`` on the running execution, unless it has entered its gate's decision
+        (``Promote?``, ``Publish``, ``Reject`` or the report). Step Functions stops the running
+        ``.sync`` SageMaker training job itself when its execution is stopped.
+
+        Raises:
+            NotRunning: no execution is running, or it has reached its gate's decision.
+        """
+        runs = self.sfn.list_executions(stateMachineArn=self.arn, statusFilter="RUNNING",
+                                        maxResults=1).get("executions", [])
+        if not runs:
+            raise NotRunning("no retrain is running")
+        arn = runs[0]["executionArn"]
+        entered = [ev["stateEnteredEventDetails"]["name"] for ev in self._history(arn)
+                   if ev.get("stateEnteredEventDetails")]
+        if set(entered) & {states.PROMOTE, states.PUBLISH, states.REJECT, states.REPORT}:
+            raise NotRunning(f"{arn} has reached its gate's decision; it can no longer be cancelled")
+        self.sfn.stop_execution(executionArn=arn, error="Cancelled", cause="cancelled by an admin (POST /retrain/cancel)")
+        return self.status()
 
     def _history(self, execution_arn: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -86,6 +106,9 @@ class StepFunctionsTrainer(Trainer):
             st.result.update({"outcome": outcome, "evaluation": out.get("evaluation"),
                               "publish": out.get("publish")})
             st.percent = 100.0
+        elif status == "ABORTED":
+            st.state = "cancelled"
+            st.result.update({"outcome": "cancelled", "error": ex.get("error"), "cause": ex.get("cause")})
         else:
             st.state = "failed"
             st.result.update({"outcome": "failed", "error": ex.get("error"), "cause": ex.get("cause")})

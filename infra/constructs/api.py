@@ -102,8 +102,10 @@ class Api(Construct):
                 "FRUITPIPE_STATE_TABLE": storage.state_table.table_name,
                 "FRUITPIPE_ADMIN_TOKEN_SECRET": self.admin_token.secret_arn,
                 "FRUITPIPE_MODEL_REFRESH_SECONDS": str(MODEL_REFRESH_SECONDS),
-                # The backbone travels inside the code asset (the build copies it there).
+                # The backbones travel inside the code asset (the build copies them there): the
+                # default in backbone/, the others in model-zoo layout; the live bundle names its own.
                 "FRUITPIPE_BACKBONE": "/var/task/backbone",
+                "FRUITPIPE_MODEL_ZOO": "/var/task/backbone",
                 "FRUITPIPE_THREADS": "1",
                 "FRUITPIPE_CAPTURE_RETENTION_DAYS": str(CAPTURE_RETENTION_DAYS),
                 "FRUITPIPE_CAPTURE_MAX_ITEMS": str(CAPTURE_MAX_ITEMS),

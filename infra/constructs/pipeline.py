@@ -98,7 +98,7 @@ class RetrainPipeline(Construct):
         data, models, table = storage.data_bucket, storage.models_bucket, storage.state_table
         base_env = {"FRUITPIPE_DATA_BUCKET": data.bucket_name, "FRUITPIPE_MODELS_BUCKET": models.bucket_name,
                     "FRUITPIPE_STATE_TABLE": table.table_name, "FRUITPIPE_BACKBONE": "/var/task/backbone",
-                    "FRUITPIPE_THREADS": "2", "POWERTOOLS_SERVICE_NAME": "fruitpipe-retrain"}
+                    "FRUITPIPE_MODEL_ZOO": "/var/task/backbone", "FRUITPIPE_THREADS": "2", "POWERTOOLS_SERVICE_NAME": "fruitpipe-retrain"}
         self.prepare_fn = self._function("Prepare", "prepare", base_env | {
             "FRUITPIPE_MIN_IMAGES_PER_CLASS": str(cfg["minImagesPerClass"]),
             "FRUITPIPE_VALIDATION_PERCENT": "10"}, memory=512, timeout=Duration.minutes(5))

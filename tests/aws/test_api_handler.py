@@ -236,3 +236,23 @@ def test_tampered_version_is_never_served(api, aws, tmp_path):
     body, ctype = multipart({}, [("file", "a.jpg", jpeg(seed=2), "image/jpeg")])
     status, out = api("POST", "/predict", body=body, headers={"content-type": ctype})
     assert status == 200 and out["model_version"] == good
+
+
+@pytest.mark.slow
+def test_live_bundle_on_another_backbone_is_served_on_that_backbone(api, aws, tmp_path):
+    """The function serves whichever backbone the live manifest names (found through
+    FRUITPIPE_MODEL_ZOO, which the stack points at the asset's backbone/ folder)."""
+    from fruitpipe.training import Config, train
+    from tests.service_support import small_dataset
+    data = small_dataset(tmp_path / "data", "train", 4)
+    train(data, tmp_path / "lite0", backbone="efficientnet_lite0",
+          config=Config(epochs=3, hidden=16, prototypes_per_class=2, flip=False))
+    reg = registry(aws, tmp_path)
+    version = reg.publish(tmp_path / "lite0")
+    reg.activate(version)
+    status, info = api("GET", "/model-info")
+    assert status == 200 and info["version"] == version
+    assert info["backbone"]["name"] == "efficientnet_lite0" and info["backbone"]["sha256"].startswith("cda7328e")
+    body, ctype = multipart({}, [("file", "a.jpg", jpeg(seed=4), "image/jpeg")])
+    status, out = api("POST", "/predict", body=body, headers={"content-type": ctype})
+    assert status == 200 and out["model_version"] == version and out["predicted_class"] in LABELS

@@ -1,4 +1,5 @@
-"""The Step Functions trainer against the moto server (the real state machine is part 2's)."""
+"""The Step Functions trainer against the moto server (the real state machine is part 2's):
+start, one run at a time, cancel; and the 501 stub of a deployment without a state machine."""
 
 from __future__ import annotations
 
@@ -6,29 +7,41 @@ import json
 
 import pytest
 
-from fruitpipe.backends.aws import StepFunctionsTrainer, TrainerUnavailable
-from fruitpipe.backends.base import RetrainRunning
+from fruitpipe.backends.aws import NoStateMachineTrainer, TrainerUnavailable
+from fruitpipe.backends.base import NotRunning, RetrainRunning
+from fruitpipe.pipeline.trainer import StepFunctionsTrainer
 
 
-def test_without_state_machine_start_is_unavailable_and_status_idle(moto_server):
-    trainer = StepFunctionsTrainer(None)
-    with pytest.raises(TrainerUnavailable, match="FRUITPIPE_STATE_MACHINE_ARN"):
-        trainer.start()
+def test_without_state_machine_start_and_cancel_are_unavailable_and_status_idle(moto_server):
+    trainer = NoStateMachineTrainer()
+    for call in (trainer.start, trainer.cancel):
+        with pytest.raises(TrainerUnavailable, match="FRUITPIPE_STATE_MACHINE_ARN"):
+            call()
     assert trainer.status().state == "idle"
 
 
-def test_start_then_running_refuses_a_second(moto_server):
+def _trainer(definition: dict) -> StepFunctionsTrainer:
     import boto3
     sfn = boto3.client("stepfunctions")
-    iam_role = "arn:aws:iam::123456789012:role/sfn"
-    definition = {"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 3600, "End": True}}}
     arn = sfn.create_state_machine(name="retrain-test", definition=json.dumps(definition),
-                                   roleArn=iam_role)["stateMachineArn"]
-    trainer = StepFunctionsTrainer(arn)
+                                   roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+    return StepFunctionsTrainer(sfn, boto3.client("sagemaker"), arn)
+
+
+def test_start_then_running_refuses_a_second_and_cancel_stops_it(moto_server):
+    trainer = _trainer({"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 3600, "End": True}}})
     assert trainer.status().state == "idle"
+    with pytest.raises(NotRunning, match="no retrain is running"):
+        trainer.cancel()
     started = trainer.start("manual")
-    assert started.state == "running" and started.run_id.startswith("manual-")
+    assert started.state == "running" and "manual-" in started.run_id
     status = trainer.status()
     assert status.run_id == started.run_id and status.trigger == "manual" and status.state == "running"
     with pytest.raises(RetrainRunning):
         trainer.start("manual")
+    cancelled = trainer.cancel()
+    assert cancelled.state == "cancelled" and cancelled.result["outcome"] == "cancelled"
+    assert trainer.status().state == "cancelled"
+    with pytest.raises(NotRunning):
+        trainer.cancel()
+    assert trainer.start("manual").state == "running"  # the slot is free again

@@ -58,7 +58,8 @@ def test_functions_runtime_architecture_memory_timeout_layer(synthesized):
     assert "ReservedConcurrentExecutions" not in api
     env = api["Environment"]["Variables"]
     for key in ("FRUITPIPE_DATA_BUCKET", "FRUITPIPE_MODELS_BUCKET", "FRUITPIPE_STATE_TABLE",
-                "FRUITPIPE_ADMIN_TOKEN_SECRET", "FRUITPIPE_BACKBONE", "POWERTOOLS_METRICS_NAMESPACE"):
+                "FRUITPIPE_ADMIN_TOKEN_SECRET", "FRUITPIPE_BACKBONE", "FRUITPIPE_MODEL_ZOO",
+                "POWERTOOLS_METRICS_NAMESPACE"):
         assert key in env, key
     assert env["FRUITPIPE_MODEL_REFRESH_SECONDS"] == "60"
     ingest = by_handler["functions.ingest.handler.handler"]
@@ -325,3 +326,8 @@ def test_bad_context_is_refused():
         with pytest.raises(ConfigError, match="uploadOrigins"):
             StackConfig.from_context({"uploadOrigins": origin}.get)
     assert StackConfig.from_context({}.get).upload_origins == ()
+    with pytest.raises(ConfigError, match="backbones: unknown backbone resnet50"):
+        StackConfig.from_context({"backbones": "resnet50"}.get)
+    assert StackConfig.from_context({}.get).backbones == ("mobilenet_v2",)
+    assert StackConfig.from_context({"backbones": "efficientnet_lite1"}.get).backbones == (
+        "mobilenet_v2", "efficientnet_lite1")

@@ -25,6 +25,16 @@ async def retrain(request: Request, force: bool = Query(
     return RetrainStatusResponse(**status.as_dict())
 
 
+@router.post("/retrain/cancel", response_model=RetrainStatusResponse, responses=errors(401, 403, 409),
+             dependencies=[Depends(require_admin)])
+async def cancel_retrain(request: Request) -> RetrainStatusResponse:
+    """Stop the running retrain (its training job included) before its gate; the live model and
+    the data are unchanged. 409 ``not_running`` when none is running or it has reached its gate."""
+    st = state(request)
+    status = await run_in_threadpool(st.backend.trainer.cancel)
+    return RetrainStatusResponse(**status.as_dict())
+
+
 @router.get("/retraining-status", response_model=RetrainStatusResponse)
 def retraining_status(request: Request) -> RetrainStatusResponse:
     """The current or last run: stage, percent over the whole run (never goes backwards), ETA,

@@ -416,6 +416,21 @@ function perfFrom(version) {
   return null;
 }
 
+// The live model's architecture, from its manifest (a bundle names its backbone; older ones are MobileNetV2).
+let archOf = null;
+async function showArchitecture(version) {
+  if (!version || archOf === version) return;
+  try {
+    const info = await api("/model-info");
+    const b = info.backbone || {};
+    const size = b.input_size || 224;
+    $("model-arch").textContent = `Architecture: ${b.name || "mobilenet_v2"} backbone (${b.quantization || "int8"}, ` +
+      `${size}×${size} input, frozen) + a trained head in numpy.`;
+    $("model-arch").dataset.backbone = b.name || "mobilenet_v2";
+    archOf = info.version;
+  } catch (_) { /* next refresh */ }
+}
+
 function drawPerformance(live) {
   const p = perfFrom(live);
   const conf = $("confusion");
@@ -492,6 +507,7 @@ async function refreshVersions() {
     }
   }
   drawPerformance(data.versions.find((v) => v.status === "live"));
+  showArchitecture(data.live);
 }
 
 // ---------------------------------------------------------------- admin: one sign-in for every write
@@ -667,11 +683,14 @@ function renderRetrain(s) {
   $("retrain-bar").style.width = `${shown}%`;
   $("retrain-progress").setAttribute("aria-valuenow", String(Math.round(shown)));
   $("retrain-btn").disabled = s.state === "running";
+  // a run can be stopped until its gate; from then on it finishes its decision whole
+  $("retrain-stop").hidden = s.state !== "running" || ["gate", "publishing", "done"].includes(s.stage);
   const r = s.result || {};
   let text = "";
   if (s.state === "succeeded") text = `Promoted ${r.version}: ${r.reason}`;
   else if (s.state === "rejected") text = `Kept ${r.live_version} live; candidate ${r.version} rejected: ${r.reason}`;
   else if (s.state === "failed") text = `Failed: ${r.error || "see the log"}`;
+  else if (s.state === "cancelled") text = `Stopped: ${r.error || "cancelled"}`;
   else if (s.warmup?.state === "failed") {
     text = `Preparing the embedding cache failed (${s.warmup.error || "see the server log"}); the first retrain will do that work itself, more slowly.`;
   }
@@ -716,6 +735,16 @@ async function retrain() {
   }
 }
 
+async function stopRetrain() {
+  showError("retrain-error", "");
+  if (!(await ensureSignedIn())) { showError("retrain-error", "stopping a retrain needs the admin sign-in"); return; }
+  try {
+    renderRetrain(await api("/retrain/cancel", { method: "POST", headers: authHeaders() }));
+  } catch (err) {
+    writeError("retrain-error", "stop", err);
+  }
+}
+
 // ---------------------------------------------------------------- start
 function init() {
   const sel = $("upload-class");
@@ -725,6 +754,7 @@ function init() {
   $("explain-toggle").addEventListener("change", toggleExplanation);
   $("upload-form").addEventListener("submit", upload);
   $("retrain-btn").addEventListener("click", retrain);
+  $("retrain-stop").addEventListener("click", stopRetrain);
   refreshStats(); refreshDataset(); refreshVersions(); pollRetrain();
   setInterval(refreshStats, 3000);
   setInterval(refreshDataset, 15000);
