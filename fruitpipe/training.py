@@ -124,7 +124,7 @@ def source_of(path: Path) -> str:
 
 
 def _view_list(text: str) -> tuple[str, ...]:
-    from .embeddings import apply_view  # noqa: F401 (the names are checked where they are applied)
+    """Comma-separated view names (checked where they are applied: embeddings.apply_view)."""
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
