@@ -102,7 +102,8 @@ def test_dashboard_end_to_end(browser, tmp_path):
         assert page.get_attribute("#verdict", "data-verdict") == expected["verdict"] == "rotten"
         probs = bar_values(page, "prob-chart")
         assert probs == pytest.approx(expected["probabilities"], abs=1e-6)
-        assert "rotten apples 97" in page.get_attribute("#prob-chart", "aria-label")  # values readable by screen readers
+        spoken = f"rotten apples {100 * expected['probabilities']['rottenapples']:.1f}%"
+        assert spoken in page.get_attribute("#prob-chart", "aria-label")  # values readable by screen readers
         assert "rotten apples" in page.text_content("#predict-status")  # the aria-live region says the result
 
         # live charts drawn from /stats

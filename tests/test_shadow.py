@@ -35,7 +35,8 @@ def candidate(store, suffix: str, shuffle: bool = False) -> str:
     files = {name: (DEFAULT_MODEL / name).read_bytes() for name in m.files}
     if shuffle:
         head = dict(np.load(io.BytesIO(files["head.npz"])))
-        order = [3, 4, 5, 0, 1, 2]  # fresh <-> rotten
+        # fresh <-> rotten; a seventh not_fruit output (issue 11) stays where it is
+        order = [3, 4, 5, 0, 1, 2, *range(6, head["bias_1"].shape[0])]
         head["kernel_1"], head["bias_1"] = head["kernel_1"][:, order], head["bias_1"][order]
         out = io.BytesIO()
         np.savez(out, **head)
