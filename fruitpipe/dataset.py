@@ -8,6 +8,7 @@ The client's filename is never used in a path.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,6 +19,9 @@ from .labels import LABELS
 DATASET_PREFIX: Final[str] = "dataset"
 INCOMING_PREFIX: Final[str] = "incoming"
 QUARANTINE_PREFIX: Final[str] = "quarantine"
+UNTAGGED: Final[str] = "untagged"  # the origin of an image that carries no tag
+# {sha256: origin} of filed images, beside an embedding cache (the AWS prepare step writes it)
+ORIGINS_FILE: Final[str] = "origins.json"
 ORIGIN_SUFFIX: Final[str] = ".origin"  # dataset/<class>/<sha256>.origin: how a non-upload image came
 
 
@@ -57,6 +61,15 @@ def origin_key(image_key: str) -> str:
     """The origin tag beside a filed image: ``dataset/<class>/<sha256>.origin`` (one line of text,
     e.g. ``review``). Uploads have none. Not an image suffix, so no image listing picks it up."""
     return image_key.rsplit(".", 1)[0] + ORIGIN_SUFFIX
+
+
+def origins_beside(cache_dir: Path | None) -> dict[str, str]:
+    """The ``{sha256: origin}`` map in an embedding cache folder (:data:`ORIGINS_FILE`), or {}."""
+    try:
+        data = json.loads((Path(cache_dir) / ORIGINS_FILE).read_text(encoding="utf-8")) if cache_dir else {}
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v)[:40] for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def origin_of(path: Path) -> str | None:

@@ -31,22 +31,26 @@ from typing import Callable, Final, Iterable, Sequence
 import numpy as np
 
 from . import backbone as bb
-from . import imaging
+from . import augment, imaging
 from .labels import LABELS, OOD_FOLDER
 
 IMAGE_SUFFIXES: Final[frozenset[str]] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 VIEWS: Final[tuple[str, ...]] = ("orig", "flip")
-ALL_VIEWS: Final[tuple[str, ...]] = ("orig", "flip", "vflip", "rot30", "rot-30", "rotb30", "rotb-45", "crop85")
+ALL_VIEWS: Final[tuple[str, ...]] = ("orig", "flip", "vflip", "rot30", "rot-30", "rotb30", "rotb-45", "crop85",
+                                     *augment.VIEWS)
 
 
 def apply_view(images: np.ndarray, view: str) -> np.ndarray:
-    """A training-time augmentation of preprocessed ``uint8 [N, S, S, 3]`` images."""
+    """A training-time augmentation of preprocessed ``uint8 [N, S, S, 3]`` images: the fixed
+    views above or one of :data:`fruitpipe.augment.VIEWS`. ``ValueError`` for an unknown view."""
     if view == "orig":
         return images
     if view == "flip":
         return np.ascontiguousarray(images[:, :, ::-1, :])
     if view == "vflip":
         return np.ascontiguousarray(images[:, ::-1, :, :])
+    if view in augment.VIEWS:  # the real-photo augmentations (issue 11), deterministic per image
+        return augment.apply(images, view)
     from PIL import Image
     out = np.empty_like(images)
     for i, arr in enumerate(images):

@@ -109,7 +109,7 @@ def load_head(head_model: Any, start: Head, x: np.ndarray) -> None:
 
 def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
         val: Inputs | None = None, y_val: np.ndarray | None = None,
-        start: Head | None = None) -> tuple[Head, Block, dict[str, list[float]]]:
+        start: Head | None = None, sample_weights: np.ndarray | None = None) -> tuple[Head, Block, dict[str, list[float]]]:
     """Stage 1 (head, ``cfg.epochs``) then stage 2 (block + head, ``cfg.finetune_epochs`` at
     ``cfg.finetune_lr``), starting from ``init``. Returns the numpy head and block and the history.
 
@@ -117,7 +117,8 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
     is skipped and stage 2 runs ``cfg.warm_epochs`` (see :func:`load_head`).
 
     With ``cfg.not_fruit_output`` the head has a seventh output and rows with ``y == 6`` are
-    not-fruit photos it learns to put there.
+    not-fruit photos it learns to put there. ``sample_weights``: optional per-row sample weights
+    ``float32 [N]`` (class balance, :func:`fruitpipe.training.balance_weights`).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
@@ -141,7 +142,7 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
         # jit_compile=False: XLA makes these small convolutions several times slower on CPU (measured).
         head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=["accuracy"],
                      jit_compile=False)
-        hist1 = head.fit(train.frozen_input(), y_hot, epochs=head_epochs, batch_size=cfg.batch_size, shuffle=True,
+        hist1 = head.fit(train.frozen_input(), y_hot, sample_weight=sample_weights, epochs=head_epochs, batch_size=cfg.batch_size, shuffle=True,
                          verbose=0, validation_data=(val.frozen_input(), val_hot) if has_val else None,
                          callbacks=[keras_callback(Epochs(head_epochs, 0, total, desc="head"))])
 
@@ -157,7 +158,7 @@ def fit(train: Inputs, y: np.ndarray, cfg: "Config", init: Block,
     for name, weights in init.keras_weights().items():
         convs[name].set_weights(weights)
     model.compile(optimizer=keras.optimizers.Adam(cfg.finetune_lr), loss=loss, metrics=["accuracy"], jit_compile=False)
-    hist2 = model.fit(train.keras(), y_hot, epochs=joint_epochs, batch_size=cfg.batch_size, shuffle=True,
+    hist2 = model.fit(train.keras(), y_hot, sample_weight=sample_weights, epochs=joint_epochs, batch_size=cfg.batch_size, shuffle=True,
                       verbose=0, validation_data=(val.keras(), val_hot) if has_val else None,
                       callbacks=[keras_callback(Epochs(joint_epochs, head_epochs, total, desc="block 17 + head"))]) if joint_epochs else None
 

@@ -13,7 +13,7 @@ Both models are evaluated on the same images, the frozen evaluation set that nei
   = 0.05 for X ~ Binomial(b + c, 1/2); McNemar 1947, and Dietterich 1998, "Approximate statistical
   tests for comparing supervised classification learning algorithms", which recommends it for
   comparing two classifiers on one test set), or when accuracy or macro-F1 drop by more than
-  ``margin`` (1 point) even without significance.
+  ``margin`` (1 point; one photo on an evaluation set of fewer than 100) even without significance.
 * **Strictly no worse** when the run had nothing new to learn (``strict=True``: a forced retrain on
   unchanged data), or when per-image outcomes are missing: accuracy and macro-F1 each at least the
   live model's minus ``tolerance`` (0 by default). A tie is promoted: the candidate learned the new
@@ -123,8 +123,9 @@ def decide(candidate: Mapping[str, Any] | None, live: Mapping[str, Any] | None, 
                 f"one-sided p={p:.3f}")
         if p < alpha:
             worse.append(f"significantly worse on the same photos ({test} < {alpha})")
-        worse += [f"{k} {cand[k]:.4f} is more than {margin:.2f} below live {cur[k]:.4f}"
-                  for k in REQUIRED if cand[k] < cur[k] - margin - tolerance]
+        limit = max(margin, 1.0 / n) if n else margin  # one photo, on a set of fewer than 1/margin
+        worse += [f"{k} {cand[k]:.4f} is more than {limit:.3f} below live {cur[k]:.4f}"
+                  for k in REQUIRED if cand[k] < cur[k] - limit - tolerance - 1e-12]
     if "ood_rejected_rate" in cand and "ood_rejected_rate" in cur:
         if cand["ood_rejected_rate"] < cur["ood_rejected_rate"] - ood_tolerance:
             worse.append(f"ood_rejected_rate {cand['ood_rejected_rate']:.4f} < live "

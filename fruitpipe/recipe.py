@@ -3,28 +3,31 @@ hyperparameters. ``make train-default`` (scripts/train_default.py) and every loc
 (:mod:`fruitpipe.backends.local_run`) read it from here, so a retrain makes the shipped model again
 on the shipped data plus the uploads.
 
-The shipped recipe (``FRUITS`` = ``../shared/data/fruits`` beside the checkout, or
-``$FRUITPIPE_FRUITS``):
+The shipped recipe, :func:`shipped` (``FRUITS`` = ``../shared/data/fruits`` beside the checkout,
+or ``$FRUITPIPE_FRUITS``), is issue 11's :func:`candidate` when the photo sets ``fruits_extra``
+and ``not_fruit`` are beside ``FRUITS``, else the studio-only :func:`studio`:
 
-* **train**: ``FRUITS/train`` (a retrain adds the store's uploads);
-* **validation**: ``FRUITS/val`` plus the generated not-fruit *calib* group
-  (:mod:`fruitpipe.ood`): the rejection thresholds are calibrated on it, then the model is refit
-  on train + validation (``refit=true``);
-* **evaluation** (frozen): ``FRUITS/test`` plus the generated not-fruit *heldout* group. Nothing
-  trains or calibrates on it; it scores the shipped model, and the gate scores the live model and
-  every candidate on it. Uploads already in it are refused (:mod:`fruitpipe.evalset`);
+* **train**: ``FRUITS/train`` + the train splits of ``fruits_extra`` and ``not_fruit`` (real
+  negatives for the head's seventh output) (a retrain adds the store's uploads);
+* **validation**: ``FRUITS/val``, the val splits of both sets, plus the generated not-fruit
+  *calib* group (:mod:`fruitpipe.ood`): the rejection thresholds are calibrated on it, then the
+  model is refit on train + validation (``refit=true``);
+* **evaluation** (frozen): ``FRUITS/test``, the test splits of both sets, plus the generated
+  not-fruit *heldout* group. Nothing trains or calibrates on it; it scores the shipped model, and
+  the gate scores the live model and every candidate on it. Uploads already in it are refused
+  (:mod:`fruitpipe.evalset`);
 * **hyperparameters**: :class:`fruitpipe.training.Config` defaults overridden by
-  ``HYPERPARAMETERS``.
+  ``HYPERPARAMETERS`` (+ ``CANDIDATE_HYPERPARAMETERS``).
 
 A data set is a list of *roots*, each holding ``<class>/`` folders (any other folder, e.g.
 ``not_fruit/``, holds images that must be rejected); :func:`link_dataset` joins them into one
 folder of symlinks. Changing the recipe (other sources, other splits, other hyperparameters) is
-an edit of :func:`shipped` and ``HYPERPARAMETERS`` only.
+an edit of :func:`shipped` / :func:`candidate` and the hyperparameter maps only.
 
-:func:`candidate` is issue 11's recipe under test (not shipped): it adds the photo sets
-``fruits_extra`` and ``not_fruit``, split by :mod:`fruitpipe.splits` into train / val / test
-through *split roots* (:func:`split_root`): ``<set>/@split-<name>`` stands for the photos of one
-split, so nothing is copied and the split stays a function of the set's ``MANIFEST.csv``.
+:func:`candidate` adds the photo sets ``fruits_extra`` and ``not_fruit``, split by
+:mod:`fruitpipe.splits` into train / val / test through *split roots* (:func:`split_root`):
+``<set>/@split-<name>`` stands for the photos of one split, so nothing is copied and the split
+stays a function of the set's ``MANIFEST.csv``.
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ FRUITS_ENV = "FRUITPIPE_FRUITS"
 # live 98.05%), 2 epochs 98.05% / macro-F1 98.45% (promoted) (docs/ml.md, "Warm-started retrains").
 HYPERPARAMETERS: Mapping[str, str] = {"refit": "true", "warm_epochs": "2"}
 # The candidate's changes: a 7th head output learnt from the not_fruit train split (docs/ml.md,
-# "Real photos"; scripts/experiment_open_set.py, scripts/eval_sets.py).
+# "Real photos"; scripts/experiment_open_set.py, scripts/eval_sets.py). The real-photo
+# augmentations (Config.aug_views*, fruitpipe.augment) and class balance (Config.balance) were
+# measured on val and did not pay with the full model (docs/ml.md, "Augmentations ... measured"), so
+# they are not in it.
 CANDIDATE_HYPERPARAMETERS: Mapping[str, str] = {"not_fruit_output": "true"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLIT_PREFIX = "@split-"
@@ -92,7 +98,19 @@ class Recipe:
 
 
 def shipped(generated: Path, fruits: Path | None = None) -> Recipe:
-    """The recipe of ``models/default``; generated not-fruit sets live under ``generated``."""
+    """The recipe of ``models/default``: :func:`candidate` (issue 11) when ``fruits_extra`` and
+    ``not_fruit`` (each with its ``MANIFEST.csv``) are beside ``FRUITS``, else :func:`studio`.
+    Generated not-fruit sets live under ``generated``."""
+    fruits = Path(fruits) if fruits is not None else default_fruits()
+    extra, not_fruit = fruits.parent / "fruits_extra", fruits.parent / "not_fruit"
+    if (extra / splits.MANIFEST).is_file() and (not_fruit / splits.MANIFEST).is_file():
+        return candidate(generated, fruits, extra, not_fruit)
+    return studio(generated, fruits)
+
+
+def studio(generated: Path, fruits: Path | None = None) -> Recipe:
+    """The Kaggle studio photos only (the shipped recipe before issue 11); generated not-fruit
+    sets live under ``generated``."""
     fruits = Path(fruits) if fruits is not None else default_fruits()
     calib, heldout = Path(generated) / "ood-calib", Path(generated) / "ood-heldout"
     return Recipe(train=(fruits / "train",), validation=(fruits / "val", calib),
@@ -140,7 +158,7 @@ def default_extra() -> tuple[Path, Path]:
 
 def candidate(generated: Path, fruits: Path | None = None, extra: Path | None = None,
               not_fruit: Path | None = None) -> Recipe:
-    """Issue 11's candidate recipe (not shipped): :func:`shipped` plus the train / val / test
+    """Issue 11's recipe (shipped when its sets are there, :func:`shipped`): :func:`studio` plus the train / val / test
     splits (:mod:`fruitpipe.splits`) of ``fruits_extra`` (fruit) and ``not_fruit`` (real photos to
     reject, in folders named by kind):
 
@@ -149,9 +167,9 @@ def candidate(generated: Path, fruits: Path | None = None, extra: Path | None = 
       + the generated *calib* group (objects, textures, faces: kinds the real photos lack);
     * **evaluation**: ``FRUITS/test`` + ``fruits_extra`` test + ``not_fruit`` test + generated *heldout*.
     """
-    base = shipped(generated, fruits)
+    base = studio(generated, fruits)
     fruits = Path(fruits) if fruits is not None else default_fruits()
-    d_extra, d_not = default_extra()
+    d_extra, d_not = fruits.parent / "fruits_extra", fruits.parent / "not_fruit"
     extra = Path(extra) if extra is not None else d_extra
     not_fruit = Path(not_fruit) if not_fruit is not None else d_not
     part = {s: (split_root(extra, s), split_root(not_fruit, s)) for s in splits.SPLITS}

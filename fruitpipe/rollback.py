@@ -7,8 +7,14 @@ activation, a retrain's publish, a shadow's promotion); from then on, for ``wind
 least ``min_requests`` were seen, crossing any bar (5xx rate, p95 latency, not-fruit rate, or,
 with at least ``min_reviews`` reviews of the new version, the label-based accuracy) re-activates
 the previous version through the registry, logs an ``ERROR`` line and keeps the event for
-``GET /models`` (``rollbacks``) and the dashboard. Per process (locally there is one); the AWS
-wiring (alarm -> EventBridge -> rollback Lambda) is designed in docs/architecture.md, not built.
+``GET /models`` (``rollbacks``) and the dashboard.
+
+The counts are per process, which is sound locally (``fruitpipe serve`` is one process). On AWS
+each Lambda instance would judge only its own share of the traffic (a few requests, a p95 of a
+handful), so there the guard is off (``RollbackBars(enabled=False)``, functions/api/handler.py):
+the same four bars are CloudWatch alarms on the EMF metrics of every instance, which CloudWatch
+pools, and the ``PostPromotion`` composite alarm invokes the rollback Lambda
+(:mod:`fruitpipe.pipeline.rollback`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ log = logging.getLogger("fruitpipe.rollback")
 
 @dataclass(frozen=True)
 class RollbackBars:
+    enabled: bool = True  # False: this process never watches (on AWS the pooled alarms decide)
     window_seconds: float = 3600.0  # how long after a promotion the new model is watched
     min_requests: int = 50  # no verdict on fewer /predict requests
     max_error_rate: float = 0.02  # share of /predict answers that are 5xx
@@ -54,7 +61,7 @@ class RollbackGuard:
     def on_swap(self, old: str | None, new: str) -> None:
         """The live version changed from ``old`` to ``new``: watch ``new`` (not after our own rollback)."""
         with self._lock:
-            if self._rolling_back or old is None or old == new:
+            if not self.bars.enabled or self._rolling_back or old is None or old == new:
                 self._watch = None if self._rolling_back else self._watch
                 return
             self._watch = {"version": new, "previous": old, "since": self.clock(), "n": 0, "errors": 0,

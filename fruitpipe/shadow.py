@@ -1,17 +1,26 @@
 """Shadow evaluation: a candidate model runs beside the live one on live requests, never answering,
 before it may become live.
 
-An admin (or, later, the retrain pipeline) starts a shadow for a version the offline gate passed
+An admin (or the retrain pipeline) starts a shadow for a version the offline gate passed
 (:meth:`Shadow.start`). The state is a small JSON pointer next to the live one (locally
 ``models/shadow.json``, on AWS ``shadow.json`` in the models bucket: a
 :class:`~fruitpipe.backends.base.ShadowPointer`), which every API process re-reads like the live
-pointer. On a sampled share of ``/predict`` requests the API hands the already-preprocessed image
-to :meth:`Shadow.offer` after the answer is sent; the candidate classifies it on a writer thread
-(inline after the answer in Lambda) and the agreement, both not-fruit rates and both inference
-latencies are counted. After ``requests`` shadowed requests (or ``seconds``) :func:`decide` applies
-the bounds: within them the version is activated, otherwise it is ``held`` with the reason, shown
-by ``GET /models``. Counts are per process; each process decides on what it saw, and the first to
-finish writes the outcome (a finished pointer is never changed again).
+pointer. ``/predict`` answers with :func:`predict_live`, which keeps the backbone's outputs; on a
+sampled share of requests :meth:`Shadow.offer` gets them after the answer is sent and hands them
+to one background worker (locally; a bounded queue that drops work when full, at low CPU
+priority; inline after the answer in Lambda). When the candidate runs on the same backbone (the
+usual case: only block 17 and the head are trained) it reuses those outputs, so a shadowed request
+costs the candidate's numpy block and head, not a second backbone pass.
+
+Counts are pooled over processes: each process (Lambda instance) writes its own running counts to
+``shadow-stats/<run>/<instance>.json`` beside the pointer at most every ``flush_seconds`` and reads
+the others'; the decision is taken on the sum. It is taken by the first process that sees the sum
+reach ``requests`` (:func:`decide`: within the bounds the version is activated, otherwise it is
+``held`` with the failed bounds), or that notices the deadline (``seconds`` after the start) has
+passed, lazily, on a request or a ``GET /models``: a shadow that reaches its deadline with fewer
+than ``requests`` shadowed requests is ``held`` with ``reason_code`` ``shadow_timeout`` (too little
+evidence to promote; start it again with fewer requests or a higher sample). A finished pointer is
+never changed again.
 """
 
 from __future__ import annotations
@@ -19,11 +28,13 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import re
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -31,6 +42,8 @@ from .backends.base import ModelRegistry, ShadowPointer
 from .labels import answered_class
 
 log = logging.getLogger("fruitpipe.shadow")
+MAX_SAMPLES = 2000  # latency samples each process keeps (the latest) for the p95s
+TIMEOUT = "shadow_timeout"
 
 
 class ShadowRunning(RuntimeError):
@@ -48,6 +61,8 @@ class Bounds:
 
 @dataclass
 class Stats:
+    """Running counts of shadowed requests (one process's, or several merged); JSON-able."""
+
     n: int = 0
     agree: int = 0
     live_not_fruit: int = 0
@@ -56,6 +71,7 @@ class Stats:
     shadow_ms: list[float] = field(default_factory=list)
 
     def add(self, live: Any, shadow: Any, live_ms: float, shadow_ms: float) -> None:
+        """One shadowed request: both predictions and both inference times in ms."""
         self.n += 1
         self.agree += int(answered_class(live.predicted_class, live.verdict)
                           == answered_class(shadow.predicted_class, shadow.verdict))
@@ -63,6 +79,32 @@ class Stats:
         self.shadow_not_fruit += int(shadow.verdict == "not_fruit")
         self.live_ms.append(live_ms)
         self.shadow_ms.append(shadow_ms)
+        del self.live_ms[:-MAX_SAMPLES], self.shadow_ms[:-MAX_SAMPLES]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Stats":
+        """Counts as :meth:`to_dict` wrote them; anything malformed counts as nothing."""
+        try:
+            return cls(**{k: int(data[k]) for k in ("n", "agree", "live_not_fruit", "shadow_not_fruit")},
+                       live_ms=[float(v) for v in data["live_ms"]][-MAX_SAMPLES:],
+                       shadow_ms=[float(v) for v in data["shadow_ms"]][-MAX_SAMPLES:])
+        except (KeyError, TypeError, ValueError):
+            return cls()
+
+    @classmethod
+    def merged(cls, parts: Iterable["Stats"]) -> "Stats":
+        """The sum of several processes' counts (their latency samples together)."""
+        out = cls()
+        for part in parts:
+            out.n, out.agree = out.n + part.n, out.agree + part.agree
+            out.live_not_fruit += part.live_not_fruit
+            out.shadow_not_fruit += part.shadow_not_fruit
+            out.live_ms += part.live_ms
+            out.shadow_ms += part.shadow_ms
+        return out
 
     def summary(self) -> dict[str, Any]:
         """``n``, ``agreement``, both not-fruit rates and both p95 inference times in ms (None when empty)."""
@@ -76,9 +118,7 @@ class Stats:
 
 
 def decide(summary: dict[str, Any], bounds: Bounds) -> tuple[bool, str]:
-    """(promote, reason) for a :meth:`Stats.summary`."""
-    if not summary["n"]:
-        return False, "no request was shadowed before the time limit"
+    """(promote, reason) for a :meth:`Stats.summary` with ``n`` >= 1."""
     fails = []
     if summary["agreement"] < bounds.min_agreement:
         fails.append(f"agreement {summary['agreement']:.3f} < {bounds.min_agreement}")
@@ -96,6 +136,41 @@ def decide(summary: dict[str, Any], bounds: Bounds) -> tuple[bool, str]:
 
 def _iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def run_id(state: dict[str, Any]) -> str:
+    """The name of one shadow run (version + start time) for its counts' folder."""
+    return re.sub(r"[^A-Za-z0-9._-]", "", f"{state.get('version')}-{state.get('started')}")
+
+
+def _deadline(state: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(state["deadline"]).replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class LiveAnswer:
+    """The live model's answer to one image, with what the shadow can reuse: the preprocessed
+    image ``uint8 [224, 224, 3]``, the backbone it ran on and that backbone's outputs
+    (:meth:`~fruitpipe.classifier.Backbone.outputs`), and the times in ms."""
+
+    image: np.ndarray
+    prediction: Any
+    ms: float  # backbone + block + head + rejection
+    backbone: Any
+    outputs: tuple[np.ndarray, np.ndarray, np.ndarray]
+    backbone_ms: float
+
+
+def predict_live(clf: Any, image: np.ndarray) -> LiveAnswer:
+    """Classify one preprocessed image with ``clf`` (a :class:`~fruitpipe.classifier.Classifier`)
+    exactly as ``predict_arrays`` does, keeping the backbone's outputs for :meth:`Shadow.offer`."""
+    batch = image[None]
+    t0 = time.perf_counter()
+    emb, pooled, block_in = clf.backbone.outputs(batch)
+    t1 = time.perf_counter()
+    pred = clf.predict_embeddings(emb, pooled, images=lambda rows: batch[rows], block_in=block_in)[0]
+    t2 = time.perf_counter()
+    return LiveAnswer(image, pred, (t2 - t0) * 1000, clf.backbone, (emb, pooled, block_in), (t1 - t0) * 1000)
 
 
 def plan(version: str, live: str | None, now: datetime, requests: int = 200, seconds: float = 3600.0,
@@ -116,17 +191,22 @@ class Shadow:
                  bounds: Bounds | None = None, *, in_thread: bool = True, refresh_seconds: float = 1.0,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  rng: random.Random | None = None, queue_items: int = 32,
-                 on_promote: Callable[[], None] | None = None) -> None:
+                 on_promote: Callable[[], None] | None = None, flush_seconds: float = 10.0) -> None:
         self.pointer, self.registry, self.load = pointer, registry, load
         self.on_promote = on_promote  # e.g. the model holder's refresh: serve the new version at once
         self.bounds = bounds or Bounds()
         self.in_thread, self.refresh_seconds, self.clock = in_thread, refresh_seconds, clock
+        self.flush_seconds = flush_seconds  # how often this process shares its counts (and reads the others')
         self.rng = rng or random.Random()
+        self.instance = uuid.uuid4().hex[:16]  # this process's counts object
         self._state: dict[str, Any] | None = None
         self._clf: Any = None
-        self._stats = Stats()
+        self._stats = Stats()  # this process's
+        self._others = Stats()  # the other processes', as last read
         self._next_read = 0.0
+        self._next_flush = 0.0
         self._lock = threading.Lock()
+        self._finishing = threading.Lock()
         self._queue: queue.Queue = queue.Queue(queue_items)
         self._writer: threading.Thread | None = None
         self.dropped = 0
@@ -134,8 +214,21 @@ class Shadow:
     # -- state ----------------------------------------------------------------------------------
 
     def state(self, force: bool = False) -> dict[str, Any] | None:
-        """The shadow pointer (re-read at most every ``refresh_seconds``), with this process's
-        running counts under ``seen`` while it runs."""
+        """The shadow pointer (re-read at most every ``refresh_seconds``), with the running counts
+        (this process's and the others' as last read) under ``seen`` while it runs. A running
+        shadow past its deadline is decided here first (never raises for that)."""
+        out = self._read(force)
+        if out is None or out.get("status") != "running":
+            return out
+        try:
+            if self.clock() >= _deadline(out):
+                self._finish(out)
+                return self._read(True)
+        except Exception:  # noqa: BLE001 - a failed decision is retried on the next read
+            log.exception("shadow deadline check failed")
+        return out
+
+    def _read(self, force: bool) -> dict[str, Any] | None:
         if self.pointer is None:
             return None
         if force or time.monotonic() >= self._next_read:
@@ -144,14 +237,15 @@ class Shadow:
             with self._lock:
                 if state is None or self._state is None or state.get("version") != self._state.get("version") \
                         or state.get("started") != self._state.get("started"):
-                    self._stats, self._clf = Stats(), None
+                    self._stats, self._others, self._clf, self._next_flush = Stats(), Stats(), None, 0.0
                 self._state = state
         with self._lock:
             if self._state is None:
                 return None
             out = dict(self._state)
-            if out.get("status") == "running":
-                out["seen"] = self._stats.summary()
+            if out.get("status") != "running":
+                return out
+            out["seen"] = Stats.merged([self._stats, self._others]).summary()
             return out
 
     def start(self, version: str, requests: int = 200, seconds: float = 3600.0, sample_rate: float = 1.0) -> dict[str, Any]:
@@ -167,32 +261,37 @@ class Shadow:
             raise ValueError(f"version {version} is already live")
         self.registry.fetch(version)  # NotFound / BundleError before anything is written
         self.pointer.write(state)
-        self.state(force=True)
+        self._read(True)
         return state
 
     # -- the request path -------------------------------------------------------------------------
 
-    def offer(self, image: np.ndarray, live: Any, live_ms: float) -> None:
-        """After an answer: maybe shadow this request (never raises)."""
+    def offer(self, live: LiveAnswer) -> None:
+        """After an answer (:func:`predict_live`): maybe shadow this request. Never raises; never
+        waits: locally the work goes to the worker's queue, or is dropped (``dropped``) when full."""
         try:
             state = self.state()
             if not state or state.get("status") != "running" or self.rng.random() >= state.get("sample_rate", 1.0):
                 return
+            if self.clock() >= _deadline(state):
+                return  # past its deadline (another thread is deciding): no request counts any more
             if not self.in_thread:
-                self._run(state, image, live, live_ms)
+                self._run(state, live)
                 return
             with self._lock:
                 if self._writer is None:
                     self._writer = threading.Thread(target=self._loop, name="fruitpipe-shadow", daemon=True)
                     self._writer.start()
             try:
-                self._queue.put_nowait((state, image, live, live_ms))
+                self._queue.put_nowait((state, live))
             except queue.Full:
                 self.dropped += 1
         except Exception:  # noqa: BLE001 - the shadow must never fail a prediction
             log.exception("shadow offer failed")
 
     def _loop(self) -> None:
+        # Not at a lower OS priority: the worker holds the GIL in its numpy parts, and a GIL holder
+        # the OS leaves waiting would stall the request threads (priority inversion).
         while True:
             item = self._queue.get()
             try:
@@ -205,36 +304,73 @@ class Shadow:
     def flush(self) -> None:
         self._queue.join()
 
-    def _run(self, state: dict[str, Any], image: np.ndarray, live: Any, live_ms: float) -> None:
+    def _run(self, state: dict[str, Any], live: LiveAnswer) -> None:
         with self._lock:
             if self._clf is None:
                 self._clf = self.load(state["version"])
             clf = self._clf
-        if image.shape[0] != clf.size:  # a candidate on a backbone of another input size
-            from PIL import Image
-            image = np.asarray(Image.fromarray(image).resize((clf.size, clf.size), Image.Resampling.BILINEAR))
         t0 = time.perf_counter()
-        pred = clf.predict_arrays(image[None])[0]
-        shadow_ms = (time.perf_counter() - t0) * 1000
+        if clf.backbone is live.backbone:  # same backbone: its outputs are the candidate's too
+            emb, pooled, block_in = live.outputs
+            batch = live.image[None]
+            pred = clf.predict_embeddings(emb, pooled, images=lambda rows: batch[rows], block_in=block_in)[0]
+            shadow_ms = live.backbone_ms + (time.perf_counter() - t0) * 1000
+        else:
+            image = live.image
+            if image.shape[0] != clf.size:  # a candidate on a backbone of another input size
+                from PIL import Image
+                image = np.asarray(Image.fromarray(image).resize((clf.size, clf.size), Image.Resampling.BILINEAR))
+            pred = clf.predict_arrays(image[None])[0]
+            shadow_ms = (time.perf_counter() - t0) * 1000
         with self._lock:
-            self._stats.add(live, pred, live_ms, shadow_ms)
-            summary = self._stats.summary()
-        deadline = datetime.fromisoformat(state["deadline"].replace("Z", "+00:00"))
-        if summary["n"] >= state["requests"] or self.clock() >= deadline:
-            self._finish(state, summary)
+            self._stats.add(live.prediction, pred, live.ms, shadow_ms)
+            total = self._stats.n + self._others.n
+            due = time.monotonic() >= self._next_flush
+        if due and total < state["requests"]:
+            total = self._sync(state)
+        if total >= state["requests"] or self.clock() >= _deadline(state):
+            self._finish(state)
+            self._read(True)
 
-    def _finish(self, state: dict[str, Any], summary: dict[str, Any]) -> None:
+    def _sync(self, state: dict[str, Any]) -> int:
+        """Share this process's counts and read the others'; the pooled number of shadowed requests."""
         assert self.pointer is not None
-        latest = self.pointer.read()
-        if not latest or latest.get("status") != "running" or latest.get("started") != state["started"]:
-            return  # another process finished it, or a new shadow started
-        promote, reason = decide(summary, self.bounds)
-        outcome = dict(latest, status="promoted" if promote else "held", reason=reason, result=summary,
-                       finished=_iso(self.clock()))
-        if promote:
-            self.registry.activate(state["version"])
-        self.pointer.write(outcome)
-        if promote and self.on_promote is not None:
-            self.on_promote()
-        log.info("shadow of %s %s: %s", state["version"], outcome["status"], reason)
-        self.state(force=True)
+        run = run_id(state)
+        with self._lock:
+            mine = self._stats.to_dict()
+            self._next_flush = time.monotonic() + self.flush_seconds
+        self.pointer.write_counts(run, self.instance, mine)
+        others = Stats.merged(Stats.from_dict(c) for i, c in self.pointer.read_counts(run).items() if i != self.instance)
+        with self._lock:
+            self._others = others
+            return self._stats.n + others.n
+
+    def _finish(self, state: dict[str, Any]) -> None:
+        """Decide on the pooled counts, once: promote or hold (see the module doc)."""
+        assert self.pointer is not None
+        if not self._finishing.acquire(blocking=False):
+            return  # this process is already deciding
+        try:
+            latest = self.pointer.read()
+            if not latest or latest.get("status") != "running" or latest.get("started") != state["started"]:
+                return  # another process finished it, or a new shadow started
+            self._sync(latest)
+            with self._lock:
+                summary = Stats.merged([self._stats, self._others]).summary()
+            if summary["n"] >= latest["requests"]:
+                promote, reason = decide(summary, self.bounds)
+                extra = {}
+            else:
+                promote, extra = False, {"reason_code": TIMEOUT}
+                reason = (f"{TIMEOUT}: {summary['n']} of {latest['requests']} requests shadowed by the "
+                          f"deadline {latest['deadline']}")
+            outcome = dict(latest, status="promoted" if promote else "held", reason=reason, result=summary,
+                           finished=_iso(self.clock()), **extra)
+            if promote:
+                self.registry.activate(state["version"])
+            self.pointer.write(outcome)
+            if promote and self.on_promote is not None:
+                self.on_promote()
+            log.info("shadow of %s %s: %s", state["version"], outcome["status"], reason)
+        finally:
+            self._finishing.release()

@@ -27,7 +27,7 @@ from . import backbone as backbones, bundle, dataset, finetune, imaging
 from .joblog import Epochs, keras_callback, log, stage
 from .backbone import DEFAULT_NAME as DEFAULT_BACKBONE
 from .block import FILE as BLOCK_FILE, Block
-from .embeddings import Embedded, EmbeddingCache, embed_folder
+from .embeddings import Embedded, EmbeddingCache, Item, embed_folder, embed_items
 from .features import DEFAULT as DEFAULT_FEATURES, LEGACY as EMBEDDING_ONLY, head_input, input_dim, uses_block
 from .finetune import Inputs
 from .head import Head
@@ -63,6 +63,10 @@ class Config:
     batch_size: int = 128
     learning_rate: float = 1e-3
     flip: bool = True  # train on mirrored views too (embedded once, cached)
+    # Real-photo augmentations (fruitpipe.augment, cached views; issue 11), comma-separated view names:
+    aug_views: str = ""  # for every training image
+    aug_views_extra: str = ""  # also for the images of every source but the first (the Kaggle studio photos)
+    balance: float = 0.0  # class balance: sample weight (median group / group size) ** balance, group = (source, class)
     refit: bool = False  # after calibration, retrain on train+validation for the final head
     prototypes_per_class: int = 12
     target_fruit_rejection: float = 0.005  # share of validation fruit the similarity rule may reject
@@ -94,6 +98,56 @@ class Config:
         return out
 
 
+
+
+def balance_weights(groups: np.ndarray, power: float, cap: float = 4.0) -> np.ndarray:
+    """Sample weights ``float32 [N]`` that lift scarce groups (a group = one class of one source,
+    e.g. the 4 rotten apples of ``fruits_extra`` train next to 184 fresh ones):
+    ``(median group size / group size) ** power``, clipped to ``[1, cap]``, then scaled to mean 1.
+    ``power`` 0 gives all ones."""
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if power <= 0 or not len(names):
+        return np.ones(len(groups), np.float32)
+    per_group = np.clip((np.median(counts) / counts) ** power, 1.0, cap)
+    weights = per_group[inverse]
+    return (weights / weights.mean()).astype(np.float32)
+
+
+_SOURCE = re.compile(r"(s\d+)-")
+
+
+def source_of(path: Path) -> str:
+    """The source of a training image: the root :func:`fruitpipe.recipe.link_dataset` took it from
+    (``s<i>`` of its ``s<i>-<name>`` link), or ``""`` for a folder not made that way."""
+    m = _SOURCE.match(Path(path).name)
+    return m[1] if m else ""
+
+
+def _view_list(text: str) -> tuple[str, ...]:
+    """Comma-separated view names (checked where they are applied: embeddings.apply_view)."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def augmented_outputs(backbone, cache: EmbeddingCache, emb: Embedded, cfg: "Config",  # type: ignore[no-untyped-def]
+                      stage_name: str) -> list[tuple[np.ndarray, "Inputs"]]:
+    """The augmentation views the config asks for (``aug_views`` for every image of ``emb``,
+    ``aug_views_extra`` also for the images of every source but ``s0``), embedded through the cache:
+    one ``(rows of emb, their backbone outputs)`` per view. Empty when none is asked for."""
+    every, extra = _view_list(cfg.aug_views), _view_list(cfg.aug_views_extra)
+    wanted: dict[tuple[str, ...], list[int]] = {}
+    for i, path in enumerate(emb.paths):
+        views = tuple(dict.fromkeys(every + (extra if source_of(path) not in ("s0", "") else ())))
+        if views:
+            wanted.setdefault(views, []).append(i)
+    out: list[tuple[np.ndarray, Inputs]] = []
+    for views, rows in wanted.items():
+        items = [Item(emb.paths[i], emb.labels[i], emb.shas[i]) for i in rows]
+        got = embed_items(items, backbone, cache, views=views, stage=stage_name)
+        if len(got) != len(rows):  # the images were read once already; a file changed under us
+            raise TrainingError(f"{len(rows) - len(got)} training images could not be read again for augmentation")
+        for v in views:
+            out.append((np.array(rows), _outputs(backbone, got, v, np.ones(len(got), dtype=bool))))
+    return out
 
 
 def config_for(values: dict[str, Any], base_model: Path | None = None) -> Config:
@@ -173,11 +227,13 @@ def _rows(inputs: Inputs, idx: np.ndarray) -> Inputs:
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None = None,
-             y_val: np.ndarray | None = None) -> tuple[Head, dict[str, list[float]], Any]:
+             y_val: np.ndarray | None = None, weights: np.ndarray | None = None
+             ) -> tuple[Head, dict[str, list[float]], Any]:
     """Train the dense head with Keras; return it as a numpy :class:`Head`, the history and the model.
 
     ``y`` holds class indices into :data:`LABELS`, and ``len(LABELS)`` for not-fruit photos when
-    ``cfg.not_fruit_output`` (the head then has a seventh output).
+    ``cfg.not_fruit_output`` (the head then has a seventh output). ``weights``: optional per-row
+    sample weights ``float32 [N]``.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
@@ -202,7 +258,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
     val = None
     if x_val is not None and y_val is not None and len(y_val):
         val = ((x_val - mu) / sd, keras.utils.to_categorical(y_val, n_out))
-    hist = model.fit(x_in, keras.utils.to_categorical(y, n_out), validation_data=val,
+    hist = model.fit(x_in, keras.utils.to_categorical(y, n_out), validation_data=val, sample_weight=weights,
                      epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
                      callbacks=[keras_callback(Epochs(cfg.epochs, desc="head"))])
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
@@ -224,6 +280,18 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: Config, x_val: np.ndarray | None
 
 def _quantile_threshold(values: np.ndarray, share: float) -> float:
     return float(np.quantile(values, share)) if len(values) else 0.0
+
+
+def not_fruit_bar(per_source: list[np.ndarray], share: float) -> float:
+    """The ``max_not_fruit`` bar: the lowest that rejects at most ``share`` of every source's fruit
+    (``per_source``: the seventh output's probabilities on each validation source's fruit), i.e.
+    the most lenient of the per-source bars."""
+    bars = []
+    for scores in per_source:
+        values = np.sort(scores)[::-1]
+        allowed = int(np.floor(max(share, 0.0) * len(values)))
+        bars.append(float(values[allowed]) if allowed < len(values) else 0.0)
+    return max(bars, default=1.0)
 
 
 def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, emb_val: np.ndarray,
@@ -281,12 +349,7 @@ def calibrate(cfg: Config, prototypes: np.ndarray, other_classes: np.ndarray, em
         # The learnt output gets the budget the similarity rule does not: each source's fruit above the
         # bar are at most (target_fruit_loss - target_fruit_rejection) of it; the most lenient bar wins.
         share = cfg.target_fruit_loss - (cfg.target_fruit_rejection if cfg.prototype_rejection else 0.0)
-        bars = []
-        for source in np.unique(sources):
-            values = np.sort(not_fruit_val[sources == source])[::-1]
-            allowed = int(np.floor(max(share, 0.0) * len(values)))
-            bars.append(float(values[allowed]) if allowed < len(values) else 0.0)
-        max_not_fruit = max(bars)
+        max_not_fruit = not_fruit_bar([not_fruit_val[sources == s] for s in np.unique(sources)], share)
         rejected = rejected | (not_fruit_val > max_not_fruit)
     return {
         "method": "+".join((["prototype-similarity+zoom+imagenet-other-produce"] if cfg.prototype_rejection else [])
@@ -398,6 +461,9 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     train_emb = embed_folder(Path(data_dir), backbone, cache, views=views, stage="embed_train")
     val_emb = (embed_folder(Path(validation_dir), backbone, cache, views=views, stage="embed_validation")
                if validation_dir else None)
+    train_aug = augmented_outputs(backbone, cache, train_emb, cfg, "embed_augmented")
+    val_aug = (augmented_outputs(backbone, cache, val_emb, cfg, "embed_augmented_validation")
+               if val_emb is not None and cfg.refit else [])
     cache.flush()
     embedded_new = train_emb.embedded_new + (val_emb.embedded_new if val_emb else 0)
     cached = train_emb.cached + (val_emb.cached if val_emb else 0)
@@ -442,12 +508,46 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         raise TrainingError(f"no usable training image for {', '.join(missing)}")
     log(n_train=len(tr_idx), n_validation=len(y_val))
 
-    def stack(idx: np.ndarray, extra: list[Inputs] | None = None) -> tuple[Inputs, np.ndarray]:
-        """Rows ``idx`` of the training fruit in every view, the not-fruit photos (if any), then
-        ``extra``; the targets of all but ``extra``."""
-        parts = [_rows(tr_out[v], idx) for v in views] + negatives + (extra or [])
-        y = np.concatenate([np.tile(y_all[idx], len(views))] + [np.full(len(n.embedding), len(LABELS)) for n in negatives])
-        return Inputs(*(np.concatenate(arrays) for arrays in zip(*parts))), y
+    # Class-balance groups (Config.balance): the first source (the Kaggle studio photos) or another,
+    # and the class ("not_fruit" for every negative). Validation links number their roots alike
+    # (s0 = FRUITS/val), so the refit's validation rows fall into the same groups.
+    def group_of(paths: list[Path], labels: list[str]) -> np.ndarray:
+        return np.array([f"{'s0' if source_of(p) == 's0' else 'other'}:{lab if lab in LABELS else OOD_FOLDER}"
+                         for p, lab in zip(paths, labels)], dtype=object)
+
+    groups_tr = group_of(train_emb.paths, train_emb.labels)
+    fruit_pos = np.where(fruit, np.cumsum(fruit) - 1, -1)  # train_emb row -> row of y_all (-1: a negative)
+
+    def aug_parts(aug: list[tuple[np.ndarray, Inputs]], pos_of: np.ndarray, y_of: np.ndarray, keep: np.ndarray,
+                  groups: np.ndarray) -> tuple[list[Inputs], list[np.ndarray], list[np.ndarray]]:
+        """The augmented rows to train on: fruit whose row (``pos_of``) is kept, and negatives when
+        the head has a not_fruit output; with their targets and balance groups."""
+        parts, ys, gs = [], [], []
+        for rows, outs in aug:
+            pos = pos_of[rows]
+            take = np.flatnonzero(np.where(pos >= 0, keep[np.maximum(pos, 0)], cfg.not_fruit_output))
+            parts.append(_rows(outs, take))
+            ys.append(np.where(pos[take] >= 0, y_of[np.maximum(pos[take], 0)], len(LABELS)))
+            gs.append(groups[rows[take]])
+        return parts, ys, gs
+
+    def stack(idx: np.ndarray, extra: list[Inputs] | None = None,
+              extra_y: list[np.ndarray] | None = None, extra_g: list[np.ndarray] | None = None
+              ) -> tuple[Inputs, np.ndarray, np.ndarray | None]:
+        """Rows ``idx`` of the training fruit in every view, the not-fruit photos (if any), their
+        augmented views (Config.aug_views*), then ``extra``; targets and class-balance weights."""
+        keep = np.zeros(len(y_all), dtype=bool)
+        keep[idx] = True
+        a_parts, a_y, a_g = aug_parts(train_aug, fruit_pos, y_all, keep, groups_tr)
+        parts = [_rows(tr_out[v], idx) for v in views] + negatives + a_parts + (extra or [])
+        y = np.concatenate([np.tile(y_all[idx], len(views))] + [np.full(len(n.embedding), len(LABELS)) for n in negatives]
+                           + a_y + (extra_y or []))
+        g = np.concatenate([np.tile(groups_tr[fruit][idx], len(views))] + [groups_tr[~fruit]] * len(negatives)
+                           + a_g + (extra_g or []))
+        log(n_train_rows=len(y), n_augmented_rows=int(sum(len(v) for v in a_y)))
+        # No weights at all when balance is off: the fit is then exactly the one before class balance existed.
+        weights = balance_weights(g, cfg.balance) if cfg.balance > 0 else None
+        return Inputs(*(np.concatenate(arrays) for arrays in zip(*parts))), y, weights
 
     block: Block | None = None
     init_block = Block.from_backbone(backbone.path) if uses_block(cfg.features) else None
@@ -455,13 +555,14 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
     if start is not None:
         init_block = start[1]
 
-    def fit(train_in: Inputs, y: np.ndarray, val_in: Inputs | None = None,
+    def fit(train_in: Inputs, y: np.ndarray, weights: np.ndarray | None, val_in: Inputs | None = None,
             y_v: np.ndarray | None = None) -> tuple[Head, Block | None, dict[str, list[float]]]:
         if init_block is not None:
-            return finetune.fit(train_in, y, cfg, init_block, val_in, y_v, start=start_head)
+            return finetune.fit(train_in, y, cfg, init_block, val_in, y_v, start=start_head, sample_weights=weights)
         stage("train_head")
         x_v = head_input(cfg.features, val_in.embedding, val_in.pooled) if val_in is not None else None
-        fitted, hist, _ = fit_head(head_input(cfg.features, train_in.embedding, train_in.pooled), y, cfg, x_v, y_v)
+        fitted, hist, _ = fit_head(head_input(cfg.features, train_in.embedding, train_in.pooled), y, cfg, x_v, y_v,
+                                   weights=weights)
         return fitted, None, hist
 
     def x_of(rows: Inputs) -> np.ndarray:  # the head's input for the fitted block (what serving computes)
@@ -477,8 +578,8 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         head, block, history = start[0], start[1], {}
         log(single_fit=1)
     else:
-        train_in, y_tr = stack(tr_idx)
-        head, block, history = fit(train_in, y_tr, val_fruit, y_val)
+        train_in, y_tr, w_tr = stack(tr_idx)
+        head, block, history = fit(train_in, y_tr, w_tr, val_fruit, y_val)
         del train_in
     x_val, val_x_full = x_of(val_fruit), x_of(val_full)
 
@@ -531,14 +632,24 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         # Without a channel the holdout is inside y_all; with one, its fruit joins in every view.
         extra = [_outputs(backbone, val_emb, v, vfruit) for v in views] if val_emb is not None else []
         extra_y = [y_val] * len(extra)
-        if cfg.not_fruit_output and val_emb is not None and (~vfruit).any():  # the calibration negatives too
-            extra += [_outputs(backbone, val_emb, v, ~vfruit) for v in views]
-            extra_y += [np.full(int((~vfruit).sum()), len(LABELS))] * len(views)
-        rf_in, y_rf = stack(np.arange(len(y_all)), extra)
-        y_rf = np.concatenate([y_rf] + extra_y)
-        head, block, refit_history = fit(rf_in, y_rf)
+        extra_g = []
+        if val_emb is not None:
+            groups_val = group_of(val_emb.paths, val_emb.labels)
+            extra_g = [groups_val[vfruit]] * len(extra)
+            if cfg.not_fruit_output and (~vfruit).any():  # the calibration negatives too
+                extra += [_outputs(backbone, val_emb, v, ~vfruit) for v in views]
+                extra_y += [np.full(int((~vfruit).sum()), len(LABELS))] * len(views)
+                extra_g += [groups_val[~vfruit]] * len(views)
+            vpos = np.where(vfruit, np.cumsum(vfruit) - 1, -1)
+            a_parts, a_y, a_g = aug_parts(val_aug, vpos, y_val, np.ones(len(y_val), dtype=bool), groups_val)
+            extra, extra_y, extra_g = extra + a_parts, extra_y + a_y, extra_g + a_g
+        rf_in, y_rf, w_rf = stack(np.arange(len(y_all)), extra, extra_y, extra_g)
+        head, block, refit_history = fit(rf_in, y_rf, w_rf)
         history = refit_history if single_fit else history
-        prototypes = protos(normalise(rf_in.embedding), y_rf)
+        # Prototypes from the original and mirrored views only, as before the refit (not the augmented ones).
+        n_base = len(views) if val_emb is not None else 0
+        prototypes = protos(normalise(np.concatenate([e_all[v] for v in views] + [x.embedding for x in extra[:n_base]])),
+                            np.concatenate([np.tile(y_all, len(views))] + [y_val] * n_base))
         del rf_in
 
     stage("write_bundle")
@@ -562,8 +673,9 @@ def train(data_dir: Path, out_dir: Path, *, validation_dir: Path | None = None,
         with open(rej_path, "wb") as fh:
             np.savez_compressed(fh, prototypes=prototypes.astype(np.float16))
         counts = {lab: int((y_all == i).sum()) for i, lab in enumerate(LABELS)}
-        origins = Counter(dataset.origin_of(p) or "untagged" for p, lab in zip(train_emb.paths, train_emb.labels)
-                          if lab in LABELS)
+        tags = dataset.origins_beside(cache_dir)  # on SageMaker: no tag files, the prepare step's map
+        origins = Counter(dataset.origin_of(p) or tags.get(Path(p).stem) or dataset.UNTAGGED
+                          for p, lab in zip(train_emb.paths, train_emb.labels) if lab in LABELS)
         manifest = bundle.Manifest(
             version=bundle.new_version(salt=str(os.getpid())), created=bundle.now_iso(), labels=LABELS,
             files={}, head={"file": "head.npz", "dtype": cfg.head_dtype, "features": cfg.features,

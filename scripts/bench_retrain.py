@@ -9,12 +9,21 @@ do), then, as a user would over HTTP:
 2. uploads 100 more and retrains again;
 3. asks for a retrain with unchanged data (answered "nothing new"), then forces one.
 
+``--labels N`` measures instead whether a retrain after N labels accepted in the review queue is
+as fast as one after N plain uploads (issue 15): one server with every prediction captured
+(``FRUITPIPE_CAPTURE_SAMPLE_RATE=1``); each round uploads N new photos and retrains, then sends
+N other new photos to ``/predict``, accepts each capture with its folder's class through
+``POST /review/{id}`` and retrains (the order alternates between rounds, after one retrain on 12
+uploads that is not counted: a store's first retrain has no earlier candidate); medians over
+``--repeat`` rounds go to results/bench_review_retrain.json.
+
 Each retrain is timed from ``POST /retrain`` until ``/predict`` answers with the new live
 version (or the run ends rejected/failed); the percent of every status poll is checked to never
 go backwards. Writes results/bench_retrain.json and prints a table. The machine's load average is
 recorded before each step: on a shared machine timings are noisy.
 
     python scripts/bench_retrain.py [--cache DIR] [--repeat N]
+    python scripts/bench_retrain.py --labels 50 --repeat 3
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 EXTRA = SHARED / "data" / "fruits_extra"
 TEST_IMAGE = SHARED / "data" / "fruits" / "test" / "freshapples"
+DEFAULT_JSON = REPO / "results" / "bench_retrain.json"
 
 
 def free_port() -> int:
@@ -62,11 +72,13 @@ def wait_health(base: str, proc: subprocess.Popen, timeout: float = 120) -> None
     raise SystemExit("server did not answer /health")
 
 
-def pick(total: int, offset: int) -> dict[str, list[Path]]:
+def pick(total: int, offset: int, pools: dict[str, list[Path]] | None = None) -> dict[str, list[Path]]:
     """``total`` photos of fruits_extra, round-robin over the classes, each class from its
-    ``offset``-th photo on (rotten apples and oranges have few: the others fill in)."""
+    ``offset``-th photo on (rotten apples and oranges have few: the others fill in). With
+    ``pools`` (class -> photos) the photos are taken out of it instead, so no two calls share one."""
     from fruitpipe.labels import LABELS
-    pools = {label: sorted((EXTRA / label).glob("*.jpg"))[offset:] for label in LABELS}
+    if pools is None:
+        pools = {label: sorted((EXTRA / label).glob("*.jpg"))[offset:] for label in LABELS}
     out: dict[str, list[Path]] = {label: [] for label in LABELS}
     while sum(map(len, out.values())) < total and any(pools.values()):
         for label in LABELS:
@@ -111,16 +123,108 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def start_server(store: Path, cache: Path, token: str, env_extra: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """``fruitpipe serve`` on a free port of 127.0.0.1 as a process of its own; (process, base URL)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FRUITPIPE_ADMIN_TOKEN": token, **(env_extra or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "fruitpipe", "serve", "--store", str(store), "--port",
+                             str(port), "--cache", str(cache), "--log-level", "warning"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_warm(api: Any) -> None:
+    while (api.status().get("warmup") or {}).get("state") == "running":
+        time.sleep(1)
+
+
+def accept_reviewed(api: Any, by_label: dict[str, list[Path]]) -> dict[str, Any]:
+    """Send each photo to ``/predict``, then accept its capture with its folder's class through
+    ``POST /review/{id}`` (the review queue's one action). Counts of the dataset's answers."""
+    wanted: dict[str, str] = {}
+    for label, files in by_label.items():
+        for f in files:
+            wanted[api.predict(f)["prediction_id"]] = label
+    deadline = time.monotonic() + 60
+    while True:  # captures are written after the answer, on the writer thread
+        queued = {it["prediction_id"] for it in api._ok("GET", "/review?limit=500")["items"]}
+        if set(wanted) <= queued or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    counts: dict[str, int] = {"not_captured": len(set(wanted) - queued)}
+    t0 = time.monotonic()
+    for pid, label in wanted.items():
+        if pid in queued:
+            status = api._ok("POST", f"/review/{pid}", json={"label": label})["dataset"]["status"]
+            counts[status] = counts.get(status, 0) + 1
+    counts["accept_seconds"] = round(time.monotonic() - t0, 2)
+    return counts
+
+
+def review_vs_upload(args: argparse.Namespace, tmp: Path) -> int:
+    """The ``--labels`` mode (see the module doc)."""
+    from fruitpipe.client import Client
+    from fruitpipe.labels import LABELS
+    n, token = args.labels, "bench-token-review-0123456789abcdef"
+    proc, base = start_server(tmp / "store", args.cache or tmp / "cache", token,
+                              {"FRUITPIPE_CAPTURE_SAMPLE_RATE": "1", "FRUITPIPE_CAPTURE_MAX_ITEMS": "100000"})
+    rounds: list[dict[str, Any]] = []
+    try:
+        wait_health(base, proc)
+        api = Client(base, token)
+        wait_warm(api)
+        pools = {label: sorted((EXTRA / label).glob("*.jpg")) for label in LABELS}
+        # not counted: a store's first retrain differs (no earlier candidate to warm-start from)
+        api.upload_many(pick(12, 0, pools))
+        priming = timed_retrain(api)
+        print(f"priming retrain: {priming['state']} in {priming['seconds_to_done']} s", file=sys.stderr, flush=True)
+        for rep in range(args.repeat):
+            rnd: dict[str, Any] = {}
+            for kind in (("upload", "review") if rep % 2 == 0 else ("review", "upload")):
+                photos = pick(n, 0, pools)
+                rnd[f"{kind}_added"] = api.upload_many(photos) if kind == "upload" else accept_reviewed(api, photos)
+                rnd[f"{kind}_load_before"] = load()
+                rnd[f"{kind}_retrain"] = timed_retrain(api)
+            rounds.append(rnd)
+            print(json.dumps(rnd, indent=1), file=sys.stderr, flush=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+    def secs(kind: str) -> list[float]:
+        return [r[f"{kind}_retrain"]["seconds_to_served"] or r[f"{kind}_retrain"]["seconds_to_done"] for r in rounds]
+    up, rev = secs("upload"), secs("review")
+    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
+              "command": f"python scripts/bench_retrain.py --labels {n} --repeat {args.repeat}", "labels": n,
+              "upload_retrain_s": up, "review_retrain_s": rev,
+              "upload_retrain_s_median": round(statistics.median(up), 1),
+              "review_retrain_s_median": round(statistics.median(rev), 1),
+              "ratio_of_medians": round(statistics.median(rev) / statistics.median(up), 3), "rounds": rounds}
+    out = args.json if args.json != DEFAULT_JSON else REPO / "results" / "bench_review_retrain.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"retrain after {n} plain uploads: median {result['upload_retrain_s_median']} s {up}")
+    print(f"retrain after {n} accepted labels: median {result['review_retrain_s_median']} s {rev} "
+          f"({result['ratio_of_medians']}x)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=None,
                         help="embedding cache to use (default: a new, empty one: the warm-up builds it)")
     parser.add_argument("--repeat", type=int, default=1, help="fresh stores to run the first retrain in")
-    parser.add_argument("--json", type=Path, default=REPO / "results" / "bench_retrain.json")
+    parser.add_argument("--labels", type=int, default=0,
+                        help="compare a retrain after this many accepted review labels with one after as many uploads")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
     if not EXTRA.is_dir():
         print(f"error: {EXTRA} not found", file=sys.stderr)
         return 2
+    if args.labels > 0:
+        with tempfile.TemporaryDirectory(prefix="fruitpipe-bench-review-") as tmp_name:
+            return review_vs_upload(args, Path(tmp_name))
     from fruitpipe.client import Client
 
     runs: list[dict[str, Any]] = []
@@ -128,14 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         cache = args.cache or tmp / "cache"
         for rep in range(args.repeat):
-            store, port = tmp / f"store{rep}", free_port()
-            token = f"bench-token-{rep}-0123456789abcdef"
-            env = {**os.environ, "PYTHONPATH": str(REPO), "FRUITPIPE_ADMIN_TOKEN": token}
-            proc = subprocess.Popen([sys.executable, "-m", "fruitpipe", "serve", "--store", str(store), "--port",
-                                     str(port), "--cache", str(cache), "--log-level", "warning"],
-                                    cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
-            base = f"http://127.0.0.1:{port}"
+            store, token = tmp / f"store{rep}", f"bench-token-{rep}-0123456789abcdef"
+            proc, base = start_server(store, cache, token)
             run: dict[str, Any] = {}
             try:
                 t0 = time.monotonic()
@@ -143,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 api = Client(base, token)
                 run.update(load_at_start=load(), server_start_s=round(time.monotonic() - t0, 1))
                 runs.append(run)
-                while (api.status().get("warmup") or {}).get("state") == "running":
-                    time.sleep(1)
+                wait_warm(api)
                 warm = json.loads((store / "retrain" / "warmup.json").read_text())
                 run["warm_up"] = {"seconds": warm.get("seconds"), "images": warm.get("images"),
                                   "state": warm.get("state")}

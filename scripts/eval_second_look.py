@@ -8,6 +8,7 @@ generated not-fruit images (calibration and held-out groups), so the price in re
 too. Writes ``results/second_look.json`` and prints a table.
 
     python scripts/eval_second_look.py
+    python scripts/eval_second_look.py --model BUNDLE --split val --name second_look_candidate_val
 """
 
 from __future__ import annotations
@@ -62,14 +63,16 @@ def load_folder(folder: Path) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", default="test", help="split of ../shared/data/fruits to tile")
+    parser.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped model)")
+    parser.add_argument("--name", default="second_look", help="results/<name>.json")
     args = parser.parse_args(argv)
     from fruitpipe.classifier import Classifier
     from fruitpipe.labels import LABELS
     from fruitpipe.models_path import default_model_dir
 
-    clf = Classifier(default_model_dir(), num_threads=2)
+    clf = Classifier(args.model or default_model_dir(), num_threads=2)
     if clf.rejector.min_similarity_zoom is None:
-        print("error: the default model has no second-look bar", file=sys.stderr)
+        print("error: the model has no second-look bar", file=sys.stderr)
         return 2
     photos = np.concatenate([load_folder(FRUITS / args.split / label) for label in LABELS])
     sets = {f"{args.split} photos": photos,
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               "min_similarity_zoom": clf.rejector.min_similarity_zoom,
               "sets": {name: rejected_rates(clf, images) for name, images in sets.items()}}
     (REPO / "results").mkdir(exist_ok=True)
-    (REPO / "results" / "second_look.json").write_text(json.dumps(result, indent=2) + "\n")
+    (REPO / "results" / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| images | n | answered not_fruit, whole image only | with the second look | second look taken |")
     print("|---|---:|---:|---:|---:|")
     for name, r in result["sets"].items():

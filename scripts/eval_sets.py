@@ -19,8 +19,11 @@ are exactly the served ones (second look included). Backbone outputs come from t
     python scripts/eval_sets.py --model models/default --name shipped --splits val test
     → results/eval_sets_shipped.json (+ a markdown table on stdout)
 
-``--without second_look similarity other_fruit not_fruit_output`` switches parts of the bundle's
-rejection rule off, for an ablation table on val.
+``--without second_look similarity other_fruit confidence not_fruit_output`` switches parts of the
+bundle's rejection rule off, for an ablation table on val. ``--fruit-loss 0.01`` (val only)
+recalibrates the seventh output's bar on the fruit val sets for that fruit-loss budget, as the
+training job does for ``target_fruit_loss`` (:func:`fruitpipe.training.not_fruit_bar`), and scores
+with it: the budget is chosen on val.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -50,6 +55,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "second_look": {"min_similarity_zoom": None},
     "similarity": {"min_similarity": -1.0, "min_similarity_zoom": None},
     "other_fruit": {"max_other_fruit": 2.0},
+    "confidence": {"min_confidence": 0.0},
     "not_fruit_output": {"max_not_fruit": None},
 }
 WORST = 24  # errors kept per set (results JSON, gallery)
@@ -108,6 +114,7 @@ def score(clf, root: Path, cache, by_kind: bool = True) -> dict[str, Any]:  # ty
     elif other:
         out["not_fruit"] = {"n": len(other), "rejected_rate": sum(rejected[i] for i in other) / len(other)}
     out["worst_errors"] = worst_errors(emb.labels, emb.paths, preds)
+    out["_fruit_not_fruit"] = [preds[i].scores.get("not_fruit", 0.0) for i in fruit]  # for --fruit-loss; not saved
     return out
 
 
@@ -139,7 +146,9 @@ def gallery(results: dict[str, Any], dest: Path) -> None:
     for name, r in results["sets"].items():
         if name.startswith("generated_"):  # made in a temporary folder: nothing left to link to
             continue
-        parts.append(f"<h2>{html.escape(name)}: {len(r['worst_errors'])} shown</h2>")
+        summary = (f"accuracy {100 * r['accuracy']:.1f}%, fruit rejected {100 * r['fruit_rejected_rate']:.2f}%"
+                   if "accuracy" in r else f"answered not_fruit {100 * r['not_fruit']['rejected_rate']:.1f}%")
+        parts.append(f"<h2>{html.escape(name)} (n {r['n']}; {summary}): the {len(r['worst_errors'])} surest errors</h2>")
         for e in r["worst_errors"]:
             src = os.path.relpath(e["path"], dest.parent)
             scores = ", ".join(f"{k} {v:.2f}" for k, v in e["scores"].items())
@@ -179,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write results/gallery_<name>.html: each set's worst errors (images linked)")
     parser.add_argument("--without", nargs="+", default=[], choices=sorted(ABLATIONS),
                         help="ablation: score the bundle with these parts of its rejection rule switched off")
+    parser.add_argument("--fruit-loss", type=float, default=None,
+                        help="val only: recalibrate the not_fruit output's bar for this fruit-loss budget")
     args = parser.parse_args(argv)
+    if args.fruit_loss is not None and args.splits != ["val"]:
+        parser.error("--fruit-loss chooses a bar: only on --splits val")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from fruitpipe.classifier import Classifier
     from fruitpipe.embeddings import EmbeddingCache
@@ -194,8 +207,19 @@ def main(argv: list[str] | None = None) -> int:
                                "split_rule": {"fractions": dict(splits.FRACTIONS), "salt": splits.SALT},
                                "sets": {}}
     with tempfile.TemporaryDirectory(prefix="fruitpipe-eval-sets-") as generated:
-        for name, root in sets(args.splits, Path(generated)):
+        todo = sets(args.splits, Path(generated))
+        if args.fruit_loss is not None:
+            from fruitpipe.training import Config, not_fruit_bar
+            if clf.rejector.max_not_fruit is None:
+                parser.error("--fruit-loss needs a bundle with a not_fruit output")
+            fruit_sets = [score(clf, root, cache)["_fruit_not_fruit"] for name, root in todo if name.startswith("fruit")]
+            share = args.fruit_loss - (Config.target_fruit_rejection if clf.rejector.min_similarity > -1 else 0.0)
+            bar = not_fruit_bar([np.array(v, np.float32) for v in fruit_sets], share)
+            clf.rejector = dataclasses.replace(clf.rejector, max_not_fruit=bar)
+            results.update({"fruit_loss": args.fruit_loss, "max_not_fruit": bar})
+        for name, root in todo:
             results["sets"][name] = score(clf, root, cache, by_kind=name.startswith("not_fruit/"))
+            results["sets"][name].pop("_fruit_not_fruit")
     cache.flush()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["load_average"] = list(os.getloadavg())

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = bundle.read_manifest(staged)
         validation_metrics = dict(manifest.metrics)
         manifest.metrics = {
-            "split": ("test (../shared/data/fruits/test) + held-out generated not_fruit images" if args.recipe == "shipped"
+            "split": ("test (../shared/data/fruits/test) + held-out generated not_fruit images" if len(shipped.evaluation) <= 2
                       else "test (fruits/test + fruits_extra and not_fruit test splits, fruitpipe.splits)"),
             "accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "n": result["n"],
             "fruit_rejected_rate": result["fruit_rejected_rate"], "ood_n": result["ood_n"],

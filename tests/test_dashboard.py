@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fruitpipe.capture import CapturePolicy
+
 from .conftest import FRUITS, REPO, needs_shared
 from .service_support import TOKEN, live_server, make_app, make_backend, small_dataset
 
@@ -100,7 +102,8 @@ def test_dashboard_end_to_end(browser, tmp_path):
         assert page.get_attribute("#verdict", "data-verdict") == expected["verdict"] == "rotten"
         probs = bar_values(page, "prob-chart")
         assert probs == pytest.approx(expected["probabilities"], abs=1e-6)
-        assert "rotten apples 97" in page.get_attribute("#prob-chart", "aria-label")  # values readable by screen readers
+        spoken = f"rotten apples {100 * expected['probabilities']['rottenapples']:.1f}%"
+        assert spoken in page.get_attribute("#prob-chart", "aria-label")  # values readable by screen readers
         assert "rotten apples" in page.text_content("#predict-status")  # the aria-live region says the result
 
         # live charts drawn from /stats
@@ -239,7 +242,8 @@ def test_predict_views_under_the_csp(browser, tmp_path):
     heic = tmp_path / "apple.heic"
     heic.write_bytes(camera_heic())
 
-    app = make_app(make_backend(tmp_path / "store"))
+    store = tmp_path / "store"
+    app = make_app(make_backend(store), capture=CapturePolicy(sample_rate=0.0))  # feedback is taken
     with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as api:
         page = browser.new_page(viewport=DESKTOP, accept_downloads=True)
         errors = watch_errors(page)
@@ -364,6 +368,22 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         assert [t["predicted_class"] for t in table[:3]] == [e["predicted_class"] for e in expected]
         assert [float(t["confidence"]) for t in table[:3]] == pytest.approx([e["confidence"] for e in expected], abs=1e-4)
         assert table[3]["verdict"] == "" and table[3]["error"].startswith("not_an_image")
+
+        # "Wrong? tell us" in each answered row (not the text file's): the second photo's, sent
+        row = "#batch-table tbody tr:nth-child(2)"
+        assert page.eval_on_selector_all("#batch-table tbody tr", "els => els.map(e => !!e.querySelector('.feedback-open'))") \
+            == [True, True, True, False, True]
+        assert page.get_attribute(f"{row} .feedback-open", "aria-label") == f"Wrong? tell us about {picks[1].name}"
+        page.click(f"{row} .feedback-open")
+        page.select_option(f"{row} .feedback select", "rottenoranges")
+        with page.expect_response(lambda r: r.url.endswith("/feedback")) as fb:
+            page.click(f"{row} .feedback button[type=submit]")
+        assert fb.value.status == 200
+        pid = page.get_attribute(f"{row} .feedback", "data-prediction-id")
+        assert fb.value.json() == {"prediction_id": pid, "correct": "rottenoranges", "kept": True}
+        page.wait_for_function(f"() => document.querySelector('{row} .feedback-note').textContent.startsWith('Thanks')")
+        record = json.loads((store / "capture" / f"{pid}.json").read_text())
+        assert record["feedback"]["correct"] == "rottenoranges" and record["verdict"] == rows[1]["verdict"]
         assert not errors, errors
 
 
@@ -439,6 +459,7 @@ def test_every_view_accessible_and_fits(browser, tmp_path, size):
         view("photo-explained")
         page.set_input_files("#file", [str(sorted((FRUITS / "test" / c).glob("*.jpg"))[4]) for c in ("freshbanana", "rottenoranges", "freshapples")])
         page.wait_for_selector("#batch-csv:not([hidden])")
+        page.click("#batch-table tbody tr:first-child .feedback-open")  # a row's feedback form, open
         view("batch")
         page.click("#admin-btn")
         page.wait_for_selector("#admin-dialog[open]")

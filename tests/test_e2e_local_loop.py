@@ -1,5 +1,6 @@
 """The real default loop, end to end: a real ``fruitpipe serve`` process, the real training job as
-its child process, the shipped recipe (fruitpipe/recipe.py) on a small subset of the shared photos.
+its child process, the shipped recipe (fruitpipe/recipe.py: the studio photos plus the splits of
+``fruits_extra`` and ``not_fruit``) on a small subset of the shared photos laid out as in ``../shared``.
 
 upload -> retrain -> promoted -> served (the new version answers /predict), with the progress of
 every poll checked to never go backwards, through the CLI's HTTP client. Then the bad-input cases
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from fruitpipe import splits
 from fruitpipe.client import Client, ClientError
 from fruitpipe.labels import LABELS
 
@@ -27,18 +29,43 @@ from .service_support import free_port, tree_hash
 
 pytestmark = [needs_shared, pytest.mark.slow]
 EXTRA = FRUITS.parent / "fruits_extra"
+NOT_FRUIT = FRUITS.parent / "not_fruit"
 TOKEN = "e2e-token-0123456789abcdef"
 SIZES = {"train": 20, "val": 8, "test": 8}  # photos per class in the subset
+EXTRA_PER_SPLIT = 3  # fruits_extra photos per class and split; not_fruit: 1 per kind and split
 
 
-def subset(dest: Path) -> Path:
-    """``dest/{train,val,test}/<class>/`` of symlinks to the first photos of each shared split."""
+def subset(data: Path) -> Path:
+    """``data/fruits/{train,val,test}/<class>/`` plus ``data/fruits_extra`` and ``data/not_fruit``
+    (symlinks to a few photos of each split, and to their ``MANIFEST.csv``, which decides the
+    splits): what :func:`fruitpipe.recipe.shipped` finds beside ``FRUITS``. Returns ``data/fruits``."""
+    from fruitpipe import splits
+    dest = data / "fruits"
     for split, n in SIZES.items():
         for label in LABELS:
             (dest / split / label).mkdir(parents=True)
             for p in sorted((FRUITS / split / label).glob("*.jpg"))[:n]:
                 (dest / split / label / p.name).symlink_to(p)
+    for root, per_split in ((EXTRA, EXTRA_PER_SPLIT), (NOT_FRUIT, 1)):
+        (data / root.name).mkdir()
+        (data / root.name / splits.MANIFEST).symlink_to(root / splits.MANIFEST)
+        taken: dict[tuple[str, str], int] = {}
+        for rel, split in sorted(splits.split_of(root).items()):
+            folder = rel.split("/")[0]
+            if taken.get((folder, split), 0) < per_split and (root / rel).is_file():
+                taken[(folder, split)] = taken.get((folder, split), 0) + 1
+                (data / root.name / folder).mkdir(exist_ok=True)
+                (data / root.name / rel).symlink_to(root / rel)
     return dest
+
+
+def new_photos(data: Path, k: int = 0, labels: tuple[str, ...] = LABELS) -> dict[str, list[Path]]:
+    """The ``k``-th fruits_extra photo per class that the subset does not hold, from the train
+    split (an upload of an evaluation photo would be refused)."""
+    where = splits.split_of(EXTRA)
+    return {label: [[EXTRA / rel for rel, split in sorted(where.items()) if split == "train"
+                     and rel.startswith(label + "/") and not (data / "fruits_extra" / rel).exists()][k]]
+            for label in labels}
 
 
 def descendants(pid: int) -> list[int]:
@@ -77,7 +104,7 @@ def follow(client: Client, timeout: float = 400) -> tuple[dict, list[float]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    fruits, store, port = subset(tmp / "fruits"), tmp / "store", free_port()
+    fruits, store, port = subset(tmp / "data"), tmp / "store", free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "FRUITPIPE_ADMIN_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "fruitpipe", "serve", "--store", str(store), "--port", str(port),
                              "--fruits", str(fruits), "--cache", str(tmp / "cache"), "--log-level", "warning"],
@@ -93,13 +120,13 @@ def server(tmp_path_factory):
         except ClientError:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
-    yield client, store, proc
+    yield client, store, proc, tmp / "data"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(30)
 
 
 def test_upload_retrain_promote_serve(server):
-    client, store, proc = server
+    client, store, proc, data = server
     live = client.models()["live"]
     # the first-start warm-up (cache of the seed photos, live model scored) runs in the background
     deadline = time.monotonic() + 300
@@ -107,7 +134,7 @@ def test_upload_retrain_promote_serve(server):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert (store / "evaluations" / f"{live}.json").is_file()
-    photos = {label: sorted((EXTRA / label).glob("*.jpg"))[:1] for label in LABELS}
+    photos = new_photos(data)
     assert client.upload_many(photos) == {"added": 6}
     client.retrain()
     status, percents = follow(client)
@@ -116,7 +143,9 @@ def test_upload_retrain_promote_serve(server):
     assert len(set(percents)) > 3 and status["percent"] == 100
     res = status["result"]
     assert res["promoted"] and res["live_version"] == live and res["version"] != live
-    assert res["images"] == {label: SIZES["train"] + 1 for label in LABELS}
+    seed = {label: SIZES["train"] + len([p for p in (data / "fruits_extra" / label).glob("*.jpg")
+                                         if splits.split_of(EXTRA)[f"{label}/{p.name}"] == "train"]) for label in LABELS}
+    assert {k: res["images"][k] for k in LABELS} == {label: seed[label] + 1 for label in LABELS}
     assert res["training_metrics"]["embedded_new"] == "6"  # the warm-up embedded the rest
     assert res["training_metrics"]["warm_start"] == "1" and res["training_metrics"]["single_fit"] == "1"
     # served: /predict answers with the new version, and the versions table compares like with like
@@ -131,7 +160,7 @@ def test_upload_retrain_promote_serve(server):
 
 
 def test_nothing_new_then_forced(server):
-    client, store, proc = server
+    client, store, proc, data = server
     with pytest.raises(ClientError) as exc:
         client.retrain()
     assert exc.value.status == 409 and exc.value.code == "nothing_new"
@@ -149,7 +178,7 @@ def test_nothing_new_then_forced(server):
 
 
 def test_evaluation_image_refused_and_seed_image_duplicate(server):
-    client, store, proc = server
+    client, store, proc, data = server
     test_photo = sorted((FRUITS / "test" / "rottenapples").glob("*.jpg"))[0]
     seed_photo = sorted((FRUITS / "train" / "rottenapples").glob("*.jpg"))[0]
     with pytest.raises(ClientError) as exc:  # the only file is refused: 400, with its reason
@@ -163,10 +192,10 @@ def test_evaluation_image_refused_and_seed_image_duplicate(server):
 
 
 def test_kill_9_of_the_run_leaves_no_orphan_and_live_untouched(server):
-    client, store, proc = server
+    client, store, proc, data = server
     live = client.models()["live"]
     models_before = tree_hash(store / "models")
-    [added] = client.upload("freshbanana", [sorted((EXTRA / "freshbanana").glob("*.jpg"))[5]])
+    [added] = client.upload("freshbanana", new_photos(data, 1, ("freshbanana",))["freshbanana"])
     assert added["status"] == "added"
     started = client.retrain()
     run_pid = None

@@ -98,7 +98,7 @@ def test_a_large_loss_is_rejected_even_when_not_significant():
     live = "1" * 50
     cand = "000" + "1" * 47  # -6 points on 50 photos, p = 0.125
     d = gate.decide(_paired(cand), _paired(live))
-    assert not d.promote and "more than 0.01 below live" in d.reason and "significantly" not in d.reason
+    assert not d.promote and "more than 0.020 below live" in d.reason and "significantly" not in d.reason
 
 
 def test_strict_mode_and_unpaired_records_keep_the_no_worse_rule():
@@ -111,3 +111,11 @@ def test_strict_mode_and_unpaired_records_keep_the_no_worse_rule():
 def test_the_paired_rule_never_lets_accuracy_buy_rejection():
     d = gate.decide(_paired(_moved(0, 5), rejected="1" * 9 + "0"), _paired(LIVE_614))
     assert not d.promote and "ood_rejected_rate" in d.reason
+
+
+def test_on_a_small_set_the_margin_is_one_photo():
+    live = "1" * 59 + "0" * 3  # 62 photos, as in a small test store
+    cand = "0" + "1" * 58 + "000"
+    d = gate.decide(_paired(cand), _paired(live))  # -1 photo (1.6 points), p = 0.5
+    assert d.promote and "not significantly worse" in d.reason
+    assert not gate.decide(_paired("00" + "1" * 57 + "000"), _paired(live)).promote  # -2 photos

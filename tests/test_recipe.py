@@ -6,6 +6,7 @@ import io
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fruitpipe import evalset, ood
@@ -15,8 +16,17 @@ from fruitpipe.training import Config
 from .conftest import FRUITS, needs_shared
 
 
-def test_shipped_recipe_names_every_set_and_only_known_hyperparameters(tmp_path):
-    r = rc.shipped(tmp_path / "gen", fruits=FRUITS)
+def test_shipped_recipe_is_the_candidate_when_its_sets_are_beside_fruits(tmp_path):
+    if not (FRUITS.parent / "not_fruit" / "MANIFEST.csv").is_file():
+        pytest.skip("../shared/data/not_fruit is not beside the checkout")
+    assert rc.shipped(tmp_path / "gen", fruits=FRUITS) == rc.candidate(tmp_path / "gen", fruits=FRUITS)
+    lone = tmp_path / "lone" / "fruits"  # no photo sets beside it: the studio recipe
+    lone.mkdir(parents=True)
+    assert rc.shipped(tmp_path / "gen", fruits=lone) == rc.studio(tmp_path / "gen", fruits=lone)
+
+
+def test_studio_recipe_names_every_set_and_only_known_hyperparameters(tmp_path):
+    r = rc.studio(tmp_path / "gen", fruits=FRUITS)
     assert r.train == (FRUITS / "train",)
     assert r.validation == (FRUITS / "val", tmp_path / "gen" / "ood-calib")
     assert r.evaluation == (FRUITS / "test", tmp_path / "gen" / "ood-heldout")

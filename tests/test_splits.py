@@ -106,10 +106,10 @@ def test_split_follows_the_manifest_not_the_files(tmp_path):
     assert {s: [p.name for _, p in rc.images([rc.split_root(copy, s)])] for s in splits.SPLITS} == before
 
 
-def test_candidate_recipe_is_the_shipped_one_plus_the_split_sets(tmp_path):
+def test_candidate_recipe_is_the_studio_one_plus_the_split_sets(tmp_path):
     from fruitpipe.training import Config
 
-    shipped, cand = rc.shipped(tmp_path), rc.candidate(tmp_path)
+    shipped, cand = rc.studio(tmp_path), rc.candidate(tmp_path)
     for name in ("train", "validation", "evaluation"):
         assert getattr(cand, name)[:len(getattr(shipped, name))] == getattr(shipped, name)
     assert [(r.parent.name, r.name) for r in cand.train[-2:]] == [("fruits_extra", "@split-train"),
@@ -117,7 +117,7 @@ def test_candidate_recipe_is_the_shipped_one_plus_the_split_sets(tmp_path):
     assert [r.name for r in cand.validation[-2:]] == ["@split-val", "@split-val"]
     assert [r.name for r in cand.evaluation[-2:]] == ["@split-test", "@split-test"]
     assert Config.from_mapping(dict(cand.hyperparameters)).not_fruit_output
-    assert not Config.from_mapping(dict(shipped.hyperparameters)).not_fruit_output  # the default is unchanged
+    assert not Config.from_mapping(dict(shipped.hyperparameters)).not_fruit_output
 
 
 def test_a_split_root_of_a_set_without_manifest_is_an_error(tmp_path):

@@ -280,3 +280,40 @@ def test_not_fruit_output_learns_from_negatives_and_old_api_shape_holds(tmp_path
     assert 0.0 <= pred.scores["not_fruit"] <= 1.0
     result = evaluate(clf, val)
     assert result["n"] == 24 and result["ood_n"] == 12
+
+
+@needs_shared
+@pytest.mark.slow
+def test_augmented_views_per_source_and_class_balance(tmp_path: Path, capsys) -> None:
+    """aug_views for every training image, aug_views_extra for every source but the first (s0 of
+    recipe.link_dataset's names), class balance on; the augmented rows join both fits (the refit
+    adds the validation images' own), never the prototypes; views come from the cache."""
+    from fruitpipe.embeddings import EmbeddingCache
+    from fruitpipe.training import Config, train
+
+    not_fruit = REPO.parent / "shared" / "data" / "not_fruit"
+    if not not_fruit.is_dir():
+        pytest.skip("../shared/data/not_fruit is not beside the checkout")
+    train_dir, val = tmp_path / "train", tmp_path / "validation"
+    for root, split, n in ((train_dir, "train", 6), (val, "val", 2)):
+        for label in LABELS:
+            (root / label).mkdir(parents=True)
+            for src in sorted((FRUITS / split / label).glob("*.jpg"))[:n]:
+                (root / label / f"s0-{src.name}").symlink_to(src)
+        (root / "not_fruit").mkdir()
+        for src in sorted((not_fruit / ("tomato" if split == "train" else "cat")).glob("*.jpg"))[:n * 2]:
+            (root / "not_fruit" / f"s1-{src.name}").symlink_to(src)
+    cfg = Config(not_fruit_output=True, epochs=2, finetune_epochs=1, hidden=16, prototypes_per_class=2,
+                 aug_views="jpeg", aug_views_extra="zoomout", balance=0.5, refit=True)
+    train(train_dir, tmp_path / "model", validation_dir=val, cache_dir=tmp_path / "cache", config=cfg)
+    out = values(capsys.readouterr().out)
+    # First fit: 36 fruit + 12 negatives in orig+flip (96 rows), jpeg of all 48, zoomout of the 12 negatives.
+    # The refit's log line comes last: + validation 12 fruit + 4 negatives in 2 views and their 16 + 4 augmented.
+    assert out["n_augmented_rows"] == str(48 + 12)
+    assert out["n_train_rows"] == str(96 + 60 + 32 + 20)
+    cache = EmbeddingCache(tmp_path / "cache")
+    views = {view for _, view in cache._q}
+    assert views == {"orig", "flip", "jpeg", "zoomout"}
+    assert sum(view == "zoomout" for _, view in cache._q) == 12 + 4
+    manifest = bundle.verify(tmp_path / "model")
+    assert manifest.raw["hyperparameters"]["aug_views"] == "jpeg"

@@ -181,6 +181,14 @@ class ShadowPointer(ABC):
     def write(self, state: dict[str, Any]) -> None:
         """Replace the state in one step (readers see the old or the new one, never a mix)."""
 
+    @abstractmethod
+    def write_counts(self, run: str, instance: str, counts: dict[str, Any]) -> None:
+        """Replace one API process's running counts for shadow ``run`` (each process owns its object)."""
+
+    @abstractmethod
+    def read_counts(self, run: str) -> dict[str, dict[str, Any]]:
+        """Every process's counts for shadow ``run``: instance -> counts (unreadable ones left out)."""
+
 
 @dataclass
 class Backend:

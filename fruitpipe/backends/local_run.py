@@ -503,7 +503,7 @@ def warm_up(store: Path) -> int:
     """Make the recipe's generated sets, the upload guard's indexes, the embedding cache of the
     recipe's images and the live model's score on the frozen evaluation set; progress in
     ``retrain/warmup.json``. Exit status 0 when done."""
-    from ..embeddings import EmbeddingCache, embed_items, list_dataset
+    from ..embeddings import EmbeddingCache, Item, embed_items
     from ..evalset import UploadGuard
     from ..classifier import Backbone
     from ..training import Config
@@ -533,7 +533,8 @@ def warm_up(store: Path) -> int:
             views = ("orig", "flip") if Config.from_mapping(dict(recipe.hyperparameters)).flip else ("orig",)
             work = ([(root, views) for root in recipe.train + recipe.validation]
                     + [(root, ("orig",)) for root in recipe.evaluation])
-            items = [(item, v) for root, v in work if Path(root).is_dir() for item in list_dataset(Path(root))]
+            # rc.images reads split roots (``<set>/@split-train``) too, not only real folders.
+            items = [(Item(path, label), v) for root, v in work for label, path in rc.images([Path(root)])]
             registry = LocalRegistry(Path(store))
             live = registry.live_version()
             # the recipe's backbone, else the live model's: the one the next retrain trains on

@@ -5,17 +5,25 @@ split into train/validation by their content hash (``sha256 mod 100 < validation
 image stays on the same side of the split in every run: the live model never trained on the images
 the candidate and the live model are compared on. Manifests use SageMaker's ``ManifestFile``
 format (a prefix, then relative keys), so each channel arrives as ``<class>/<sha256>.jpg`` folders.
+
+Origins: a filed object's ``source`` metadata says how it came (``api``, ``drop-folder``,
+``review``). The step keeps ``{sha256: source}`` for every filed image in ``origins.json`` of the
+embedding cache prefix (a filed image never changes, so only images new since the last run cost a
+``HEAD``); the cache channel brings the file to the training job, which counts the origins of its
+training images into the manifest's ``training_data.origins`` (:func:`fruitpipe.training.train`).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from .. import bundle
-from ..dataset import DATASET_PREFIX
+from ..dataset import DATASET_PREFIX, ORIGINS_FILE, UNTAGGED
 from ..labels import LABELS
 from . import guard, s3util
 
@@ -52,6 +60,32 @@ def snapshot(s3: Any, settings: Settings) -> dict[str, dict[str, list[str]]]:
             continue
         out[split_of(sha, settings.validation_percent)][parts[1]].append(f"{parts[1]}/{parts[2]}")
     return out
+
+
+def _sha(relative_key: str) -> str:
+    return relative_key.rsplit("/", 1)[-1].split(".")[0]
+
+
+def origins(s3: Any, settings: Settings, relative_keys: list[str], workers: int = 16) -> dict[str, str]:
+    """``{sha256: source}`` of every image in ``relative_keys`` (``<class>/<sha256>.<ext>`` under
+    ``dataset/``): the map kept at ``cache/embeddings/origins.json`` in the models bucket, plus a
+    ``HEAD`` of each image it lacks (``workers`` at a time), written back when it grew. An object
+    without ``source`` metadata is ``untagged``."""
+    key = f"{s3util.CACHE_PREFIX}/{ORIGINS_FILE}"
+    known = s3util.get_json(s3, settings.models_bucket, key)
+    known = dict(known) if isinstance(known, dict) else {}
+    missing = [k for k in relative_keys if _sha(k) not in known]
+
+    def source(relative_key: str) -> str:
+        head = s3.head_object(Bucket=settings.data_bucket, Key=f"{DATASET_PREFIX}/{relative_key}")
+        return str(head.get("Metadata", {}).get("source") or UNTAGGED)[:40]
+
+    if missing:
+        with ThreadPoolExecutor(workers) as pool:  # boto3 clients are thread-safe
+            for relative_key, src in zip(missing, pool.map(source, missing)):
+                known[_sha(relative_key)] = src
+        s3util.put_json(s3, settings.models_bucket, key, known)
+    return known
 
 
 def _manifest(bucket: str, keys: dict[str, list[str]]) -> bytes:
@@ -94,6 +128,8 @@ def run(s3: Any, settings: Settings, *, sfn: Any = None, ddb: Any = None,
         raise InsufficientData(
             f"need at least {settings.min_images_per_class} images per class, with at least one in "
             "validation: " + "; ".join(short))
+    tags = origins(s3, settings, [k for split in snap.values() for keys in split.values() for k in keys])
+    train_origins = Counter(tags[_sha(k)] for keys in snap["train"].values() for k in keys)
     version = version or bundle.new_version(salt=execution_arn or "")
     run_prefix = f"{s3util.RUNS_PREFIX}/{version}"
     mb = settings.models_bucket
@@ -113,6 +149,7 @@ def run(s3: Any, settings: Settings, *, sfn: Any = None, ddb: Any = None,
         "cache_uri": f"s3://{mb}/{s3util.CACHE_PREFIX}/",
         "output_uri": f"s3://{mb}/{s3util.RUNS_PREFIX}/",
         "counts": counts,
+        "origins": dict(sorted(train_origins.items())),  # of the train split
         "n_train": sum(len(v) for v in snap["train"].values()),
         "n_validation": sum(len(v) for v in snap["validation"].values()),
         "new_images": new_images,

@@ -20,6 +20,7 @@ from fruitpipe import aws_metrics
 from fruitpipe.backends import aws_http
 from fruitpipe.backends.aws import AwsConfig, SecretsManagerToken, create_aws_backend
 from fruitpipe.models_path import default_model_dir
+from fruitpipe.rollback import RollbackBars
 
 # The most a request body can be and still reach this function (fruitpipe.api.settings explains
 # the figure); the app answers 413 above it, naming POST /upload-url for bigger files.
@@ -39,6 +40,9 @@ def build() -> Mangum:
         backbone_path=Path(backbone) if backbone else None,
         max_request_bytes=MAX_REQUEST_BYTES,
         large_upload_route="/upload-url",
+        # Each instance sees only its share of the traffic: the rollback decision is the PostPromotion
+        # alarm's, on metrics CloudWatch pools over every instance (fruitpipe.rollback).
+        rollback_bars=RollbackBars(enabled=False),
     )
     app = create_app(backend, settings)
     aws_http.install(app)

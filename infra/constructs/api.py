@@ -154,18 +154,22 @@ class Api(Construct):
     def _grant(self) -> None:
         """Least privilege, by prefix: what the app reads and writes, and nothing else."""
         data, models = self.storage.data_bucket, self.storage.models_bucket
+        # shadow-stats/: each instance's running shadow counts, summed by whichever decides (fruitpipe.shadow)
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadModels", actions=["s3:GetObject"],
             resources=[models.arn_for_objects("versions/*"), models.arn_for_objects("rejected/*"),
-                       models.arn_for_objects("live.json"), models.arn_for_objects("shadow.json")]))
+                       models.arn_for_objects("live.json"), models.arn_for_objects("shadow.json"),
+                       models.arn_for_objects("shadow-stats/*")]))
         self.role.add_to_policy(iam.PolicyStatement(
             sid="MoveLivePointer", actions=["s3:PutObject"],
-            resources=[models.arn_for_objects("live.json"), models.arn_for_objects("shadow.json")]))
+            resources=[models.arn_for_objects("live.json"), models.arn_for_objects("shadow.json"),
+                       models.arn_for_objects("shadow-stats/*")]))
         # ListBucket only under the prefixes the app reads; S3 also checks it (with the key as
         # s3:prefix) to answer a HEAD of a missing key 404 rather than 403.
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ListModels", actions=["s3:ListBucket"], resources=[models.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": ["versions/*", "rejected/*", "live.json", "shadow.json"]}}))
+            conditions={"StringLike": {"s3:prefix": ["versions/*", "rejected/*", "live.json", "shadow.json",
+                                                     "shadow-stats/*"]}}))
         # HEAD on dataset/ (de-duplication) needs GetObject. Writes there must be conditional
         # (If-None-Match: the data bucket's policy denies the others), so a filed image is never
         # overwritten. PutObject on incoming/ is what presigned upload forms carry.
@@ -191,8 +195,8 @@ class Api(Construct):
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadAdminToken", actions=["secretsmanager:GetSecretValue"],
             resources=[self.admin_token.secret_arn]))
-        for resource in ("versions/*", "rejected/*", "dataset/*", "incoming/*", "capture/*"):
-            bucket = models if resource in ("versions/*", "rejected/*") else data
+        for resource in ("versions/*", "rejected/*", "shadow-stats/*", "dataset/*", "incoming/*", "capture/*"):
+            bucket = models if resource in ("versions/*", "rejected/*", "shadow-stats/*") else data
             acknowledge(self.role, iam5_object_finding(bucket, resource),
                         f"Objects under one prefix ({resource}) of one bucket: keys are not known in advance.")
 

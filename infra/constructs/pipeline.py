@@ -174,8 +174,8 @@ class RetrainPipeline(Construct):
                     "cache/embeddings/*": "embedding-cache shards, named by image hash",
                     "versions/*": "immutable model versions, named at training time",
                     "rejected/*": "rejected candidates, named at training time",
-                    "dataset/*": "filed images, named by content hash"}
-        grants = {self.prepare_fn.role: ["runs/*"], self.evaluate_fn.role: ["runs/*", "cache/embeddings/*",
+                    "dataset/*": "filed images, named by content hash (Prepare: a HEAD for the origin)"}
+        grants = {self.prepare_fn.role: ["runs/*", "dataset/*"], self.evaluate_fn.role: ["runs/*", "cache/embeddings/*",
                   "versions/*", "dataset/*"], self.publish_fn.role: ["runs/*", "versions/*"],
                   self.reject_fn.role: ["runs/*", "rejected/*"],
                   self.training_role: ["runs/*", "cache/embeddings/*", "versions/*", "dataset/*"]}
@@ -232,8 +232,11 @@ class RetrainPipeline(Construct):
         r = self.prepare_fn.role
         self._list(r, "ListDataset", data, "dataset/*")
         self._list(r, "ListModels", models)  # HeadObject of a missing key answers 404 only with ListBucket
-        self._objects(r, "WriteRunInputs", put, models, "runs/*", "cache/embeddings/.keep")
-        self._objects(r, "ReadCacheMarker", get, models, "cache/embeddings/.keep")
+        self._objects(r, "WriteRunInputs", put, models, "runs/*", "cache/embeddings/.keep",
+                      "cache/embeddings/origins.json")
+        self._objects(r, "ReadCacheMarker", get, models, "cache/embeddings/.keep", "cache/embeddings/origins.json")
+        # HEAD of each filed image new since the last run: its "source" metadata (its origin)
+        self._objects(r, "ReadDatasetOrigins", get, data, "dataset/*")
         # live.json: the live version, which fills the base_model channel of a warm start
         self._objects(r, "ReadLivePointer", get, models, "live.json")
         r.add_to_principal_policy(iam.PolicyStatement(sid="ReadCounter", actions=["dynamodb:GetItem"],

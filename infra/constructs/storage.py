@@ -101,6 +101,10 @@ class Storage(Construct):
             lifecycle_rules=[
                 s3.LifecycleRule(id="expire-old-object-versions",
                                  noncurrent_version_expiration=Duration.days(NONCURRENT_MODEL_VERSIONS_DAYS)),
+                # each API instance's running shadow counts (fruitpipe.shadow): rewritten every
+                # few seconds while a shadow runs, worth nothing once it is decided
+                s3.LifecycleRule(id="expire-shadow-stats", prefix="shadow-stats/", expiration=Duration.days(30),
+                                 noncurrent_version_expiration=Duration.days(1)),
                 s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(1)),
             ],
             **common,

@@ -13,6 +13,7 @@ import numpy as np
 from fruitpipe import bundle
 from fruitpipe.backends.aws import S3ModelRegistry
 from fruitpipe.backends.shadow_pointers import S3ShadowPointer
+from fruitpipe.shadow import Bounds
 from tests.aws.conftest import FakeContext, http_api_event, jpeg, multipart, response_json
 from tests.conftest import DEFAULT_MODEL, needs_shared
 
@@ -28,30 +29,36 @@ def test_s3_shadow_pointer_round_trip(aws):
     assert pointer.read() is None
 
 
-def shuffled_bundle(tmp_path, version: str):  # type: ignore[no-untyped-def]
+def shuffled_bundle(tmp_path, version: str, shuffle: bool = True):  # type: ignore[no-untyped-def]
+    """The shipped model as ``version``: with its classes permuted, or (``shuffle=False``) as it is."""
     dest = tmp_path / version
     shutil.copytree(DEFAULT_MODEL, dest)
-    head = dict(np.load(dest / "head.npz"))
-    order = [3, 4, 5, 0, 1, 2]
-    head["kernel_1"], head["bias_1"] = head["kernel_1"][:, order], head["bias_1"][order]
-    out = io.BytesIO()
-    np.savez(out, **head)
-    (dest / "head.npz").write_bytes(out.getvalue())
     manifest = json.loads((dest / bundle.MANIFEST).read_text())
     manifest["version"] = version
-    manifest["files"]["head.npz"] = bundle.sha256_bytes(out.getvalue())
+    if shuffle:
+        head = dict(np.load(dest / "head.npz"))
+        order = [3, 4, 5, 0, 1, 2]
+        head["kernel_1"], head["bias_1"] = head["kernel_1"][:, order], head["bias_1"][order]
+        out = io.BytesIO()
+        np.savez(out, **head)
+        (dest / "head.npz").write_bytes(out.getvalue())
+        manifest["files"]["head.npz"] = bundle.sha256_bytes(out.getvalue())
     (dest / bundle.MANIFEST).write_text(json.dumps(manifest))
     bundle.verify(dest)
     return dest
 
 
-@needs_shared
-def test_shadow_through_the_lambda_handler(aws, monkeypatch, tmp_path):
+def lambda_env(aws, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     for k, v in aws["env"].items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("FRUITPIPE_MODEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FRUITPIPE_MODEL_REFRESH_SECONDS", "0")
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "fruitpipe-api")
+
+
+@needs_shared
+def test_shadow_through_the_lambda_handler(aws, monkeypatch, tmp_path):
+    lambda_env(aws, monkeypatch, tmp_path)
     reg = S3ModelRegistry(aws["models"], tmp_path / "reg", s3=aws["s3"])
     bad = reg.publish(shuffled_bundle(tmp_path, "v20990101-000000-bbbbbb"))
     from functions.api import handler as module
@@ -95,3 +102,91 @@ def test_the_publish_step_can_start_a_shadow_instead_of_going_live(aws, tmp_path
     state = S3ShadowPointer(models, s3=s3).read()
     assert state["version"] == out["version"] and state["status"] == "running" and state["requests"] == 50
     assert state["live"] == live
+
+
+class Instance:
+    """One Lambda execution environment of the API function: its own build of the app."""
+
+    def __init__(self) -> None:
+        from functions.api import handler as module
+        self.mangum = module.build()
+        self.app = self.mangum.app
+
+    def call(self, method: str, path: str, **kw):  # type: ignore[no-untyped-def]
+        resp = self.mangum(http_api_event(method, path, **kw), FakeContext())
+        return resp["statusCode"], response_json(resp)
+
+    def predict(self, seed: int) -> dict:
+        body, ctype = multipart({}, [("file", "a.jpg", jpeg(seed=seed), "image/jpeg")])
+        status, answer = self.call("POST", "/predict", body=body, headers={"content-type": ctype})
+        assert status == 200, answer
+        return answer
+
+
+ADMIN = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
+
+
+@needs_shared
+def test_two_lambda_instances_pool_their_shadow_counts_in_s3(aws, monkeypatch, tmp_path):
+    """A shadow of 6 requests: 3 reach one instance, 3 another; each instance's counts are an object
+    under shadow-stats/ in the models bucket, and the instance that sees the sum reach 6 promotes."""
+    lambda_env(aws, monkeypatch, tmp_path)
+    reg = S3ModelRegistry(aws["models"], tmp_path / "reg", s3=aws["s3"])
+    good = reg.publish(shuffled_bundle(tmp_path, "v20990101-000000-aaaaaa", shuffle=False))
+    a, b = Instance(), Instance()
+    for inst in (a, b):
+        inst.app.state.fruitpipe.shadow.flush_seconds = 0.0  # share the counts after every request
+        # what is pooled is under test here, not latency: a p95 of 6 on a busy machine is noise
+        inst.app.state.fruitpipe.shadow.bounds = Bounds(max_latency_ratio=1e9)
+    status, state = a.call("POST", f"/models/{good}/shadow", body=json.dumps({"requests": 6}).encode(), headers=ADMIN)
+    assert status == 200, state
+    live = a.call("GET", "/models")[1]["live"]
+    for seed in range(3):
+        assert a.predict(seed)["model_version"] == live
+    keys = [o["Key"] for o in aws["s3"].list_objects_v2(Bucket=aws["models"], Prefix="shadow-stats/")["Contents"]]
+    assert len(keys) == 1 and json.loads(aws["s3"].get_object(Bucket=aws["models"], Key=keys[0])["Body"].read())["n"] == 3
+    for seed in range(3, 5):
+        assert b.predict(seed)["model_version"] == live
+    assert b.call("GET", "/models")[1]["shadow"]["status"] == "running"
+    b.predict(5)
+    shadow = json.loads(aws["s3"].get_object(Bucket=aws["models"], Key="shadow.json")["Body"].read())
+    assert shadow["status"] == "promoted" and shadow["result"]["n"] == 6 and shadow["result"]["agreement"] == 1.0, (
+        shadow["reason"], shadow["result"])
+    assert a.call("GET", "/models")[1]["live"] == good
+
+
+@needs_shared
+def test_a_shadow_past_its_deadline_is_held_on_aws(aws, monkeypatch, tmp_path):
+    """No request reaches the shadow; the first GET /models after its deadline holds it, in S3."""
+    from datetime import datetime, timedelta, timezone
+    lambda_env(aws, monkeypatch, tmp_path)
+    reg = S3ModelRegistry(aws["models"], tmp_path / "reg", s3=aws["s3"])
+    cand = reg.publish(shuffled_bundle(tmp_path, "v20990101-000000-cccccc", shuffle=False))
+    inst = Instance()
+    now = [datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)]
+    inst.app.state.fruitpipe.shadow.clock = lambda: now[0]
+    status, state = inst.call("POST", f"/models/{cand}/shadow", headers=ADMIN,
+                              body=json.dumps({"requests": 100, "seconds": 300}).encode())
+    assert status == 200 and state["deadline"] == "2026-11-30T12:05:00Z", state
+    assert inst.call("GET", "/models")[1]["shadow"]["status"] == "running"
+    now[0] += timedelta(seconds=300)
+    shadow = inst.call("GET", "/models")[1]["shadow"]
+    assert shadow["status"] == "held" and shadow["reason_code"] == "shadow_timeout", shadow
+    stored = json.loads(aws["s3"].get_object(Bucket=aws["models"], Key="shadow.json")["Body"].read())
+    assert stored["status"] == "held" and stored["reason"].startswith("shadow_timeout: 0 of 100")
+
+
+@needs_shared
+def test_the_in_process_rollback_guard_is_off_on_aws(aws, monkeypatch, tmp_path):
+    """On AWS the rollback decision is the pooled alarms' (PostPromotion -> rollback Lambda): an
+    instance never rolls back on its own share of the traffic."""
+    lambda_env(aws, monkeypatch, tmp_path)
+    reg = S3ModelRegistry(aws["models"], tmp_path / "reg", s3=aws["s3"])
+    other = reg.publish(shuffled_bundle(tmp_path, "v20990101-000000-dddddd", shuffle=False))
+    inst = Instance()
+    guard = inst.app.state.fruitpipe.rollback
+    assert guard.bars.enabled is False
+    assert inst.call("POST", f"/models/{other}/activate", headers=ADMIN)[0] == 200
+    for seed in range(3):
+        assert inst.predict(seed)["model_version"] == other
+    assert guard._watch is None and inst.call("GET", "/models")[1]["rollbacks"] == []

@@ -36,9 +36,13 @@ class Clients:
         return self._make({"awslambda": "lambda"}.get(name, name))
 
 
+SOURCES = ("api", "drop-folder", "review")  # the "source" metadata each filing path sets
+
+
 def file_images(s3: Any, bucket: str, *, start: int = 0, train: int, validation: int) -> int:
     """File real photos as ingest does (``dataset/<class>/<sha256>.jpg``): per class ``train``
-    images of the train split and ``validation`` of the validation split (the split is by hash)."""
+    images of the train split and ``validation`` of the validation split (the split is by hash);
+    the n-th filed image carries ``source`` metadata ``SOURCES[n % 3]``."""
     from fruitpipe import dataset
     from fruitpipe.labels import LABELS
     from fruitpipe.pipeline.prepare import split_of
@@ -49,7 +53,7 @@ def file_images(s3: Any, bucket: str, *, start: int = 0, train: int, validation:
             filed = dataset.prepare(label, path.read_bytes())
             side = split_of(filed.key.split("/")[-1].split(".")[0], 10)
             if want[side] > 0:
-                s3.put_object(Bucket=bucket, Key=filed.key, Body=filed.data)
+                s3.put_object(Bucket=bucket, Key=filed.key, Body=filed.data, Metadata={"source": SOURCES[n % 3]})
                 want[side] -= 1
                 n += 1
             if not any(want.values()):
@@ -175,6 +179,12 @@ def test_first_run_trains_cold_and_promotes(cloud):
     assert manifest["lineage"] == {"training_job": job, "execution_arn": ex["executionArn"], "base_model": None,
                                    "snapshot": out["prepare"]["snapshot_uri"]}
     assert get_json(cloud, out["prepare"]["snapshot_uri"].split("/", 3)[3])["version"] == out["prepare"]["version"]
+    # origins: Prepare reads each filed object's "source" into cache/embeddings/origins.json, the
+    # cache channel brings it to the job, which counts its training images' origins
+    origins = manifest["training_data"]["origins"]
+    assert origins == out["prepare"]["origins"] and set(origins) == set(SOURCES), (origins, out["prepare"])
+    assert sum(origins.values()) == out["prepare"]["n_train"] == 6 * TRAIN_PER_CLASS
+    assert len(get_json(cloud, "cache/embeddings/origins.json")) == 6 * (TRAIN_PER_CLASS + VALIDATION_PER_CLASS)
     assert counter(cloud) == 0  # consumed by the run that ended
     st = trainer(cloud).status()
     assert st.state == "succeeded" and st.result["training_job"] == job and st.result["training_status"] == "Completed"

@@ -77,7 +77,7 @@ def main() -> int:
         x = features(x)
     w = head.kernels[-1].copy()
     b = head.biases[-1].copy()
-    onehot = np.eye(len(LABELS), dtype=np.float32)[y]
+    onehot = np.eye(w.shape[1], dtype=np.float32)[y]  # 6 outputs, or 7 with a not_fruit output (issue 11)
     lr = 0.05 if args.mode == "good" else 0.5
     steps = 200
     for step in range(steps):

@@ -168,7 +168,8 @@ def test_least_privilege_iam(synthesized):
                 # object ARNs are scoped to a bucket (a GetAtt) and one prefix
                 assert any(isinstance(p, dict) for p in parts), (name, r)
                 assert suffix.strip("/") in {"versions/*", "rejected/*", "live.json", "dataset/*",
-                                             "incoming/*", "quarantine/*", "capture/*", "shadow.json"}, (name, suffix)
+                                             "incoming/*", "quarantine/*", "capture/*", "shadow.json",
+                                             "shadow-stats/*"}, (name, suffix)
     assert seen >= 8
     assert not resources(tpl, "AWS::IAM::ManagedPolicy")
     for role in resources(tpl, "AWS::IAM::Role").values():
@@ -212,6 +213,10 @@ def test_data_bucket_is_versioned_and_dataset_is_write_once(synthesized):
     assert capture["Prefix"] == "capture/" and capture["Status"] == "Enabled"
     assert capture["ExpirationInDays"] == CAPTURE_RETENTION_DAYS == 30
     assert capture["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
+    models = next(b["Properties"] for k, b in resources(tpl, "AWS::S3::Bucket").items() if k.startswith("StorageModels"))
+    stats = {r["Id"]: r for r in models["LifecycleConfiguration"]["Rules"]}["expire-shadow-stats"]
+    assert stats["Prefix"] == "shadow-stats/" and stats["ExpirationInDays"] == 30
+    assert stats["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
     (api_fn,) = [f for f in functions(tpl).values() if f["Environment"]["Variables"].get("FRUITPIPE_CAPTURE_RETENTION_DAYS")]
     assert api_fn["Environment"]["Variables"]["FRUITPIPE_CAPTURE_RETENTION_DAYS"] == "30"  # the app prunes at the same age
     assert "CorsConfiguration" not in data  # no uploadOrigins: no browser may POST to the bucket
@@ -224,7 +229,8 @@ def test_data_bucket_is_versioned_and_dataset_is_write_once(synthesized):
 
 def test_list_bucket_only_under_the_prefixes_each_role_reads(synthesized):
     tpl, _ = synthesized
-    expected = {"ApiRole": [{"dataset/*"}, {"versions/*", "rejected/*", "live.json", "shadow.json"}, {"capture/*"}],
+    expected = {"ApiRole": [{"dataset/*"}, {"versions/*", "rejected/*", "live.json", "shadow.json", "shadow-stats/*"},
+                            {"capture/*"}],
                 "IngestRole": [{"incoming/*", "dataset/*"}]}
     for role, prefixes in expected.items():
         lists = [st for st in _role_statements(tpl, role)
@@ -239,7 +245,8 @@ def test_api_and_ingest_object_permissions(synthesized):
     tpl, _ = synthesized
     api = _role_statements(tpl, "ApiRole")
     puts = set().union(*(_suffixes(st) for st in api if "s3:PutObject" in _actions(st)))
-    assert puts == {"dataset/*", "incoming/*", "live.json", "shadow.json", "capture/*"}  # dataset/: If-None-Match only
+    assert puts == {"dataset/*", "incoming/*", "live.json", "shadow.json", "shadow-stats/*",
+                    "capture/*"}  # dataset/: If-None-Match only
     deletes = [st for st in api if any(a.startswith("s3:Delete") for a in _actions(st))]
     assert [_suffixes(st) for st in deletes] == [{"capture/*"}]  # pruning captured predictions, nothing else
     ingest = _role_statements(tpl, "IngestRole")

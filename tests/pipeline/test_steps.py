@@ -13,7 +13,7 @@ import pytest
 from fruitpipe import bundle
 from fruitpipe.backends.base import RetrainRunning
 from fruitpipe.pipeline import evaluate, prepare, publish, report, s3util, trainer, trigger
-from tests.conftest import needs_shared
+from tests.conftest import FRUITS, needs_shared
 from tests.pipeline.conftest import archive, fill_dataset, make_bundle, simple_evaluate
 
 pytestmark = needs_shared
@@ -52,6 +52,40 @@ def upload_candidate(s3, bundle_dir: Path, extra: dict[str, bytes] | None = None
 
 # --- prepare ------------------------------------------------------------------------------------
 
+def test_prepare_reads_each_new_images_source_once(aws, tmp_path):
+    """The origins map in the cache prefix grows by the images filed since; a filed image is never
+    HEADed again (its metadata cannot change: dataset/ is write-once)."""
+    from fruitpipe import dataset
+    from fruitpipe.labels import LABELS
+    s3 = aws.s3
+    for b in ("fp-data-o", "fp-models-o"):
+        s3.create_bucket(Bucket=b)
+    cfg = prepare.Settings("fp-data-o", "fp-models-o", None, min_images_per_class=2, validation_percent=50)
+    sources: dict[str, str] = {}
+    for label in LABELS:
+        for i, p in enumerate(sorted((FRUITS / "test" / label).glob("*.jpg"))[:6]):
+            filed = dataset.prepare(label, p.read_bytes())
+            sources[filed.key.split("/")[-1].split(".")[0]] = ("review", "api", "untagged")[i % 3]
+            meta = {} if i % 3 == 2 else {"source": sources[filed.key.split("/")[-1].split(".")[0]]}
+            s3.put_object(Bucket="fp-data-o", Key=filed.key, Body=filed.data, Metadata=meta)
+    out = prepare.run(s3, cfg, version="v-origins")
+    assert s3util.get_json(s3, "fp-models-o", "cache/embeddings/origins.json") == sources
+    train = json.loads(s3.get_object(Bucket="fp-models-o", Key="runs/v-origins/train.manifest")["Body"].read())[1:]
+    expected: dict[str, int] = {}
+    for key in train:
+        tag = sources[key.split("/")[-1].split(".")[0]]
+        expected[tag] = expected.get(tag, 0) + 1
+    assert out["origins"] == dict(sorted(expected.items())) and sum(expected.values()) == out["n_train"]
+    # a tag changed behind prepare's back is not re-read: the map, not a HEAD, answers for known images
+    key = next(iter(train))
+    s3.put_object(Bucket="fp-data-o", Key=f"dataset/{key}", Body=b"x", Metadata={"source": "changed"})
+    new = dataset.prepare("freshapples", (FRUITS / "train" / "freshapples").glob("*.jpg").__next__().read_bytes())
+    s3.put_object(Bucket="fp-data-o", Key=new.key, Body=new.data, Metadata={"source": "drop-folder"})
+    prepare.run(s3, cfg, version="v-origins-2")
+    after = s3util.get_json(s3, "fp-models-o", "cache/embeddings/origins.json")
+    assert after == {**sources, new.key.split("/")[-1].split(".")[0]: "drop-folder"}
+
+
 def test_prepare_refuses_too_few_images(env):
     with pytest.raises(prepare.InsufficientData, match="at least 50 images per class"):
         prepare.run(env["s3"], settings(min_images_per_class=50))
@@ -68,6 +102,9 @@ def test_prepare_snapshots_manifests_and_reads_the_counter(env, aws):
     val = json.loads(env["s3"].get_object(Bucket=MODELS, Key="runs/v-prep/validation.manifest")["Body"].read())
     assert not set(entries[1:]) & set(val[1:]), "an image is in both splits"
     assert s3util.exists(env["s3"], MODELS, "cache/embeddings/.keep")
+    # no filed image here carries "source" metadata: every one is untagged, each HEADed once
+    assert out["origins"] == {"untagged": out["n_train"]}
+    assert set(s3util.get_json(env["s3"], MODELS, "cache/embeddings/origins.json").values()) == {"untagged"}
 
     def count() -> str:
         return aws.dynamodb.get_item(TableName=TABLE, Key={"id": {"S": "new-images"}})["Item"]["count"]["N"]

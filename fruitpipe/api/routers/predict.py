@@ -14,6 +14,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, File, Query, Request, U
 from ... import imaging
 from ...explain import CannotExplain, explain as explanation_of
 from ...labels import LABELS
+from ...shadow import predict_live
 from ..deps import state
 from ..errors import ApiError, image_error
 from ..schemas import BatchItem, BatchResponse, Explanation, PredictionResponse
@@ -70,9 +71,9 @@ def predict(request: Request, tasks: BackgroundTasks,
         image = imaging.load_image(data, size=clf.size)
     except imaging.InvalidImage as exc:
         raise image_error(exc) from None
-    t_infer = time.perf_counter()
-    pred = clf.predict_arrays(image[None])[0]
-    tasks.add_task(st.shadow.offer, image, pred, (time.perf_counter() - t_infer) * 1000)  # after the answer
+    live = predict_live(clf, image)  # = clf.predict_arrays, keeping the backbone outputs for the shadow
+    pred = live.prediction
+    tasks.add_task(st.shadow.offer, live)  # after the answer
     explanation = None
     if explain:
         try:

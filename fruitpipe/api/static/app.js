@@ -327,13 +327,18 @@ async function predictBatch(files) {
       const r = answer.results[i] || { ok: false, error: "missing", detail: "no answer for this file" };
       const url = URL.createObjectURL(photo.blob); batchUrls.push(url);
       const p = r.prediction;
+      const feedback = h("td", { class: "fb" });
       const tr = h("tr", { "data-verdict": p?.verdict || "error" },
         h("td", {}, thumbnail(url)),
         h("td", { class: "fname" }, photo.filename),
         h("td", {}, p ? h("span", { class: `pill v-${p.verdict}` }, verdictText(p.verdict)) : h("span", { class: "pill rejected" }, r.error || "error")),
         h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : (r.detail || "")),
-        h("td", { class: "num" }, p ? pct(p.confidence) : "–"));
+        h("td", { class: "num" }, p ? pct(p.confidence) : "–"),
+        feedback);
       tbody.append(tr);
+      // "Wrong? tell us" in the row (feedback.js), named after the photo for screen readers
+      if (p) document.dispatchEvent(new CustomEvent("fruitpipe:prediction",
+        { detail: { prediction: p, container: feedback, subject: photo.filename } }));
       rows.push([photo.filename, p?.verdict ?? "", p?.predicted_class ?? "", p ? p.confidence.toFixed(4) : "",
         p?.model_version ?? "", p ? "" : `${r.error}: ${r.detail || ""}`]);
     });

@@ -1,6 +1,7 @@
 // "Wrong? tell us" under each prediction result. Self-contained: the dashboard announces each
-// answer with a `fruitpipe:prediction` event ({prediction, container}); this adds a small form to
-// the container that POSTs /feedback {prediction_id, correct}. Text only, never innerHTML.
+// answer with a `fruitpipe:prediction` event ({prediction, container, subject?}: the single result,
+// or one row of a batch, whose photo's name is the subject); this adds a small form to the
+// container that POSTs /feedback {prediction_id, correct}. Text only, never innerHTML.
 "use strict";
 
 (() => {
@@ -15,11 +16,13 @@
     return n;
   }
 
-  function widget(prediction) {
+  function widget(prediction, subject) {
     const box = make("div", { class: "feedback small", "data-prediction-id": prediction.prediction_id });
-    const open = make("button", { type: "button", class: "link feedback-open" }, "Wrong? tell us");
+    // the visible text starts the accessible name (WCAG 2.5.3), the photo tells the rows apart
+    const about = subject ? { "aria-label": `Wrong? tell us about ${subject}` } : {};
+    const open = make("button", { type: "button", class: "link feedback-open", ...about }, "Wrong? tell us");
     const form = make("form", { class: "feedback-form", hidden: "" });
-    const select = make("select", { "aria-label": "the right answer" });
+    const select = make("select", { "aria-label": subject ? `the right answer for ${subject}` : "the right answer" });
     for (const [value, text] of ANSWERS) select.append(make("option", { value }, text));
     const send = make("button", { type: "submit" }, "Send");
     const note = make("span", { class: "muted feedback-note", role: "status" });
@@ -90,9 +93,9 @@
   else learningCards();
 
   document.addEventListener("fruitpipe:prediction", (ev) => {
-    const { prediction, container } = ev.detail || {};
+    const { prediction, container, subject } = ev.detail || {};
     if (!prediction?.prediction_id || !container) return;
     container.querySelectorAll(":scope > .feedback").forEach((n) => n.remove());
-    container.append(widget(prediction));
+    container.append(widget(prediction, subject));
   });
 })();
