@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STORE ?= var
 
-.PHONY: setup run test test-fast synth layer bench report load-test cloud-demo train-default clean
+.PHONY: setup run test test-fast synth layer bench report load-test cloud-demo train-default compare notebook clean
 
 SERVE_STAMP := $(VENV)/.serve-installed
 
@@ -65,6 +65,13 @@ report: $(STAMP)  ## print the results tables from results/*.json and refresh do
 
 train-default: $(STAMP)  ## retrain the shipped model from ../shared/data/fruits
 	$(PY) scripts/train_default.py
+
+compare: $(STAMP)  ## train, score and time every model variant on the same splits → results/compare.json, compare.png (≤ 30 min)
+	$(VENV)/bin/fruitpipe compare --out results
+	$(PY) scripts/report.py --write
+
+notebook: $(STAMP)  ## execute notebooks/fruit_classification.ipynb → results/notebook.html (rendered, with outputs)
+	$(VENV)/bin/jupyter nbconvert --to html --execute notebooks/fruit_classification.ipynb --output-dir results --output notebook
 
 clean:
 	rm -rf $(VENV) cdk.out layers/build .pytest_cache

@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .commands import aws as _aws_commands  # noqa: F401  (upload)
     from .commands import ml  # noqa: F401  (registers train, evaluate)
     from .commands import retrain  # noqa: F401  (retrain --aws, models --aws)
+    from .commands import compare  # noqa: F401  (registers compare)
     parser = argparse.ArgumentParser(prog="fruitpipe", description="Fresh-vs-rotten fruit classifier.")
     parser.add_argument("--version", action="version", version=f"fruitpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

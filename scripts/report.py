@@ -112,6 +112,41 @@ def second_look_table() -> list[str]:
     return rows + [""]
 
 
+def compare_table() -> list[str]:
+    """``fruitpipe compare``'s table (results/compare.json; a ``--quick`` run's JSON says so in the heading)."""
+    c = load("compare.json") or load("compare_quick.json")
+    if not c:
+        return []
+    n = c["protocol"]["n"]
+    sets = next(iter(c["variants"].values()))["test"]["sets"]
+    quick = " **QUICK run on small subsets, not the full comparison**" if c["quick"] else ""
+    rows = [f"### Model comparison (`make compare`; {c['when']}, {c['seconds'] / 60:.0f} min){quick}", "",
+            f"Every variant trained on the same splits with the same recipe (`fruitpipe.recipe.candidate`: train n={n['train']}, "
+            f"validation n={n['validation']}); test: `fruits/test` n={sets['fruits/test']['n']}, `fruits_extra` test split "
+            f"n={sets['fruits_extra/test']['n']}, `not_fruit` test split n={sets['not_fruit/test']['n']} (read once, chose nothing). "
+            "Accuracy counts a rejected fruit photo as wrong; precision and recall are macro over the six classes on the "
+            "three test sets together; latency is the whole predict path of a 640x480 JPEG on 1 thread, "
+            f"medians of one interleaved run (load average {c['load_average'][0]:.1f} at its end); training is the job's "
+            "wall time, embedding photos not yet in the cache included. Validation (the val splits + generated "
+            "not-fruit) calibrated each model; a bundle's val figures are scored before its train + validation refit.", "",
+            "| model | val accuracy / not-fruit rejected | fruits/test acc. / macro-F1 | fruits_extra/test acc. / macro-F1 | precision | recall "
+            "| not_fruit/test rejected | fruit loss | parameters | file size | latency | training |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for name, r in c["variants"].items():
+        t, s_ = r["test"], r["test"]["sets"]
+        title = r["title"] + (f" [{len(notes) + 1}]" if r.get("note") else "")
+        if r.get("note"):
+            notes.append(f"[{len(notes) + 1}] {r['title']}: {r['note']}.")
+        rows.append(f"| {title} | {pct(r['validation']['accuracy'])} / {pct(r['validation']['ood_rejected_rate'])} "
+                    f"| {pct(s_['fruits/test']['accuracy'])} / {pct(s_['fruits/test']['macro_f1'])} "
+                    f"| {pct(s_['fruits_extra/test']['accuracy'])} / {pct(s_['fruits_extra/test']['macro_f1'])} "
+                    f"| {pct(t['precision'])} | {pct(t['recall'])} | {pct(t['not_fruit_rejected_rate'])} "
+                    f"| {pct(t['fruit_loss_rate'])} | {r['params'] / 1e6:.2f} M | {r['file_bytes'] / 1e6:.2f} MB "
+                    f"| {r['latency']['median_ms']:.1f} ms | {r['train_seconds']:.0f} s |")
+    return rows + [""] + ([" ".join(notes), ""] if notes else [])
+
+
 def speed_table() -> list[str]:
     rows = ["### Speed (`make bench`)", "", "| what | result | baseline, same run | target | |",
             "|---|---:|---:|---:|---|"]
@@ -289,7 +324,7 @@ def cloud_table() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(model_table() + speed_table() + retrain_loop_table() + learning_table() + load_table()
+    return "\n".join(model_table() + compare_table() + speed_table() + retrain_loop_table() + learning_table() + load_table()
                      + cloud_table()).rstrip() + "\n"
 
 
