@@ -1,7 +1,8 @@
 """Render results/*.json (written by the benchmark, training and load-test scripts) as markdown.
 
 ``python scripts/report.py`` prints the results tables; ``--write`` also puts them into README.md and
-docs/benchmarks.md between their markers, so no figure in the docs is typed by hand.
+docs/benchmarks.md between their markers, and the model comparison into the dashboard's
+``fruitpipe/api/static/compare.json``, so no figure in the docs is typed by hand.
 """
 
 from __future__ import annotations
@@ -145,6 +146,25 @@ def compare_table() -> list[str]:
                     f"| {pct(t['fruit_loss_rate'])} | {r['params'] / 1e6:.2f} M | {r['file_bytes'] / 1e6:.2f} MB "
                     f"| {r['latency']['median_ms']:.1f} ms | {r['train_seconds']:.0f} s |")
     return rows + [""] + ([" ".join(notes), ""] if notes else [])
+
+
+DASHBOARD_COMPARE = REPO / "fruitpipe" / "api" / "static" / "compare.json"
+
+
+def dashboard_compare() -> dict[str, Any] | None:
+    """The comparison as the dashboard's model card shows it (``fruitpipe/api/static/compare.json``,
+    served with the page, so it ships in the package and the Lambda asset too)."""
+    c = load("compare.json")
+    if not c:
+        return None
+    return {"when": c["when"], "rows": [
+        {"name": name, "title": r["title"], "backbone": r.get("backbone"),
+         "val_accuracy": r["validation"]["accuracy"], "val_not_fruit_rejected": r["validation"]["ood_rejected_rate"],
+         "fruits_test_accuracy": r["test"]["sets"]["fruits/test"]["accuracy"],
+         "fruits_extra_test_accuracy": r["test"]["sets"]["fruits_extra/test"]["accuracy"],
+         "not_fruit_test_rejected": r["test"]["not_fruit_rejected_rate"],
+         "latency_ms": r["latency"]["median_ms"], "file_mb": round(r["file_bytes"] / 1e6, 2)}
+        for name, r in c["variants"].items()]}
 
 
 def speed_table() -> list[str]:
@@ -340,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
             old = doc.read_text()
             doc.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),
                                   lambda _: BEGIN + "\n" + body + END, old, flags=re.S))
+        compare = dashboard_compare()
+        if compare:
+            DASHBOARD_COMPARE.write_text(json.dumps(compare, indent=1) + "\n")
     return 0
 
 

@@ -449,6 +449,14 @@ def test_every_view_accessible_and_fits(browser, tmp_path, size):
             page.keyboard.press("Enter")
             page.wait_for_function("window.__picked !== null", timeout=10_000)
             assert page.evaluate("window.__picked") is True
+        # the architecture comparison (static/compare.json from scripts/report.py), the live one marked
+        page.wait_for_selector("#compare-box:not([hidden])")
+        page.click("#compare-box summary")
+        rows = page.eval_on_selector_all("#compare-table tbody tr", "els => els.map(e => e.dataset.variant)")
+        assert len(rows) >= 7 and "custom_cnn" in rows and "efficientnet_lite1" in rows, rows
+        assert page.eval_on_selector_all("#compare-table tr.live-row", "els => els.map(e => e.dataset.variant)") == [
+            "mobilenet_v2_finetuned"]
+        view("compare")
         # confusion-matrix heads fit their cells (none clipped, so none collides with its neighbour)
         clipped = page.eval_on_selector_all("#confusion th", "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
         assert not clipped, clipped

@@ -270,6 +270,9 @@ def test_results_tables_are_the_ones_results_json_gives() -> None:
     for doc, body in ((REPO / "docs" / "benchmarks.md", text), (REPO / "README.md", text.replace("### ", "#### "))):
         shown = re.search(re.escape(report.BEGIN) + r"\n(.*?)" + re.escape(report.END), doc.read_text(), re.S)
         assert shown and shown.group(1) == body, f"{doc.name}: run `python scripts/report.py --write`"
+    import json
+    assert json.loads(report.DASHBOARD_COMPARE.read_text()) == report.dashboard_compare(), (
+        "fruitpipe/api/static/compare.json: run `python scripts/report.py --write`")
 
 
 def test_cost_doc_is_generated_from_the_benchmarks() -> None:

@@ -433,7 +433,33 @@ async function showArchitecture(version) {
       `${size}×${size} input, frozen) + a trained head in numpy.`;
     $("model-arch").dataset.backbone = b.name || "mobilenet_v2";
     archOf = info.version;
+    showComparison(b.name || "mobilenet_v2");
   } catch (_) { /* next refresh */ }
+}
+
+// The architecture comparison (fruitpipe compare; static/compare.json, written by scripts/report.py),
+// with the live model's backbone marked. Text nodes only.
+async function showComparison(backbone) {
+  let c;
+  try {
+    const r = await fetch("static/compare.json");
+    if (!r.ok) return;
+    c = await r.json();
+  } catch (_) { return; }
+  const body = $("compare-table").querySelector("tbody");
+  body.replaceChildren();
+  const fmt = (v) => (v == null ? "–" : pct(v));
+  for (const row of c.rows || []) {
+    const tr = document.createElement("tr");
+    tr.dataset.variant = row.name;
+    const cells = [row.title, fmt(row.val_accuracy), fmt(row.fruits_test_accuracy), fmt(row.fruits_extra_test_accuracy),
+      fmt(row.not_fruit_test_rejected), `${row.latency_ms.toFixed(1)} ms`, `${row.file_mb.toFixed(1)} MB`];
+    cells.forEach((text, i) => { const td = document.createElement(i ? "td" : "th"); if (!i) td.scope = "row"; td.textContent = text; tr.append(td); });
+    if (row.backbone === backbone && row.name.endsWith(backbone === "mobilenet_v2" ? "finetuned" : backbone)) tr.classList.add("live-row");
+    body.append(tr);
+  }
+  $("compare-note").textContent = `Measured ${c.when}; every variant on the same splits, validation chose the default, the test sets chose nothing (docs/ml.md).`;
+  $("compare-box").hidden = false;
 }
 
 function drawPerformance(live) {
