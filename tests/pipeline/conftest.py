@@ -58,9 +58,10 @@ def make_bundle(dest: Path, version: str, *, shuffle_head: bool = False) -> Path
         head_name = m.head["file"]
         with np.load(io.BytesIO(files[head_name])) as z:
             arrays = {k: z[k] for k in z.files}
-        for k, a in arrays.items():  # rotate the 6-wide output of the last layer
-            if a.shape and a.shape[-1] == 6:
-                arrays[k] = np.roll(a, 1, axis=-1)
+        last = max(int(k.split("_")[1]) for k in arrays if k.startswith("bias_"))
+        for k in (f"kernel_{last}", f"bias_{last}"):  # rotate the six classes (a 7th, not_fruit, stays)
+            a = arrays[k]
+            arrays[k] = np.concatenate([np.roll(a[..., :6], 1, axis=-1), a[..., 6:]], axis=-1)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         files[head_name] = buf.getvalue()
