@@ -55,8 +55,8 @@ class Index:
         hit = np.flatnonzero(self.shas == sha)
         if len(hit):
             return str(self.names[hit[0]])
-        if thumb is None or not len(self.thumbs):
-            return None
+        if thumb is None or not len(self.thumbs) or float(np.abs(thumb - 128.0).max()) < 1e-3:
+            return None  # a flat image (one colour) has no content to compare: only its bytes can match
         diff = np.abs(self.thumbs - thumb[None, :]).mean(axis=1)
         best = int(diff.argmin())
         return str(self.names[best]) if diff[best] < NEAR_DUPLICATE else None

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .backends.base import ModelRegistry, ShadowPointer
+from .backends.base import ModelRegistry, NotFound, ShadowPointer, VersionRejected
 from .labels import answered_class
 
 log = logging.getLogger("fruitpipe.shadow")
@@ -259,6 +259,10 @@ class Shadow:
             raise ShadowRunning(f"version {current['version']} is in shadow since {current['started']}")
         if version == self.registry.live_version():
             raise ValueError(f"version {version} is already live")
+        rejected = next((v for v in self.registry.versions() if v.version == version and v.status == "rejected"), None)
+        if rejected is not None:  # it could never be promoted (activate refuses it too)
+            raise VersionRejected(f"version {version} was rejected by the gate ({rejected.reason}); "
+                                  "it cannot be shadowed")
         self.registry.fetch(version)  # NotFound / BundleError before anything is written
         self.pointer.write(state)
         self._read(True)
@@ -364,10 +368,13 @@ class Shadow:
                 promote, extra = False, {"reason_code": TIMEOUT}
                 reason = (f"{TIMEOUT}: {summary['n']} of {latest['requests']} requests shadowed by the "
                           f"deadline {latest['deadline']}")
+            if promote:
+                try:
+                    self.registry.activate(state["version"])
+                except (VersionRejected, NotFound) as exc:  # e.g. rejected or deleted meanwhile: held, once
+                    promote, reason = False, f"passed its shadow but could not be promoted: {exc}"
             outcome = dict(latest, status="promoted" if promote else "held", reason=reason, result=summary,
                            finished=_iso(self.clock()), **extra)
-            if promote:
-                self.registry.activate(state["version"])
             self.pointer.write(outcome)
             if promote and self.on_promote is not None:
                 self.on_promote()

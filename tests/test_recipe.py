@@ -80,3 +80,25 @@ def test_near_duplicate_rule_catches_copies_not_other_photos():
     flat = io.BytesIO()
     Image.new("RGB", (50, 50), (90, 90, 90)).save(flat, "PNG")
     assert np.all(evalset.thumbnail(flat.getvalue()) == 128)
+
+
+def test_a_flat_image_is_never_a_near_copy_of_an_evaluation_image():
+    """One colour has no content to compare (the new-user trial's black PNG was refused as a copy of
+    a generated not-fruit image); only its exact bytes could match."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from fruitpipe import evalset
+
+    def png(color) -> bytes:  # type: ignore[no-untyped-def]
+        buf = io.BytesIO()
+        Image.new("RGB", (31, 31), color).save(buf, "PNG")
+        return buf.getvalue()
+
+    black, green = png((0, 0, 0)), png((0, 200, 0))
+    flat = evalset.thumbnail(black)
+    index = evalset.Index(np.array(["x" * 64]), flat[None, :], np.array(["not_fruit/flat.jpg"]))
+    assert index.match("y" * 64, evalset.thumbnail(green)) is None
+    assert index.match("x" * 64, evalset.thumbnail(black)) == "not_fruit/flat.jpg"  # the same bytes still match

@@ -4,6 +4,7 @@ promoted after its shadowed requests; a candidate with its classes shuffled is h
 from __future__ import annotations
 
 import io
+import shutil
 import json
 import random
 import time
@@ -243,3 +244,19 @@ def test_counts_merge_and_unreadable_ones_count_as_nothing(tmp_path):
     for _ in range(MAX_SAMPLES + 5):
         big.add(*[type("P", (), {"predicted_class": "freshapples", "verdict": "fresh"})()] * 2, 1.0, 1.0)
     assert big.n == MAX_SAMPLES + 5 and len(big.live_ms) == MAX_SAMPLES  # bounded memory, exact counts
+
+
+def test_a_version_the_gate_rejected_cannot_be_shadowed(tmp_path):
+    """It could never be promoted (activate refuses it too), so its shadow would never end well."""
+    from fruitpipe.backends.local import LocalRegistry
+    store = tmp_path / "store"
+    with TestClient(shadow_app(store)) as c:
+        version = candidate(store, "r", shuffle=True)
+        staged = tmp_path / "staged"
+        shutil.copytree(store / "models" / "versions" / version, staged)
+        shutil.rmtree(store / "models" / "versions" / version)
+        LocalRegistry(store).add(staged, version, rejected_reason="candidate is worse than the live model")
+        r = c.post(f"/models/{version}/shadow", headers=AUTH, json={"requests": 6})
+        assert r.status_code == 409 and r.json()["error"] == "version_rejected", r.text
+        assert "cannot be shadowed" in r.json()["detail"]
+        assert c.get("/models").json()["shadow"] is None

@@ -76,8 +76,19 @@ def is_write_route(route: Any) -> bool:
     return any(getattr(dep, "dependency", None) is require_admin for dep in getattr(route, "dependencies", ()))
 
 
+MAX_REQUEST_HEAD_BYTES = 16 * 1024  # request line + headers (h11's own default; nginx uses 8-32 KiB)
+
+
+def request_head_bytes(scope: Scope) -> int:
+    """About the size of the request's head as sent: method, target and every header line."""
+    target = len(scope.get("raw_path") or scope.get("path", "").encode()) + len(scope.get("query_string", b""))
+    return len(scope.get("method", "")) + target + 12 + sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
+
+
 class RequestGuard:
-    """Authorisation, content type and body size, checked before the body is read (module doc)."""
+    """Authorisation, content type and body size, checked before the body is read (module doc).
+    A request head over :data:`MAX_REQUEST_HEAD_BYTES` gets 431 first: h11's incomplete-event cap
+    (fruitpipe.api.server) only bounds a head that arrives in pieces, not one sent in one write."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -86,6 +97,10 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if request_head_bytes(scope) > MAX_REQUEST_HEAD_BYTES:
+            await send_json(send, 431, error_body(
+                "request_head_too_large", f"the request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes"))
             return
         route = find_route(scope)
         template = getattr(route, "path", "") if route is not None else ""

@@ -27,7 +27,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11
 
-MAX_REQUEST_HEAD_BYTES = 16 * 1024  # request line + headers (h11's own default; nginx uses 8-32 KiB)
+from .middleware import MAX_REQUEST_HEAD_BYTES  # request line + headers
 TIMEOUT_KEEP_ALIVE = 5  # seconds (uvicorn's default), also the time allowed for a request head
 
 

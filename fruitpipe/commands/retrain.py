@@ -56,9 +56,10 @@ def _figures(m: dict[str, Any] | None) -> str:
     """One evaluation's headline figures (fractions in [0, 1] shown as percentages)."""
     if not m:
         return "–"
-    n = f" on {m['n']} images" if m.get("n") else ""
-    return (f"accuracy {_pct(m.get('accuracy'))}, macro-F1 {_pct(m.get('macro_f1'))}, "
-            f"not-fruit rejected {_pct(m.get('ood_rejected_rate'))}{n}")
+    n = f" of {m['n']} fruit photos" if m.get("n") else ""
+    ood_n = f" of {m['ood_n']} not-fruit images" if m.get("ood_n") else ""
+    return (f"accuracy {_pct(m.get('accuracy'))}{n}, macro-F1 {_pct(m.get('macro_f1'))}, "
+            f"not-fruit rejected {_pct(m.get('ood_rejected_rate'))}{ood_n}")
 
 
 def _duration(started: str | None, finished: str | None) -> str | None:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import require_admin, state
+from ...backends.base import VersionRejected
 from ...shadow import ShadowRunning
 from ..errors import ApiError
 from ..schemas import ActivateResponse, ModelInfoResponse, ModelsResponse, ModelVersionResponse, ShadowRequest
@@ -45,6 +46,8 @@ async def shadow(version: str, request: Request, body: ShadowRequest | None = No
         return await run_in_threadpool(st.shadow.start, version, body.requests, body.seconds, body.sample_rate)
     except ShadowRunning as exc:
         raise ApiError(409, "shadow_running", str(exc)) from None
+    except VersionRejected as exc:  # a ValueError too: answered as activate answers it
+        raise ApiError(409, "version_rejected", str(exc)) from None
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
 
