@@ -4,8 +4,9 @@ Starts ``fruitpipe serve`` (a real process) on a fresh store, lets its first-sta
 the embedding cache (timed; with ``--cache`` pointing at an already-built cache it has nothing to
 do), then, as a user would over HTTP:
 
-1. uploads 12 new photos (2 per class, from ../shared/data/fruits_extra: photos the seed data
-   does not hold) and retrains: the first retrain in a fresh store;
+1. uploads 12 new photos (2 per class: mirror images of ../shared/data/fruits_extra's train-split
+   photos, since every shared photo is already in the shipped recipe) and retrains: the first
+   retrain in a fresh store;
 2. uploads 100 more and retrains again;
 3. asks for a retrain with unchanged data (answered "nothing new"), then forces one.
 
@@ -72,18 +73,43 @@ def wait_health(base: str, proc: subprocess.Popen, timeout: float = 120) -> None
     raise SystemExit("server did not answer /health")
 
 
+NEW_PHOTOS = Path(tempfile.mkdtemp(prefix="fruitpipe-bench-new-"))
+
+
+def train_photos() -> dict[str, list[Path]]:
+    """fruits_extra's train-split photos per class (:mod:`fruitpipe.splits`)."""
+    from fruitpipe import splits
+    from fruitpipe.labels import LABELS
+    where = splits.split_of(EXTRA)
+    return {label: [EXTRA / rel for rel, s in sorted(where.items()) if s == "train" and rel.startswith(label + "/")]
+            for label in LABELS}
+
+
+def new_photo(path: Path) -> Path:
+    """A new photo a user could upload: the mirror image of a seed photo. Every shared photo is
+    already in the shipped recipe (seed training data, or the frozen evaluation set, which uploads
+    may not enter), so an upload of one teaches nothing; its mirror is new bytes of a train photo."""
+    from PIL import Image, ImageOps
+    dest = NEW_PHOTOS / path.parent.name / path.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        ImageOps.mirror(Image.open(path).convert("RGB")).save(dest, quality=92)
+    return dest
+
+
 def pick(total: int, offset: int, pools: dict[str, list[Path]] | None = None) -> dict[str, list[Path]]:
-    """``total`` photos of fruits_extra, round-robin over the classes, each class from its
-    ``offset``-th photo on (rotten apples and oranges have few: the others fill in). With
-    ``pools`` (class -> photos) the photos are taken out of it instead, so no two calls share one."""
+    """``total`` new photos (:func:`new_photo` of fruits_extra's train split), round-robin over the
+    classes, each class from its ``offset``-th photo on (rotten apples and oranges have few: the
+    others fill in). With ``pools`` (class -> photos) the photos are taken out of it instead, so no
+    two calls share one."""
     from fruitpipe.labels import LABELS
     if pools is None:
-        pools = {label: sorted((EXTRA / label).glob("*.jpg"))[offset:] for label in LABELS}
+        pools = {label: photos[offset:] for label, photos in train_photos().items()}
     out: dict[str, list[Path]] = {label: [] for label in LABELS}
     while sum(map(len, out.values())) < total and any(pools.values()):
         for label in LABELS:
             if pools[label] and sum(map(len, out.values())) < total:
-                out[label].append(pools[label].pop(0))
+                out[label].append(new_photo(pools[label].pop(0)))
     return out
 
 
@@ -175,7 +201,7 @@ def review_vs_upload(args: argparse.Namespace, tmp: Path) -> int:
         wait_health(base, proc)
         api = Client(base, token)
         wait_warm(api)
-        pools = {label: sorted((EXTRA / label).glob("*.jpg")) for label in LABELS}
+        pools = train_photos()
         # not counted: a store's first retrain differs (no earlier candidate to warm-start from)
         api.upload_many(pick(12, 0, pools))
         priming = timed_retrain(api)
