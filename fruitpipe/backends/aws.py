@@ -515,7 +515,8 @@ class S3ModelRegistry(_S3Bound, ModelRegistry):
         if where is None and version != self._seed_version:
             raise NotFound(f"no model version {version!r}")
         folder = self.fetch(version)  # verify before anyone is pointed at it
-        if version == self.live_version():
+        pointer = self._get_json(LIVE_KEY)
+        if isinstance(pointer, dict) and pointer.get("version") == version:
             return  # already live: the pointer (and its "previous", the rollback target) stays as it is
         # Keep the drift baseline recorded when the version was published (fruitpipe.pipeline.publish).
         baseline = self._get_json(f"{VERSIONS}/{version}/baseline.json") if where == VERSIONS else None

@@ -107,3 +107,15 @@ def test_gate_download_of_the_live_bundle_refuses_an_edited_manifest(aws, tmp_pa
     edit_manifest(aws, version)
     with pytest.raises(bundle.BundleError, match="manifest was edited"):
         s3util.download_bundle(aws["s3"], aws["models"], version, tmp_path / "edited")
+
+
+def test_reactivating_the_live_version_keeps_the_rollback_target(aws, tmp_path):
+    """Found by the new-user trial: activating the version already live wrote it as its own
+    "previous", losing the version a rollback returns to."""
+    reg = registry(aws, tmp_path)
+    v1 = reg.publish(make_bundle(tmp_path, "v20260101-000000-aaaaaa"))
+    v2 = reg.publish(make_bundle(tmp_path, "v20260102-000000-bbbbbb"))
+    reg.activate(v1)
+    reg.activate(v2)
+    reg.activate(v2)
+    assert pointer(aws)["version"] == v2 and pointer(aws)["previous"] == v1

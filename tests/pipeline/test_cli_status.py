@@ -136,5 +136,5 @@ def test_status_reads_stage_and_training_job(aws):
     assert lines[0] == ("retrain rejected by the gate: v20261126-120000-abcdef kept aside, "
                         "v20261120-000000-aaaaaa stays live")
     assert lines[1] == "  reason:    macro-F1 0.80 < live 0.90"
-    assert lines[2].startswith("  candidate: accuracy 80.0%, macro-F1 80.0%") and "on 60 images" in lines[2]
+    assert lines[2].startswith("  candidate: accuracy 80.0% of 60 fruit photos, macro-F1 80.0%")
     assert lines[3].startswith("  live:      accuracy 90.0%") and lines[3].endswith("(v20261120-000000-aaaaaa)")
