@@ -413,7 +413,8 @@ def test_every_view_accessible_and_fits(browser, tmp_path, size):
         page.wait_for_selector(f"#versions tr[data-version='{extra}'] button")
         page.wait_for_selector("#confusion table")
         page.wait_for_selector("#model-arch[data-backbone='mobilenet_v2']")  # the live model's architecture
-        assert page.text_content("#model-arch").startswith("Architecture: mobilenet_v2 backbone (int8, 224×224 input")
+        assert page.text_content("#model-arch").startswith(
+            "Architecture: mobilenet_v2 backbone (int8, 224×224 input, its last block (17) fine-tuned on our photos)")
         views: dict[str, list] = {}
 
         def view(name: str) -> None:

@@ -102,3 +102,37 @@ def test_a_flat_image_is_never_a_near_copy_of_an_evaluation_image():
     index = evalset.Index(np.array(["x" * 64]), flat[None, :], np.array(["not_fruit/flat.jpg"]))
     assert index.match("y" * 64, evalset.thumbnail(green)) is None
     assert index.match("x" * 64, evalset.thumbnail(black)) == "not_fruit/flat.jpg"  # the same bytes still match
+
+
+def test_mirrored_and_cropped_copies_of_evaluation_photos_are_refused(tmp_path):
+    """The second new-user trial uploaded a mirror and an 8%-border crop of test photos: both were
+    added (a mirror is what training's flip view learns anyway)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from fruitpipe import evalset
+    from fruitpipe.labels import LABELS
+
+    from .conftest import FRUITS
+    photos = [sorted((FRUITS / "test" / label).glob("*.jpg"))[3] for label in LABELS[:2]]
+    evaluation = tmp_path / "eval"
+    for p in photos:
+        (evaluation / p.parent.name).mkdir(parents=True)
+        (evaluation / p.parent.name / p.name).symlink_to(p)
+    guard = evalset.UploadGuard((evaluation,), (), tmp_path / "index")
+
+    def jpeg(img) -> bytes:  # type: ignore[no-untyped-def]
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
+    img = Image.open(photos[0]).convert("RGB")
+    w, h = img.size
+    mirror = jpeg(ImageOps.mirror(img))
+    crop = jpeg(img.crop((int(w * .08), int(h * .08), int(w * .92), int(h * .92))))
+    for data in (mirror, crop):
+        status = guard.check(data, "0" * 64)
+        assert status is not None and status[1] == "in_evaluation_set", status
+    other = jpeg(Image.open(sorted((FRUITS / "train" / LABELS[0]).glob("*.jpg"))[0]).convert("RGB"))
+    assert guard.check(other, "1" * 64) is None  # a different photo of the same class is new

@@ -69,6 +69,8 @@ class ModelInfoResponse(BaseModel):
     preprocessing: dict[str, Any]
     training_data: dict[str, Any]
     backbone: dict[str, Any]
+    head: dict[str, Any] = Field(default_factory=dict, description="the head: layers, activations and "
+                                 "`features` (its input; `b17` = MobileNetV2's block 17, fine-tuned)")
 
 
 class ModelVersionResponse(BaseModel):

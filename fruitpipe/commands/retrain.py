@@ -43,7 +43,8 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status", action="store_true", help="only show the latest run's status")
     p.add_argument("--cancel", action="store_true",
                    help="stop the running retrain before its gate (the live model and the data stay as they were)")
-    p.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the run until it ends (the one already running, if one is)")
     p.add_argument("--force", action="store_true", help="retrain even with no new images since the live model")
     p.add_argument("--json", action="store_true", help="print the full status as JSON instead of a summary")
 
@@ -131,10 +132,13 @@ def _retrain(args: argparse.Namespace) -> int:
             try:
                 client.retrain(force=args.force)
             except ClientError as exc:
-                if exc.code in ("retrain_running", "nothing_new"):
+                if exc.code == "retrain_running" and args.wait:  # e.g. started by curl or the dashboard
+                    print(f"{exc.detail}: following it", file=sys.stderr)
+                elif exc.code in ("retrain_running", "nothing_new"):
                     print(f"{exc.code}: {exc.detail}", file=sys.stderr)
                     return 1
-                raise
+                else:
+                    raise
         status = client.status()
         while args.wait and status["state"] == "running":
             print(_progress_line(status), file=sys.stderr, flush=True)

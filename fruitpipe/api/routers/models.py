@@ -23,7 +23,8 @@ def model_info(request: Request) -> ModelInfoResponse:
     rejection = {k: v for k, v in m.rejection.items() if k != "other_classes"}
     return ModelInfoResponse(version=m.version, created=m.created, labels=list(m.labels), metrics=m.metrics,
                              rejection=rejection, preprocessing=m.preprocessing,
-                             training_data=m.training_data, backbone=raw.get("backbone", {}))
+                             training_data=m.training_data, backbone=raw.get("backbone", {}),
+                             head=raw.get("head", {}))
 
 
 @router.get("/models", response_model=ModelsResponse)

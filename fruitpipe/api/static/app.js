@@ -429,8 +429,9 @@ async function showArchitecture(version) {
     const info = await api("/model-info");
     const b = info.backbone || {};
     const size = b.input_size || 224;
+    const tuned = /b17/.test(info.head?.features || "") ? ", its last block (17) fine-tuned on our photos" : "";
     $("model-arch").textContent = `Architecture: ${b.name || "mobilenet_v2"} backbone (${b.quantization || "int8"}, ` +
-      `${size}×${size} input, frozen) + a trained head in numpy.`;
+      `${size}×${size} input${tuned}) + a trained head in numpy.`;
     $("model-arch").dataset.backbone = b.name || "mobilenet_v2";
     archOf = info.version;
     showComparison(b.name || "mobilenet_v2");
