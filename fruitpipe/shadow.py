@@ -44,6 +44,7 @@ from .labels import answered_class
 log = logging.getLogger("fruitpipe.shadow")
 MAX_SAMPLES = 2000  # latency samples each process keeps (the latest) for the p95s
 TIMEOUT = "shadow_timeout"
+LIVE_CHANGED = "live_changed"
 
 
 class ShadowRunning(RuntimeError):
@@ -279,6 +280,13 @@ class Shadow:
                 return
             if self.clock() >= _deadline(state):
                 return  # past its deadline (another thread is deciding): no request counts any more
+            answered_by = getattr(live.prediction, "model_version", None)
+            if state.get("live") and answered_by and answered_by != state["live"]:
+                # a retrain or an admin changed the live model: the comparison is against a model
+                # that no longer serves, and promoting the candidate would undo that change
+                self._end(state, f"{LIVE_CHANGED}: the live model changed from {state['live']} to "
+                                 f"{answered_by} during the shadow", LIVE_CHANGED)
+                return
             if not self.in_thread:
                 self._run(state, live)
                 return
@@ -348,6 +356,24 @@ class Shadow:
         with self._lock:
             self._others = others
             return self._stats.n + others.n
+
+    def _end(self, state: dict[str, Any], reason: str, code: str) -> None:
+        """Hold the shadow ``state`` without a decision on its counts (once, in one process)."""
+        assert self.pointer is not None
+        if not self._finishing.acquire(blocking=False):
+            return
+        try:
+            latest = self.pointer.read()
+            if not latest or latest.get("status") != "running" or latest.get("started") != state["started"]:
+                return
+            with self._lock:
+                summary = Stats.merged([self._stats, self._others]).summary()
+            self.pointer.write(dict(latest, status="held", reason=reason, reason_code=code, result=summary,
+                                    finished=_iso(self.clock())))
+            log.info("shadow of %s held: %s", state["version"], reason)
+        finally:
+            self._finishing.release()
+        self._read(True)
 
     def _finish(self, state: dict[str, Any]) -> None:
         """Decide on the pooled counts, once: promote or hold (see the module doc)."""

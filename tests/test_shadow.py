@@ -260,3 +260,23 @@ def test_a_version_the_gate_rejected_cannot_be_shadowed(tmp_path):
         assert r.status_code == 409 and r.json()["error"] == "version_rejected", r.text
         assert "cannot be shadowed" in r.json()["detail"]
         assert c.get("/models").json()["shadow"] is None
+
+
+def test_a_shadow_is_held_when_the_live_model_changes_under_it(tmp_path):
+    """Found by the second new-user trial: a retrain promoted a new live model while an older
+    version was in shadow, and the shadow went on comparing against the model that no longer served."""
+    import time
+    store = tmp_path / "store"
+    with TestClient(shadow_app(store)) as c:
+        shadowed, newer = candidate(store, "g"), candidate(store, "h")
+        assert c.post(f"/models/{shadowed}/shadow", headers=AUTH, json={"requests": 50}).status_code == 200
+        traffic(c, 2)
+        assert c.post(f"/models/{newer}/activate", headers=AUTH).status_code == 200
+        deadline = time.monotonic() + 10
+        while c.get("/health").json()["model_version"] != newer:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        traffic(c, 2)
+        shadow = c.get("/models").json()["shadow"]
+        assert shadow["status"] == "held" and shadow["reason_code"] == "live_changed", shadow
+        assert newer in shadow["reason"] and c.get("/models").json()["live"] == newer
