@@ -282,11 +282,13 @@ class Shadow:
                 return  # past its deadline (another thread is deciding): no request counts any more
             answered_by = getattr(live.prediction, "model_version", None)
             if state.get("live") and answered_by and answered_by != state["live"]:
-                # a retrain or an admin changed the live model: the comparison is against a model
-                # that no longer serves, and promoting the candidate would undo that change
-                self._end(state, f"{LIVE_CHANGED}: the live model changed from {state['live']} to "
-                                 f"{answered_by} during the shadow", LIVE_CHANGED)
-                return
+                current = self.registry.live_version()  # rare: read only when the answer disagrees
+                if current != state["live"]:
+                    # a retrain or an admin changed the live model: the comparison is against a model
+                    # that no longer serves, and promoting the candidate would undo that change
+                    self._end(state, f"{LIVE_CHANGED}: the live model changed from {state['live']} to "
+                                     f"{current} during the shadow", LIVE_CHANGED)
+                return  # else an instance not yet refreshed answered with an older model: not counted
             if not self.in_thread:
                 self._run(state, live)
                 return
