@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import queue
 import random
 import re
 import secrets
@@ -38,6 +37,7 @@ from PIL import Image
 from . import imaging
 from .backends.base import CaptureStore, DataStore, NotFound, UploadResult
 from .labels import LABELS, OOD_FOLDER, answered_class
+from .worker import DroppingWorker
 
 log = logging.getLogger("fruitpipe.capture")
 
@@ -278,9 +278,7 @@ class Capturer:
         self.pending = Pending(self.policy.pending_seconds, self.policy.pending_items, self.policy.pending_bytes)
         self._puts = 0
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, dict[str, Any], bytes, list[str]]] = queue.Queue(self.policy.queue_items)
-        self._writer: threading.Thread | None = None
-        self.dropped = 0  # captures not kept because the writer queue was full
+        self._worker = DroppingWorker("fruitpipe-capture", self.keep, self.policy.queue_items)
 
     @property
     def enabled(self) -> bool:
@@ -317,27 +315,16 @@ class Capturer:
         if not self.policy.write_in_thread:
             self.keep(pid, prediction, data, reasons)
             return
-        with self._lock:
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="fruitpipe-capture", daemon=True)
-                self._writer.start()
-        try:
-            self._queue.put_nowait((pid, prediction, data, reasons))
-        except queue.Full:
-            with self._lock:
-                self.dropped += 1
+        self._worker.submit(pid, prediction, data, reasons)
 
-    def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                self.keep(*item)
-            finally:
-                self._queue.task_done()
+    @property
+    def dropped(self) -> int:
+        """Captures not kept because the writer's queue was full."""
+        return self._worker.dropped
 
     def flush(self) -> None:
         """Wait until every submitted capture is written (tests, benchmarks, shutdown)."""
-        self._queue.join()
+        self._worker.flush()
 
     def keep(self, pid: str, prediction: Mapping[str, Any], data: bytes, reasons: list[str],
              feedback: dict[str, Any] | None = None) -> Record | None:

@@ -7,7 +7,7 @@ An admin (or the retrain pipeline) starts a shadow for a version the offline gat
 :class:`~fruitpipe.backends.base.ShadowPointer`), which every API process re-reads like the live
 pointer. ``/predict`` answers with :func:`predict_live`, which keeps the backbone's outputs; on a
 sampled share of requests :meth:`Shadow.offer` gets them after the answer is sent and hands them
-to one background worker (locally; a bounded queue that drops work when full, at low CPU
+to one background worker (locally; a bounded queue that drops work when full, at normal CPU
 priority; inline after the answer in Lambda). When the candidate runs on the same backbone (the
 usual case: only block 17 and the head are trained) it reuses those outputs, so a shadowed request
 costs the candidate's numpy block and head, not a second backbone pass.
@@ -26,7 +26,6 @@ never changed again.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import re
 import threading
@@ -40,6 +39,7 @@ import numpy as np
 
 from .backends.base import ModelRegistry, NotFound, ShadowPointer, VersionRejected
 from .labels import answered_class
+from .worker import DroppingWorker
 
 log = logging.getLogger("fruitpipe.shadow")
 MAX_SAMPLES = 2000  # latency samples each process keeps (the latest) for the p95s
@@ -208,9 +208,9 @@ class Shadow:
         self._next_flush = 0.0
         self._lock = threading.Lock()
         self._finishing = threading.Lock()
-        self._queue: queue.Queue = queue.Queue(queue_items)
-        self._writer: threading.Thread | None = None
-        self.dropped = 0
+        # Not at a lower OS priority: the worker holds the GIL in its numpy parts, and a GIL holder
+        # the OS leaves waiting would stall the request threads (priority inversion).
+        self._worker = DroppingWorker("fruitpipe-shadow", self._run, queue_items)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -292,31 +292,18 @@ class Shadow:
             if not self.in_thread:
                 self._run(state, live)
                 return
-            with self._lock:
-                if self._writer is None:
-                    self._writer = threading.Thread(target=self._loop, name="fruitpipe-shadow", daemon=True)
-                    self._writer.start()
-            try:
-                self._queue.put_nowait((state, live))
-            except queue.Full:
-                self.dropped += 1
+            self._worker.submit(state, live)
         except Exception:  # noqa: BLE001 - the shadow must never fail a prediction
             log.exception("shadow offer failed")
 
-    def _loop(self) -> None:
-        # Not at a lower OS priority: the worker holds the GIL in its numpy parts, and a GIL holder
-        # the OS leaves waiting would stall the request threads (priority inversion).
-        while True:
-            item = self._queue.get()
-            try:
-                self._run(*item)
-            except Exception:  # noqa: BLE001
-                log.exception("shadow run failed")
-            finally:
-                self._queue.task_done()
+    @property
+    def dropped(self) -> int:
+        """Shadowed requests dropped because the worker's queue was full."""
+        return self._worker.dropped
 
     def flush(self) -> None:
-        self._queue.join()
+        """Wait until every shadowed request handed to the worker is done."""
+        self._worker.flush()
 
     def _run(self, state: dict[str, Any], live: LiveAnswer) -> None:
         with self._lock:

@@ -141,7 +141,7 @@ def main() -> int:
             shadow.flush()
             state = shadow.state(force=True)
             if state:
-                cpu = thread_cpu_seconds(shadow._writer)  # the shadow's worker thread
+                cpu = thread_cpu_seconds(shadow._worker.thread)  # the shadow's worker thread
                 shadowed[name] = {"shadowed": state["seen"]["n"], "dropped": shadow.dropped,
                                   "shadow_cpu_ms_per_request": round(1000 * cpu / max(1, state["seen"]["n"]), 2)
                                   if cpu is not None else None,

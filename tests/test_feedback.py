@@ -225,7 +225,7 @@ def test_writer_thread_keeps_after_the_answer_and_drops_when_full(tmp_path):
         c.app.state.fruitpipe.capture.flush()
         assert (store / "capture" / f"{pid}.json").is_file()
     cap = Capturer(None, CapturePolicy(queue_items=1))
-    cap._writer = object()  # type: ignore[assignment]  # no writer running: the queue fills
+    cap._worker.thread = object()  # type: ignore[assignment]  # no writer running: the queue fills
     for _ in range(3):
         cap.submit("x", {}, b"", ["sample"])
     assert cap.dropped == 2
