@@ -32,10 +32,12 @@ NEAR_DUPLICATE: Final[float] = 1.5  # mean absolute difference, 0-255 scale, sam
 # second new-user trial uploaded both, and training's flip view would have learnt the first).
 EVAL_CROPS: Final[tuple[float, ...]] = tuple(round(1.0 - 0.025 * i, 3) for i in range(11))  # 1.0 ... 0.75
 # The bar for those comparisons: a crop between two indexed ones lands a little further away.
-# Measured: 4-10% border crops of 30 test photos at most 2.60 (median 0.92) from their own
-# photo's rows; of the shipped recipe's 4,451 training photos, 1 is within 2.0 of an evaluation
-# photo, a crop or a mirror of one, 4 within 2.5 and 11 within 3.0 (look-alike studio shots or
-# copies across splits): a genuinely new photo is refused about once in a thousand.
+# Measured by scripts/measure_eval_guard.py (results/measure_eval_guard.json): 4-10% border crops
+# of 30 evaluation photos are at most 2.74 (median 1.24) from their own photo's rows, all 210
+# refused (the farthest, a 9% crop, just under the bar); of the shipped recipe's 4,451 training
+# photos, 1 is within 2.0 of an evaluation photo, a crop or a mirror of one, 4 within 2.5, 8 within
+# 2.75 and 11 within 3.0 (look-alike studio shots or copies across splits): a genuinely new photo
+# is refused about twice in a thousand.
 EVAL_NEAR_DUPLICATE: Final[float] = 2.75
 
 
@@ -87,9 +89,17 @@ class Index:
             return str(self.names[hit[0]])
         if thumb is None or not len(self.thumbs) or float(np.abs(thumb - 128.0).max()) < 1e-3:
             return None  # a flat image (one colour) has no content to compare: only its bytes can match
+        distance, name = self.nearest(thumb)
+        return name if distance < near else None
+
+    def nearest(self, thumb: np.ndarray) -> tuple[float, str]:
+        """``(distance, name)`` of the row closest to ``thumb`` (``float32 [256]``): mean absolute
+        difference, 0-255 scale. Raises ValueError for an empty index."""
+        if not len(self.thumbs):
+            raise ValueError("empty index")
         diff = np.abs(self.thumbs - thumb[None, :]).mean(axis=1)
         best = int(diff.argmin())
-        return str(self.names[best]) if diff[best] < near else None
+        return float(diff[best]), str(self.names[best])
 
     @classmethod
     def build(cls, roots: tuple[Path, ...] | list[Path], crops: tuple[float, ...] = (1.0,)) -> "Index":
