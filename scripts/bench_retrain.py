@@ -142,7 +142,8 @@ def timed_retrain(api: Any, force: bool = False) -> dict[str, Any]:
             "reason": status["result"].get("reason") or status["result"].get("error"),
             "candidate": status["result"].get("candidate"), "live": status["result"].get("live"),
             "training_metrics": {k: v for k, v in status["result"].get("training_metrics", {}).items()
-                                 if k in ("embedded_new", "cached", "train_seconds", "warm_start", "single_fit")}}
+                                 if k in ("embedded_new", "cached", "train_seconds", "warm_start", "single_fit",
+                                          "max_not_fruit_calibrated", "max_not_fruit_from_base_model")}}
 
 
 def load() -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fruitpipe import splits
+from fruitpipe import bundle, splits
 from fruitpipe.client import Client, ClientError
 from fruitpipe.labels import LABELS
 
@@ -148,6 +148,10 @@ def test_upload_retrain_promote_serve(server):
     assert {k: res["images"][k] for k in LABELS} == {label: seed[label] + 1 for label in LABELS}
     assert res["training_metrics"]["embedded_new"] == "6"  # the warm-up embedded the rest
     assert res["training_metrics"]["warm_start"] == "1" and res["training_metrics"]["single_fit"] == "1"
+    # the single fit keeps the base model's not_fruit bar; one calibrated on the seen val is lower (stricter)
+    base_bar = bundle.read_manifest(store / "models" / "versions" / live).rejection["max_not_fruit"]
+    assert float(res["training_metrics"]["max_not_fruit_from_base_model"]) == pytest.approx(base_bar, rel=1e-5)
+    assert float(res["training_metrics"]["max_not_fruit_calibrated"]) < base_bar
     # served: /predict answers with the new version, and the versions table compares like with like
     deadline = time.monotonic() + 10
     while client.predict(photos["freshapples"][0])["model_version"] != res["version"]:
