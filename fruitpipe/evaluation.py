@@ -36,7 +36,9 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     """Metrics from per-image folder labels, predicted classes and not-fruit flags.
 
     With ``keys`` (one stable name per image, e.g. ``class/file.jpg``) the result also carries
-    ``paired``: the per-image outcomes :func:`fruitpipe.gate.decide` compares pairwise.
+    ``paired``: the per-image outcomes :func:`fruitpipe.gate.decide` compares pairwise. Without
+    fruit images (``n`` 0) the fruit figures (``accuracy``, ``head_accuracy``, ``macro_f1``,
+    ``fruit_rejected_rate``) are None, as ``ood_rejected_rate`` is without not-fruit images.
     """
     true = np.array(list(true_labels), dtype=object)
     pred = np.array(list(predicted), dtype=object)
@@ -63,15 +65,15 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     extra = {"paired": paired_outcomes(keys, true, correct, rej)} if keys is not None else {}
     return {**extra,
         "n": n,
-        "accuracy": float(correct.sum() / n) if n else 0.0,
+        "accuracy": float(correct.sum() / n) if n else None,
         # the head's own accuracy, as if nothing were rejected: separates head errors from rejection losses
-        "head_accuracy": float((is_fruit & (pred == true)).sum() / n) if n else 0.0,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "head_accuracy": float((is_fruit & (pred == true)).sum() / n) if n else None,
+        "macro_f1": float(np.mean(f1s)) if f1s else None,
         "per_class": per_class,
         "confusion": {"rows": list(LABELS), "columns": columns, "matrix": confusion},
         "ood_n": ood_n,
         "ood_rejected_rate": float(rej[~is_fruit].mean()) if ood_n else None,
-        "fruit_rejected_rate": float(rej[is_fruit].mean()) if n else 0.0,
+        "fruit_rejected_rate": float(rej[is_fruit].mean()) if n else None,
         "model_version": model_version,
     }
 

@@ -395,7 +395,9 @@ def _plots(out: Path, history: dict[str, list[float]], metrics: dict[str, Any]) 
         ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{metrics.get('split', 'validation')}, accuracy {metrics['accuracy']:.3f}", fontsize=9)
+    acc = metrics["accuracy"]  # None: no fruit to score
+    ax.set_title(f"{metrics.get('split', 'validation')}, accuracy {'n/a' if acc is None else f'{acc:.3f}'}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=80)
     plt.close(fig)

@@ -42,6 +42,27 @@ def test_evaluate_json_is_one_object(tmp_path: Path) -> None:
     assert result["n"] == 3 and result["ood_n"] == 0 and result["model_version"]
 
 
+@needs_shared
+def test_evaluate_not_fruit_only_folder_has_no_fruit_accuracy(tmp_path: Path) -> None:
+    """A folder of not-fruit images only: nothing to score as fruit (n/a, JSON null, not 0%), the
+    rejection rate still reported."""
+    for kind in ("cat", "carrot"):
+        (tmp_path / kind).mkdir()
+        for src in sorted((FRUITS.parent / "not_fruit" / kind).glob("*.jpg"))[:2]:
+            (tmp_path / kind / src.name).symlink_to(src)
+    proc = cli("evaluate", "--data", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n"] == 0 and result["ood_n"] == 4 and 0.0 <= result["ood_rejected_rate"] <= 1.0
+    for key in ("accuracy", "head_accuracy", "macro_f1", "fruit_rejected_rate"):
+        assert result[key] is None, key
+    proc = cli("evaluate", "--data", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy=n/a" in proc.stdout and "no fruit images to score" in proc.stdout
+    assert f"not-fruit images: n=4 rejected={result['ood_rejected_rate']:.4f}" in proc.stdout
+    assert "0.0000" not in proc.stdout.split("not-fruit images")[0] and "recall=" not in proc.stdout
+
+
 def test_evaluate_missing_folder_exits_2(tmp_path: Path) -> None:
     proc = cli("evaluate", "--data", str(tmp_path / "nope"), "--json")
     assert proc.returncode == 2 and proc.stdout == ""

@@ -26,6 +26,13 @@ def test_metrics_count_rejected_fruit_as_wrong() -> None:
     assert m["model_version"] == "v1"
 
 
+def test_metrics_without_fruit_have_no_fruit_figures() -> None:
+    m = metrics_from_predictions(["not_fruit", "cat"], ["freshapples", "rottenbanana"], [True, False])
+    assert m["n"] == 0 and m["ood_n"] == 2 and m["ood_rejected_rate"] == 0.5
+    assert m["accuracy"] is None and m["head_accuracy"] is None and m["macro_f1"] is None
+    assert m["fruit_rejected_rate"] is None
+
+
 @needs_shared
 def test_evaluate_folder_json_fields(tmp_path: Path, classifier) -> None:
     for label in LABELS:

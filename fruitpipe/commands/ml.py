@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..cli import UsageError, command, default_model
+from ..labels import LABELS
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -119,12 +120,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"model {result['model_version']}: n={result['n']} accuracy={result['accuracy']:.4f} "
-          f"macro_f1={result['macro_f1']:.4f} fruit_rejected_rate={result['fruit_rejected_rate']:.4f}")
+    if result["n"]:
+        print(f"model {result['model_version']}: n={result['n']} accuracy={result['accuracy']:.4f} "
+              f"macro_f1={result['macro_f1']:.4f} fruit_rejected_rate={result['fruit_rejected_rate']:.4f}")
+    else:
+        print(f"model {result['model_version']}: n=0 accuracy=n/a (no fruit images to score: no folder under "
+              f"--data is named after a class, {', '.join(LABELS)})")
     if result["ood_n"]:
         print(f"not-fruit images: n={result['ood_n']} rejected={result['ood_rejected_rate']:.4f}")
     for label, m in result["per_class"].items():
-        print(f"  {label:14s} precision={m['precision']:.3f} recall={m['recall']:.3f} f1={m['f1']:.3f} n={m['n']}")
+        if m["n"]:
+            print(f"  {label:14s} precision={m['precision']:.3f} recall={m['recall']:.3f} f1={m['f1']:.3f} n={m['n']}")
     if result["skipped"]:
         print(f"skipped unreadable images: {result['skipped']}", file=sys.stderr)
     return 0

@@ -80,7 +80,7 @@ function sparkline(canvas, values) {
 }
 
 const fmtMs = (v) => (v == null ? "–" : `${v.toFixed(v < 10 ? 1 : 0)} ms`);
-const pct = (v) => `${(v * 100).toFixed(1)}%`;
+const pct = (v) => (v == null ? "–" : `${(v * 100).toFixed(1)}%`);  // null: nothing to score (e.g. no fruit)
 
 function fmtUptime(s) {
   if (s < 60) return `${Math.round(s)} s`;
