@@ -145,7 +145,7 @@ def main() -> int:
     ours_port, ref_port = free_port(), free_port()
     ours_url, ref_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{ref_port}"
     serve = [PY, "-m", "fruitpipe", "serve", "--host", "127.0.0.1", "--port", str(ours_port),
-             "--store", str(store), "--log-level", "warning", "--no-warm-up"]
+             "--store", str(store), "--log-level", "warning", "--no-access-log", "--no-warm-up"]
     if args.workers:
         serve += ["--workers", str(args.workers)]
     conditions = {

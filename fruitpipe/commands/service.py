@@ -24,6 +24,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-warm-up", action="store_true",
                    help="do not prepare the embedding cache in the background at start")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one line per request on stdout, uvicorn's access log (default on; shown at "
+                        "--log-level info or debug)")
 
 
 def build_app(store: Path, workers: int | None = None, fruits: Path | None = None,
@@ -78,7 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"fruitpipe: {token_notice(args.store)}", file=sys.stderr)
     print(f"fruitpipe: dashboard http://{args.host}:{args.port}/  API docs http://{args.host}:{args.port}/docs",
           file=sys.stderr, flush=True)
-    config = uvicorn_config(app, args.host, args.port, log_level=args.log_level, access_log=False,
+    config = uvicorn_config(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     try:
