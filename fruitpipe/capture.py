@@ -264,6 +264,10 @@ class UnknownPrediction(LookupError):
     """No captured or pending prediction has this id (HTTP 404)."""
 
 
+class CaptureFailed(RuntimeError):
+    """A prediction could not be written for review (a server-side storage error, HTTP 503)."""
+
+
 @dataclass
 class Capturer:
     """The capture policy applied to one store: what the API calls after each prediction, on
@@ -373,35 +377,44 @@ class Capturer:
         """The captured record ``pid``; :class:`UnknownPrediction` when there is none (or it expired)."""
         store = self._require()
         if not is_prediction_id(pid) or self._expired(pid):
-            raise UnknownPrediction(f"no kept prediction {pid!r}")
+            raise UnknownPrediction("no kept prediction has this id")
         try:
             return Record.from_dict(store.get(pid))
         except NotFound:
-            raise UnknownPrediction(f"no kept prediction {pid!r}") from None
+            raise UnknownPrediction("no kept prediction has this id") from None
 
     def image(self, pid: str) -> bytes:
         self.get(pid)  # existence and retention
         try:
             return self._require().image(pid)
         except NotFound:
-            raise UnknownPrediction(f"no kept image for {pid!r}") from None
+            raise UnknownPrediction("no kept image has this id") from None
 
     def feedback(self, pid: str, correct: str) -> Record:
         """Record that the right answer for ``pid`` is ``correct``; a pending prediction is
         captured now (reason ``feedback``). Raises ``ValueError``, :class:`UnknownPrediction`,
-        :class:`CaptureDisabled`."""
+        :class:`CaptureDisabled`, :class:`CaptureFailed` (the prediction stays pending: a retry
+        can succeed)."""
         store = self._require()
         check_answer(correct)
         note = {"correct": correct, "at": iso(self.clock())}
+        unknown = UnknownPrediction(
+            f"no prediction with this id is held: feedback is taken for {self.policy.pending_seconds / 60:g} "
+            "min after an answer, and while a prediction is kept for review")
         if not is_prediction_id(pid):
-            raise UnknownPrediction(f"no prediction {pid!r}")
+            raise unknown
         waiting = self.pending.take(pid)
         if waiting is not None:
             rec = self.keep(pid, waiting[0], waiting[1], ["feedback"], feedback=note)
             if rec is None:
-                raise UnknownPrediction(f"prediction {pid!r} could not be kept")
+                self.pending.add(pid, *waiting)
+                raise CaptureFailed("the prediction could not be stored for review (a storage error on the "
+                                    "server); the feedback was not recorded, try again later")
             return rec
-        rec = self.get(pid)
+        try:
+            rec = self.get(pid)
+        except UnknownPrediction:
+            raise unknown from None
         rec.feedback = note
         if "feedback" not in rec.reasons:
             rec.reasons.append("feedback")

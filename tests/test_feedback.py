@@ -114,6 +114,56 @@ def test_feedback_keeps_a_pending_prediction_and_validates(tmp_path):
         assert c.post("/feedback", content=b"{", headers={"content-type": "application/json"}).status_code == 422
 
 
+def test_feedback_errors_say_what_is_wrong_in_words(tmp_path):
+    """Every 4xx of POST /feedback is {"error", "detail"} with a sentence for people: no parser
+    internals, no echo of what was sent."""
+    with TestClient(app_with(tmp_path / "store", sample_rate=0.0)) as c:
+        json_type = {"content-type": "application/json"}
+        cases = [
+            ({}, 422, "invalid_request", "needs a JSON body"),
+            ({"content": b"{", "headers": json_type}, 422, "invalid_request", "not valid JSON"),
+            ({"data": {"prediction_id": "x", "correct": "freshapples"}}, 422, "invalid_request", "a JSON object"),
+            ({"json": ["freshapples"]}, 422, "invalid_request", "a JSON object"),
+            ({"json": {"prediction_id": "x"}}, 422, "invalid_request", "correct: Field required"),
+            ({"json": {"prediction_id": "x", "correct": "kiwi"}}, 422, "invalid_request", "correct: Input should be"),
+            ({"json": {"prediction_id": "x" * 65, "correct": "kiwi"}}, 422, "invalid_request", "at most 64"),
+            ({"json": {"prediction_id": "../x\n'", "correct": "freshapples"}}, 404, "unknown_prediction",
+             "no prediction with this id is held: feedback is taken for 10 min"),
+            ({"json": {"prediction_id": new_prediction_id(datetime.now(timezone.utc)), "correct": "freshapples"}},
+             404, "unknown_prediction", "no prediction with this id is held"),
+        ]
+        for kw, status, code, words in cases:
+            r = c.post("/feedback", **kw)
+            assert (r.status_code, r.json()["error"]) == (status, code), (kw, r.text)
+            assert words in r.json()["detail"], (kw, r.text)
+            assert set(r.json()) == {"error", "detail"}
+            for internal in ("decode error", "extract fields", "../x", "Traceback"):
+                assert internal not in r.json()["detail"], r.text
+
+
+def test_feedback_on_a_storage_failure_is_503_and_can_be_retried(tmp_path):
+    """A prediction that cannot be written for review is not 'unknown' (404): the server failed
+    (503 capture_failed), and the prediction stays pending, so the same feedback succeeds later."""
+    store = tmp_path / "store"
+    with TestClient(app_with(store, sample_rate=0.0)) as c:
+        p = predict(c)
+        capturer = c.app.state.fruitpipe.capture
+        put = capturer.store.put
+
+        def disk_full(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise OSError(28, "No space left on device")
+        capturer.store.put = disk_full
+        body = {"prediction_id": p["prediction_id"], "correct": "rottenapples"}
+        r = c.post("/feedback", json=body)
+        assert r.status_code == 503 and r.json()["error"] == "capture_failed", r.text
+        assert "try again" in r.json()["detail"] and "No space" not in r.json()["detail"]
+        capturer.store.put = put
+        r = c.post("/feedback", json=body)
+        assert r.status_code == 200 and r.json()["kept"] is True
+    assert json.loads((store / "capture" / f"{p['prediction_id']}.json").read_text())["feedback"]["correct"] \
+        == "rottenapples"
+
+
 def test_feedback_is_rate_limited_per_client(tmp_path):
     app = make_app(make_backend(tmp_path / "s"), capture=CapturePolicy(sample_rate=0.0), feedback_per_minute=3)
     with TestClient(app) as c:

@@ -74,11 +74,25 @@ def image_error(exc: imaging.InvalidImage) -> ApiError:
     return ApiError(IMAGE_STATUS.get(exc.code, 400), exc.code, exc.detail)
 
 
+# A JSON body that is missing, unparsable or not an object, in words (pydantic's own messages name
+# its internals: "0: JSON decode error", "a valid dictionary or object to extract fields from").
+BODY_ERRORS: dict[str, str] = {
+    "missing": "the request needs a JSON body (Content-Type: application/json)",
+    "json_invalid": "the body is not valid JSON",
+    "model_attributes_type": "the body must be a JSON object, sent as Content-Type: application/json",
+}
+
+
 def _validation_detail(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
-        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+        loc = tuple(err.get("loc", ()))
+        whole_body = loc[:1] == ("body",) and (len(loc) == 1 or err.get("type") == "json_invalid")
+        if whole_body and err.get("type") in BODY_ERRORS:
+            parts.append(BODY_ERRORS[err["type"]])
+            continue
+        where = ".".join(str(x) for x in loc if x not in ("body", "query", "path"))
+        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "the request is not valid"
 
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ...capture import CaptureDisabled, Record, UnknownPrediction
+from ...capture import CaptureDisabled, CaptureFailed, Record, UnknownPrediction
 from ..deps import require_admin, state
 from ..errors import ApiError
 from ..ratelimit import RateLimiter
@@ -35,6 +35,8 @@ def _call(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
     except CaptureDisabled as exc:
         raise ApiError(503, "capture_disabled", str(exc)) from None
+    except CaptureFailed as exc:
+        raise ApiError(503, "capture_failed", str(exc)) from None
     except UnknownPrediction as exc:
         raise ApiError(404, "unknown_prediction", str(exc)) from None
 
@@ -56,7 +58,8 @@ def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
 
     Public and rate-limited (per client address). A prediction whose image is still held (kept by
     the capture policy, or made in the last few minutes) is kept for review with the feedback;
-    404 ``unknown_prediction`` otherwise; 503 ``capture_disabled`` when capture is off.
+    404 ``unknown_prediction`` otherwise; 503 ``capture_disabled`` when capture is off,
+    ``capture_failed`` when the prediction cannot be stored (it stays pending: retry).
     """
     wait = _limiter(request).take(request.client.host if request.client else "unknown")
     if wait > 0:
