@@ -143,8 +143,10 @@ def _iso(t: datetime) -> str:
 
 
 def run_id(state: dict[str, Any]) -> str:
-    """The name of one shadow run (version + start time) for its counts' folder."""
-    return re.sub(r"[^A-Za-z0-9._-]", "", f"{state.get('version')}-{state.get('started')}")
+    """The name of one shadow run for its counts' folder: its ``run`` (version, start time and a
+    random part, so a version stopped and shadowed again within the same second starts from zero);
+    version + start time for a pointer written before runs had one."""
+    return re.sub(r"[^A-Za-z0-9._-]", "", str(state.get("run") or f"{state.get('version')}-{state.get('started')}"))
 
 
 def _deadline(state: dict[str, Any]) -> datetime:
@@ -183,6 +185,7 @@ def plan(version: str, live: str | None, now: datetime, requests: int = 200, sec
     if requests < 1 or seconds <= 0 or not 0 < sample_rate <= 1:
         raise ValueError("requests >= 1, seconds > 0 and 0 < sample_rate <= 1")
     return {"version": version, "status": "running", "started": _iso(now),
+            "run": f"{version}-{_iso(now)}-{uuid.uuid4().hex[:8]}",
             "deadline": _iso(now + timedelta(seconds=seconds)), "requests": int(requests),
             "sample_rate": float(sample_rate), "bounds": asdict(bounds or Bounds()), "live": live}
 
@@ -239,8 +242,7 @@ class Shadow:
             self._next_read = time.monotonic() + self.refresh_seconds
             state = self.pointer.read()
             with self._lock:
-                if state is None or self._state is None or state.get("version") != self._state.get("version") \
-                        or state.get("started") != self._state.get("started"):
+                if state is None or self._state is None or run_id(state) != run_id(self._state):
                     self._stats, self._others, self._clf, self._next_flush = Stats(), Stats(), None, 0.0
                 self._state = state
         with self._lock:
@@ -382,7 +384,7 @@ class Shadow:
             return None
         try:
             latest = self.pointer.read()
-            if not latest or latest.get("status") != "running" or latest.get("started") != state["started"]:
+            if not latest or latest.get("status") != "running" or run_id(latest) != run_id(state):
                 return None
             self._sync(latest)
             with self._lock:
@@ -403,7 +405,7 @@ class Shadow:
             return  # this process is already deciding
         try:
             latest = self.pointer.read()
-            if not latest or latest.get("status") != "running" or latest.get("started") != state["started"]:
+            if not latest or latest.get("status") != "running" or run_id(latest) != run_id(state):
                 return  # another process finished it, or a new shadow started
             self._sync(latest)
             with self._lock:
