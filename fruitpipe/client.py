@@ -2,7 +2,8 @@
 
 Used by ``fruitpipe upload|retrain|models --api URL`` and the benchmarks. Only the public API:
 ``/upload-training-data``, ``/retrain``, ``/retraining-status``, ``/models``,
-``/models/{version}/activate``, ``/predict``. HTTP and multipart encoding are urllib3's.
+``/models/{version}/activate``, ``/models/{version}/shadow/stop``, ``/predict``. HTTP and
+multipart encoding are urllib3's.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ class Client:
 
     def activate(self, version: str) -> dict[str, Any]:
         return self._ok("POST", f"/models/{quote(version, safe='')}/activate")
+
+    def stop_shadow(self, version: str) -> dict[str, Any]:
+        """``POST /models/{version}/shadow/stop``: the stopped shadow's final state;
+        :class:`ClientError` 409 ``not_running``, 404 ``not_found``."""
+        return self._ok("POST", f"/models/{quote(version, safe='')}/shadow/stop")
 
     def upload(self, label: str, files: Iterable[Path]) -> list[dict[str, Any]]:
         """``POST /upload-training-data`` in batches (<= 64 files, <= 4 MB each); the per-file

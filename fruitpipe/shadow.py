@@ -19,8 +19,10 @@ reach ``requests`` (:func:`decide`: within the bounds the version is activated, 
 ``held`` with the failed bounds), or that notices the deadline (``seconds`` after the start) has
 passed, lazily, on a request or a ``GET /models``: a shadow that reaches its deadline with fewer
 than ``requests`` shadowed requests is ``held`` with ``reason_code`` ``shadow_timeout`` (too little
-evidence to promote; start it again with fewer requests or a higher sample). A finished pointer is
-never changed again.
+evidence to promote; start it again with fewer requests or a higher sample). An admin may stop a
+running shadow early (:meth:`Shadow.stop`): ``stopped`` with ``reason_code`` ``stopped_by_operator``
+and the pooled counts so far, never promoted; every process stops shadowing when it next re-reads
+the pointer. A finished pointer is never changed again.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .backends.base import ModelRegistry, NotFound, ShadowPointer, VersionRejected
+from .backends.base import ModelRegistry, NotFound, NotRunning, ShadowPointer, VersionRejected
 from .labels import answered_class
 from .worker import DroppingWorker
 
@@ -45,6 +47,7 @@ log = logging.getLogger("fruitpipe.shadow")
 MAX_SAMPLES = 2000  # latency samples each process keeps (the latest) for the p95s
 TIMEOUT = "shadow_timeout"
 LIVE_CHANGED = "live_changed"
+STOPPED = "stopped_by_operator"
 
 
 class ShadowRunning(RuntimeError):
@@ -140,8 +143,10 @@ def _iso(t: datetime) -> str:
 
 
 def run_id(state: dict[str, Any]) -> str:
-    """The name of one shadow run (version + start time) for its counts' folder."""
-    return re.sub(r"[^A-Za-z0-9._-]", "", f"{state.get('version')}-{state.get('started')}")
+    """The name of one shadow run for its counts' folder: its ``run`` (version, start time and a
+    random part, so a version stopped and shadowed again within the same second starts from zero);
+    version + start time for a pointer written before runs had one."""
+    return re.sub(r"[^A-Za-z0-9._-]", "", str(state.get("run") or f"{state.get('version')}-{state.get('started')}"))
 
 
 def _deadline(state: dict[str, Any]) -> datetime:
@@ -180,6 +185,7 @@ def plan(version: str, live: str | None, now: datetime, requests: int = 200, sec
     if requests < 1 or seconds <= 0 or not 0 < sample_rate <= 1:
         raise ValueError("requests >= 1, seconds > 0 and 0 < sample_rate <= 1")
     return {"version": version, "status": "running", "started": _iso(now),
+            "run": f"{version}-{_iso(now)}-{uuid.uuid4().hex[:8]}",
             "deadline": _iso(now + timedelta(seconds=seconds)), "requests": int(requests),
             "sample_rate": float(sample_rate), "bounds": asdict(bounds or Bounds()), "live": live}
 
@@ -236,8 +242,7 @@ class Shadow:
             self._next_read = time.monotonic() + self.refresh_seconds
             state = self.pointer.read()
             with self._lock:
-                if state is None or self._state is None or state.get("version") != self._state.get("version") \
-                        or state.get("started") != self._state.get("started"):
+                if state is None or self._state is None or run_id(state) != run_id(self._state):
                     self._stats, self._others, self._clf, self._next_flush = Stats(), Stats(), None, 0.0
                 self._state = state
         with self._lock:
@@ -346,23 +351,52 @@ class Shadow:
             self._others = others
             return self._stats.n + others.n
 
-    def _end(self, state: dict[str, Any], reason: str, code: str) -> None:
-        """Hold the shadow ``state`` without a decision on its counts (once, in one process)."""
+    def stop(self, version: str) -> dict[str, Any]:
+        """Stop the running shadow of ``version`` now: the pointer says ``stopped`` with
+        ``reason_code`` ``stopped_by_operator`` and the pooled counts so far under ``result``; nothing
+        is promoted and the live pointer is not touched. Returns that final state. Raises
+        ``NotRunning`` when no shadow of ``version`` is running (or this backend has no shadow
+        pointer), ``NotFound`` for an unknown version."""
+        if self.pointer is None:
+            raise NotRunning("this backend runs no shadow evaluation")
+        current = self.state(force=True)  # also aligns this process's counts with the pointer's run
+        if current and current.get("status") == "running" and current.get("version") == version:
+            outcome = self._end(current, f"{STOPPED}: stopped by an operator before its decision; nothing was "
+                                         "promoted", STOPPED, status="stopped", wait=True)
+            if outcome is not None:
+                return outcome
+            current = self.state(force=True)  # another process decided it meanwhile
+        if not any(v.version == version for v in self.registry.versions()):
+            raise NotFound(f"model version {version} not found")
+        if current is None or current.get("version") != version:
+            latest = f" (the latest is of {current['version']}: {current.get('status')})" if current else ""
+            raise NotRunning(f"no shadow of {version} is running{latest}")
+        raise NotRunning(f"the shadow of {version} is not running: it is {current.get('status')}"
+                         + (f" ({current['reason']})" if current.get("reason") else ""))
+
+    def _end(self, state: dict[str, Any], reason: str, code: str, status: str = "held",
+             wait: bool = False) -> dict[str, Any] | None:
+        """End the shadow ``state`` as ``status`` without a decision on its counts (once, in one
+        process), with the pooled counts so far. Returns the state written; None when it is no longer
+        running, or (unless ``wait``) when this process is deciding it already."""
         assert self.pointer is not None
-        if not self._finishing.acquire(blocking=False):
-            return
+        if not self._finishing.acquire(blocking=wait):
+            return None
         try:
             latest = self.pointer.read()
-            if not latest or latest.get("status") != "running" or latest.get("started") != state["started"]:
-                return
+            if not latest or latest.get("status") != "running" or run_id(latest) != run_id(state):
+                return None
+            self._sync(latest)
             with self._lock:
                 summary = Stats.merged([self._stats, self._others]).summary()
-            self.pointer.write(dict(latest, status="held", reason=reason, reason_code=code, result=summary,
-                                    finished=_iso(self.clock())))
-            log.info("shadow of %s held: %s", state["version"], reason)
+            outcome = dict(latest, status=status, reason=reason, reason_code=code, result=summary,
+                           finished=_iso(self.clock()))
+            self.pointer.write(outcome)
+            log.info("shadow of %s %s: %s", state["version"], status, reason)
         finally:
             self._finishing.release()
         self._read(True)
+        return outcome
 
     def _finish(self, state: dict[str, Any]) -> None:
         """Decide on the pooled counts, once: promote or hold (see the module doc)."""
@@ -371,7 +405,7 @@ class Shadow:
             return  # this process is already deciding
         try:
             latest = self.pointer.read()
-            if not latest or latest.get("status") != "running" or latest.get("started") != state["started"]:
+            if not latest or latest.get("status") != "running" or run_id(latest) != run_id(state):
                 return  # another process finished it, or a new shadow started
             self._sync(latest)
             with self._lock:

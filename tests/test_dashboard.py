@@ -575,3 +575,39 @@ def test_a_running_retrain_can_be_stopped_from_the_dashboard(browser, tmp_path):
         assert page.is_hidden("#retrain-stop") and page.is_enabled("#retrain-btn")
         page.close()
         assert not errors, errors
+
+
+def test_a_running_shadow_can_be_stopped_from_the_dashboard(browser, tmp_path):
+    """A running shadow shows under its version with a "Stop shadow" button, reached with Tab from
+    the row's activate button and pressed with Enter: the shadow is stopped (never promoted), the
+    banner says so, and axe finds no serious or critical violation on the row with the button."""
+    backend = make_backend(tmp_path / "store")
+    version = add_available_version(backend, tmp_path)
+    with live_server(make_app(backend)) as url:
+        live = httpx.get(url + "/models").json()["live"]
+        r = httpx.post(f"{url}/models/{version}/shadow", json={"requests": 50},
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200, r.text
+        context = browser.new_context(viewport=DESKTOP, bypass_csp=True)  # bypass: for axe only
+        page = context.new_page()
+        errors = watch_errors(page)
+        page.goto(url + "/")
+        sign_in(page)
+        stop = "#versions tr.shadow-row button"
+        page.wait_for_selector(stop)
+        assert page.text_content("#versions tr.shadow-row").startswith("in shadow since ")
+        assert page.get_attribute(stop, "aria-label") == f"Stop shadow of {version}"
+        assert axe_violations(page) == []
+        shot(page, "dashboard-shadow-running")
+        page.focus(f"#versions tr[data-version='{version}'] button")  # its activate button
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Stop shadow"
+        page.keyboard.press("Enter")
+        page.wait_for_selector(stop, state="detached")
+        page.wait_for_function("() => document.getElementById('model-events')?.textContent.includes('stopped')")
+        assert page.text_content("#model-events").startswith(f"Shadow: {version} stopped (stopped_by_operator")
+        assert page.is_hidden("#versions-error")
+        models = httpx.get(url + "/models").json()
+        assert models["shadow"]["status"] == "stopped" and models["live"] == live
+        context.close()
+        assert not errors, errors

@@ -285,7 +285,8 @@ def test_guard_sees_every_route_and_knows_the_write_routes(tmp_path):
                                                               "/models/{version}/activate", "/review",
                                                               "/review/{prediction_id}",
                                                               "/review/{prediction_id}/image",
-                                                              "/models/{version}/shadow", "/auth/check",
+                                                              "/models/{version}/shadow", "/models/{version}/shadow/stop",
+                                                              "/auth/check",
                                                               "/retrain/cancel"}
 
 

@@ -20,7 +20,7 @@ from fruitpipe.capture import CapturePolicy
 from fruitpipe.shadow import Bounds, decide
 
 from .conftest import DEFAULT_MODEL, needs_shared
-from .service_support import AUTH, fruit, live_server, make_app, make_backend
+from .service_support import AUTH, TOKEN, fruit, live_server, make_app, make_backend
 
 pytestmark = needs_shared
 LIVE = bundle.verify(DEFAULT_MODEL).version
@@ -280,3 +280,50 @@ def test_a_shadow_is_held_when_the_live_model_changes_under_it(tmp_path):
         shadow = c.get("/models").json()["shadow"]
         assert shadow["status"] == "held" and shadow["reason_code"] == "live_changed", shadow
         assert newer in shadow["reason"] and c.get("/models").json()["live"] == newer
+
+
+def test_an_operator_stops_a_running_shadow_over_http(tmp_path, capsys):
+    """Two API processes on one store (two uvicorn servers): a shadow running on A is stopped through
+    B (and, for a second shadow, with ``fruitpipe models --shadow-stop``): ``stopped`` with the pooled
+    counts so far, nothing promoted, and A stops shadowing once it re-reads the pointer."""
+    from fruitpipe.cli import main
+    store = tmp_path / "store"
+    apps = [live_shadow_app(store), live_shadow_app(store)]
+    apps[0].state.fruitpipe.shadow.flush_seconds = 0.0  # A shares its counts after every request
+    cand, other = candidate(store, "s"), candidate(store, "x")
+    with live_server(apps[0]) as a, live_server(apps[1]) as b, \
+            httpx.Client(base_url=a, timeout=60) as ca, httpx.Client(base_url=b, timeout=60) as cb:
+        assert cb.post(f"/models/{cand}/shadow/stop", headers=AUTH).json()["error"] == "not_running"  # none yet
+        assert ca.post(f"/models/{cand}/shadow", headers=AUTH, json={"requests": 50}).status_code == 200
+        for i in range(2):
+            post_fruit(ca, i)
+            settle(apps[0], lambda s: s["seen"]["n"] == i + 1)
+        assert cb.post(f"/models/{cand}/shadow/stop").status_code == 401
+        assert cb.post("/models/v-nope/shadow/stop", headers=AUTH).status_code == 404
+        r = cb.post(f"/models/{other}/shadow/stop", headers=AUTH)  # a known version, but not the one in shadow
+        assert r.status_code == 409 and r.json()["error"] == "not_running" and cand in r.json()["detail"], r.text
+        r = cb.post(f"/models/{cand}/shadow/stop", headers=AUTH)
+        assert r.status_code == 200, r.text
+        stopped = r.json()
+        assert stopped["status"] == "stopped" and stopped["reason_code"] == "stopped_by_operator", stopped
+        assert stopped["result"]["n"] == 2 and stopped["version"] == cand
+        assert json.loads((store / "models" / "shadow.json").read_text()) == stopped
+        r = cb.post(f"/models/{cand}/shadow/stop", headers=AUTH)  # stopping it twice
+        assert r.status_code == 409 and r.json()["error"] == "not_running" and "stopped" in r.json()["detail"]
+        # A learns of the stop as it learns of any pointer change: its next re-read (every refresh_seconds)
+        deadline = time.monotonic() + 10
+        while ca.get("/models").json()["shadow"]["status"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for i in range(3):
+            assert post_fruit(ca, 2 + i)["model_version"] == LIVE
+        apps[0].state.fruitpipe.shadow.flush()
+        assert apps[0].state.fruitpipe.shadow._stats.n == 2  # no request shadowed after the stop
+        assert ca.get("/models").json()["shadow"] == stopped and ca.get("/models").json()["live"] == LIVE
+
+        assert ca.post(f"/models/{other}/shadow", headers=AUTH, json={"requests": 50}).status_code == 200
+        assert main(["models", "--api", a, "--token", TOKEN, "--shadow-stop", other]) == 0
+        assert capsys.readouterr().out == f"shadow of {other} stopped after 0 of 50 requests; live model unchanged: {LIVE}\n"
+        assert main(["models", "--api", a, "--token", TOKEN, "--shadow-stop", other]) == 1
+        assert capsys.readouterr().err.startswith(f"not_running: the shadow of {other} is not running: it is stopped")
+        assert cb.get("/models").json()["live"] == LIVE

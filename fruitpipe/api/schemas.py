@@ -85,7 +85,7 @@ class ModelsResponse(BaseModel):
     live: Optional[str]
     versions: list[ModelVersionResponse]
     shadow: Optional[dict[str, Any]] = Field(None, description="the latest shadow evaluation: version, status "
-                                             "(running/promoted/held), reason, result, bounds")
+                                             "(running/promoted/held/stopped), reason, reason_code, result, bounds")
     rollbacks: list[dict[str, Any]] = Field(default_factory=list, description="automatic rollbacks by this "
                                             "server: at, from, to, reason, requests, bars (newest last)")
 

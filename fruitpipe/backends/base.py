@@ -30,7 +30,8 @@ class RetrainRunning(RuntimeError):
 
 class NotRunning(RuntimeError):
     """Nothing to cancel: no retrain is running, or it has reached its decision (the gate and the
-    publication are never interrupted, so a cancel never leaves a half-published model)."""
+    publication are never interrupted, so a cancel never leaves a half-published model); or no
+    shadow of that version is running (:meth:`fruitpipe.shadow.Shadow.stop`). HTTP 409 ``not_running``."""
 
 
 class NothingToLearn(RuntimeError):

@@ -182,7 +182,10 @@ def _models_args(p: argparse.ArgumentParser) -> None:
     add_api_args(where, p)
     where.add_argument("--aws", action="store_true", help="the deployed S3 model registry, directly")
     p.add_argument("--bucket", help="with --aws: models bucket (default: $FRUITPIPE_MODELS_BUCKET)")
-    p.add_argument("--activate", metavar="VERSION", help="move the live pointer to VERSION (rollback)")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--activate", metavar="VERSION", help="move the live pointer to VERSION (rollback)")
+    action.add_argument("--shadow-stop", metavar="VERSION",
+                        help="stop the running shadow of VERSION now (never promoted; the live model unchanged)")
     p.add_argument("--json", action="store_true", help="one JSON object per version instead of a table")
 
 
@@ -209,16 +212,36 @@ def _print_versions(versions: list[dict[str, Any]], as_json: bool) -> None:
         print(versions_table(versions))
 
 
+def _stopped(state: dict[str, Any], as_json: bool) -> int:
+    """Print a stopped shadow's final state (``--json``: as it is); exit 0."""
+    if as_json:
+        print(json.dumps(state, default=str))
+    else:
+        n = (state.get("result") or {}).get("n", 0)
+        print(f"shadow of {state['version']} stopped after {n} of {state['requests']} requests; "
+              f"live model unchanged: {state.get('live')}")
+    return 0
+
+
 @command("models", _models_args)
 def _models(args: argparse.Namespace) -> int:
-    """List model versions (a table; ``--json``: one JSON object each), or activate one (rollback)."""
+    """List model versions (a table; ``--json``: one JSON object each), activate one (rollback), or
+    stop a running shadow (``--shadow-stop``: exits 1 with ``not_running`` when none of it runs)."""
     if args.aws:
         return _models_aws(args)
-    client = api_client(args, token_required=bool(args.activate))
+    client = api_client(args, token_required=bool(args.activate or args.shadow_stop))
     try:
         if args.activate:
             print(f"live: {client.activate(args.activate)['live']}")
             return 0
+        if args.shadow_stop:
+            try:
+                return _stopped(client.stop_shadow(args.shadow_stop), args.json)
+            except ClientError as exc:
+                if exc.code == "not_running":
+                    print(f"{exc.code}: {exc.detail}", file=sys.stderr)
+                    return 1
+                raise
         _print_versions(client.models()["versions"], args.json)
     except ClientError as exc:
         raise UsageError(str(exc)) from None
@@ -230,10 +253,20 @@ def _models_aws(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..backends.aws import S3ModelRegistry
-    from ..backends.base import NotFound
+    from ..backends.base import NotFound, NotRunning
 
-    registry = S3ModelRegistry(_need(args.bucket, "--bucket", "FRUITPIPE_MODELS_BUCKET"),
-                               Path(tempfile.gettempdir()) / "fruitpipe-cli-models")
+    bucket = _need(args.bucket, "--bucket", "FRUITPIPE_MODELS_BUCKET")
+    registry = S3ModelRegistry(bucket, Path(tempfile.gettempdir()) / "fruitpipe-cli-models")
+    if args.shadow_stop:
+        from ..backends.shadow_pointers import S3ShadowPointer
+        from ..shadow import Shadow
+        try:  # the API's own stop, on shadow.json in the bucket (nothing is loaded: load is never called)
+            return _stopped(Shadow(S3ShadowPointer(bucket), registry, registry.fetch).stop(args.shadow_stop), args.json)
+        except NotRunning as exc:
+            print(f"not_running: {exc}", file=sys.stderr)
+            return 1
+        except NotFound as exc:
+            raise UsageError(str(exc)) from None
     if args.activate:
         try:
             registry.activate(args.activate)

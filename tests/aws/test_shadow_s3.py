@@ -177,6 +177,51 @@ def test_a_shadow_past_its_deadline_is_held_on_aws(aws, monkeypatch, tmp_path):
 
 
 @needs_shared
+def test_an_operator_stops_a_shadow_on_aws(aws, monkeypatch, tmp_path, capsys):
+    """Instance A shadows 2 requests; B stops the shadow (shadow.json in S3: ``stopped``, the pooled
+    counts from shadow-stats/); A re-reads the pointer and shadows nothing more; nothing is promoted.
+    Then ``fruitpipe models --aws --shadow-stop`` stops a second shadow straight in the bucket."""
+    from datetime import datetime, timezone
+
+    from fruitpipe.cli import main
+    lambda_env(aws, monkeypatch, tmp_path)
+    reg = S3ModelRegistry(aws["models"], tmp_path / "reg", s3=aws["s3"])
+    cand = reg.publish(shuffled_bundle(tmp_path, "v20990101-000000-eeeeee", shuffle=False))
+    a, b = Instance(), Instance()
+    a.app.state.fruitpipe.shadow.flush_seconds = 0.0  # share the counts after every request
+    start = datetime.now(timezone.utc)
+    # both shadows below start in the same second: the second one must still count from zero
+    a.app.state.fruitpipe.shadow.clock = lambda: start
+    live = a.call("GET", "/models")[1]["live"]
+    assert b.call("POST", f"/models/{cand}/shadow/stop", headers=ADMIN)[1]["error"] == "not_running"
+    assert a.call("POST", f"/models/{cand}/shadow", body=json.dumps({"requests": 50}).encode(), headers=ADMIN)[0] == 200
+    for seed in range(2):
+        a.predict(seed)
+    assert b.call("POST", f"/models/{cand}/shadow/stop")[0] == 401
+    assert b.call("POST", "/models/v20990101-000000-ffffff/shadow/stop", headers=ADMIN)[0] == 404
+    status, stopped = b.call("POST", f"/models/{cand}/shadow/stop", headers=ADMIN)
+    assert status == 200 and stopped["status"] == "stopped" and stopped["reason_code"] == "stopped_by_operator", stopped
+    assert stopped["result"]["n"] == 2  # A's counts, read from shadow-stats/ by B
+    assert json.loads(aws["s3"].get_object(Bucket=aws["models"], Key="shadow.json")["Body"].read()) == stopped
+    status, again = b.call("POST", f"/models/{cand}/shadow/stop", headers=ADMIN)
+    assert status == 409 and again["error"] == "not_running", again
+    for seed in range(2, 5):  # A re-reads shadow.json (FRUITPIPE_MODEL_REFRESH_SECONDS=0 here) and stops shadowing
+        assert a.predict(seed)["model_version"] == live
+    assert a.app.state.fruitpipe.shadow._stats.n == 2
+    assert a.call("GET", "/models")[1]["shadow"] == stopped
+    assert a.call("GET", "/models")[1]["live"] == live
+
+    assert a.call("POST", f"/models/{cand}/shadow", body=json.dumps({"requests": 50}).encode(), headers=ADMIN)[0] == 200
+    capsys.readouterr()
+    assert main(["models", "--aws", "--bucket", aws["models"], "--shadow-stop", cand]) == 0
+    assert capsys.readouterr().out == f"shadow of {cand} stopped after 0 of 50 requests; live model unchanged: {live}\n"
+    assert main(["models", "--aws", "--bucket", aws["models"], "--shadow-stop", cand]) == 1
+    assert main(["models", "--aws", "--bucket", aws["models"], "--shadow-stop", "v20990101-000000-ffffff"]) == 2
+    assert a.call("GET", "/models")[1]["shadow"]["status"] == "stopped"
+    assert a.call("GET", "/models")[1]["live"] == live
+
+
+@needs_shared
 def test_the_in_process_rollback_guard_is_off_on_aws(aws, monkeypatch, tmp_path):
     """On AWS the rollback decision is the pooled alarms' (PostPromotion -> rollback Lambda): an
     instance never rolls back on its own share of the traffic."""

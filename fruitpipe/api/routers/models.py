@@ -1,4 +1,5 @@
-"""``GET /model-info``, ``GET /models`` and ``POST /models/{version}/activate`` (admin)."""
+"""``GET /model-info``, ``GET /models``; admin: ``POST /models/{version}/activate``,
+``POST /models/{version}/shadow`` and ``POST /models/{version}/shadow/stop``."""
 
 from __future__ import annotations
 
@@ -51,6 +52,15 @@ async def shadow(version: str, request: Request, body: ShadowRequest | None = No
         raise ApiError(409, "version_rejected", str(exc)) from None
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
+
+
+@router.post("/models/{version}/shadow/stop", responses=errors(401, 403, 404, 409, 503),
+             dependencies=[Depends(require_admin)])
+async def stop_shadow(version: str, request: Request) -> dict:
+    """Stop the running shadow of ``version`` before its decision: ``stopped`` with ``reason_code``
+    ``stopped_by_operator`` and the counts so far under ``result``; never promoted, the live model
+    unchanged. 409 ``not_running`` when no shadow of ``version`` is running, 404 for an unknown version."""
+    return await run_in_threadpool(state(request).shadow.stop, version)
 
 
 @router.post("/models/{version}/activate", response_model=ActivateResponse,

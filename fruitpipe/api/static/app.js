@@ -537,6 +537,13 @@ async function refreshVersions() {
     if (v.status === "rejected" && v.reason) {
       tbody.append(h("tr", {}, h("td", { colspan: 7, class: "reason" }, `rejected: ${v.reason}`)));
     }
+    const s = data.shadow;
+    if (s?.status === "running" && s.version === v.version) {  // the running shadow, with its stop button
+      const stop = h("button", { type: "button", class: "ghost", "aria-label": `Stop shadow of ${v.version}` }, "Stop shadow");
+      stop.addEventListener("click", () => stopShadow(v.version));
+      tbody.append(h("tr", { class: "shadow-row" }, h("td", { colspan: 7, class: "reason" },
+        `in shadow since ${s.started}: ${s.seen?.n ?? 0} of ${s.requests} requests so far `, stop)));
+    }
   }
   drawPerformance(data.versions.find((v) => v.status === "live"));
   showArchitecture(data.live);
@@ -618,6 +625,21 @@ async function activate(version) {
   } catch (e) {
     writeError("versions-error", `activate ${version}`, e);
   }
+}
+
+// Stops the running shadow of ``version`` (never promoted, the live model unchanged); the banner
+// (feedback.js) shows its final state.
+async function stopShadow(version) {
+  showError("versions-error", "");
+  if (!(await ensureSignedIn())) return;
+  try {
+    await api(`/models/${encodeURIComponent(version)}/shadow/stop`, { method: "POST", headers: authHeaders() });
+  } catch (e) {
+    writeError("versions-error", `stop the shadow of ${version}`, e);
+  }
+  document.dispatchEvent(new CustomEvent("fruitpipe:models-changed"));
+  await refreshVersions();
+  $("versions").closest(".table-wrap").focus();  // the button is gone: keep the keyboard in the table
 }
 
 function uploadOne(file, label, li) {

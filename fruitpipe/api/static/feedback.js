@@ -89,6 +89,7 @@
     document.querySelector("main")?.prepend(box);
   }
   function learningCards() { accuracyCard(); modelEvents(); }
+  document.addEventListener("fruitpipe:models-changed", modelEvents);  // e.g. a shadow stopped from the dashboard
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", learningCards);
   else learningCards();
 
