@@ -84,6 +84,10 @@ def issue11_table(m: dict[str, Any], e: dict[str, Any]) -> list[str]:
         "Per-class recall on `fruits/test`: " + ", ".join(f"{k} {pct(v['recall'])} (n {v['n']})" for k, v in fruit["recall"].items())
         + "; on the `fruits_extra` test split: " + ", ".join(f"{k} {pct(v['recall'])} (n {v['n']})" for k, v in extra["recall"].items()) + ".",
         "",
+        "Which sets chose what: the data recipe, the hyperparameters and the rejection bars were chosen on the val "
+        "splits only; the test splits scored the finished model once and chose nothing. Why the two misses stand "
+        "(what was tried on val): [docs/ml.md, Step 3](docs/ml.md#step-3-what-val-says-about-the-two-misses-session-6).",
+        "",
     ]
     return rows
 
