@@ -126,3 +126,24 @@ def test_a_split_root_of_a_set_without_manifest_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         rc.images([rc.split_root(tmp_path / "set", "train")])
     assert rc.images([rc.split_root(tmp_path / "absent", "train")]) == []  # like any missing root
+
+
+@needs_sets
+def test_val_halves_of_the_experiments_keep_photo_groups_whole():
+    """scripts/experiment_refit.halves (the val-only experiments of issue 11): every photo of a val split
+    in exactly one half, no photo group in both, both halves near half, the same cut every time."""
+    import sys
+
+    sys.path.insert(0, str(rc.REPO / "scripts"))
+    from experiment_refit import halves
+
+    root = rc.split_root(EXTRA, "val")
+    cut = halves(root)
+    paths = {p.resolve() for _, p in rc.images([root])}
+    assert set(cut) == paths and set(cut.values()) == {"a", "b"}
+    assert 0.35 < sum(h == "a" for h in cut.values()) / len(cut) < 0.65
+    rel = {(EXTRA / r.path).resolve(): splits.group_key(r) for r in splits.read_manifest(EXTRA)}
+    seen: dict[str, str] = {}
+    for path, half in cut.items():
+        assert seen.setdefault(rel[path], half) == half, f"group {rel[path]} in both halves"
+    assert halves(root) == cut
