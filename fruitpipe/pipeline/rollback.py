@@ -13,9 +13,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from ..rollback import REASON_PREFIX
 from . import publish, s3util
-
-REASON_PREFIX = "automatic rollback"
 
 
 def handle(event: dict[str, Any], *, s3: Any, sns: Any, models_bucket: str, topic_arn: str | None,
