@@ -100,6 +100,9 @@ class RollbackGuard:
         self.registry, self.bars, self.accuracy, self.on_rollback, self.clock = (
             registry, bars or RollbackBars(), accuracy, on_rollback, clock)
         self.load = load
+        # called (new model's answer is not_fruit, previous model's is) for each paired request; on
+        # AWS the EMF metrics the PostPromotion alarm pools (fruitpipe.aws_metrics.record_pair)
+        self.on_pair: Callable[[bool, bool], None] | None = None
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._watch: dict[str, Any] | None = None
@@ -108,17 +111,27 @@ class RollbackGuard:
         self.events: list[dict[str, Any]] = []  # newest last, at most 20
 
     def on_swap(self, old: str | None, new: str) -> None:
-        """The live version changed from ``old`` to ``new``: watch ``new`` (not after our own rollback).
-        ``old`` None (the first model this process loads): resume the watch from the live pointer
-        when it moved less than ``window_seconds`` ago (a restart right after a promotion)."""
+        """The live version changed from ``old`` to ``new``: watch ``new`` (not after a rollback:
+        ours, or one the live pointer records). ``old`` None (the first model this process loads):
+        resume the watch from the live pointer when it moved less than ``window_seconds`` ago (a
+        restart right after a promotion; on AWS, an instance started after it). What a watch does
+        depends on ``bars.enabled`` (decide) and ``on_pair`` (report), see :meth:`offer`."""
+        if self._rolling_back:
+            with self._lock:
+                self._watch = None
+            return
+        record = self._live_record()
+        if record.get("version") == new and str(record.get("reason") or "").startswith(REASON_PREFIX):
+            with self._lock:
+                self._watch = None  # the pointer is a rollback (here or by the AWS rollback Lambda)
+            return
         since = self.clock()
-        if old is None and self.bars.enabled and not self._rolling_back:
-            old, age = self._resumable(new)
+        if old is None:
+            old, age = self._resumable(record, new)
             since -= age
+        if old is None or old == new:
+            return
         with self._lock:
-            if not self.bars.enabled or self._rolling_back or old is None or old == new:
-                self._watch = None if self._rolling_back else self._watch
-                return
             self._watch = {"version": new, "previous": old, "since": since, "n": 0, "errors": 0,
                            "paired": 0, "new_only": 0, "previous_only": 0, "model": None}
             self._latencies = []
@@ -126,19 +139,20 @@ class RollbackGuard:
             log.info("resuming the post-promotion watch of %s (live since %.0f s, previous %s)", new,
                      self.clock() - since, old)
 
-    def _resumable(self, new: str) -> tuple[str | None, float]:
-        """(previous version, seconds since the pointer moved) when the live pointer says ``new``
-        went live within the window and not by an automatic rollback; else (None, 0)."""
+    def _live_record(self) -> dict[str, Any]:
         try:
-            record = self.registry.live_record() or {}
+            return self.registry.live_record() or {}
         except Exception:  # noqa: BLE001 - no resumed watch is better than no server
-            log.exception("cannot read the live pointer to resume the rollback watch")
-            return None, 0.0
+            log.exception("cannot read the live pointer for the rollback watch")
+            return {}
+
+    def _resumable(self, record: dict[str, Any], new: str) -> tuple[str | None, float]:
+        """(previous version, seconds since the pointer moved) when the live pointer ``record`` says
+        ``new`` went live within the window; else (None, 0)."""
         age = _age_seconds(record.get("updated"))
         previous = record.get("previous")
         if (record.get("version") != new or not isinstance(previous, str) or age is None
-                or not 0 <= age < self.bars.window_seconds
-                or str(record.get("reason") or "").startswith(REASON_PREFIX)):
+                or not 0 <= age < self.bars.window_seconds):
             return None, 0.0
         return previous, age
 
@@ -155,7 +169,9 @@ class RollbackGuard:
         try:
             with self._lock:
                 w = self._watch
-            if (w is None or self.load is None
+                if w is not None and self._expired(w):
+                    return
+            if (w is None or self.load is None or not (self.bars.enabled or self.on_pair is not None)
                     or getattr(live.prediction, "model_version", w["version"]) != w["version"]):
                 return  # not watching, or an answer by another model (a request that began before the swap)
             previous = self._previous_model(w)
@@ -163,6 +179,10 @@ class RollbackGuard:
                 return
             pred, _ = predict_beside(previous, live)
             new_nf, old_nf = live.prediction.verdict == "not_fruit", pred.verdict == "not_fruit"
+            if self.on_pair is not None:
+                self.on_pair(new_nf, old_nf)
+            if not self.bars.enabled:
+                return
             with self._lock:
                 if self._watch is not w:
                     return
@@ -174,6 +194,13 @@ class RollbackGuard:
                 self._roll_back(w, reason)
         except Exception:  # noqa: BLE001 - watching must never fail a request
             log.exception("rollback guard failed")
+
+    def _expired(self, w: dict[str, Any]) -> bool:
+        """Whether the window of watch ``w`` passed (then the promotion stands: the watch ends). Under the lock."""
+        if self.clock() - w["since"] > self.bars.window_seconds:
+            self._watch = None
+            return True
+        return False
 
     def _previous_model(self, w: dict[str, Any]) -> Any:
         """The previous version's classifier, loaded once per watch; None (logged once) if it cannot be."""
@@ -194,9 +221,8 @@ class RollbackGuard:
                 w = self._watch
                 if w is None:
                     return
-                if self.clock() - w["since"] > self.bars.window_seconds:
-                    self._watch = None  # the window passed: the promotion stands
-                    return
+                if self._expired(w) or not self.bars.enabled:
+                    return  # on AWS (not enabled) the pooled alarms judge status and latency
                 w["n"] += 1
                 w["errors"] += int(status >= 500)
                 self._latencies.append(latency_ms)

@@ -6,7 +6,7 @@ watch survives a restart; the not-fruit test's false-alarm rate."""
 from __future__ import annotations
 
 import logging
-import random
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -214,7 +214,11 @@ def test_not_fruit_traffic_after_an_activation_does_not_roll_back(tmp_path):
             assert r.status_code == 200 and r.json()["model_version"] == new
             verdicts.append(r.json()["verdict"])
         models = c.get("/models").json()
-        watch = app.state.fruitpipe.rollback.watching
+        guard = app.state.fruitpipe.rollback
+        deadline = time.monotonic() + 30
+        while guard.watching["paired"] < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the last requests' pairing runs after their answers were sent
+        watch = guard.watching
     assert verdicts.count("not_fruit") >= 50  # the old bar (30%) would have rolled it back
     assert models["live"] == new and models["rollbacks"] == []
     assert watch["version"] == new and watch["paired"] == 60 and watch["new_only"] == watch["previous_only"] == 0
