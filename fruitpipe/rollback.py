@@ -37,10 +37,13 @@ start from zero), unless the pointer is itself an automatic rollback.
 
 The counts are per process, which is sound locally (``fruitpipe serve`` is one process). On AWS
 each Lambda instance would judge only its own share of the traffic (a few requests, a p95 of a
-handful), so there the guard is off (``RollbackBars(enabled=False)``, functions/api/handler.py):
-CloudWatch alarms on the EMF metrics of every instance, which CloudWatch pools, feed the
-``PostPromotion`` composite alarm that invokes the rollback Lambda (:mod:`fruitpipe.pipeline.rollback`);
-docs/operations.md says which bars it uses.
+handful), so there the guard decides nothing (``RollbackBars(enabled=False)``,
+functions/api/handler.py): CloudWatch alarms on the EMF metrics of every instance, which CloudWatch
+pools, feed the ``PostPromotion`` composite alarm that invokes the rollback Lambda
+(:mod:`fruitpipe.pipeline.rollback`). The guard still watches there and pairs each answer with the
+previous model's; ``on_pair`` emits the outcome (:func:`fruitpipe.aws_metrics.record_pair`), and
+the ``PostPromotionNotFruit`` alarm applies the not-fruit bar above to the pooled counts
+(docs/operations.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Automatic rollback on AWS: the ``PostPromotion`` composite alarm (5xx rate, p95 latency,
-not-fruit rise, label-based accuracy) -> EventBridge -> the rollback Lambda -> :func:`handle`.
+not-fruit beyond the previous version on the same requests, label-based accuracy) -> EventBridge -> the rollback Lambda -> :func:`handle`.
 
 It re-activates ``live.json``'s ``previous`` version (through :func:`fruitpipe.pipeline.publish.move_pointer`,
 which verifies that version's files first) only while the live version is within ``window_seconds``
