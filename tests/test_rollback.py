@@ -272,3 +272,20 @@ def test_the_dashboard_shows_the_rollback(tmp_path):
         text = page.text_content("#model-events")
         browser.close()
     assert f"{new} → {LIVE}" in text and "p95 latency" in text
+
+
+@needs_shared
+def test_a_server_restarted_after_an_activation_keeps_watching(tmp_path):
+    store = tmp_path / "store"
+    backend = make_backend(store)
+    with TestClient(make_app(backend)) as c:
+        new = candidate(store, "w")
+        assert c.post(f"/models/{new}/activate", headers=AUTH).status_code == 200
+    restarted = make_app(make_backend(store))  # a new process on the same store
+    watch = restarted.state.fruitpipe.rollback.watching
+    assert watch is not None and watch["version"] == new and watch["previous"] == LIVE
+    with TestClient(restarted) as c:
+        assert c.post(f"/models/{LIVE}/activate", headers=AUTH).status_code == 200
+        assert c.post(f"/models/{new}/activate", headers=AUTH).status_code == 200
+        c.get("/health")
+        assert restarted.state.fruitpipe.rollback.watching["previous"] == LIVE

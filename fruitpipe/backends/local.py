@@ -348,11 +348,15 @@ class LocalRegistry(ModelRegistry):
             raise NotFound(f"no model version {version!r}")
         digest = bundle.check_manifest(path, self.pinned_manifest_sha(version, path))
         bundle.verify(path, digest)
-        current = self.live_version()
-        if current == version:
-            return  # already live: the pointer (its "previous", "updated": the rollback watch) stays
+        current = self.live_record() or {}
+        if current.get("version") == version:
+            if current.get("manifest_sha256") == digest:
+                return  # already live: the pointer (its "previous", "updated": the rollback watch) stays
+            previous = current.get("previous")  # a pointer written before the pin: pin it, keep the rest
+        else:
+            previous = current.get("version")
         atomic_write_json(self.pointer, {"version": version, "manifest_sha256": digest, "updated": bundle.now_iso(),
-                                         "previous": current, "reason": reason})
+                                         "previous": previous, "reason": reason})
 
 
 # --------------------------------------------------------------------------------------------
