@@ -67,7 +67,7 @@ REASON_PREFIX = "automatic rollback"  # the live pointer's reason after one (her
 
 @dataclass(frozen=True)
 class RollbackBars:
-    enabled: bool = True  # False: this process never watches (on AWS the pooled alarms decide)
+    enabled: bool = True  # False: this process never rolls back (on AWS the pooled alarms decide)
     window_seconds: float = 3600.0  # how long after a promotion the new model is watched
     min_requests: int = 50  # no verdict on fewer /predict requests
     max_error_rate: float = 0.02  # share of /predict answers that are 5xx
@@ -242,9 +242,9 @@ class RollbackGuard:
             return None
         p, excess = mcnemar_p_value(b, c), (b - c) / n
         if p < self.bars.not_fruit_alpha and excess > self.bars.max_not_fruit_excess:
-            return (f"answers not_fruit on {excess:.3f} more of {n} requests than {w['previous']} does on the "
-                    f"same images > {self.bars.max_not_fruit_excess} ({b} only by {w['version']}, {c} only by "
-                    f"{w['previous']}; one-sided p={p:.2g} < {self.bars.not_fruit_alpha})")
+            return (f"answers not_fruit on {b - c} more of {n} requests than {w['previous']} does on the same "
+                    f"images (excess {excess:.3f} > {self.bars.max_not_fruit_excess}; {b} only by {w['version']}, "
+                    f"{c} only by {w['previous']}; one-sided p={p:.2g} < {self.bars.not_fruit_alpha})")
         return None
 
     def _crossed(self, w: dict[str, Any]) -> str | None:

@@ -118,7 +118,7 @@ def test_each_bar_and_the_window():
         guard.offer(answer("not_fruit", "v4"))  # type: ignore[arg-type]
         if i < 9:
             assert len(reg.activated) == 1  # 9 of 9: p = 0.002, not yet below 0.001
-    assert reg.activated[-1] == "v1" and "answers not_fruit on 1.000 more of 10" in guard.events[-1]["reason"]
+    assert reg.activated[-1] == "v1" and "answers not_fruit on 10 more of 10" in guard.events[-1]["reason"]
     assert "10 only by v4, 0 only by v1" in guard.events[-1]["reason"]
 
     guard.on_swap("v1", "v5")
