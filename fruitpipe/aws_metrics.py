@@ -57,6 +57,21 @@ def prediction_metrics(prediction: Mapping[str, Any], latency_ms: float,
     return out
 
 
+def pair_metrics(new_not_fruit: bool, previous_not_fruit: bool) -> list[tuple[str, float, str, dict[str, str]]]:
+    """For one ``/predict`` request in the window after a promotion, paired with what the previous
+    live model answers to the same image (:mod:`fruitpipe.rollback`): ``NotFruitOnlyNew`` 1 when
+    only the new model answers ``not_fruit``, ``NotFruitOnlyPrevious`` 1 when only the previous one
+    does (else 0). Their Sums over the window are McNemar's discordant counts, their SampleCount
+    the paired requests: the ``PostPromotionNotFruit`` alarm's inputs (infra/constructs/monitoring.py)."""
+    return [("NotFruitOnlyNew", float(new_not_fruit and not previous_not_fruit), "Count", {}),
+            ("NotFruitOnlyPrevious", float(previous_not_fruit and not new_not_fruit), "Count", {})]
+
+
+def record_pair(new_not_fruit: bool, previous_not_fruit: bool) -> None:
+    """Emit :func:`pair_metrics` (the rollback guard's ``on_pair`` on AWS)."""
+    emit(pair_metrics(new_not_fruit, previous_not_fruit))
+
+
 def review_metrics(review: Mapping[str, Any]) -> list[tuple[str, float, str, dict[str, str]]]:
     """For one ``POST /review/{id}`` answer: ``ReviewCorrect`` (1 when the user's answer equals the
     reviewer's label, else 0) with no dimension (its Average over a window is the label-based

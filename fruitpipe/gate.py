@@ -21,6 +21,15 @@ Both models are evaluated on the same images, the frozen evaluation set that nei
 * **Accuracy never buys rejection**, in both modes: the not-fruit rejection rate on the evaluation
   set's not-fruit images (when both were measured) must be at least the live model's minus
   ``ood_tolerance`` (0.005: one image in 200).
+* **Anchored to the best version so far** (``reference``): a chain of "not significantly worse"
+  promotions could slide lower and lower, each step within chance of the one before. So the
+  candidate is also held to the paired rule above (McNemar, ``margin``, ``ood_tolerance``) against
+  a fixed reference, the version with the best accuracy among those the gate let through in this
+  store or bucket, scored on the same images: a store never serves a model more than ``margin``
+  (or significantly) below the best it has shown. The reference is compared only through per-image
+  outcomes on the same images (same ``paired.order`` digest); without them the check is skipped and
+  the reason says why. It applies in strict mode too (the strict rule against the live model is
+  unchanged).
 * **No live model**: the first candidate with well-formed metrics is promoted. Metrics missing or
   not finite: :class:`GateError`, the candidate is not promoted.
 """
@@ -95,17 +104,66 @@ def _pairs(candidate: Mapping[str, Any], live: Mapping[str, Any]) -> tuple[int, 
     return worse, better, len(ca)
 
 
+def _paired_failures(cand: dict[str, float], other: dict[str, float], pairs: tuple[int, int, int], who: str, *,
+                      alpha: float, margin: float, tolerance: float) -> tuple[list[str], str]:
+    """The paired rule against ``other`` (``who``: "live", "reference v3"): (failures, the test in words)."""
+    b, c, n = pairs
+    p = mcnemar_p_value(b, c)
+    test = (f"paired test on {n} photos: {b} right only by the {who} model, {c} only by the candidate, "
+            f"one-sided p={p:.3f}")
+    worse = [f"significantly worse on the same photos ({test} < {alpha})"] if p < alpha else []
+    limit = max(margin, 1.0 / n) if n else margin  # one photo, on a set of fewer than 1/margin
+    worse += [f"{k} {cand[k]:.4f} is more than {limit:.3f} below {who} {other[k]:.4f}"
+              for k in REQUIRED if cand[k] < other[k] - limit - tolerance - 1e-12]
+    return worse, test
+
+
+def _ood_failure(cand: dict[str, float], other: dict[str, float], who: str, ood_tolerance: float) -> list[str]:
+    if "ood_rejected_rate" in cand and "ood_rejected_rate" in other:
+        if cand["ood_rejected_rate"] < other["ood_rejected_rate"] - ood_tolerance:
+            return [f"ood_rejected_rate {cand['ood_rejected_rate']:.4f} < {who} {other['ood_rejected_rate']:.4f}"]
+    return []
+
+
+def check_reference(candidate: Mapping[str, Any], reference: Mapping[str, Any] | None, name: str | None, *,
+                    ood_tolerance: float = OOD_TOLERANCE, alpha: float = ALPHA,
+                    margin: float = MARGIN) -> tuple[list[str], str]:
+    """The anchor of the module docstring: the candidate against the ``reference`` version ``name``.
+
+    Returns ``(failures, note)``: ``failures`` empty when the candidate is non-inferior to the
+    reference (or the check could not be made), ``note`` says what was checked or why it was
+    skipped (no reference, malformed metrics, per-image outcomes missing or on other images).
+    """
+    if reference is None:
+        return [], "no reference version to anchor to"
+    who = f"reference {name}" if name else "reference"
+    try:
+        cand, ref = _numbers(candidate, "candidate"), _numbers(reference, who)
+    except GateError as exc:
+        return [], f"anchor check skipped: {exc}"
+    pairs = _pairs(candidate, reference)
+    if pairs is None:
+        return [], (f"anchor check against {who} skipped: its per-image outcomes are missing or from "
+                    "other images (order digests differ)")
+    worse, test = _paired_failures(cand, ref, pairs, who, alpha=alpha, margin=margin, tolerance=0.0)
+    worse += _ood_failure(cand, ref, who, ood_tolerance)
+    return worse, f"anchor: {who} accuracy {ref['accuracy']:.4f}, {test}"
+
+
 def decide(candidate: Mapping[str, Any] | None, live: Mapping[str, Any] | None, *,
            tolerance: float = 0.0, ood_tolerance: float = OOD_TOLERANCE, strict: bool = False,
-           alpha: float = ALPHA, margin: float = MARGIN) -> Decision:
+           alpha: float = ALPHA, margin: float = MARGIN, reference: Mapping[str, Any] | None = None,
+           reference_version: str | None = None) -> Decision:
     """Compare candidate and live metrics measured on the same evaluation images.
 
     With no live model the candidate is promoted if its metrics are well formed. ``strict`` (a run
     with nothing new to learn) or metrics without matching per-image outcomes: no metric may be
-    worse by more than ``tolerance``. Otherwise the paired rule of the module docstring.
+    worse by more than ``tolerance``. Otherwise the paired rule of the module docstring. With a
+    ``reference`` (the best version the gate let through, named ``reference_version``; see
+    :func:`check_reference`) the candidate must also be non-inferior to it; its note ends the reason.
 
     Raises:
-        GateError: accuracy or macro-F1 missing or not finite in either record.
+        GateError: accuracy or macro-F1 missing or not finite in the candidate's or live record.
     """
     cand = _numbers(candidate, "candidate")
     if live is None:
@@ -117,27 +175,43 @@ def decide(candidate: Mapping[str, Any] | None, live: Mapping[str, Any] | None, 
     if pairs is None:
         worse += [f"{k} {cand[k]:.4f} < live {cur[k]:.4f}" for k in REQUIRED if cand[k] < cur[k] - tolerance]
     else:
-        b, c, n = pairs
-        p = mcnemar_p_value(b, c)
-        test = (f"paired test on {n} photos: {b} right only by the live model, {c} only by the candidate, "
-                f"one-sided p={p:.3f}")
-        if p < alpha:
-            worse.append(f"significantly worse on the same photos ({test} < {alpha})")
-        limit = max(margin, 1.0 / n) if n else margin  # one photo, on a set of fewer than 1/margin
-        worse += [f"{k} {cand[k]:.4f} is more than {limit:.3f} below live {cur[k]:.4f}"
-                  for k in REQUIRED if cand[k] < cur[k] - limit - tolerance - 1e-12]
-    if "ood_rejected_rate" in cand and "ood_rejected_rate" in cur:
-        if cand["ood_rejected_rate"] < cur["ood_rejected_rate"] - ood_tolerance:
-            worse.append(f"ood_rejected_rate {cand['ood_rejected_rate']:.4f} < live "
-                         f"{cur['ood_rejected_rate']:.4f}")
+        failed, test = _paired_failures(cand, cur, pairs, "live", alpha=alpha, margin=margin, tolerance=tolerance)
+        worse += failed
+    worse += _ood_failure(cand, cur, "live", ood_tolerance)
+    anchor_worse, anchor = ([], "") if reference is None else check_reference(
+        candidate, reference, reference_version, ood_tolerance=ood_tolerance, alpha=alpha, margin=margin)
+    anchor = f" [{anchor}]" if anchor else ""
     if worse:
-        return Decision(False, "candidate is worse than the live model: " + "; ".join(worse), cand, cur)
+        return Decision(False, "candidate is worse than the live model: " + "; ".join(worse) + anchor, cand, cur)
+    if anchor_worse:
+        return Decision(False, "candidate is worse than the best version so far (anchor): "
+                        + "; ".join(anchor_worse) + anchor, cand, cur)
     keys = [k for k in (*REQUIRED, "ood_rejected_rate") if k in cand and k in cur]
     summary = ", ".join(f"{k} {cand[k]:.4f} vs {cur[k]:.4f}" for k in keys) + (f"; {test}" if test else "")
     tie = all(cand[k] == cur[k] for k in keys)
     if tie:
         return Decision(True, "tie with the live model, promoted: it has learned the new images at no cost "
-                        f"({summary})", cand, cur)
+                        f"({summary}){anchor}", cand, cur)
     if pairs is not None and any(cand[k] < cur[k] for k in REQUIRED):
-        return Decision(True, f"candidate is not significantly worse than the live model ({summary})", cand, cur)
-    return Decision(True, f"candidate is no worse than the live model ({summary})", cand, cur)
+        return Decision(True, f"candidate is not significantly worse than the live model ({summary}){anchor}",
+                        cand, cur)
+    return Decision(True, f"candidate is no worse than the live model ({summary}){anchor}", cand, cur)
+
+
+def best_reference(records: Mapping[str, Mapping[str, Any]], live: str | None = None
+                   ) -> tuple[str, Mapping[str, Any]] | None:
+    """The anchor: ``(version, metrics)`` with the highest accuracy (then macro-F1, then the later
+    name) among ``records`` (version -> metrics of the versions the gate let through, on the same
+    images); None when there is none with well-formed metrics, or when it is the ``live`` version
+    (the candidate is compared with that one already)."""
+    ranked = []
+    for version, metrics in records.items():
+        try:
+            nums = _numbers(metrics, version)
+        except GateError:
+            continue
+        ranked.append(((nums["accuracy"], nums["macro_f1"], version), version, metrics))
+    if not ranked:
+        return None
+    _, version, metrics = max(ranked, key=lambda r: r[0])
+    return None if version == live else (version, metrics)

@@ -179,6 +179,26 @@ def predict_live(clf: Any, image: np.ndarray) -> LiveAnswer:
     return LiveAnswer(image, pred, (t2 - t0) * 1000, clf.backbone, (emb, pooled, block_in), (t1 - t0) * 1000)
 
 
+def predict_beside(clf: Any, live: LiveAnswer) -> tuple[Any, float]:
+    """What ``clf`` (another model: a shadowed candidate, the previous live model) answers to the
+    image of ``live`` (:func:`predict_live`), and its inference time in ms. When ``clf`` runs on the
+    same backbone instance, it reuses the live answer's backbone outputs (only its numpy block and
+    head run; the time counts the live backbone pass); otherwise a full pass, the image resized to
+    ``clf``'s input size when that differs."""
+    t0 = time.perf_counter()
+    if clf.backbone is live.backbone:  # same backbone: its outputs are this model's too
+        emb, pooled, block_in = live.outputs
+        batch = live.image[None]
+        pred = clf.predict_embeddings(emb, pooled, images=lambda rows: batch[rows], block_in=block_in)[0]
+        return pred, live.backbone_ms + (time.perf_counter() - t0) * 1000
+    image = live.image
+    if image.shape[0] != clf.size:  # a model on a backbone of another input size
+        from PIL import Image
+        image = np.asarray(Image.fromarray(image).resize((clf.size, clf.size), Image.Resampling.BILINEAR))
+    pred = clf.predict_arrays(image[None])[0]
+    return pred, (time.perf_counter() - t0) * 1000
+
+
 def plan(version: str, live: str | None, now: datetime, requests: int = 200, seconds: float = 3600.0,
          sample_rate: float = 1.0, bounds: Bounds | None = None) -> dict[str, Any]:
     """The pointer state of a new shadow of ``version`` beside ``live``. Raises ``ValueError`` for bad numbers."""
@@ -315,19 +335,7 @@ class Shadow:
             if self._clf is None:
                 self._clf = self.load(state["version"])
             clf = self._clf
-        t0 = time.perf_counter()
-        if clf.backbone is live.backbone:  # same backbone: its outputs are the candidate's too
-            emb, pooled, block_in = live.outputs
-            batch = live.image[None]
-            pred = clf.predict_embeddings(emb, pooled, images=lambda rows: batch[rows], block_in=block_in)[0]
-            shadow_ms = live.backbone_ms + (time.perf_counter() - t0) * 1000
-        else:
-            image = live.image
-            if image.shape[0] != clf.size:  # a candidate on a backbone of another input size
-                from PIL import Image
-                image = np.asarray(Image.fromarray(image).resize((clf.size, clf.size), Image.Resampling.BILINEAR))
-            pred = clf.predict_arrays(image[None])[0]
-            shadow_ms = (time.perf_counter() - t0) * 1000
+        pred, shadow_ms = predict_beside(clf, live)
         with self._lock:
             self._stats.add(live.prediction, pred, live.ms, shadow_ms)
             total = self._stats.n + self._others.n

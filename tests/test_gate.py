@@ -119,3 +119,65 @@ def test_on_a_small_set_the_margin_is_one_photo():
     d = gate.decide(_paired(cand), _paired(live))  # -1 photo (1.6 points), p = 0.5
     assert d.promote and "not significantly worse" in d.reason
     assert not gate.decide(_paired("00" + "1" * 57 + "000"), _paired(live)).promote  # -2 photos
+
+
+# -- the anchor: the best version so far ---------------------------------------------------------
+
+def test_a_chain_of_small_losses_stops_at_the_anchor():
+    # The trial's drift: each retrain loses 5 photos to the live model and gains 2 (p = 0.227, well
+    # within chance, so the live-only rule promotes every one), and the chain slides below the shipped model.
+    shipped = _paired(LIVE_614)
+    step1, step2, step3 = (_paired(_moved(5 * k, 2 * k)) for k in (1, 2, 3))
+    for cand, live in ((step1, shipped), (step2, step1), (step3, step2)):
+        assert gate.decide(cand, live).promote and "p=0.227" in gate.decide(cand, live).reason
+    # against the shipped model: step2 is 10 lost, 4 gained (p = 0.090, -1.0 point): still within the anchor
+    assert gate.decide(step2, step1, reference=shipped, reference_version="shipped").promote
+    # step3 is 15 lost, 6 gained (p = 0.039, -1.5 points): stopped
+    d = gate.decide(step3, step2, reference=shipped, reference_version="shipped")
+    assert not d.promote and "best version so far" in d.reason and "reference shipped" in d.reason
+    assert "significantly worse" in d.reason and "more than 0.010 below reference shipped" in d.reason
+
+
+def test_the_anchor_bounds_the_total_loss_to_the_margin():
+    live = "1" * 50
+    ref = "1" * 50
+    cand = "0" + "1" * 49  # -1 photo (2 points on 50): within a one-photo bound, not significant
+    assert gate.decide(_paired(cand), _paired(live), reference=_paired(ref), reference_version="r").promote
+    cand3 = "000" + "1" * 47  # -3 photos: more than the bound below the reference
+    d = gate.decide(_paired(cand3), _paired("00" + "1" * 48), reference=_paired(ref), reference_version="r")
+    assert not d.promote and "more than 0.020 below reference r" in d.reason
+
+
+def test_the_anchor_within_chance_promotes_and_says_so():
+    d = gate.decide(_paired(_moved(5, 2)), _paired(LIVE_614), reference=_paired(_moved(0, 1)),
+                    reference_version="v1")  # vs v1 (one photo better than live): 5 lost, 1 gained
+    assert d.promote and "anchor: reference v1" in d.reason and "p=0.109" in d.reason.split("anchor:")[1]
+
+
+def test_an_anchor_on_other_images_is_skipped_with_its_reason():
+    ref = _paired(LIVE_614, order="older-set")
+    cand, live = _paired(_moved(10, 4)), _paired(_moved(5, 2))
+    d = gate.decide(cand, live, reference=ref, reference_version="v0")
+    assert d.promote and "anchor check against reference v0 skipped" in d.reason
+    d = gate.decide(cand, live, reference={"accuracy": "?"}, reference_version="v0")
+    assert d.promote and "anchor check skipped" in d.reason
+
+
+def test_the_anchor_also_applies_to_a_forced_run_whose_strict_rule_is_unchanged():
+    cand, live, ref = _paired(_moved(10, 2)), _paired(_moved(10, 2)), _paired(LIVE_614)
+    assert gate.decide(cand, live, strict=True).promote  # strict: a tie with the live model
+    assert not gate.decide(_paired(_moved(11, 2)), live, strict=True).promote  # one photo less: refused
+    assert not gate.decide(cand, live, strict=True, reference=ref, reference_version="v1").promote
+
+
+def test_the_anchor_guards_rejection_too():
+    d = gate.decide(_paired(LIVE_614, rejected="1" * 9 + "0"), _paired(LIVE_614, rejected="1" * 9 + "0"),
+                    reference=_paired(LIVE_614), reference_version="v1")
+    assert not d.promote and "ood_rejected_rate" in d.reason and "reference v1" in d.reason
+
+
+def test_best_reference_is_the_best_accepted_version_unless_it_is_live():
+    records = {"v1": _paired(LIVE_614), "v2": _paired(_moved(5, 2)), "v3": {"accuracy": None}}
+    assert gate.best_reference(records, live="v2")[0] == "v1"
+    assert gate.best_reference(records, live="v1") is None  # the live model is compared anyway
+    assert gate.best_reference({}, live="v1") is None

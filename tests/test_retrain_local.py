@@ -354,3 +354,20 @@ def test_a_run_at_its_gate_is_never_cancelled(tmp_path, data):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_gate_anchors_to_the_best_version_in_the_store(tmp_path, data):
+    """The live model is a drifted one (here: the shipped model with fresh and rotten swapped, made
+    live by hand); the shipped model is still in the store and scored best on the frozen set, so
+    the gate also compares the candidate with it, photo by photo, and says so."""
+    from .test_shadow import candidate
+    store, app = run_retrain(tmp_path, data, "good")
+    with TestClient(app) as c:
+        drifted = candidate(store, "z", shuffle=True)
+        assert c.post(f"/models/{drifted}/activate", headers=AUTH).status_code == 200
+        assert c.post("/retrain?force=true", headers=AUTH).status_code == 202
+        status = wait_for_run(c)
+        reason = status["result"]["reason"]
+        assert status["state"] == "succeeded", status
+        assert f"anchor: reference {LIVE} accuracy" in reason and "paired test on" in reason.split("anchor:")[1]
+        assert f"anchor {LIVE}" in "\n".join(status["log_tail"])

@@ -26,11 +26,14 @@ pytestmark = needs_shared
 LIVE = bundle.verify(DEFAULT_MODEL).version
 
 
-def candidate(store, suffix: str, shuffle: bool = False) -> str:
+def candidate(store, suffix: str, shuffle: bool = False, rejection: dict | None = None) -> str:
     """A real, verified bundle registered as a new version: the live model itself, or the live
-    model with its six outputs permuted (what training with shuffled labels gives: confident, wrong)."""
+    model with its six outputs permuted (what training with shuffled labels gives: confident, wrong),
+    or with some ``rejection`` settings replaced (e.g. ``max_not_fruit`` 0: it rejects everything)."""
     m = bundle.verify(DEFAULT_MODEL)
     raw = m.to_dict()
+    if rejection:
+        raw["rejection"] = {**raw["rejection"], **rejection}
     raw["version"] = f"v20990101-000000-{suffix * 6}"[:24]
     raw["created"] = "2099-01-01T00:00:00Z"
     files = {name: (DEFAULT_MODEL / name).read_bytes() for name in m.files}

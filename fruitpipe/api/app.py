@@ -35,7 +35,7 @@ def create_app(backend: Backend, settings: Settings | None = None, *, load_model
     capture = Capturer(backend.capture, settings.capture)
     rollback = RollbackGuard(backend.registry, settings.rollback_bars,
                              accuracy=lambda v: capture.accuracy(v, settings.rollback_bars.window_seconds / 86400),
-                             on_rollback=lambda: holder.refresh(True))
+                             on_rollback=lambda: holder.refresh(True), load=holder.load_version)
     holder.on_swap, metrics.observer = rollback.on_swap, rollback
     app.state.fruitpipe = AppState(backend=backend, settings=settings, holder=holder, metrics=metrics,
                                    static_dir=STATIC_DIR, capture=capture, rollback=rollback,

@@ -59,7 +59,7 @@ class Metrics:
         self._by_verdict: PyCounter[str] = PyCounter()
         self._count = 0
         self._version: str | None = None
-        self.observer: Any = None  # e.g. fruitpipe.rollback.RollbackGuard: sees each /predict outcome and verdict
+        self.observer: Any = None  # e.g. fruitpipe.rollback.RollbackGuard: sees each /predict status and latency
 
     def set_model(self, version: str) -> None:
         with self._lock:
@@ -79,8 +79,6 @@ class Metrics:
         """
         answered = answered_class(predicted_class, verdict)
         self.predictions.labels(predicted_class=answered, verdict=verdict).inc()
-        if self.observer is not None:
-            self.observer.note_verdict(verdict)
         with self._lock:
             self._count += 1
             if answered in LABELS:

@@ -505,7 +505,11 @@ class S3ModelRegistry(_S3Bound, ModelRegistry):
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def activate(self, version: str) -> None:
+    def live_record(self) -> dict[str, Any] | None:
+        data = self._get_json(LIVE_KEY)
+        return data if isinstance(data, dict) else None
+
+    def activate(self, version: str, *, reason: str = "") -> None:
         if not _VERSION_RE.match(version):
             raise NotFound(f"no model version {version!r}")
         where = self._where(version)
@@ -521,7 +525,8 @@ class S3ModelRegistry(_S3Bound, ModelRegistry):
         # Keep the drift baseline recorded when the version was published (fruitpipe.pipeline.publish).
         baseline = self._get_json(f"{VERSIONS}/{version}/baseline.json") if where == VERSIONS else None
         body = json.dumps({"version": version, "manifest_sha256": bundle.check_manifest(folder, None),
-                           "updated": now_iso(), "previous": self.live_version(), "baseline": baseline}).encode()
+                           "updated": now_iso(), "previous": self.live_version(), "baseline": baseline,
+                           "reason": reason}).encode()
         self.s3.put_object(Bucket=self.bucket, Key=LIVE_KEY, Body=body, ContentType="application/json")
 
     def publish(self, bundle_dir: Path, version: str | None = None) -> str:

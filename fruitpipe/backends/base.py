@@ -111,8 +111,15 @@ class ModelRegistry(ABC):
         """A local folder holding the verified bundle of ``version`` (raises :class:`NotFound`)."""
 
     @abstractmethod
-    def activate(self, version: str) -> None:
-        """Move the live pointer (rollback or roll forward). Raises :class:`NotFound`."""
+    def activate(self, version: str, *, reason: str = "") -> None:
+        """Move the live pointer (rollback or roll forward); the pointer records the version it
+        replaces (``previous``), when (``updated``) and ``reason``. Raises :class:`NotFound`."""
+
+    def live_record(self) -> dict[str, Any] | None:
+        """The live pointer as stored (``version``, ``updated``, ``previous``, ``reason``; the keys a
+        registry records), or None when unknown. Lets a restarted server resume the post-promotion
+        watch (:mod:`fruitpipe.rollback`)."""
+        return None
 
 
 class Trainer(ABC):

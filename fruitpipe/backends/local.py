@@ -335,7 +335,11 @@ class LocalRegistry(ModelRegistry):
         bundle.check_manifest(path, self.pinned_manifest_sha(version, path))
         return path
 
-    def activate(self, version: str) -> None:
+    def live_record(self) -> dict[str, Any] | None:
+        data = read_json(self.pointer)
+        return data if isinstance(data, dict) else None
+
+    def activate(self, version: str, *, reason: str = "") -> None:
         path = self.versions_dir / safe_version(version)
         if not (path / bundle.MANIFEST).is_file():
             if (self.rejected_dir / version).is_dir():
@@ -344,7 +348,15 @@ class LocalRegistry(ModelRegistry):
             raise NotFound(f"no model version {version!r}")
         digest = bundle.check_manifest(path, self.pinned_manifest_sha(version, path))
         bundle.verify(path, digest)
-        atomic_write_json(self.pointer, {"version": version, "manifest_sha256": digest, "updated": bundle.now_iso()})
+        current = self.live_record() or {}
+        if current.get("version") == version:
+            if current.get("manifest_sha256") == digest:
+                return  # already live: the pointer (its "previous", "updated": the rollback watch) stays
+            previous = current.get("previous")  # a pointer written before the pin: pin it, keep the rest
+        else:
+            previous = current.get("version")
+        atomic_write_json(self.pointer, {"version": version, "manifest_sha256": digest, "updated": bundle.now_iso(),
+                                         "previous": previous, "reason": reason})
 
 
 # --------------------------------------------------------------------------------------------

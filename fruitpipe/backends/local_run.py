@@ -341,9 +341,12 @@ class Run:
             raise RunFailed(f"the training job wrote an invalid bundle: {exc}") from None
         return out
 
-    def evaluate(self, candidate: Path, evaluation: Path) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    def evaluate(self, candidate: Path, evaluation: Path
+                 ) -> tuple[dict[str, Any], dict[str, Any] | None, tuple[str, dict[str, Any]] | None, str]:
         """Candidate and live on the frozen evaluation set (embedded once, through the cache), and
-        every other version not yet scored on it; each result is kept in ``evaluations/``."""
+        every other version not yet scored on it; each result is kept in ``evaluations/``. Also the
+        gate's anchor (:func:`fruitpipe.gate.best_reference`): the best of the versions the gate let
+        through (every version not rejected, the seed included), None with a custom evaluation."""
         self.stage("gate_evaluate")
         eval_set = rc.fingerprint(self.recipe.evaluation)
         live_version = self.registry.live_version()
@@ -354,7 +357,8 @@ class Run:
             cand = fn(Classifier(candidate, shared_backbone=backbone), evaluation)
             live = (fn(Classifier(self.registry.fetch(live_version), shared_backbone=backbone), evaluation)
                     if live_version else None)
-            return cand, live, eval_set
+            self.log("anchor check skipped: a custom evaluation function scores only candidate and live")
+            return cand, live, None, eval_set
         memo = remember_zoom()
         memo.load(zoom_memo_path(self.cache_dir))
         sets = EmbeddedSet(evaluation, self.cache_dir)
@@ -365,19 +369,26 @@ class Run:
         self.log(f"candidate: accuracy={cand['accuracy']:.4f} macro_f1={cand['macro_f1']:.4f} "
                  f"ood_rejected_rate={cand.get('ood_rejected_rate')}")
         live = None
-        for version in [v.version for v in self.registry.versions()]:
+        accepted: dict[str, dict[str, Any]] = {}  # the versions the gate let through: the anchor's pool
+        for v in self.registry.versions():
+            version = v.version
             cached = frozen_evaluation(self.store, version)
             if cached is not None and cached.get("eval_set") == eval_set:
                 metrics = cached["metrics"]
             else:
                 metrics = sets.score(self.registry.fetch(version))
                 save_frozen_evaluation(self.store, version, eval_set, metrics)
+            if v.status != "rejected":
+                accepted[version] = metrics
             if version == live_version:
                 live = metrics
                 self.log(f"live {live_version}: accuracy={live['accuracy']:.4f} macro_f1={live['macro_f1']:.4f} "
                          f"ood_rejected_rate={live.get('ood_rejected_rate')}")
         memo.save(zoom_memo_path(self.cache_dir))
-        return cand, live, eval_set
+        reference = gate.best_reference(accepted, live_version)
+        if reference is not None:
+            self.log(f"anchor {reference[0]}: accuracy={reference[1]['accuracy']:.4f} (the best version so far)")
+        return cand, live, reference, eval_set
 
     def run(self) -> int:
         try:
@@ -403,7 +414,7 @@ class Run:
             fingerprint = uploads_fingerprint(self.store)
             with cache_lock(self.cache_dir, on_wait=lambda: self.stage("wait_cache")):
                 candidate = self.train(data, validation)
-                cand_metrics, live_metrics, eval_set = self.evaluate(candidate, evaluation)
+                cand_metrics, live_metrics, reference, eval_set = self.evaluate(candidate, evaluation)
             self.drop_snapshot()
             with decision_lock(self.store):  # a cancel (LocalTrainer.cancel) waits for this whole block
                 self.stage("gate")
@@ -412,10 +423,13 @@ class Run:
                 try:
                     decision = gate.decide(cand_metrics, live_metrics,
                                            tolerance=float(self.config.get("gate_tolerance", 0.0)),
-                                           strict=bool(self.config.get("strict_gate")))
+                                           strict=bool(self.config.get("strict_gate")),
+                                           reference=reference[1] if reference else None,
+                                           reference_version=reference[0] if reference else None)
                 except gate.GateError as exc:
                     decision = gate.Decision(False, f"metrics cannot be compared: {exc}", {}, None)
                 evaluation_record = {"candidate": cand_metrics, "live": live_metrics, "live_version": live_version,
+                                     "reference_version": reference[0] if reference else None,
                                      "eval_set": eval_set, "evaluation": self.recipe.to_dict()["evaluation"]}
                 result = dict(self.status.get("result") or {}, version=version, promoted=decision.promote,
                               reason=decision.reason, candidate=_summary(cand_metrics),

@@ -7,6 +7,12 @@ to ``cache/embeddings/`` here (only names not already there), so the next run em
 it has never seen. The production baseline (mean top-1 confidence, not-fruit rate) of the
 candidate on the evaluation images is returned for the publish step: the drift alarm compares the
 API's live signals with it.
+
+The gate's anchor (:func:`fruitpipe.gate.check_reference`): the published version with the best
+accuracy recorded at its own gate (``versions/<v>/evaluation.json``; the validation split grows
+with the dataset, so those figures only choose it) is scored again on this run's images, and the
+candidate must be non-inferior to it there too (:func:`reference_version`). The seed is not in
+``versions/`` and is never the anchor (it may have trained on validation images).
 """
 
 from __future__ import annotations
@@ -88,6 +94,33 @@ def _brief(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def reference_version(s3: Any, models_bucket: str, live: str | None) -> str | None:
+    """The gate's anchor: the published version (``versions/<v>/``, every one the gate let through)
+    whose ``evaluation.json`` records the best accuracy; None when that is ``live`` (compared
+    anyway) or no version records one."""
+    records = {}
+    for key in s3util.list_keys(s3, models_bucket, f"{s3util.VERSIONS_PREFIX}/"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "evaluation.json":
+            metrics = (s3util.get_json(s3, models_bucket, key) or {}).get("metrics")
+            if isinstance(metrics, dict):
+                records[parts[1]] = metrics
+    best = gate.best_reference(records, live)
+    return best[0] if best else None
+
+
+def _score_reference(s3: Any, models_bucket: str, version: str | None, tmpdir: Path, eval_dir: Path,
+                     evaluator: Evaluator, classifier_factory: Callable[[Path], Any]) -> tuple[dict[str, Any] | None, str]:
+    """The anchor's metrics on this run's images, or None with the reason it has none."""
+    if version is None:
+        return None, ""
+    try:
+        ref_dir = s3util.download_bundle(s3, models_bucket, version, tmpdir / "reference")
+        return evaluator(classifier_factory(ref_dir), eval_dir), ""
+    except Exception as exc:  # noqa: BLE001 - e.g. a deleted or edited version: the live comparison still stands
+        return None, f"anchor check skipped: reference {version} cannot be scored ({type(exc).__name__}: {exc})"
+
+
 def run(s3: Any, *, models_bucket: str, model_artifacts: str, validation_manifest: str,
         expected_version: str | None = None, workdir: Path | None = None,
         evaluator: Evaluator | None = None, classifier_factory: Callable[[Path], Any] | None = None,
@@ -118,11 +151,16 @@ def run(s3: Any, *, models_bucket: str, model_artifacts: str, validation_manifes
         if live_v:
             live_dir = s3util.download_bundle(s3, models_bucket, live_v, tmpdir / "live")
             live_metrics = evaluator(classifier_factory(live_dir), eval_dir)
+        ref_v = reference_version(s3, models_bucket, live_v) if live_v else None
+        ref_metrics, skipped = _score_reference(s3, models_bucket, ref_v, tmpdir, eval_dir, evaluator,
+                                                classifier_factory)
         try:
-            decision = gate.decide(cand_metrics, live_metrics, tolerance=tolerance)
-            promote, reason = decision.promote, decision.reason
+            decision = gate.decide(cand_metrics, live_metrics, tolerance=tolerance, reference=ref_metrics,
+                                   reference_version=ref_v)
+            promote, reason = decision.promote, decision.reason + (f" [{skipped}]" if skipped else "")
         except gate.GateError as exc:
             promote, reason = False, f"metrics cannot be compared: {exc}"
         baseline = production_baseline(candidate_clf, eval_dir) if promote else None
         return {**result, "promote": promote, "reason": reason, "candidate": _brief(cand_metrics),
-                "live": _brief(live_metrics), "live_version": live_v, "baseline": baseline}
+                "live": _brief(live_metrics), "live_version": live_v, "baseline": baseline,
+                "reference_version": ref_v if ref_metrics is not None else None}

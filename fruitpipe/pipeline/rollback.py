@@ -1,5 +1,5 @@
 """Automatic rollback on AWS: the ``PostPromotion`` composite alarm (5xx rate, p95 latency,
-not-fruit rise, label-based accuracy) -> EventBridge -> the rollback Lambda -> :func:`handle`.
+not-fruit beyond the previous version on the same requests, label-based accuracy) -> EventBridge -> the rollback Lambda -> :func:`handle`.
 
 It re-activates ``live.json``'s ``previous`` version (through :func:`fruitpipe.pipeline.publish.move_pointer`,
 which verifies that version's files first) only while the live version is within ``window_seconds``
@@ -13,9 +13,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from ..rollback import REASON_PREFIX
 from . import publish, s3util
-
-REASON_PREFIX = "automatic rollback"
 
 
 def handle(event: dict[str, Any], *, s3: Any, sns: Any, models_bucket: str, topic_arn: str | None,

@@ -41,10 +41,15 @@ def build() -> Mangum:
         max_request_bytes=MAX_REQUEST_BYTES,
         large_upload_route="/upload-url",
         # Each instance sees only its share of the traffic: the rollback decision is the PostPromotion
-        # alarm's, on metrics CloudWatch pools over every instance (fruitpipe.rollback).
-        rollback_bars=RollbackBars(enabled=False),
+        # alarm's, on metrics CloudWatch pools over every instance (fruitpipe.rollback). The window is
+        # the rollback Lambda's (-c rollbackWindowMinutes).
+        rollback_bars=RollbackBars(enabled=False, window_seconds=float(
+            os.environ.get("FRUITPIPE_ROLLBACK_WINDOW_SECONDS", "7200"))),
     )
     app = create_app(backend, settings)
+    # ... but each instance still pairs its /predict answers with the previous model's within that
+    # window and emits the outcome (NotFruitOnlyNew / NotFruitOnlyPrevious) for the pooled alarm.
+    app.state.fruitpipe.rollback.on_pair = aws_metrics.record_pair
     aws_http.install(app)
     # Production metrics (EMF): predictions by class/verdict, latency, confidence, drift deltas.
     aws_metrics.install(app, backend.registry)

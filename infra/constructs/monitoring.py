@@ -13,6 +13,7 @@ evaluation images when the live version was published (the API emits ``Confidenc
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Any
 
 from aws_cdk import Duration
@@ -23,6 +24,7 @@ from constructs import Construct
 from fruitpipe.aws_metrics import API_SERVICE, INGEST_SERVICE, NAMESPACE
 from fruitpipe.labels import LABELS, VERDICTS
 from fruitpipe.pipeline.report import NAMESPACE as RETRAIN_NAMESPACE
+from fruitpipe.rollback import RollbackBars
 
 DEFAULTS: dict[str, Any] = {
     "alarm5xxPercent": 5,  # % of requests answered 5xx over 5 minutes, 2 periods out of 3
@@ -122,13 +124,37 @@ class Monitoring(Construct):
             self, "Drift", alarm_description="Production drift: retrain started automatically",
             alarm_rule=cw.AlarmRule.any_of(self.alarms["DriftConfidenceDrop"], self.alarms["DriftNotFruitRise"],
                                            self.alarms["DriftLabelAccuracy"]))
+        # Not-fruit after a promotion, attributed to the model and not to the traffic (fruitpipe.rollback):
+        # each API instance pairs its answers with the previous model's on the same images within the
+        # window and emits NotFruitOnlyNew / NotFruitOnlyPrevious (b and c: their Sums; n: SampleCount).
+        # The bar is the in-process guard's: n >= min_requests, (b - c) / n > max_not_fruit_excess and
+        # McNemar's one-sided test at not_fruit_alpha, here in its normal form with continuity
+        # correction, (b - c - 1)^2 > z^2 (b + c) (z: the standard normal quantile), written with
+        # products and nested IFs only.
+        bars = RollbackBars()
+        z2 = NormalDist().inv_cdf(1 - bars.not_fruit_alpha) ** 2
+        after = Duration.minutes(int(cfg["rollbackWindowMinutes"]))
+        paired = cw.MathExpression(
+            expression=(f"IF(n >= {bars.min_requests}, IF(b - c > {bars.max_not_fruit_excess} * n, "
+                        f"IF((b - c - 1) * (b - c - 1) > {z2:.4f} * (b + c), 1, 0), 0), 0)"),
+            period=after, label="not_fruit beyond the previous model (1: significant)",
+            using_metrics={"b": app("NotFruitOnlyNew", "Sum", after), "c": app("NotFruitOnlyPrevious", "Sum", after),
+                           "n": app("NotFruitOnlyNew", "SampleCount", after)})
+        self.alarms["PostPromotionNotFruit"] = paired.create_alarm(
+            self, "PostPromotionNotFruit", threshold=0.5, evaluation_periods=1,
+            alarm_description="After a promotion, the new model answers not_fruit significantly more often than "
+            "the previous one does on the same requests",
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
         # Any of these soon after a promotion means the new model is at fault: roll it back (the
         # rollback Lambda checks how long ago the live version went live; fruitpipe.pipeline.rollback).
+        # Not DriftNotFruitRise: a rise of not-fruit traffic is no fault of the new model.
         self.post_promotion_alarm = cw.CompositeAlarm(
             self, "PostPromotion", alarm_description="A bar crossed; within the window after a promotion the "
             "previous model is re-activated automatically",
             alarm_rule=cw.AlarmRule.any_of(self.alarms["Api5xxRate"], self.alarms["ApiP95Latency"],
-                                           self.alarms["DriftNotFruitRise"], self.alarms["DriftLabelAccuracy"]))
+                                           self.alarms["PostPromotionNotFruit"], self.alarms["DriftLabelAccuracy"]))
+        api.function.add_environment("FRUITPIPE_ROLLBACK_WINDOW_SECONDS", str(int(cfg["rollbackWindowMinutes"]) * 60))
         for alarm in [*self.alarms.values(), self.drift_alarm, self.post_promotion_alarm]:
             alarm.add_alarm_action(action)
         self.drift_rule = pipeline.retrain_on_alarm("DriftRetrainRule", self.drift_alarm)

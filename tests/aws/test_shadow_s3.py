@@ -222,16 +222,49 @@ def test_an_operator_stops_a_shadow_on_aws(aws, monkeypatch, tmp_path, capsys):
 
 
 @needs_shared
-def test_the_in_process_rollback_guard_is_off_on_aws(aws, monkeypatch, tmp_path):
+def test_on_aws_an_instance_pairs_not_fruit_answers_but_never_rolls_back(aws, monkeypatch, tmp_path, capsys):
     """On AWS the rollback decision is the pooled alarms' (PostPromotion -> rollback Lambda): an
-    instance never rolls back on its own share of the traffic."""
+    instance never rolls back on its own share of the traffic. Within the window after a promotion it
+    pairs each answer with the previous model's on the same image and emits NotFruitOnlyNew /
+    NotFruitOnlyPrevious for the PostPromotionNotFruit alarm; an instance started after the promotion
+    (a cold start) resumes that watch from live.json."""
+    from tests.conftest import FRUITS
+    from tests.pipeline.test_aws_metrics import emf_lines
     lambda_env(aws, monkeypatch, tmp_path)
     reg = S3ModelRegistry(aws["models"], tmp_path / "reg", s3=aws["s3"])
-    other = reg.publish(shuffled_bundle(tmp_path, "v20990101-000000-dddddd", shuffle=False))
+    broken = shuffled_bundle(tmp_path, "v20990101-000000-dddddd", shuffle=False)
+    manifest = json.loads((broken / bundle.MANIFEST).read_text())
+    manifest["rejection"]["max_not_fruit"] = 0.0  # it answers not_fruit to every photo
+    (broken / bundle.MANIFEST).write_text(json.dumps(manifest))
+    other = reg.publish(broken)
     inst = Instance()
     guard = inst.app.state.fruitpipe.rollback
-    assert guard.bars.enabled is False
+    assert guard.bars.enabled is False and guard.bars.window_seconds == 7200
+    live = inst.call("GET", "/models")[1]["live"]
     assert inst.call("POST", f"/models/{other}/activate", headers=ADMIN)[0] == 200
-    for seed in range(3):
-        assert inst.predict(seed)["model_version"] == other
-    assert guard._watch is None and inst.call("GET", "/models")[1]["rollbacks"] == []
+    photos = [sorted((FRUITS / "test" / label).glob("*.jpg"))[0].read_bytes() for label in ("freshapples", "rottenbanana")]
+
+    def predict(instance: Instance, data: bytes) -> dict:
+        body, ctype = multipart({}, [("file", "a.jpg", data, "image/jpeg")])
+        status, answer = instance.call("POST", "/predict", body=body, headers={"content-type": ctype})
+        assert status == 200, answer
+        return answer
+
+    capsys.readouterr()
+    for data in photos:
+        answer = predict(inst, data)
+        assert answer["model_version"] == other and answer["verdict"] == "not_fruit"
+    def values(out: str, name: str) -> list[float]:
+        return [v for doc in emf_lines(out) if name in doc for v in np.atleast_1d(doc[name])]
+
+    out = capsys.readouterr().out
+    # the previous model took both photos as fruit
+    assert values(out, "NotFruitOnlyNew") == [1.0, 1.0] and values(out, "NotFruitOnlyPrevious") == [0.0, 0.0]
+    watch = guard.watching
+    assert watch["version"] == other and watch["previous"] == live and watch["n"] == 0  # nothing judged here
+    assert inst.call("GET", "/models")[1]["rollbacks"] == [] and inst.call("GET", "/models")[1]["live"] == other
+    cold = Instance()  # started after the promotion: resumes the watch from live.json
+    assert cold.app.state.fruitpipe.rollback.watching["previous"] == live
+    capsys.readouterr()
+    predict(cold, photos[0])
+    assert values(capsys.readouterr().out, "NotFruitOnlyNew") == [1.0]

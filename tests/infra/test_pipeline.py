@@ -229,7 +229,7 @@ def test_alarms_notify_sns(tpl):
     alarms = of_type(tpl, "AWS::CloudWatch::Alarm")
     names = {k.split("Monitoring")[1][:-8] for k in alarms}
     assert {"Api5xxRate", "ApiP95Latency", "TrainingFailure", "DriftConfidenceDrop", "DriftNotFruitRise",
-            "DriftLabelAccuracy"} <= names
+            "DriftLabelAccuracy", "PostPromotionNotFruit"} <= names
     (topic,) = of_type(tpl, "AWS::SNS::Topic")
     for a in [*alarms.values(), *of_type(tpl, "AWS::CloudWatch::CompositeAlarm").values()]:
         assert a["Properties"]["AlarmActions"] == [{"Ref": topic}]
@@ -342,14 +342,24 @@ def test_api_may_start_and_read_runs_only(tpl):
 
 
 def test_post_promotion_alarm_rolls_back_through_eventbridge(tpl):
-    """The rollback wiring: PostPromotion (5xx, p95, not-fruit rise, label accuracy) -> EventBridge ->
-    the rollback Lambda, whose role may move live.json and publish alerts, and write nothing else."""
-    (post_id, post), = [(k, a) for k, a in of_type(tpl, "AWS::CloudWatch::CompositeAlarm").items() if "PostPromotion" in k]
+    """The rollback wiring: PostPromotion (5xx, p95, not-fruit beyond the previous model on the same
+    requests, label accuracy) -> EventBridge -> the rollback Lambda, whose role may move live.json and
+    publish alerts, and write nothing else."""
+    (post_id, post), = [(k, a) for k, a in of_type(tpl, "AWS::CloudWatch::CompositeAlarm").items()
+                        if "PostPromotion" in k and "NotFruit" not in k]
     rule_text = json.dumps(post["Properties"]["AlarmRule"])
-    for name in ("Api5xxRate", "ApiP95Latency", "DriftNotFruitRise", "DriftLabelAccuracy"):
+    for name in ("Api5xxRate", "ApiP95Latency", "PostPromotionNotFruit", "DriftLabelAccuracy"):
         assert name in rule_text, name
+    assert "DriftNotFruitRise" not in rule_text  # not-fruit traffic is no fault of the new model
     (topic,) = of_type(tpl, "AWS::SNS::Topic")
     assert post["Properties"]["AlarmActions"] == [{"Ref": topic}]
+    paired = next(a for k, a in of_type(tpl, "AWS::CloudWatch::Alarm").items() if "PostPromotionNotFruit" in k)
+    exprs = {m["Id"]: m for m in paired["Properties"]["Metrics"]}
+    assert any(m.get("Expression", "").startswith("IF(n >= 50, IF(b - c > 0.05 * n, IF((b - c - 1) * (b - c - 1) > 9.5")
+               for m in exprs.values())  # z = 3.09 for one-sided 0.001
+    assert {(exprs[i]["MetricStat"]["Metric"]["MetricName"], exprs[i]["MetricStat"]["Stat"]) for i in "bcn"} == {
+        ("NotFruitOnlyNew", "Sum"), ("NotFruitOnlyPrevious", "Sum"), ("NotFruitOnlyNew", "SampleCount")}
+    assert all(exprs[i]["MetricStat"]["Period"] == 7200 for i in "bcn")
     (rule,) = [r for r in of_type(tpl, "AWS::Events::Rule").values()
                if r["Properties"].get("Description") == "Roll back when RollbackRule fires"]
     pat = rule["Properties"]["EventPattern"]
@@ -360,6 +370,9 @@ def test_post_promotion_alarm_rolls_back_through_eventbridge(tpl):
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [fn_id, "Arn"]}
     env = fn["Properties"]["Environment"]["Variables"]
     assert env["FRUITPIPE_ROLLBACK_WINDOW_SECONDS"] == "7200" and env["FRUITPIPE_ALERTS_TOPIC_ARN"] == {"Ref": topic}
+    api_fns = [f for f in of_type(tpl, "AWS::Lambda::Function").values()
+               if f["Properties"]["Handler"] == "functions.api.handler.handler"]
+    assert [f["Properties"]["Environment"]["Variables"]["FRUITPIPE_ROLLBACK_WINDOW_SECONDS"] for f in api_fns] == ["7200"]
     role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
     statements = policies_of(tpl, role_id)
     writes = [s for s in statements if any(a.startswith("s3:Put") or a.startswith("s3:Delete") for a in as_list(s["Action"]))]

@@ -203,6 +203,38 @@ def test_evaluate_persists_only_new_cache_shards(env, published_live, val_manife
     assert env["s3"].get_object(Bucket=MODELS, Key="cache/embeddings/shard-cc.npz")["Body"].read() == b"three"
 
 
+def test_gate_anchor_stops_a_chain_that_drifted_below_the_best_version(env, val_manifest):
+    """A bucket whose live model is a drifted one (each promotion within chance of the last) and
+    whose best published version is better: a candidate equal to the live model passes the
+    live comparison but not the anchor, scored again on this run's images."""
+    s3, bucket = env["s3"], "fp-models-anchor"
+    s3.create_bucket(Bucket=bucket)
+
+    def artifacts(bundle_dir: Path) -> str:
+        key = f"runs/{bundle_dir.name}/output/model.tar.gz"
+        s3.put_object(Bucket=bucket, Key=key, Body=archive(bundle_dir))
+        return f"s3://{bucket}/{key}"
+
+    def run(bundle_dir: Path) -> dict:
+        return evaluate.run(s3, models_bucket=bucket, model_artifacts=artifacts(bundle_dir),
+                            validation_manifest=val_manifest, evaluator=simple_evaluate)
+
+    best = make_bundle(env["tmp"], "a1-best")
+    first = run(best)
+    assert first["promote"] and first["reference_version"] is None  # the first model: nothing to anchor to
+    publish.publish(s3, models_bucket=bucket, model_artifacts=artifacts(best), metrics=first["candidate"])
+    drifted = make_bundle(env["tmp"], "a2-drifted", shuffle_head=True)
+    # its figures as an earlier run's gate recorded them (lower, on that run's images)
+    publish.publish(s3, models_bucket=bucket, model_artifacts=artifacts(drifted),
+                    metrics={"accuracy": 0.5, "macro_f1": 0.5})
+    assert evaluate.reference_version(s3, bucket, "a2-drifted") == "a1-best"
+    out = run(make_bundle(env["tmp"], "a3-same", shuffle_head=True))
+    assert not out["promote"] and out["reference_version"] == "a1-best"
+    assert "best version so far" in out["reason"] and "reference a1-best" in out["reason"]
+    assert "worse than the live model" not in out["reason"]  # a tie with the live model
+    assert evaluate.reference_version(s3, bucket, "a1-best") is None  # the best is live: compared anyway
+
+
 # --- publish / reject / rollback ----------------------------------------------------------------
 
 def test_publish_is_idempotent(env, published_live):

@@ -74,6 +74,7 @@ def predict(request: Request, tasks: BackgroundTasks,
     live = predict_live(clf, image)  # = clf.predict_arrays, keeping the backbone outputs for the shadow
     pred = live.prediction
     tasks.add_task(st.shadow.offer, live)  # after the answer
+    tasks.add_task(st.rollback.offer, live)  # after a promotion: the previous model on the same image
     explanation = None
     if explain:
         try:
