@@ -84,10 +84,13 @@ def test_upload_retrain_models_activate_over_http(server, capsys):
     assert code == 0 and [v["status"] for v in versions if v["version"] == new] == ["live"]
     code, out, err = run(capsys, "models", "--api", url)  # a table by default
     table = out.splitlines()
-    assert code == 0 and table[0].split() == ["version", "created", "status", "accuracy", "macro-F1", "rejection", "reason"]
+    assert code == 0 and table[0].split() == ["version", "created", "status", "accuracy", "macro-F1", "rejection",
+                                              "scored", "on", "reason"]
     assert len(table) == 1 + len(versions) and len(out) < 200 * len(table)
     row = next(r.split() for r in table if r.startswith(new))  # created is two words: date, time
-    assert row[3] == "live" and row[4].endswith("%") and row[5].endswith("%")
+    assert row[3] == "live" and row[4].endswith("%") and row[5].endswith("%") and row[7:9] == ["frozen", "set"]
+    live_json = next(v for v in versions if v["version"] == new)["metrics"]
+    assert row[4] == f"{100 * live_json['accuracy']:.1f}%" and live_json["source"] == "frozen"
     assert all(r == r.rstrip() for r in table)
     old = next(v["version"] for v in versions if v["version"] != new)
     code, out, err = run(capsys, "models", "--api", url, "--activate", old)

@@ -18,6 +18,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from .. import version_metrics
 from ..cli import UsageError, command
 from ..client import ClientError
 from .http import add_api_args, api_client
@@ -189,19 +190,22 @@ def _models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per version instead of a table")
 
 
+SCORED_ON = {"frozen": "frozen set", "manifest": "test split"}
+
+
 def versions_table(versions: list[dict[str, Any]]) -> str:
     """The versions as a text table: version, created, status, accuracy, macro-F1, not-fruit
-    rejection (on the frozen evaluation set where the version has a score on it, as the dashboard
-    shows; else the manifest's own figures) and, for a rejected one, the gate's reason."""
-    rows = [("version", "created", "status", "accuracy", "macro-F1", "rejection", "reason")]
+    rejection, what they were scored on and, for a rejected one, the gate's reason. The figures are
+    the top-level ones of ``GET /models`` (:func:`fruitpipe.version_metrics.shown`): the frozen
+    evaluation set where the version has a score on it, else a held-out test score, else "–"."""
+    rows = [("version", "created", "status", "accuracy", "macro-F1", "rejection", "scored on", "reason")]
     for v in versions:
-        m = v.get("metrics") or {}
-        ev = m.get("frozen") if isinstance(m.get("frozen"), dict) else m
+        m = version_metrics.shown(v.get("metrics") or {})
         rows.append((v["version"], str(v.get("created", "")).replace("T", " ").replace("Z", "")[:19],
-                     v.get("status", ""), _pct(ev.get("accuracy", m.get("test_accuracy"))), _pct(ev.get("macro_f1")),
-                     _pct(ev.get("ood_rejected_rate")), (v.get("reason") or "") if v.get("status") == "rejected" else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[6]).rstrip() for r in rows)
+                     v.get("status", ""), _pct(m["accuracy"]), _pct(m["macro_f1"]), _pct(m["ood_rejected_rate"]),
+                     SCORED_ON.get(m["source"], "–"), (v.get("reason") or "") if v.get("status") == "rejected" else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(7)]
+    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[7]).rstrip() for r in rows)
 
 
 def _print_versions(versions: list[dict[str, Any]], as_json: bool) -> None:
@@ -274,5 +278,5 @@ def _models_aws(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(f"live: {registry.live_version()}")
         return 0
-    _print_versions([v.as_dict() for v in registry.versions()], args.json)
+    _print_versions([{**v.as_dict(), "metrics": version_metrics.shown(v.metrics)} for v in registry.versions()], args.json)
     return 0
