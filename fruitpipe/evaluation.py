@@ -99,15 +99,38 @@ def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str
 
 
 def evaluate(classifier, data_dir: Path | str, progress: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Embed every image of ``data_dir`` (through the one preprocessing path) and score it."""
-    from .embeddings import EmbeddingCache, embed_folder
+    """Embed every image of ``data_dir`` (through the one preprocessing path) and score it.
+
+    ``data_dir`` is a folder of ``<class>/`` folders (any other folder holds images that must be
+    rejected), or a split root ``<set>/@split-<name>`` (:func:`fruitpipe.recipe.split_root`): the
+    photos of one split of a set with a ``MANIFEST.csv``. Raises FileNotFoundError (no such folder,
+    a split root's set without ``MANIFEST.csv``) and ValueError (an unknown split, no usable images).
+    """
+    from .embeddings import EmbeddingCache, embed_items
+    items = dataset_items(data_dir)
     cache = EmbeddingCache(None, classifier.backbone.spec)  # nothing kept: embedded at the bundle's backbone
-    emb = embed_folder(Path(data_dir), classifier.backbone, cache, views=("orig",), stage="evaluate",
-                       progress=progress)
+    emb = embed_items(items, classifier.backbone, cache, views=("orig",), stage="evaluate", progress=progress)
     if not len(emb):
         raise ValueError(f"no usable images under {data_dir}")
     return evaluate_embeddings(classifier, emb.views["orig"], emb.labels, dict(emb.skipped),
                                pooled=emb.pooled["orig"], paths=emb.paths, block_in=emb.block_in["orig"])
+
+
+def dataset_items(data_dir: Path | str) -> list:  # list[fruitpipe.embeddings.Item]
+    """The images :func:`evaluate` scores, with their folder names as labels: every image under
+    ``data_dir/<folder>/``, or the photos of one split for a split root ``<set>/@split-<name>``.
+    Raises FileNotFoundError (no such folder, a split root's set without ``MANIFEST.csv``) and
+    ValueError (an unknown split)."""
+    from . import recipe as rc
+    from .embeddings import Item, list_dataset
+    root = Path(data_dir)
+    if not root.name.startswith(rc.SPLIT_PREFIX):
+        return list_dataset(root)
+    rc.split_root(root.parent, root.name[len(rc.SPLIT_PREFIX):])  # ValueError for an unknown split
+    if not (root.parent / "MANIFEST.csv").is_file():
+        raise FileNotFoundError(f"{root}: a split root needs a set with a MANIFEST.csv (fruitpipe.splits); "
+                                f"{root.parent} has none")
+    return [Item(path=path, label=label) for label, path in rc.images([root])]
 
 
 def image_source(paths: Sequence[Path], size: int) -> Callable[[np.ndarray], np.ndarray]:

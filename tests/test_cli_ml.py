@@ -63,6 +63,23 @@ def test_evaluate_not_fruit_only_folder_has_no_fruit_accuracy(tmp_path: Path) ->
     assert "0.0000" not in proc.stdout.split("not-fruit images")[0] and "recall=" not in proc.stdout
 
 
+@needs_shared
+def test_evaluate_one_split_of_a_set(tmp_path: Path) -> None:
+    """``--data <set>/@split-test`` scores the photos of that split only (fruitpipe.splits), the
+    figure results/eval_sets_default_test.json records for the shipped model; an unknown split or
+    a set without MANIFEST.csv is one line and exit 2."""
+    recorded = json.loads((REPO / "results" / "eval_sets_default_test.json").read_text())["sets"]["fruits_extra/test"]
+    proc = cli("evaluate", "--data", str(FRUITS.parent / "fruits_extra" / "@split-test"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["n"], result["ood_n"]) == (126, 0) and result["accuracy"] == recorded["accuracy"]
+    proc = cli("evaluate", "--data", str(FRUITS.parent / "fruits_extra" / "@split-nope"))
+    assert proc.returncode == 2 and proc.stdout == "" and "unknown split" in proc.stderr
+    (tmp_path / "freshapples").mkdir()
+    proc = cli("evaluate", "--data", str(tmp_path / "@split-test"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1, proc.stderr
+
+
 def test_evaluate_missing_folder_exits_2(tmp_path: Path) -> None:
     proc = cli("evaluate", "--data", str(tmp_path / "nope"), "--json")
     assert proc.returncode == 2 and proc.stdout == ""
