@@ -61,6 +61,10 @@ def test_upload_retrain_models_activate_over_http(server, capsys):
     code, out, err = run(capsys, "upload", "--class", "freshbanana", str(tmp / "nothing.jpg"), "--api", url,
                          "--token", TOKEN, "--quiet")
     assert code == 2 and "no such file or folder" in err
+    # nothing added (every file rejected): it ran, nothing changed, exit 1 (2 is a usage error)
+    code, out, err = run(capsys, "upload", "--class", "freshbanana", str(photos / "notes.jpg"), "--api", url,
+                         "--token", TOKEN, "--quiet")
+    assert code == 1 and json.loads(out.splitlines()[-1])["rejected"] == 1
 
     code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--wait")
     # a short summary for a person, not the status JSON: state, version, reason, figures, time
@@ -128,3 +132,6 @@ def test_retrain_cancel(tmp_path, monkeypatch, capsys):
         code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--cancel")
         assert code == 0 and out.startswith("retrain cancelled: the live model is unchanged"), out
         assert "cancelled at stage" in out
+        # the latest run was cancelled: no new model, as a failed one (exit 1)
+        code, out, err = run(capsys, "retrain", "--api", url, "--status")
+        assert code == 1 and out.startswith("retrain cancelled"), out

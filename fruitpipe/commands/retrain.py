@@ -23,10 +23,11 @@ from ..cli import UsageError, command
 from ..client import ClientError
 from .http import add_api_args, api_client
 
-# The exit code for a run's end state (documented in README.md, "Retrain from a terminal"):
-# 0 promoted (or still running / nothing run), 3 rejected by the gate, 1 failed.
+# The exit code for a run's end state (README.md, the exit-code table): 0 promoted (or still
+# running), 3 rejected by the gate, 1 failed or cancelled (no new model).
 EXIT_REJECTED = 3
 EXIT_FAILED = 1
+EXIT_CODES = {"rejected": EXIT_REJECTED, "failed": EXIT_FAILED, "cancelled": EXIT_FAILED}
 
 
 def _need(value: str | None, option: str, env: str) -> str:
@@ -101,10 +102,13 @@ def summary(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _report(status: dict[str, Any], as_json: bool) -> int:
-    """Print the status (summary, or JSON with ``--json``); the exit code for its state."""
+def _report(status: dict[str, Any], as_json: bool, cancelling: bool = False) -> int:
+    """Print the status (summary, or JSON with ``--json``); the exit code for its state (a run
+    ``--cancel`` just cancelled: 0, it did what was asked)."""
     print(json.dumps(status, indent=2, default=str) if as_json else summary(status))
-    return {"rejected": EXIT_REJECTED, "failed": EXIT_FAILED}.get(status.get("state", ""), 0)
+    if cancelling and status.get("state") == "cancelled":
+        return 0
+    return EXIT_CODES.get(status.get("state", ""), 0)
 
 
 def _progress_line(status: dict) -> str:
@@ -116,14 +120,18 @@ def _progress_line(status: dict) -> str:
 @command("retrain", _retrain_args)
 def _retrain(args: argparse.Namespace) -> int:
     """Start a retrain (one at a time) and optionally follow it, or show the latest run's status.
-    Prints a summary (``--json``: the full status); exits 0 promoted, 3 rejected, 1 failed."""
+
+    Prints a summary (``--json``: the full status). Exits 0 promoted (without ``--wait``: started or
+    still running), 3 rejected by the gate, 1 failed or cancelled, or not started (nothing new; a run
+    is going, without ``--wait``, which follows that run instead); ``--cancel``: 0 cancelled, 1 none running.
+    """
     if args.aws:
         return _retrain_aws(args)
     client = api_client(args, token_required=not args.status)
     try:
         if args.cancel:
             try:
-                return _report(client.cancel(), args.json)
+                return _report(client.cancel(), args.json, cancelling=True)
             except ClientError as exc:
                 if exc.code == "not_running":
                     print(f"{exc.code}: {exc.detail}", file=sys.stderr)
@@ -160,7 +168,7 @@ def _retrain_aws(args: argparse.Namespace) -> int:
     trainer = StepFunctionsTrainer(boto3.client("stepfunctions"), boto3.client("sagemaker"), arn)
     if args.cancel:
         try:
-            return _report(trainer.cancel().as_dict(), args.json)
+            return _report(trainer.cancel().as_dict(), args.json, cancelling=True)
         except NotRunning as exc:
             print(f"not_running: {exc}", file=sys.stderr)
             return 1
