@@ -333,7 +333,10 @@ async function predictBatch(files) {
         h("td", { class: "fname" }, photo.filename),
         h("td", {}, p ? h("span", { class: `pill v-${p.verdict}` }, verdictText(p.verdict)) : h("span", { class: "pill rejected" }, r.error || "error")),
         h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : (r.detail || "")),
-        h("td", { class: "num" }, p ? pct(p.confidence) : "–"),
+        // a not-fruit answer has no fruit confidence: its top class's probability would read as
+        // "this sure it is not fruit"
+        p?.verdict === "not_fruit" ? h("td", { class: "num", title: "no fruit confidence: not a fruit" }, "–")
+          : h("td", { class: "num" }, p ? pct(p.confidence) : "–"),
         feedback);
       tbody.append(tr);
       // "Wrong? tell us" in the row (feedback.js), named after the photo for screen readers
