@@ -8,6 +8,7 @@ line on stderr saying what was wrong), 3 a retrain rejected by the gate.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -141,6 +142,15 @@ def _predict_api(args: argparse.Namespace) -> int:
     return status
 
 
+def _doc(fn: Handler) -> tuple[str | None, str | None]:
+    """A command's ``--help`` texts from its docstring: the first paragraph (the line in
+    ``fruitpipe --help``) and the whole text (``fruitpipe CMD --help``), without reST's ````."""
+    text = inspect.cleandoc(fn.__doc__ or "").replace("``", "")
+    if not text:
+        return None, None
+    return " ".join(text.split("\n\n")[0].split()), text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .commands import service  # noqa: F401  (registers `serve`)
     from .commands import aws as _aws_commands  # noqa: F401  (upload)
@@ -152,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fruitpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, fn) in _COMMANDS.items():
-        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
+        summary, description = _doc(fn)
+        p = sub.add_parser(name, help=summary, description=description)
         configure(p)
         p.set_defaults(handler=fn)
     return parser

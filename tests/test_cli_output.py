@@ -4,6 +4,7 @@ retrain runner, which reads the job's stdout and stderr merged)."""
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -54,6 +55,19 @@ def test_evaluate_stdout_carries_only_results(tmp_path: Path) -> None:
     assert proc.stdout.startswith("model ") and "n=3 accuracy=" in proc.stdout
     assert not [line for line in proc.stdout.splitlines() if line.startswith(("stage=", "progress="))]
     assert "stage=evaluate" in proc.stderr.splitlines() and "progress=100" in proc.stderr.splitlines()
+
+
+def test_help_shows_whole_sentences_and_every_command_describes_itself() -> None:
+    """``fruitpipe --help`` gives each command's whole first paragraph (not its first line, which
+    cut ``models`` mid-sentence), ``fruitpipe CMD --help`` its whole description."""
+    from fruitpipe.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for choice in sub._choices_actions:
+        assert choice.help and choice.help.endswith("."), (choice.dest, choice.help)
+        description = sub.choices[choice.dest].description
+        assert description and " ".join(description.split()).startswith(choice.help[:-1]), choice.dest
+    assert "--shadow V" in sub.choices["models"].format_help() and "exit codes:" in parser.format_help()
 
 
 def _store(tmp_path: Path) -> tuple[Path, str]:

@@ -97,6 +97,7 @@ def _post_form(slot: dict, data: bytes, name: str) -> None:
 @command("upload", _args)
 def _upload(args: argparse.Namespace) -> int:
     """Upload image files and/or folders of images of one class (API, or the S3 drop folder).
+
     Exits 0 when any image was added or was already there, 1 when nothing was (every file rejected or
     too large), 2 for bad input (a missing path, an unknown class, a bad token)."""
     from .. import imaging

@@ -108,7 +108,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 @command("evaluate", _evaluate_args)
 def _evaluate(args: argparse.Namespace) -> int:
-    """Score a model on a labelled folder (accuracy, macro-F1, rejection rates)."""
+    """Score a model on a labelled folder, or one split of a set (accuracy, macro-F1, rejection rates)."""
     from ..classifier import Classifier
     from ..evaluation import evaluate
 
