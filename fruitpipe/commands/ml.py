@@ -122,7 +122,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     clf = Classifier(args.model or default_model(), backbone_path=args.backbone)
     try:
-        result = evaluate(clf, args.data, progress=not args.json)
+        # a bar for a person on a terminal; for a program, nothing (progress= lines are the training job's protocol)
+        result = evaluate(clf, args.data, progress=not args.json and sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:
