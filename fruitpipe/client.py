@@ -61,7 +61,11 @@ class Client:
         try:
             r = self.http.request(method, self.base + path, headers=headers, **kw)
         except urllib3.exceptions.HTTPError as exc:
-            raise ClientError(0, "unreachable", f"{self.base}{path}: {exc}") from None
+            cause = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the last attempt's error
+            if isinstance(cause, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
+                raise ClientError(0, "unreachable", f"cannot reach {self.base}: is the server running?") from None
+            # connected, but no (whole) answer: e.g. a read timeout
+            raise ClientError(0, "no_answer", f"{self.base}{path}: no answer ({type(cause).__name__})") from None
         try:
             body = json.loads(r.data) if r.data else {}
         except ValueError:
