@@ -187,7 +187,7 @@ class LocalDataStore(DataStore):
         if origin != "upload" and not path.exists():  # before the image: never filed without it
             create_once(self.root / dataset.origin_key(filed.key), (origin + "\n").encode())
         if path.exists() or not create_once(path, filed.data):
-            result.status = "duplicate"
+            result.status, result.detail = "duplicate", dataset.duplicate_detail(filed.key)
         return result
 
     def counts(self) -> dict[str, int]:
