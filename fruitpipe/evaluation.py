@@ -38,7 +38,9 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     With ``keys`` (one stable name per image, e.g. ``class/file.jpg``) the result also carries
     ``paired``: the per-image outcomes :func:`fruitpipe.gate.decide` compares pairwise. Without
     fruit images (``n`` 0) the fruit figures (``accuracy``, ``head_accuracy``, ``macro_f1``,
-    ``fruit_rejected_rate``) are None, as ``ood_rejected_rate`` is without not-fruit images.
+    ``fruit_rejected_rate``) are None, as ``ood_rejected_rate`` is without not-fruit images; a
+    class without photos has ``recall`` and ``f1`` None in ``per_class``, and ``precision`` None
+    unless some image was answered as it (then 0.0: every one of them was wrong).
     """
     true = np.array(list(true_labels), dtype=object)
     pred = np.array(list(predicted), dtype=object)
@@ -46,18 +48,20 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     is_fruit = np.array([t in LABELS for t in true], dtype=bool)
     n = int(is_fruit.sum())
     correct = is_fruit & ~rej & (pred == true)
-    per_class: dict[str, dict[str, float | int]] = {}
+    per_class: dict[str, dict[str, float | int | None]] = {}
     f1s = []
     for label in LABELS:
         tp = int((correct & (true == label)).sum())
         predicted_as = int((~rej & (pred == label)).sum())  # includes OOD images let through
         support = int((true == label).sum())
+        if not support:  # no photo of the class: no recall or F1, and a precision only if something was called it
+            per_class[label] = {"precision": 0.0 if predicted_as else None, "recall": None, "f1": None, "n": 0}
+            continue
         precision = tp / predicted_as if predicted_as else 0.0
-        recall = tp / support if support else 0.0
+        recall = tp / support
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "n": support}
-        if support:
-            f1s.append(f1)
+        f1s.append(f1)
     columns = list(LABELS) + ["not_fruit"]
     confusion = [[int(((true == t) & (np.where(rej, "not_fruit", pred) == c)).sum()) for c in columns]
                  for t in LABELS]

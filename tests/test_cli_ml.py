@@ -56,6 +56,9 @@ def test_evaluate_not_fruit_only_folder_has_no_fruit_accuracy(tmp_path: Path) ->
     assert result["n"] == 0 and result["ood_n"] == 4 and 0.0 <= result["ood_rejected_rate"] <= 1.0
     for key in ("accuracy", "head_accuracy", "macro_f1", "fruit_rejected_rate"):
         assert result[key] is None, key
+    for label, m in result["per_class"].items():  # no photo of any class: no recall or F1 (null, not 0)
+        assert m["n"] == 0 and m["recall"] is None and m["f1"] is None, label
+        assert m["precision"] is None or m["precision"] == 0.0, label  # 0.0: a not-fruit image answered as it
     proc = cli("evaluate", "--data", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "accuracy=n/a" in proc.stdout and "no fruit images to score" in proc.stdout
