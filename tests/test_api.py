@@ -122,6 +122,14 @@ def test_health_stats_metrics_model_info(client):
     assert "fruitpipe_http_request_duration_seconds_bucket" in text
 
 
+def test_head_on_the_page_and_health(client):
+    """``curl -I`` on / and /health: 200 with GET's headers and no body (it was 405)."""
+    for path, ctype in (("/", "text/html"), ("/health", "application/json")):
+        r = client.head(path)
+        assert r.status_code == 200 and ctype in r.headers["content-type"] and r.content == b"", (path, r.status_code)
+    assert client.head("/predict").status_code == 405  # only those two
+
+
 def test_docs_openapi_and_dashboard(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
