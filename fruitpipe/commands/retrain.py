@@ -327,9 +327,8 @@ def _models_aws(args: argparse.Namespace) -> int:
 
     from ..backends.aws import S3ModelRegistry
     from ..backends.base import NotFound, NotRunning
-    from ..models_path import default_model_dir
-
     from ..backends.shadow_pointers import S3ShadowPointer
+    from ..models_path import default_model_dir
     from ..shadow import Shadow, ShadowRunning
 
     _check_shadow_options(args)
