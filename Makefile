@@ -20,7 +20,7 @@ STORE ?= var
 SERVE_STAMP := $(VENV)/.serve-installed
 
 # `make run` installs what the local service needs: serving, plus the training job that its retrain
-# button runs (TensorFlow); about 45 s with a warm pip cache. `make test` adds the infrastructure and
+# button runs (TensorFlow); README.md quotes how long it takes (scripts/bench_quickstart.py). `make test` adds the infrastructure and
 # test tools (CDK, cfn-lint, moto, Playwright, Locust). pip shows its progress.
 $(SERVE_STAMP): pyproject.toml
 	@echo "== setting up $(VENV) for the local service: serving + training (pip output follows)"

@@ -1,12 +1,14 @@
 """The ``fruitpipe`` command line. Each subcommand is a thin wrapper over the package.
 
-Exit codes: 0 success, 1 a runtime failure (e.g. training failed), 2 bad input or usage
-(one line on stderr saying what was wrong).
+Exit codes (:data:`EXIT_CODES`, README.md's table): 0 done, 1 it ran but nothing changed (a
+retrain failed or was cancelled, nothing new to learn, nothing added), 2 bad input or usage (one
+line on stderr saying what was wrong), 3 a retrain rejected by the gate.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -15,6 +17,13 @@ from typing import Callable, Sequence
 
 from . import __version__
 
+
+EXIT_CODES = """exit codes:
+  0  done (retrain: promoted, or started / still running without --wait; upload: images added or already there)
+  1  it ran, but nothing changed: a retrain failed, was cancelled or did not start (nothing new; one is
+     running, without --wait); nothing to cancel or stop; another shadow running; upload added nothing
+  2  usage error: a bad option or input, a bad or missing token, a server that cannot be reached
+  3  retrain: the candidate was rejected by the gate (the live model stays)"""
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -133,17 +142,28 @@ def _predict_api(args: argparse.Namespace) -> int:
     return status
 
 
+def _doc(fn: Handler) -> tuple[str | None, str | None]:
+    """A command's ``--help`` texts from its docstring: the first paragraph (the line in
+    ``fruitpipe --help``) and the whole text (``fruitpipe CMD --help``), without reST's ````."""
+    text = inspect.cleandoc(fn.__doc__ or "").replace("``", "")
+    if not text:
+        return None, None
+    return " ".join(text.split("\n\n")[0].split()), text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .commands import service  # noqa: F401  (registers `serve`)
     from .commands import aws as _aws_commands  # noqa: F401  (upload)
     from .commands import ml  # noqa: F401  (registers train, evaluate)
     from .commands import retrain  # noqa: F401  (retrain --aws, models --aws)
     from .commands import compare  # noqa: F401  (registers compare)
-    parser = argparse.ArgumentParser(prog="fruitpipe", description="Fresh-vs-rotten fruit classifier.")
+    parser = argparse.ArgumentParser(prog="fruitpipe", description="Fresh-vs-rotten fruit classifier.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fruitpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, fn) in _COMMANDS.items():
-        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
+        summary, description = _doc(fn)
+        p = sub.add_parser(name, help=summary, description=description)
         configure(p)
         p.set_defaults(handler=fn)
     return parser

@@ -2,7 +2,7 @@
 
 Used by ``fruitpipe upload|retrain|models --api URL`` and the benchmarks. Only the public API:
 ``/upload-training-data``, ``/retrain``, ``/retraining-status``, ``/models``,
-``/models/{version}/activate``, ``/models/{version}/shadow/stop``, ``/predict``. HTTP and
+``/models/{version}/activate``, ``/models/{version}/shadow[/stop]``, ``/predict``. HTTP and
 multipart encoding are urllib3's.
 """
 
@@ -61,7 +61,11 @@ class Client:
         try:
             r = self.http.request(method, self.base + path, headers=headers, **kw)
         except urllib3.exceptions.HTTPError as exc:
-            raise ClientError(0, "unreachable", f"{self.base}{path}: {exc}") from None
+            cause = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the last attempt's error
+            if isinstance(cause, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
+                raise ClientError(0, "unreachable", f"cannot reach {self.base}: is the server running?") from None
+            # connected, but no (whole) answer: e.g. a read timeout
+            raise ClientError(0, "no_answer", f"{self.base}{path}: no answer ({type(cause).__name__})") from None
         try:
             body = json.loads(r.data) if r.data else {}
         except ValueError:
@@ -105,6 +109,15 @@ class Client:
 
     def activate(self, version: str) -> dict[str, Any]:
         return self._ok("POST", f"/models/{quote(version, safe='')}/activate")
+
+    def start_shadow(self, version: str, requests: int | None = None, seconds: float | None = None,
+                     sample_rate: float | None = None) -> dict[str, Any]:
+        """``POST /models/{version}/shadow`` (the options left out take the server's defaults): the
+        shadow's state; :class:`ClientError` 409 ``shadow_running`` / ``version_rejected``, 404
+        ``not_found``, 422 for bad numbers or the live version."""
+        body = {k: v for k, v in (("requests", requests), ("seconds", seconds), ("sample_rate", sample_rate))
+                if v is not None}
+        return self._ok("POST", f"/models/{quote(version, safe='')}/shadow", json=body)
 
     def stop_shadow(self, version: str) -> dict[str, Any]:
         """``POST /models/{version}/shadow/stop``: the stopped shadow's final state;

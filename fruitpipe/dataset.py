@@ -57,6 +57,12 @@ def prepare(label: str, data: bytes) -> FiledImage:
     return FiledImage(label=label, sha256=digest, key=f"{DATASET_PREFIX}/{label}/{digest}.jpg", data=stored)
 
 
+def duplicate_detail(image_key: str) -> str:
+    """The ``detail`` of an upload whose content an earlier upload already filed as ``image_key``
+    (as a seed-data duplicate says where its twin is)."""
+    return f"already uploaded: the same image is in the dataset as {image_key}"
+
+
 def origin_key(image_key: str) -> str:
     """The origin tag beside a filed image: ``dataset/<class>/<sha256>.origin`` (one line of text,
     e.g. ``review``). Uploads have none. Not an image suffix, so no image listing picks it up."""

@@ -38,7 +38,9 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     With ``keys`` (one stable name per image, e.g. ``class/file.jpg``) the result also carries
     ``paired``: the per-image outcomes :func:`fruitpipe.gate.decide` compares pairwise. Without
     fruit images (``n`` 0) the fruit figures (``accuracy``, ``head_accuracy``, ``macro_f1``,
-    ``fruit_rejected_rate``) are None, as ``ood_rejected_rate`` is without not-fruit images.
+    ``fruit_rejected_rate``) are None, as ``ood_rejected_rate`` is without not-fruit images; a
+    class without photos has ``recall`` and ``f1`` None in ``per_class``, and ``precision`` None
+    unless some image was answered as it (then 0.0: every one of them was wrong).
     """
     true = np.array(list(true_labels), dtype=object)
     pred = np.array(list(predicted), dtype=object)
@@ -46,18 +48,20 @@ def metrics_from_predictions(true_labels: Sequence[str], predicted: Sequence[str
     is_fruit = np.array([t in LABELS for t in true], dtype=bool)
     n = int(is_fruit.sum())
     correct = is_fruit & ~rej & (pred == true)
-    per_class: dict[str, dict[str, float | int]] = {}
+    per_class: dict[str, dict[str, float | int | None]] = {}
     f1s = []
     for label in LABELS:
         tp = int((correct & (true == label)).sum())
         predicted_as = int((~rej & (pred == label)).sum())  # includes OOD images let through
         support = int((true == label).sum())
+        if not support:  # no photo of the class: no recall or F1, and a precision only if something was called it
+            per_class[label] = {"precision": 0.0 if predicted_as else None, "recall": None, "f1": None, "n": 0}
+            continue
         precision = tp / predicted_as if predicted_as else 0.0
-        recall = tp / support if support else 0.0
+        recall = tp / support
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "n": support}
-        if support:
-            f1s.append(f1)
+        f1s.append(f1)
     columns = list(LABELS) + ["not_fruit"]
     confusion = [[int(((true == t) & (np.where(rej, "not_fruit", pred) == c)).sum()) for c in columns]
                  for t in LABELS]
@@ -99,15 +103,38 @@ def evaluate_embeddings(classifier, embeddings: np.ndarray, labels: Sequence[str
 
 
 def evaluate(classifier, data_dir: Path | str, progress: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Embed every image of ``data_dir`` (through the one preprocessing path) and score it."""
-    from .embeddings import EmbeddingCache, embed_folder
+    """Embed every image of ``data_dir`` (through the one preprocessing path) and score it.
+
+    ``data_dir`` is a folder of ``<class>/`` folders (any other folder holds images that must be
+    rejected), or a split root ``<set>/@split-<name>`` (:func:`fruitpipe.recipe.split_root`): the
+    photos of one split of a set with a ``MANIFEST.csv``. Raises FileNotFoundError (no such folder,
+    a split root's set without ``MANIFEST.csv``) and ValueError (an unknown split, no usable images).
+    """
+    from .embeddings import EmbeddingCache, embed_items
+    items = dataset_items(data_dir)
     cache = EmbeddingCache(None, classifier.backbone.spec)  # nothing kept: embedded at the bundle's backbone
-    emb = embed_folder(Path(data_dir), classifier.backbone, cache, views=("orig",), stage="evaluate",
-                       progress=progress)
+    emb = embed_items(items, classifier.backbone, cache, views=("orig",), stage="evaluate", progress=progress)
     if not len(emb):
         raise ValueError(f"no usable images under {data_dir}")
     return evaluate_embeddings(classifier, emb.views["orig"], emb.labels, dict(emb.skipped),
                                pooled=emb.pooled["orig"], paths=emb.paths, block_in=emb.block_in["orig"])
+
+
+def dataset_items(data_dir: Path | str) -> list:  # list[fruitpipe.embeddings.Item]
+    """The images :func:`evaluate` scores, with their folder names as labels: every image under
+    ``data_dir/<folder>/``, or the photos of one split for a split root ``<set>/@split-<name>``.
+    Raises FileNotFoundError (no such folder, a split root's set without ``MANIFEST.csv``) and
+    ValueError (an unknown split)."""
+    from . import recipe as rc
+    from .embeddings import Item, list_dataset
+    root = Path(data_dir)
+    if not root.name.startswith(rc.SPLIT_PREFIX):
+        return list_dataset(root)
+    rc.split_root(root.parent, root.name[len(rc.SPLIT_PREFIX):])  # ValueError for an unknown split
+    if not (root.parent / "MANIFEST.csv").is_file():
+        raise FileNotFoundError(f"{root}: a split root needs a set with a MANIFEST.csv (fruitpipe.splits); "
+                                f"{root.parent} has none")
+    return [Item(path=path, label=label) for label, path in rc.images([root])]
 
 
 def image_source(paths: Sequence[Path], size: int) -> Callable[[np.ndarray], np.ndarray]:

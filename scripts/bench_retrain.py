@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                     run["forced_unchanged"] = timed_retrain(api, force=True)
                     after = api.models()
                     run["live_before_forced"], run["live_after_forced"] = before["live"], after["live"]
-                    frozen = {v["version"]: v["metrics"].get("frozen", {}) for v in after["versions"]}
+                    frozen = {v["version"]: v["metrics"] if v["metrics"].get("source") == "frozen" else {}
+                              for v in after["versions"]}
                     run["live_frozen_before_after_forced"] = [
                         {k: frozen.get(v, {}).get(k) for k in ("accuracy", "macro_f1", "ood_rejected_rate")}
                         for v in (before["live"], after["live"])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 
@@ -121,6 +122,14 @@ def test_health_stats_metrics_model_info(client):
     assert "fruitpipe_http_request_duration_seconds_bucket" in text
 
 
+def test_head_on_the_page_and_health(client):
+    """``curl -I`` on / and /health: 200 with GET's headers and no body (it was 405)."""
+    for path, ctype in (("/", "text/html"), ("/health", "application/json")):
+        r = client.head(path)
+        assert r.status_code == 200 and ctype in r.headers["content-type"] and r.content == b"", (path, r.status_code)
+    assert client.head("/predict").status_code == 405  # only those two
+
+
 def test_docs_openapi_and_dashboard(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
@@ -145,6 +154,36 @@ def test_models_and_activate_swap_without_restart(client, store):
     assert client.get("/model-info").json()["version"] == new
     assert client.post(f"/models/{first['live']}/activate", headers=AUTH).status_code == 200  # rollback
     assert client.get("/health").json()["model_version"] == first["live"]
+
+
+def test_models_and_model_info_put_the_comparable_figure_first(client, store):
+    """metrics.accuracy is the same measurement for every version: the frozen-set score where one
+    is kept, else a held-out test score from the manifest, else null; the manifest's own
+    (training-time) figures are under metrics.training with their split label."""
+    from fruitpipe.backends.local_run import save_frozen_evaluation
+    shipped = client.get("/models").json()["versions"][0]["metrics"]
+    assert shipped["source"] == "manifest" and shipped["split"].startswith("test")
+    assert shipped["accuracy"] == shipped["training"]["accuracy"] and "frozen" not in shipped
+    seen = {"split": "validation (seen: warm-started refit on train+validation)", "accuracy": 0.999,
+            "macro_f1": 0.998, "n": 50}
+    scored, unscored = second_version(store, "s"), second_version(store, "u")
+    for version in (scored, unscored):
+        path = store / "models" / "versions" / version / "manifest.json"
+        raw = json.loads(path.read_text())
+        raw["metrics"] = seen
+        path.write_text(json.dumps(raw))
+        (store / "models" / "versions" / version / "manifest.sha256").unlink(missing_ok=True)
+    save_frozen_evaluation(store, scored, "abc123", {"n": 740, "accuracy": 0.95, "macro_f1": 0.94,
+                                                    "ood_n": 586, "ood_rejected_rate": 0.96, "paired": {}})
+    versions = {v["version"]: v["metrics"] for v in client.get("/models").json()["versions"]}
+    assert versions[scored]["source"] == "frozen" and versions[scored]["eval_set"] == "abc123"
+    assert (versions[scored]["accuracy"], versions[scored]["macro_f1"]) == (0.95, 0.94)
+    assert versions[scored]["training"] == seen
+    assert versions[unscored]["source"] is None and versions[unscored]["accuracy"] is None
+    assert versions[unscored]["training"] == seen
+    assert client.post(f"/models/{scored}/activate", headers=AUTH).status_code == 200
+    info = client.get("/model-info").json()["metrics"]
+    assert info["source"] == "frozen" and info["accuracy"] == 0.95 and info["training"]["split"] == seen["split"]
 
 
 def test_pointer_moved_by_another_process_is_picked_up(store):

@@ -61,6 +61,10 @@ def test_upload_retrain_models_activate_over_http(server, capsys):
     code, out, err = run(capsys, "upload", "--class", "freshbanana", str(tmp / "nothing.jpg"), "--api", url,
                          "--token", TOKEN, "--quiet")
     assert code == 2 and "no such file or folder" in err
+    # nothing added (every file rejected): it ran, nothing changed, exit 1 (2 is a usage error)
+    code, out, err = run(capsys, "upload", "--class", "freshbanana", str(photos / "notes.jpg"), "--api", url,
+                         "--token", TOKEN, "--quiet")
+    assert code == 1 and json.loads(out.splitlines()[-1])["rejected"] == 1
 
     code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--wait")
     # a short summary for a person, not the status JSON: state, version, reason, figures, time
@@ -84,10 +88,13 @@ def test_upload_retrain_models_activate_over_http(server, capsys):
     assert code == 0 and [v["status"] for v in versions if v["version"] == new] == ["live"]
     code, out, err = run(capsys, "models", "--api", url)  # a table by default
     table = out.splitlines()
-    assert code == 0 and table[0].split() == ["version", "created", "status", "accuracy", "macro-F1", "rejection", "reason"]
+    assert code == 0 and table[0].split() == ["version", "created", "status", "accuracy", "macro-F1", "rejection",
+                                              "scored", "on", "reason"]
     assert len(table) == 1 + len(versions) and len(out) < 200 * len(table)
     row = next(r.split() for r in table if r.startswith(new))  # created is two words: date, time
-    assert row[3] == "live" and row[4].endswith("%") and row[5].endswith("%")
+    assert row[3] == "live" and row[4].endswith("%") and row[5].endswith("%") and row[7:9] == ["frozen", "set"]
+    live_json = next(v for v in versions if v["version"] == new)["metrics"]
+    assert row[4] == f"{100 * live_json['accuracy']:.1f}%" and live_json["source"] == "frozen"
     assert all(r == r.rstrip() for r in table)
     old = next(v["version"] for v in versions if v["version"] != new)
     code, out, err = run(capsys, "models", "--api", url, "--activate", old)
@@ -102,7 +109,7 @@ def test_bad_token_and_unreachable_server_are_one_line_exit_2(server, capsys, mo
     assert code == 2 and "admin token is needed" in err
     monkeypatch.setenv("FRUITPIPE_TOKEN", TOKEN)
     code, out, err = run(capsys, "models", "--api", "http://127.0.0.1:9", "--activate", "v1")
-    assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+    assert code == 2 and err == "error: cannot reach http://127.0.0.1:9: is the server running?\n", err
 
 
 def test_retrain_rejected_by_the_gate_exits_3(tmp_path, monkeypatch, capsys):
@@ -125,3 +132,6 @@ def test_retrain_cancel(tmp_path, monkeypatch, capsys):
         code, out, err = run(capsys, "retrain", "--api", url, "--token", TOKEN, "--cancel")
         assert code == 0 and out.startswith("retrain cancelled: the live model is unchanged"), out
         assert "cancelled at stage" in out
+        # the latest run was cancelled: no new model, as a failed one (exit 1)
+        code, out, err = run(capsys, "retrain", "--api", url, "--status")
+        assert code == 1 and out.startswith("retrain cancelled"), out

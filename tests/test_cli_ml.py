@@ -56,11 +56,31 @@ def test_evaluate_not_fruit_only_folder_has_no_fruit_accuracy(tmp_path: Path) ->
     assert result["n"] == 0 and result["ood_n"] == 4 and 0.0 <= result["ood_rejected_rate"] <= 1.0
     for key in ("accuracy", "head_accuracy", "macro_f1", "fruit_rejected_rate"):
         assert result[key] is None, key
+    for label, m in result["per_class"].items():  # no photo of any class: no recall or F1 (null, not 0)
+        assert m["n"] == 0 and m["recall"] is None and m["f1"] is None, label
+        assert m["precision"] is None or m["precision"] == 0.0, label  # 0.0: a not-fruit image answered as it
     proc = cli("evaluate", "--data", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "accuracy=n/a" in proc.stdout and "no fruit images to score" in proc.stdout
     assert f"not-fruit images: n=4 rejected={result['ood_rejected_rate']:.4f}" in proc.stdout
     assert "0.0000" not in proc.stdout.split("not-fruit images")[0] and "recall=" not in proc.stdout
+
+
+@needs_shared
+def test_evaluate_one_split_of_a_set(tmp_path: Path) -> None:
+    """``--data <set>/@split-test`` scores the photos of that split only (fruitpipe.splits), the
+    figure results/eval_sets_default_test.json records for the shipped model; an unknown split or
+    a set without MANIFEST.csv is one line and exit 2."""
+    recorded = json.loads((REPO / "results" / "eval_sets_default_test.json").read_text())["sets"]["fruits_extra/test"]
+    proc = cli("evaluate", "--data", str(FRUITS.parent / "fruits_extra" / "@split-test"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["n"], result["ood_n"]) == (126, 0) and result["accuracy"] == recorded["accuracy"]
+    proc = cli("evaluate", "--data", str(FRUITS.parent / "fruits_extra" / "@split-nope"))
+    assert proc.returncode == 2 and proc.stdout == "" and "unknown split" in proc.stderr
+    (tmp_path / "freshapples").mkdir()
+    proc = cli("evaluate", "--data", str(tmp_path / "@split-test"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1, proc.stderr
 
 
 def test_evaluate_missing_folder_exits_2(tmp_path: Path) -> None:

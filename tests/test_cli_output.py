@@ -4,6 +4,7 @@ retrain runner, which reads the job's stdout and stderr merged)."""
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -52,8 +53,25 @@ def test_evaluate_stdout_carries_only_results(tmp_path: Path) -> None:
     proc = cli("evaluate", "--data", str(data))  # stdout and stderr are pipes, not a terminal
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("model ") and "n=3 accuracy=" in proc.stdout
-    assert not [line for line in proc.stdout.splitlines() if line.startswith(("stage=", "progress="))]
-    assert "stage=evaluate" in proc.stderr.splitlines() and "progress=100" in proc.stderr.splitlines()
+    # no progress for a program: the stage=/progress= lines are the training job's protocol
+    assert not [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("stage=", "progress="))]
+    code, text = _run_on_terminal(["evaluate", "--data", str(data)])  # a person: a bar on stderr
+    rows = text.replace("\r", "\n").splitlines()
+    assert code == 0 and any(r.startswith("evaluate: 100%") and "3/3" in r for r in rows), text
+    assert not [r for r in rows if r.startswith(("stage=", "progress="))], text
+
+
+def test_help_shows_whole_sentences_and_every_command_describes_itself() -> None:
+    """``fruitpipe --help`` gives each command's whole first paragraph (not its first line, which
+    cut ``models`` mid-sentence), ``fruitpipe CMD --help`` its whole description."""
+    from fruitpipe.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for choice in sub._choices_actions:
+        assert choice.help and choice.help.endswith("."), (choice.dest, choice.help)
+        description = sub.choices[choice.dest].description
+        assert description and " ".join(description.split()).startswith(choice.help[:-1]), choice.dest
+    assert "--shadow V" in sub.choices["models"].format_help() and "exit codes:" in parser.format_help()
 
 
 def _store(tmp_path: Path) -> tuple[Path, str]:

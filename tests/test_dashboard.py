@@ -334,8 +334,9 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         assert page.is_hidden("#heatmap") and page.text_content("#pred-class").startswith("fresh banana")
         page.unroute("**/predict?explain=true", cannot_explain)
 
-        # a batch: three photos and a text file
+        # a batch: three fruit photos, a cat, and a text file
         picks = [sorted((FRUITS / "test" / c).glob("*.jpg"))[5] for c in ("freshoranges", "rottenbanana", "freshapples")]
+        picks.append(sorted((FRUITS.parent / "not_fruit" / "cat").glob("*.jpg"))[0])
         notes = tmp_path / "notes.txt"
         notes.write_text("not an image")
         page.set_input_files("#file", [str(p) for p in picks] + [str(notes), str(heic)])
@@ -357,22 +358,25 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         rows = page.eval_on_selector_all("#batch-table tbody tr", """els => els.map(e => ({
             verdict: e.dataset.verdict, name: e.cells[1].textContent, conf: e.cells[4].textContent,
             thumb: e.querySelector('img')?.src, loaded: e.querySelector('img')?.naturalWidth }))""")
-        assert [r["name"] for r in rows[:4]] == [p.name for p in picks] + ["notes.txt"]
-        assert [r["verdict"] for r in rows[:4]] == [e["verdict"] for e in expected] + ["error"]
-        assert all(r["thumb"].startswith("blob:") and r["loaded"] > 0 for r in rows[:3])  # img-src blob: allowed
-        assert [r["conf"] for r in rows[:3]] == [f"{e['confidence'] * 100:.1f}%" for e in expected]
+        assert [r["name"] for r in rows[:5]] == [p.name for p in picks] + ["notes.txt"]
+        assert [r["verdict"] for r in rows[:5]] == [e["verdict"] for e in expected] + ["error"]
+        assert all(r["thumb"].startswith("blob:") and r["loaded"] > 0 for r in rows[:4])  # img-src blob: allowed
+        # a not-fruit answer shows no fruit confidence (its top class's probability would read as
+        # "that sure it is not fruit")
+        assert expected[3]["verdict"] == "not_fruit"
+        assert [r["conf"] for r in rows[:4]] == [f"{e['confidence'] * 100:.1f}%" for e in expected[:3]] + ["–"]
         with page.expect_download() as dl:
             page.click("#batch-csv")
         table = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
         assert [t["file"] for t in table] == [p.name for p in picks] + ["notes.txt", "apple.heic"]
-        assert [t["predicted_class"] for t in table[:3]] == [e["predicted_class"] for e in expected]
-        assert [float(t["confidence"]) for t in table[:3]] == pytest.approx([e["confidence"] for e in expected], abs=1e-4)
-        assert table[3]["verdict"] == "" and table[3]["error"].startswith("not_an_image")
+        assert [t["predicted_class"] for t in table[:4]] == [e["predicted_class"] for e in expected]
+        assert [float(t["confidence"]) for t in table[:4]] == pytest.approx([e["confidence"] for e in expected], abs=1e-4)
+        assert table[4]["verdict"] == "" and table[4]["error"].startswith("not_an_image")
 
         # "Wrong? tell us" in each answered row (not the text file's): the second photo's, sent
         row = "#batch-table tbody tr:nth-child(2)"
         assert page.eval_on_selector_all("#batch-table tbody tr", "els => els.map(e => !!e.querySelector('.feedback-open'))") \
-            == [True, True, True, False, True]
+            == [True, True, True, True, False, True]
         assert page.get_attribute(f"{row} .feedback-open", "aria-label") == f"Wrong? tell us about {picks[1].name}"
         page.click(f"{row} .feedback-open")
         page.select_option(f"{row} .feedback select", "rottenoranges")

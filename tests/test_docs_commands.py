@@ -19,6 +19,7 @@ only options it has. Any path into the repository or ``../shared`` that a comman
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -240,6 +241,13 @@ def test_local_service_blocks_run_as_written(tmp_path: Path, monkeypatch: pytest
     seed = small_dataset(tmp_path / "seed", "train", 3)
     evaluation = small_dataset(tmp_path / "eval", "test", 2, offset=50)
     backend = make_backend(work / "var", seed=seed, eval_dir=evaluation)  # the store `make run` serves
+    # The tiny job trains, but uploads meet the shipped recipe's own guard (its seed data and frozen
+    # evaluation set): every photo the examples upload must be new to the real model, as for a reader.
+    from fruitpipe import recipe as rc
+    from fruitpipe.evalset import UploadGuard
+    shipped = rc.shipped(tmp_path / "recipe")
+    shipped.prepare()
+    backend.store.guard = UploadGuard(shipped.evaluation, shipped.train + shipped.validation, tmp_path / "recipe")
     (work / "var" / "admin-token").write_text(TOKEN + "\n")
     with live_server(make_app(backend)) as url:
         for block in blocks:
@@ -252,6 +260,9 @@ def test_local_service_blocks_run_as_written(tmp_path: Path, monkeypatch: pytest
             assert proc.returncode == 0, f"{block.where}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
             if "/predict" in block.text or "fruitpipe predict" in block.text:
                 assert '"predicted_class"' in proc.stdout, f"{block.where}: {proc.stdout[-500:]}"
+            for shown in re.findall(r'# (\{"class_name".*\})$', block.text, re.M):  # an upload's summary, as shown
+                assert json.loads(shown) in [json.loads(line) for line in proc.stdout.splitlines()
+                                             if line.startswith('{"class_name"')], f"{block.where}: {proc.stdout[-1500:]}"
             _wait_idle(url)
 
 

@@ -25,7 +25,8 @@ def test_store_files_by_content_and_reports_rejections(tmp_path):
     a = store.add("freshbanana", img, "../../a.jpg")
     assert a.status == "added" and a.key == f"dataset/freshbanana/{a.sha256}.jpg"
     assert (tmp_path / a.key).read_bytes() == img
-    assert store.add("freshbanana", img, "other.jpg").status == "duplicate"
+    again = store.add("freshbanana", img, "other.jpg")  # an earlier upload's twin: says where it is
+    assert again.status == "duplicate" and again.detail == f"already uploaded: the same image is in the dataset as {a.key}"
     bad = store.add("freshbanana", b"\x89PNG\r\n\x1a\nxxxx", "x.png")
     assert bad.status == "rejected" and bad.error in ("truncated", "not_an_image")
     unknown = store.add("kiwi", img, "k.jpg")

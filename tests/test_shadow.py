@@ -330,3 +330,37 @@ def test_an_operator_stops_a_running_shadow_over_http(tmp_path, capsys):
         assert main(["models", "--api", a, "--token", TOKEN, "--shadow-stop", other]) == 1
         assert capsys.readouterr().err.startswith(f"not_running: the shadow of {other} is not running: it is stopped")
         assert cb.get("/models").json()["live"] == LIVE
+
+
+def test_the_cli_starts_a_shadow_and_lists_it(tmp_path, capsys):
+    """``fruitpipe models --shadow V [--requests --seconds --sample-rate]`` starts a shadow over HTTP
+    (the options reach the pointer), a second start exits 1 ``shadow_running``, the table's last line
+    shows it running with the counts so far, then stopped; bad input exits 2."""
+    from fruitpipe.cli import main
+    store = tmp_path / "store"
+    app = live_shadow_app(store)
+    app.state.fruitpipe.shadow.flush_seconds = 0.0
+    cand = candidate(store, "s")
+    with live_server(app) as a, httpx.Client(base_url=a, timeout=60) as c:
+        assert main(["models", "--api", a, "--shadow", cand]) == 2  # a write: the token is needed
+        assert "admin token" in capsys.readouterr().err
+        assert main(["models", "--api", a, "--token", TOKEN, "--requests", "5"]) == 2  # without --shadow
+        assert "only go with --shadow" in capsys.readouterr().err
+        assert main(["models", "--api", a, "--token", TOKEN, "--shadow", LIVE]) == 2  # the live one: 422
+        assert "already live" in capsys.readouterr().err
+        assert main(["models", "--api", a, "--token", TOKEN, "--shadow", cand, "--requests", "40",
+                     "--seconds", "600", "--sample-rate", "0.5"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"shadow of {cand} started beside {LIVE}: decided after 40 shadowed requests "
+                              "(sample rate 0.5)"), out
+        state = c.get("/models").json()["shadow"]
+        assert (state["status"], state["requests"], state["sample_rate"]) == ("running", 40, 0.5)
+        assert main(["models", "--api", a, "--token", TOKEN, "--shadow", cand]) == 1
+        assert capsys.readouterr().err.startswith("shadow_running: ")
+        assert main(["models", "--api", a]) == 0
+        last = capsys.readouterr().out.splitlines()[-1]
+        assert last.startswith(f"shadow: {cand} running since ") and " of 40 requests shadowed (sample rate 0.5" in last
+        assert main(["models", "--api", a, "--token", TOKEN, "--shadow-stop", cand]) == 0
+        capsys.readouterr()
+        assert main(["models", "--api", a]) == 0
+        assert capsys.readouterr().out.splitlines()[-1].startswith(f"shadow: {cand} stopped: ")

@@ -60,11 +60,21 @@ class HealthResponse(BaseModel):
     backend: str
 
 
+def _metrics() -> Any:
+    """A version's ``metrics`` (:func:`fruitpipe.version_metrics.shown`)."""
+    return Field(default_factory=dict, description=(
+        "accuracy, macro_f1, n, fruit_rejected_rate, ood_n, ood_rejected_rate, per_class, confusion: the score on the "
+        "frozen evaluation set (source 'frozen', eval_set: the same photos for every version, so versions compare), "
+        "else the manifest's held-out test score (source 'manifest', split), else null (source null); training: the "
+        "manifest's own figures with their split label (a retrained version's are scored on photos it was trained on); "
+        "evaluation: the gate's record"))
+
+
 class ModelInfoResponse(BaseModel):
     version: str
     created: str
     labels: list[str]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = _metrics()
     rejection: dict[str, Any]
     preprocessing: dict[str, Any]
     training_data: dict[str, Any]
@@ -77,7 +87,7 @@ class ModelVersionResponse(BaseModel):
     version: str
     created: str
     status: Literal["live", "available", "rejected"]
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = _metrics()
     reason: Optional[str] = None
 
 

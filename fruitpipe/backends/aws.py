@@ -250,7 +250,7 @@ class S3DataStore(_S3Bound, DataStore):
             return UploadResult(shown, "rejected", label=label, error=exc.code, detail=exc.detail)
         added = self._file(filed, "api" if origin == "upload" else origin)  # the object's "source" metadata
         return UploadResult(shown, "added" if added else "duplicate", label=label, sha256=filed.sha256,
-                            key=filed.key)
+                            key=filed.key, detail=None if added else dataset.duplicate_detail(filed.key))
 
     def counts(self) -> dict[str, int]:
         out = {label: 0 for label in LABELS}

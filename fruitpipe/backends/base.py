@@ -121,6 +121,11 @@ class ModelRegistry(ABC):
         watch (:mod:`fruitpipe.rollback`)."""
         return None
 
+    def frozen_metrics(self, version: str) -> dict[str, Any] | None:
+        """``version``'s score on the frozen evaluation set (``eval_set`` plus the figures of
+        :data:`fruitpipe.version_metrics.FIGURES`), or None where none is kept (this default)."""
+        return None
+
 
 class Trainer(ABC):
     @abstractmethod

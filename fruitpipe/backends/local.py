@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import bundle, dataset, imaging
+from .. import bundle, dataset, imaging, version_metrics
 from .. import recipe as rc
 from ..evalset import UploadGuard
 from ..labels import LABELS
@@ -187,7 +187,7 @@ class LocalDataStore(DataStore):
         if origin != "upload" and not path.exists():  # before the image: never filed without it
             create_once(self.root / dataset.origin_key(filed.key), (origin + "\n").encode())
         if path.exists() or not create_once(path, filed.data):
-            result.status = "duplicate"
+            result.status, result.detail = "duplicate", dataset.duplicate_detail(filed.key)
         return result
 
     def counts(self) -> dict[str, int]:
@@ -299,12 +299,9 @@ class LocalRegistry(ModelRegistry):
         evaluation = read_json(path / "evaluation.json")
         if isinstance(evaluation, dict):
             metrics["evaluation"] = evaluation
-        frozen = read_json(self.root.parent / "evaluations" / f"{path.name}.json")
-        if isinstance(frozen, dict) and isinstance(frozen.get("metrics"), dict):
-            # the frozen evaluation set: the same images for every version, so rows compare
-            metrics["frozen"] = {"eval_set": frozen.get("eval_set"), **{
-                k: frozen["metrics"].get(k) for k in ("n", "accuracy", "macro_f1", "fruit_rejected_rate",
-                                                      "ood_n", "ood_rejected_rate", "per_class", "confusion")}}
+        frozen = self.frozen_metrics(path.name)
+        if frozen is not None:  # the frozen evaluation set: the same images for every version, so rows compare
+            metrics["frozen"] = frozen
         reason = None
         if status == "rejected":
             info = read_json(path / "rejection.json") or {}
@@ -313,6 +310,17 @@ class LocalRegistry(ModelRegistry):
             status = "live"
         return ModelVersion(version=manifest.version, created=manifest.created,
                             status=status, metrics=metrics, reason=reason)  # type: ignore[arg-type]
+
+    def frozen_metrics(self, version: str) -> dict[str, Any] | None:
+        """``evaluations/<version>.json`` of the store (written by the retrain's gate and the
+        first-start warm-up): ``eval_set`` and the figures of :data:`version_metrics.FIGURES`."""
+        try:
+            frozen = read_json(self.root.parent / "evaluations" / f"{safe_version(version)}.json")
+        except NotFound:
+            return None
+        if not (isinstance(frozen, dict) and isinstance(frozen.get("metrics"), dict)):
+            return None
+        return {"eval_set": frozen.get("eval_set"), **{k: frozen["metrics"].get(k) for k in version_metrics.FIGURES}}
 
     def versions(self) -> list[ModelVersion]:
         live = self.live_version()

@@ -24,6 +24,7 @@ from ..client import ClientError
 from .http import add_api_args, api_base, api_client, api_token
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+EXIT_NOTHING_ADDED = 1  # every file rejected or too large (README.md, the exit-code table)
 BATCH = 20  # upload forms asked for at a time: each expires minutes after it is handed out
 
 
@@ -95,7 +96,10 @@ def _post_form(slot: dict, data: bytes, name: str) -> None:
 
 @command("upload", _args)
 def _upload(args: argparse.Namespace) -> int:
-    """Upload image files and/or folders of images of one class (API, or the S3 drop folder)."""
+    """Upload image files and/or folders of images of one class (API, or the S3 drop folder).
+
+    Exits 0 when any image was added or was already there, 1 when nothing was (every file rejected or
+    too large), 2 for bad input (a missing path, an unknown class, a bad token)."""
     from .. import imaging
     from ..dataset import check_label, UnknownClass
     try:
@@ -137,7 +141,7 @@ def _upload(args: argparse.Namespace) -> int:
             counts = {key: sum(r["status"] == status for r in results)
                       for key, status in (("added", "added"), ("duplicates", "duplicate"), ("rejected", "rejected"))}
             print(json.dumps({"class_name": args.label, **counts, "skipped": len(too_big)}))
-            return 0 if counts["added"] + counts["duplicates"] else 2
+            return 0 if counts["added"] + counts["duplicates"] else EXIT_NOTHING_ADDED
         else:
             token = api_token(args)
             base = api_base(args)
@@ -154,4 +158,4 @@ def _upload(args: argparse.Namespace) -> int:
     print(json.dumps({"class_name": args.label, "uploaded": sent, "skipped": len(too_big),
                       "note": "the ingest function files them into dataset/ (duplicates once, bad files "
                               "to quarantine/ with a reason)"}))
-    return 2 if too_big and not sent else 0
+    return EXIT_NOTHING_ADDED if too_big and not sent else 0

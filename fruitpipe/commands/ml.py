@@ -98,7 +98,9 @@ def _summary(out: Path, metrics: dict, seconds: float) -> str:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True,
-                   help="folder of <class>/ folders; any other folder (e.g. not_fruit/) must be rejected")
+                   help="folder of <class>/ folders; any other folder (e.g. not_fruit/) must be rejected. "
+                        "<set>/@split-<name> scores one split (train, val, test) of a set with a MANIFEST.csv, "
+                        "e.g. ../shared/data/fruits_extra/@split-test")
     p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--backbone", default=None, help="a local copy of the backbone the bundle names (file or folder)")
@@ -106,15 +108,22 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 @command("evaluate", _evaluate_args)
 def _evaluate(args: argparse.Namespace) -> int:
-    """Score a model on a labelled folder (accuracy, macro-F1, rejection rates)."""
+    """Score a model on a labelled folder, or one split of a set (accuracy, macro-F1, rejection rates)."""
     from ..classifier import Classifier
     from ..evaluation import evaluate
 
-    if not args.data.is_dir():
-        raise UsageError(f"--data {args.data} is not a folder")
+    from ..evaluation import dataset_items
+    from ..recipe import SPLIT_PREFIX
+    if not (args.data.is_dir() or args.data.name.startswith(SPLIT_PREFIX) and args.data.parent.is_dir()):
+        raise UsageError(f"--data {args.data} is not a folder (nor <set>/{SPLIT_PREFIX}<name> of one)")
+    try:
+        dataset_items(args.data)  # a bad split root says so before the model loads
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
     clf = Classifier(args.model or default_model(), backbone_path=args.backbone)
     try:
-        result = evaluate(clf, args.data, progress=not args.json)
+        # a bar for a person on a terminal; for a program, nothing (progress= lines are the training job's protocol)
+        result = evaluate(clf, args.data, progress=not args.json and sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:

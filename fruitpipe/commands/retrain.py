@@ -18,14 +18,16 @@ import time
 from datetime import datetime
 from typing import Any
 
+from .. import version_metrics
 from ..cli import UsageError, command
 from ..client import ClientError
 from .http import add_api_args, api_client
 
-# The exit code for a run's end state (documented in README.md, "Retrain from a terminal"):
-# 0 promoted (or still running / nothing run), 3 rejected by the gate, 1 failed.
+# The exit code for a run's end state (README.md, the exit-code table): 0 promoted (or still
+# running), 3 rejected by the gate, 1 failed or cancelled (no new model).
 EXIT_REJECTED = 3
 EXIT_FAILED = 1
+EXIT_CODES = {"rejected": EXIT_REJECTED, "failed": EXIT_FAILED, "cancelled": EXIT_FAILED}
 
 
 def _need(value: str | None, option: str, env: str) -> str:
@@ -100,10 +102,13 @@ def summary(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _report(status: dict[str, Any], as_json: bool) -> int:
-    """Print the status (summary, or JSON with ``--json``); the exit code for its state."""
+def _report(status: dict[str, Any], as_json: bool, cancelling: bool = False) -> int:
+    """Print the status (summary, or JSON with ``--json``); the exit code for its state (a run
+    ``--cancel`` just cancelled: 0, it did what was asked)."""
     print(json.dumps(status, indent=2, default=str) if as_json else summary(status))
-    return {"rejected": EXIT_REJECTED, "failed": EXIT_FAILED}.get(status.get("state", ""), 0)
+    if cancelling and status.get("state") == "cancelled":
+        return 0
+    return EXIT_CODES.get(status.get("state", ""), 0)
 
 
 def _progress_line(status: dict) -> str:
@@ -115,14 +120,18 @@ def _progress_line(status: dict) -> str:
 @command("retrain", _retrain_args)
 def _retrain(args: argparse.Namespace) -> int:
     """Start a retrain (one at a time) and optionally follow it, or show the latest run's status.
-    Prints a summary (``--json``: the full status); exits 0 promoted, 3 rejected, 1 failed."""
+
+    Prints a summary (``--json``: the full status). Exits 0 promoted (without ``--wait``: started or
+    still running), 3 rejected by the gate, 1 failed or cancelled, or not started (nothing new; a run
+    is going, without ``--wait``, which follows that run instead); ``--cancel``: 0 cancelled, 1 none running.
+    """
     if args.aws:
         return _retrain_aws(args)
     client = api_client(args, token_required=not args.status)
     try:
         if args.cancel:
             try:
-                return _report(client.cancel(), args.json)
+                return _report(client.cancel(), args.json, cancelling=True)
             except ClientError as exc:
                 if exc.code == "not_running":
                     print(f"{exc.code}: {exc.detail}", file=sys.stderr)
@@ -159,7 +168,7 @@ def _retrain_aws(args: argparse.Namespace) -> int:
     trainer = StepFunctionsTrainer(boto3.client("stepfunctions"), boto3.client("sagemaker"), arn)
     if args.cancel:
         try:
-            return _report(trainer.cancel().as_dict(), args.json)
+            return _report(trainer.cancel().as_dict(), args.json, cancelling=True)
         except NotRunning as exc:
             print(f"not_running: {exc}", file=sys.stderr)
             return 1
@@ -184,32 +193,72 @@ def _models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket", help="with --aws: models bucket (default: $FRUITPIPE_MODELS_BUCKET)")
     action = p.add_mutually_exclusive_group()
     action.add_argument("--activate", metavar="VERSION", help="move the live pointer to VERSION (rollback)")
+    action.add_argument("--shadow", metavar="VERSION",
+                        help="run VERSION in shadow beside the live model on live requests (never answering "
+                             "with it): promoted within the bounds, else held with the reason")
     action.add_argument("--shadow-stop", metavar="VERSION",
                         help="stop the running shadow of VERSION now (never promoted; the live model unchanged)")
+    shadow = p.add_argument_group("with --shadow (default: the server's: 200 requests, 3600 s, every request)")
+    shadow.add_argument("--requests", type=int, metavar="N", help="shadowed requests before the decision")
+    shadow.add_argument("--seconds", type=float, metavar="S", help="time limit in seconds")
+    shadow.add_argument("--sample-rate", type=float, metavar="R", help="share of /predict requests shadowed, (0, 1]")
     p.add_argument("--json", action="store_true", help="one JSON object per version instead of a table")
+
+
+SCORED_ON = {"frozen": "frozen set", "manifest": "test split"}
 
 
 def versions_table(versions: list[dict[str, Any]]) -> str:
     """The versions as a text table: version, created, status, accuracy, macro-F1, not-fruit
-    rejection (on the frozen evaluation set where the version has a score on it, as the dashboard
-    shows; else the manifest's own figures) and, for a rejected one, the gate's reason."""
-    rows = [("version", "created", "status", "accuracy", "macro-F1", "rejection", "reason")]
+    rejection, what they were scored on and, for a rejected one, the gate's reason. The figures are
+    the top-level ones of ``GET /models`` (:func:`fruitpipe.version_metrics.shown`): the frozen
+    evaluation set where the version has a score on it, else a held-out test score, else "–"."""
+    rows = [("version", "created", "status", "accuracy", "macro-F1", "rejection", "scored on", "reason")]
     for v in versions:
-        m = v.get("metrics") or {}
-        ev = m.get("frozen") if isinstance(m.get("frozen"), dict) else m
+        m = version_metrics.shown(v.get("metrics") or {})
         rows.append((v["version"], str(v.get("created", "")).replace("T", " ").replace("Z", "")[:19],
-                     v.get("status", ""), _pct(ev.get("accuracy", m.get("test_accuracy"))), _pct(ev.get("macro_f1")),
-                     _pct(ev.get("ood_rejected_rate")), (v.get("reason") or "") if v.get("status") == "rejected" else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[6]).rstrip() for r in rows)
+                     v.get("status", ""), _pct(m["accuracy"]), _pct(m["macro_f1"]), _pct(m["ood_rejected_rate"]),
+                     SCORED_ON.get(m["source"], "–"), (v.get("reason") or "") if v.get("status") == "rejected" else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(7)]
+    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[7]).rstrip() for r in rows)
 
 
-def _print_versions(versions: list[dict[str, Any]], as_json: bool) -> None:
+def _print_versions(versions: list[dict[str, Any]], as_json: bool, shadow: dict[str, Any] | None = None) -> None:
+    """The versions (``--json``: one object each), then, in a table, the latest shadow's line."""
     if as_json:
         for v in versions:
             print(json.dumps(v, default=str))
+        return
+    print(versions_table(versions))
+    line = shadow_line(shadow)
+    if line:
+        print(line)
+
+
+def shadow_line(state: dict[str, Any] | None) -> str | None:
+    """One line on the latest shadow (``GET /models`` → ``shadow``), or None when there is none."""
+    if not state:
+        return None
+    status = state.get("status")
+    if status == "running":
+        seen = state["seen"].get("n", 0) if isinstance(state.get("seen"), dict) else None  # the API's counts
+        return (f"shadow: {state.get('version')} running since {state.get('started')}: "
+                + (f"{seen} of " if seen is not None else "decided after ")
+                + f"{state.get('requests')} requests shadowed (sample rate {state.get('sample_rate')}, "
+                f"until {state.get('deadline')})")
+    done = f"shadow: {state.get('version')} {status}"
+    return done + (f": {state['reason']}" if state.get("reason") else "")
+
+
+def _started(state: dict[str, Any], as_json: bool) -> int:
+    """Print a started shadow's state (``--json``: as it is); exit 0."""
+    if as_json:
+        print(json.dumps(state, default=str))
     else:
-        print(versions_table(versions))
+        print(f"shadow of {state['version']} started beside {state.get('live')}: decided after "
+              f"{state['requests']} shadowed requests (sample rate {state['sample_rate']}) or at {state['deadline']}; "
+              "`fruitpipe models` shows its progress")
+    return 0
 
 
 def _stopped(state: dict[str, Any], as_json: bool) -> int:
@@ -225,15 +274,30 @@ def _stopped(state: dict[str, Any], as_json: bool) -> int:
 
 @command("models", _models_args)
 def _models(args: argparse.Namespace) -> int:
-    """List model versions (a table; ``--json``: one JSON object each), activate one (rollback), or
-    stop a running shadow (``--shadow-stop``: exits 1 with ``not_running`` when none of it runs)."""
+    """List model versions and the latest shadow; activate one (rollback); start or stop a shadow.
+
+    A table (``--json``: one JSON object per version) with a last line on the latest shadow.
+    ``--activate V`` moves the live pointer; ``--shadow V [--requests N --seconds S --sample-rate R]``
+    runs V beside the live model (exit 1 with ``shadow_running`` when another one runs);
+    ``--shadow-stop V`` stops it (exit 1 with ``not_running`` when none of V runs).
+    """
     if args.aws:
         return _models_aws(args)
-    client = api_client(args, token_required=bool(args.activate or args.shadow_stop))
+    _check_shadow_options(args)
+    client = api_client(args, token_required=bool(args.activate or args.shadow or args.shadow_stop))
     try:
         if args.activate:
             print(f"live: {client.activate(args.activate)['live']}")
             return 0
+        if args.shadow:
+            try:
+                return _started(client.start_shadow(args.shadow, args.requests, args.seconds, args.sample_rate),
+                                args.json)
+            except ClientError as exc:
+                if exc.code == "shadow_running":
+                    print(f"{exc.code}: {exc.detail}", file=sys.stderr)
+                    return 1
+                raise
         if args.shadow_stop:
             try:
                 return _stopped(client.stop_shadow(args.shadow_stop), args.json)
@@ -242,10 +306,19 @@ def _models(args: argparse.Namespace) -> int:
                     print(f"{exc.code}: {exc.detail}", file=sys.stderr)
                     return 1
                 raise
-        _print_versions(client.models()["versions"], args.json)
+        listing = client.models()
+        _print_versions(listing["versions"], args.json, listing.get("shadow"))
     except ClientError as exc:
         raise UsageError(str(exc)) from None
     return 0
+
+
+def _check_shadow_options(args: argparse.Namespace) -> None:
+    """``--requests``/``--seconds``/``--sample-rate`` only go with ``--shadow``."""
+    given = [o for o, v in (("--requests", args.requests), ("--seconds", args.seconds),
+                            ("--sample-rate", args.sample_rate)) if v is not None]
+    if given and not args.shadow:
+        raise UsageError(f"{', '.join(given)} only go with --shadow VERSION")
 
 
 def _models_aws(args: argparse.Namespace) -> int:
@@ -254,12 +327,27 @@ def _models_aws(args: argparse.Namespace) -> int:
 
     from ..backends.aws import S3ModelRegistry
     from ..backends.base import NotFound, NotRunning
+    from ..backends.shadow_pointers import S3ShadowPointer
+    from ..models_path import default_model_dir
+    from ..shadow import Shadow, ShadowRunning
 
+    _check_shadow_options(args)
     bucket = _need(args.bucket, "--bucket", "FRUITPIPE_MODELS_BUCKET")
-    registry = S3ModelRegistry(bucket, Path(tempfile.gettempdir()) / "fruitpipe-cli-models")
+    # the registry as the API's Lambda sees it: the shipped model is live until the first publish
+    registry = S3ModelRegistry(bucket, Path(tempfile.gettempdir()) / "fruitpipe-cli-models",
+                               seed_bundle=default_model_dir())
+    if args.shadow:
+        options = {k: v for k, v in (("requests", args.requests), ("seconds", args.seconds),
+                                     ("sample_rate", args.sample_rate)) if v is not None}
+        try:  # the API's own start, on shadow.json in the bucket (the bounds: fruitpipe.shadow.Bounds' defaults)
+            return _started(Shadow(S3ShadowPointer(bucket), registry, registry.fetch).start(args.shadow, **options),
+                            args.json)
+        except ShadowRunning as exc:
+            print(f"shadow_running: {exc}", file=sys.stderr)
+            return 1
+        except (NotFound, ValueError) as exc:  # VersionRejected is a ValueError
+            raise UsageError(str(exc)) from None
     if args.shadow_stop:
-        from ..backends.shadow_pointers import S3ShadowPointer
-        from ..shadow import Shadow
         try:  # the API's own stop, on shadow.json in the bucket (nothing is loaded: load is never called)
             return _stopped(Shadow(S3ShadowPointer(bucket), registry, registry.fetch).stop(args.shadow_stop), args.json)
         except NotRunning as exc:
@@ -274,5 +362,6 @@ def _models_aws(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(f"live: {registry.live_version()}")
         return 0
-    _print_versions([v.as_dict() for v in registry.versions()], args.json)
+    _print_versions([{**v.as_dict(), "metrics": version_metrics.shown(v.metrics)} for v in registry.versions()],
+                    args.json, S3ShadowPointer(bucket).read())
     return 0

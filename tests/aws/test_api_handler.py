@@ -131,6 +131,7 @@ def test_upload_training_data_into_s3_with_auth(api, aws):
     status, out = api("POST", "/upload-training-data", body=body, headers={**headers, **auth()})
     (item,) = out["results"] if "results" in out else out["files"]
     assert item["status"] == "duplicate" and counter(aws) == 1
+    assert item["detail"] == f"already uploaded: the same image is in the dataset as {item['key']}"
     status, out = api("GET", "/dataset")
     assert out["counts"]["freshbanana"] == 1 and out["total"] == 1
 

@@ -180,7 +180,8 @@ def test_a_shadow_past_its_deadline_is_held_on_aws(aws, monkeypatch, tmp_path):
 def test_an_operator_stops_a_shadow_on_aws(aws, monkeypatch, tmp_path, capsys):
     """Instance A shadows 2 requests; B stops the shadow (shadow.json in S3: ``stopped``, the pooled
     counts from shadow-stats/); A re-reads the pointer and shadows nothing more; nothing is promoted.
-    Then ``fruitpipe models --aws --shadow-stop`` stops a second shadow straight in the bucket."""
+    Then ``fruitpipe models --aws --shadow-stop`` stops a second shadow straight in the bucket, and
+    ``fruitpipe models --aws --shadow`` starts a third one there, which the table lists."""
     from datetime import datetime, timezone
 
     from fruitpipe.cli import main
@@ -219,6 +220,19 @@ def test_an_operator_stops_a_shadow_on_aws(aws, monkeypatch, tmp_path, capsys):
     assert main(["models", "--aws", "--bucket", aws["models"], "--shadow-stop", "v20990101-000000-ffffff"]) == 2
     assert a.call("GET", "/models")[1]["shadow"]["status"] == "stopped"
     assert a.call("GET", "/models")[1]["live"] == live
+
+    # the CLI starts a shadow straight in the bucket too, and lists it
+    capsys.readouterr()
+    assert main(["models", "--aws", "--bucket", aws["models"], "--shadow", cand, "--requests", "30",
+                 "--sample-rate", "0.5"]) == 0
+    assert capsys.readouterr().out.startswith(f"shadow of {cand} started beside {live}: decided after 30 shadowed")
+    running = a.call("GET", "/models")[1]["shadow"]
+    assert running["status"] == "running" and running["requests"] == 30 and running["sample_rate"] == 0.5
+    assert main(["models", "--aws", "--bucket", aws["models"], "--shadow", cand]) == 1
+    assert capsys.readouterr().err.startswith("shadow_running: ")
+    assert main(["models", "--aws", "--bucket", aws["models"]]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"shadow: {cand} running since ")
+    assert main(["models", "--aws", "--bucket", aws["models"], "--shadow-stop", cand]) == 0
 
 
 @needs_shared

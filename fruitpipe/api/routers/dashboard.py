@@ -50,8 +50,9 @@ def docs_policy(html: bytes) -> str:
             "frame-ancestors 'none'; form-action 'none'")
 
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: curl -I, link checkers
 def index(request: Request) -> FileResponse:
+    """The dashboard page (FileResponse sends only the headers to a HEAD)."""
     return FileResponse(state(request).static_dir / "index.html", media_type="text/html",
                         headers={"Cache-Control": "no-cache"})
 

@@ -26,6 +26,12 @@ def health(request: Request) -> HealthResponse:
                           model_loaded=version is not None, backend=st.backend.name)
 
 
+@router.head("/health", include_in_schema=False)
+def health_head(request: Request) -> HealthResponse:
+    """``HEAD /health`` (``curl -I``, uptime checks): GET's status and headers; the server sends no body."""
+    return health(request)
+
+
 @router.get("/stats", response_model=StatsResponse)
 def stats(request: Request) -> StatsResponse:
     """Live numbers for the dashboard: predictions by class and verdict, recent latency."""

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import require_admin, state
+from ... import version_metrics
 from ...backends.base import VersionRejected
 from ...shadow import ShadowRunning
 from ..errors import ApiError
@@ -18,11 +19,14 @@ router = APIRouter(tags=["models"])
 
 @router.get("/model-info", response_model=ModelInfoResponse, responses=errors(503))
 def model_info(request: Request) -> ModelInfoResponse:
-    """The live model's manifest: version, labels, metrics, rejection thresholds, created."""
-    m = state(request).holder.get().manifest
+    """The live model's manifest: version, labels, metrics (the frozen-set score first, the manifest's
+    own figures under ``metrics.training``), rejection thresholds, created."""
+    st = state(request)
+    m = st.holder.get().manifest
     raw = m.to_dict()
     rejection = {k: v for k, v in m.rejection.items() if k != "other_classes"}
-    return ModelInfoResponse(version=m.version, created=m.created, labels=list(m.labels), metrics=m.metrics,
+    metrics = version_metrics.shown(m.metrics, st.backend.registry.frozen_metrics(m.version))
+    return ModelInfoResponse(version=m.version, created=m.created, labels=list(m.labels), metrics=metrics,
                              rejection=rejection, preprocessing=m.preprocessing,
                              training_data=m.training_data, backbone=raw.get("backbone", {}),
                              head=raw.get("head", {}))
@@ -34,7 +38,8 @@ def models(request: Request) -> ModelsResponse:
     st = state(request)
     reg = st.backend.registry
     return ModelsResponse(live=reg.live_version(), shadow=st.shadow.state(), rollbacks=st.rollback.events,
-                          versions=[ModelVersionResponse(**v.as_dict()) for v in reg.versions()])
+                          versions=[ModelVersionResponse(**{**v.as_dict(), "metrics": version_metrics.shown(v.metrics)})
+                                    for v in reg.versions()])
 
 
 @router.post("/models/{version}/shadow", responses=errors(401, 403, 404, 409, 422, 503),

@@ -333,7 +333,10 @@ async function predictBatch(files) {
         h("td", { class: "fname" }, photo.filename),
         h("td", {}, p ? h("span", { class: `pill v-${p.verdict}` }, verdictText(p.verdict)) : h("span", { class: "pill rejected" }, r.error || "error")),
         h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : (r.detail || "")),
-        h("td", { class: "num" }, p ? pct(p.confidence) : "–"),
+        // a not-fruit answer has no fruit confidence: its top class's probability would read as
+        // "this sure it is not fruit"
+        p?.verdict === "not_fruit" ? h("td", { class: "num", title: "no fruit confidence: not a fruit" }, "–")
+          : h("td", { class: "num" }, p ? pct(p.confidence) : "–"),
         feedback);
       tbody.append(tr);
       // "Wrong? tell us" in the row (feedback.js), named after the photo for screen readers
@@ -414,8 +417,8 @@ async function refreshDataset() {
 // ---------------------------------------------------------------- model performance + versions
 function perfFrom(version) {
   const m = version?.metrics || {};
-  if (m.frozen?.per_class) return { src: `the frozen evaluation set (${m.frozen.n} fruit photos, the same for every version)`, ev: m.frozen };
-  if (m.per_class) return { src: "the live model's manifest", ev: m };
+  if (m.source === "frozen" && m.per_class) return { src: `the frozen evaluation set (${m.n} fruit photos, the same for every version)`, ev: m };
+  if (m.per_class) return { src: `the live model's manifest (${m.split || "test split"})`, ev: m };
   if (m.evaluation?.candidate?.per_class) return { src: `the gate evaluation on ${m.evaluation.candidate.n} images`, ev: m.evaluation.candidate };
   if (m.evaluation?.per_class) return { src: "the live model's evaluation", ev: m.evaluation };
   return null;
@@ -467,9 +470,9 @@ function drawPerformance(live) {
   const p = perfFrom(live);
   const conf = $("confusion");
   if (!p) {
-    const acc = live?.metrics?.test_accuracy ?? live?.metrics?.accuracy;
-    $("perf-source").textContent = `The live model (${live?.version || "none"}) has no per-class metrics in its manifest` +
-      (acc != null ? `; its recorded accuracy is ${pct(acc)}.` : ".");
+    const acc = live?.metrics?.accuracy;
+    $("perf-source").textContent = `The live model (${live?.version || "none"}) has no per-class metrics on held-out photos yet` +
+      (acc != null ? `; its accuracy is ${pct(acc)}.` : ".");
     barChart($("f1-chart"), []); conf.replaceChildren();
     $("perf-charts").hidden = true;
     return;
@@ -506,12 +509,14 @@ function drawPerformance(live) {
   conf.replaceChildren(t);
 }
 
-// The metrics a versions-table row shows: the version's score on the frozen evaluation set when
-// it has one (the same images for every version), else its manifest's own figures (labelled).
+// The metrics a versions-table row shows: /models puts first the version's score on the frozen
+// evaluation set when it has one (the same images for every version), else a held-out test score
+// from its manifest, else none (its training-time figures, under metrics.training, do not compare).
 function rowMetrics(v) {
   const m = v.metrics || {};
-  if (m.frozen) return { ev: m.frozen, note: `frozen evaluation set ${m.frozen.eval_set || ""}` };
-  return { ev: m, note: m.split ? `from the manifest: ${m.split}` : "from the manifest" };
+  if (m.source === "frozen") return { ev: m, note: `frozen evaluation set ${m.eval_set || ""}` };
+  if (m.source === "manifest") return { ev: m, note: `from the manifest: ${m.split}` };
+  return { ev: m, note: "no score on held-out photos" };
 }
 
 async function refreshVersions() {
@@ -520,7 +525,7 @@ async function refreshVersions() {
   tbody.replaceChildren();
   for (const v of data.versions) {
     const { ev, note } = rowMetrics(v);
-    const acc = ev.accuracy ?? v.metrics?.test_accuracy;
+    const acc = ev.accuracy;
     const metric = (x) => h("td", note ? { title: note } : {}, x != null ? pct(x) : "–");
     const last = h("td");
     const tr = h("tr", {}, h("td", {}, h("code", {}, v.version)),
