@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict[str, Any]) -> str:
     """Markdown: per config, both halves pooled."""
-    lines = ["| model | bars A→B / B→A | fruits/val acc (rejected) | fruits_extra/val acc (rejected) | other produce "
-             "| look-alikes | non-food | generated |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    from experiment_refit import markdown
+
+    lines = []
     for cname, r in results["configs"].items():
         s = r["sets"]
         cells = [f"{100 * s[n]['right'] / s[n]['n']:.1f}% ({100 * s[n]['rejected'] / s[n]['n']:.2f}%)" for n in FRUIT_SETS]
@@ -171,7 +172,7 @@ def table(results: dict[str, Any]) -> str:
                   ("not_fruit/val:other_produce", "not_fruit/val:look_alike", "not_fruit/val:non_food",
                    "generated_not_fruit/calib:all")]
         lines.append(f"| {cname} | {' / '.join(f'{b:.2f}' for b in r['bars'].values())} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown(["model", "bars A→B / B→A", "fruits/val acc (rejected)", "fruits_extra/val acc (rejected)"], lines)
 
 
 if __name__ == "__main__":

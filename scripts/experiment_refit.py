@@ -146,10 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+NOT_FRUIT_COLUMNS = ("other produce", "look-alikes", "non-food", "generated")
+
+
+def markdown(head: list[str], rows: list[str]) -> str:
+    """A markdown table: ``head`` cells, then the not-fruit columns; ``rows`` already formatted."""
+    cells = [*head, *NOT_FRUIT_COLUMNS]
+    return "\n".join(["| " + " | ".join(cells) + " |", "|---|" + "---:|" * (len(cells) - 1), *rows])
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown: one row per run, the B-half figures."""
-    lines = ["| run | max_not_fruit | fruits/val B acc (rejected) | fruits_extra/val B acc (rejected) | "
-             "other produce | look-alikes | non-food | generated |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = []
     for key, r in results["runs"].items():
         b = r["b"]
         groups = b["not_fruit/val"]["groups"]
@@ -159,7 +167,7 @@ def table(results: dict[str, Any]) -> str:
                          for s in ("fruits/val", "fruits_extra/val"))
             + " | " + " | ".join(f"{100 * groups[g]['rejected_rate']:.1f}%" for g in splits.NOT_FRUIT_GROUPS)
             + f" | {100 * b['generated_not_fruit/calib']['rejected_rate']:.1f}% |")
-    return "\n".join(lines)
+    return markdown(["run", "max_not_fruit", "fruits/val B acc (rejected)", "fruits_extra/val B acc (rejected)"], lines)
 
 
 if __name__ == "__main__":
