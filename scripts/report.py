@@ -133,7 +133,10 @@ def compare_table() -> list[str]:
             "three test sets together; latency is the whole predict path of a 640x480 JPEG on 1 thread, "
             f"medians of one interleaved run (load average {c['load_average'][0]:.1f} at its end); training is the job's "
             "wall time, embedding photos not yet in the cache included. Validation (the val splits + generated "
-            "not-fruit) calibrated each model; a bundle's val figures are scored before its train + validation refit.", "",
+            "not-fruit) calibrated each model; a bundle's val figures are scored before its train + validation refit. "
+            "These rows are not the shipped bundle's figures (Model table above): every variant here is one seed through "
+            "`fruitpipe train`'s own defaults, the shipped bundle comes from `make train-default`'s protocol; compare the "
+            "rows with each other, and choose on the val column ([docs/ml.md](docs/ml.md#choosing-the-model-every-variant-on-the-same-splits-fruitpipe-compare-issue-12)).", "",
             "| model | val accuracy / not-fruit rejected | fruits/test acc. / macro-F1 | fruits_extra/test acc. / macro-F1 | precision | recall "
             "| not_fruit/test rejected | fruit loss | parameters | file size | latency | training |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
