@@ -50,13 +50,18 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP, HEIC/HEIF, AVIF)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
-    which.add_argument("--store", type=Path, default=None,
-                       help="a local store (e.g. var/ of fruitpipe serve): its live model, checked against "
-                            "the registry's pinned manifest")
+    add_store_arg(which)
     which.add_argument("--api", default=None, metavar="URL",
                        help="a running fruitpipe server, local or AWS: POST each image to its /predict "
                             "(the server's live model)")
     p.add_argument("--backbone", default=None, help="a local copy of the backbone the bundle names, file or folder (default: $FRUITPIPE_BACKBONE or $FRUITPIPE_MODEL_ZOO, cache, download)")
+
+
+def add_store_arg(group: argparse._MutuallyExclusiveGroup) -> None:
+    """``--store DIR`` (beside ``--model`` in ``group``): the live model of a local store."""
+    group.add_argument("--store", type=Path, default=None,
+                       help="a local store (e.g. var/ of fruitpipe serve): its live model, checked against "
+                            "the registry's pinned manifest")
 
 
 def store_live_model(store: Path) -> Path:
@@ -84,6 +89,14 @@ def store_live_model(store: Path) -> Path:
         raise UsageError(f"--store {store}: live pointer names a missing version: {exc}") from None
 
 
+def model_arg(args: argparse.Namespace) -> Path:
+    """The bundle folder a command's ``--model`` / ``--store`` options name: ``--model`` as given,
+    ``--store``'s live model (:func:`store_live_model`, errors as there), else the shipped model."""
+    if args.model:
+        return args.model
+    return store_live_model(args.store) if args.store else default_model()
+
+
 @command("predict", _predict_args)
 def _predict(args: argparse.Namespace) -> int:
     """Classify images; one JSON object per image on stdout (errors on stderr, exit 2)."""
@@ -93,8 +106,7 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_api(args)
     from .classifier import Classifier
 
-    model = args.model or (store_live_model(args.store) if args.store else default_model())
-    clf = Classifier(model, backbone_path=args.backbone)
+    clf = Classifier(model_arg(args), backbone_path=args.backbone)
     status = 0
     for path in args.images:
         try:

@@ -104,6 +104,27 @@ def _pairs(candidate: Mapping[str, Any], live: Mapping[str, Any]) -> tuple[int, 
     return worse, better, len(ca)
 
 
+def _pct(value: float) -> str:
+    """A fraction in [0, 1] as a percentage with one decimal: 0.9689 → "96.9%"."""
+    return f"{100 * value:.1f}%"
+
+
+def _pcts(a: float, b: float) -> tuple[str, str]:
+    """Two fractions as percentages, with one decimal unless that shows different numbers as the
+    same (then as many more, up to three, as tell them apart): (0.9731, 0.9730) → ("97.31%", "97.30%")."""
+    for digits in (1, 2, 3):
+        x, y = f"{100 * a:.{digits}f}%", f"{100 * b:.{digits}f}%"
+        if a == b or x != y:
+            break
+    return x, y
+
+
+def _versus(key: str, a: float, b: float, sep: str) -> str:
+    """``"accuracy 96.9% < live 97.3%"`` for ``sep`` ``"< live"``: one figure of two models."""
+    x, y = _pcts(a, b)
+    return f"{key} {x} {sep} {y}"
+
+
 def _paired_failures(cand: dict[str, float], other: dict[str, float], pairs: tuple[int, int, int], who: str, *,
                       alpha: float, margin: float, tolerance: float) -> tuple[list[str], str]:
     """The paired rule against ``other`` (``who``: "live", "reference v3"): (failures, the test in words)."""
@@ -113,7 +134,7 @@ def _paired_failures(cand: dict[str, float], other: dict[str, float], pairs: tup
             f"one-sided p={p:.3f}")
     worse = [f"significantly worse on the same photos ({test} < {alpha})"] if p < alpha else []
     limit = max(margin, 1.0 / n) if n else margin  # one photo, on a set of fewer than 1/margin
-    worse += [f"{k} {cand[k]:.4f} is more than {limit:.3f} below {who} {other[k]:.4f}"
+    worse += [_versus(k, cand[k], other[k], f"is more than {100 * limit:.1f} points below {who}")
               for k in REQUIRED if cand[k] < other[k] - limit - tolerance - 1e-12]
     return worse, test
 
@@ -121,7 +142,7 @@ def _paired_failures(cand: dict[str, float], other: dict[str, float], pairs: tup
 def _ood_failure(cand: dict[str, float], other: dict[str, float], who: str, ood_tolerance: float) -> list[str]:
     if "ood_rejected_rate" in cand and "ood_rejected_rate" in other:
         if cand["ood_rejected_rate"] < other["ood_rejected_rate"] - ood_tolerance:
-            return [f"ood_rejected_rate {cand['ood_rejected_rate']:.4f} < {who} {other['ood_rejected_rate']:.4f}"]
+            return [_versus("ood_rejected_rate", cand["ood_rejected_rate"], other["ood_rejected_rate"], f"< {who}")]
     return []
 
 
@@ -147,7 +168,7 @@ def check_reference(candidate: Mapping[str, Any], reference: Mapping[str, Any] |
                     "other images (order digests differ)")
     worse, test = _paired_failures(cand, ref, pairs, who, alpha=alpha, margin=margin, tolerance=0.0)
     worse += _ood_failure(cand, ref, who, ood_tolerance)
-    return worse, f"anchor: {who} accuracy {ref['accuracy']:.4f}, {test}"
+    return worse, f"anchor: {who} accuracy {_pct(ref['accuracy'])}, {test}"
 
 
 def decide(candidate: Mapping[str, Any] | None, live: Mapping[str, Any] | None, *,
@@ -173,7 +194,7 @@ def decide(candidate: Mapping[str, Any] | None, live: Mapping[str, Any] | None, 
     worse: list[str] = []
     test = ""
     if pairs is None:
-        worse += [f"{k} {cand[k]:.4f} < live {cur[k]:.4f}" for k in REQUIRED if cand[k] < cur[k] - tolerance]
+        worse += [_versus(k, cand[k], cur[k], "< live") for k in REQUIRED if cand[k] < cur[k] - tolerance]
     else:
         failed, test = _paired_failures(cand, cur, pairs, "live", alpha=alpha, margin=margin, tolerance=tolerance)
         worse += failed
@@ -187,7 +208,7 @@ def decide(candidate: Mapping[str, Any] | None, live: Mapping[str, Any] | None, 
         return Decision(False, "candidate is worse than the best version so far (anchor): "
                         + "; ".join(anchor_worse) + anchor, cand, cur)
     keys = [k for k in (*REQUIRED, "ood_rejected_rate") if k in cand and k in cur]
-    summary = ", ".join(f"{k} {cand[k]:.4f} vs {cur[k]:.4f}" for k in keys) + (f"; {test}" if test else "")
+    summary = ", ".join(_versus(k, cand[k], cur[k], "vs") for k in keys) + (f"; {test}" if test else "")
     tie = all(cand[k] == cur[k] for k in keys)
     if tie:
         return Decision(True, "tie with the live model, promoted: it has learned the new images at no cost "

@@ -88,13 +88,16 @@ def test_upload_retrain_models_activate_over_http(server, capsys):
     assert code == 0 and [v["status"] for v in versions if v["version"] == new] == ["live"]
     code, out, err = run(capsys, "models", "--api", url)  # a table by default
     table = out.splitlines()
-    assert code == 0 and table[0].split() == ["version", "created", "status", "accuracy", "macro-F1", "rejection",
-                                              "scored", "on", "reason"]
+    assert code == 0 and table[0].split() == ["version", "created", "status", "accuracy", "macro-F1", "not-fruit",
+                                              "rejected", "scored", "on", "reason"]
     assert len(table) == 1 + len(versions) and len(out) < 200 * len(table)
     row = next(r.split() for r in table if r.startswith(new))  # created is two words: date, time
     assert row[3] == "live" and row[4].endswith("%") and row[5].endswith("%") and row[7:9] == ["frozen", "set"]
     live_json = next(v for v in versions if v["version"] == new)["metrics"]
     assert row[4] == f"{100 * live_json['accuracy']:.1f}%" and live_json["source"] == "frozen"
+    # the counts the figures are over: the frozen set's fruit photos and not-fruit images
+    counts = f"({live_json['n']} fruit" + (f", {live_json['ood_n']} not-fruit)" if live_json["ood_n"] else ")")
+    assert " ".join(row[9:]) == counts and live_json["n"] > 0
     assert all(r == r.rstrip() for r in table)
     old = next(v["version"] for v in versions if v["version"] != new)
     code, out, err = run(capsys, "models", "--api", url, "--activate", old)
@@ -119,7 +122,7 @@ def test_retrain_rejected_by_the_gate_exits_3(tmp_path, monkeypatch, capsys):
         assert code == 3 and lines[0].startswith("retrain rejected by the gate: v"), out
         assert lines[1].startswith("  reason:") and "candidate:" in out and "live:" in out
         code, out, err = run(capsys, "models", "--api", url)
-        rejected = [r for r in out.splitlines() if " rejected " in r]
+        rejected = [r for r in out.splitlines() if r.split()[3:4] == ["rejected"]]  # the status column
         assert len(rejected) == 1 and rejected[0].rstrip().endswith(lines[1].split("reason:")[1].strip())
 
 

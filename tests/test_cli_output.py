@@ -1,5 +1,5 @@
 """What the CLI prints where: `predict` with the shipped, a store's or a server's live model;
-`evaluate` keeps progress off stdout; `train` on a terminal vs for programs (SageMaker, the local
+`evaluate` keeps progress off stdout and scores a store's live model; `train` on a terminal vs for programs (SageMaker, the local
 retrain runner, which reads the job's stdout and stderr merged)."""
 
 from __future__ import annotations
@@ -81,17 +81,25 @@ def _store(tmp_path: Path) -> tuple[Path, str]:
     return store, registry.live_version()  # type: ignore[return-value]
 
 
-def test_predict_store_uses_its_verified_live_model(tmp_path: Path) -> None:
+def _store_with_second_live(tmp_path: Path) -> tuple[Path, str, dict]:
+    """A store whose live version is a second one (the shipped bundle under another version), so a
+    command following the pointer is told apart from one taking the shipped model: (store, the
+    shipped version, the live manifest)."""
     from fruitpipe.backends.local import LocalRegistry
     store, shipped = _store(tmp_path)
     registry = LocalRegistry(store)
-    other = tmp_path / "other"  # a second version, made live: predict --store must follow the pointer
+    other = tmp_path / "other"
     shutil.copytree(DEFAULT_MODEL, other)
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["version"] = "v20990101-000000-abcdef"
     (other / "manifest.json").write_text(json.dumps(manifest))
     registry.add(other, manifest["version"])
     registry.activate(manifest["version"])
+    return store, shipped, manifest
+
+
+def test_predict_store_uses_its_verified_live_model(tmp_path: Path) -> None:
+    store, shipped, manifest = _store_with_second_live(tmp_path)  # predict --store must follow the pointer
 
     proc = cli("predict", str(photo("rottenapples")), "--store", str(store))
     assert proc.returncode == 0, proc.stderr
@@ -110,6 +118,24 @@ def test_predict_store_without_a_live_model_exits_2_and_writes_nothing(tmp_path:
     assert list(tmp_path.iterdir()) == []
     proc = cli("predict", str(photo("freshapples")), "--store", str(tmp_path), "--model", str(DEFAULT_MODEL))
     assert proc.returncode == 2 and "not allowed with" in proc.stderr
+
+
+def test_evaluate_store_scores_its_live_model(tmp_path: Path) -> None:
+    store, shipped, manifest = _store_with_second_live(tmp_path)
+    data = tmp_path / "data"
+    (data / "rottenapples").mkdir(parents=True)
+    for i in range(2):
+        (data / "rottenapples" / f"{i}.jpg").symlink_to(photo("rottenapples", i))
+    proc = cli("evaluate", "--data", str(data), "--store", str(store), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["model_version"] == manifest["version"] != shipped and result["n"] == 2
+
+    proc = cli("evaluate", "--data", str(data), "--store", str(tmp_path / "data"))  # not a store
+    assert proc.returncode == 2 and "no live model" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = cli("evaluate", "--data", str(data), "--store", str(store), "--model", str(DEFAULT_MODEL))
+    assert proc.returncode == 2 and "not allowed with" in proc.stderr
+    assert "--store" in cli("evaluate", "--help").stdout
 
 
 @pytest.mark.slow

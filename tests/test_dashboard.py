@@ -357,9 +357,12 @@ def test_predict_views_under_the_csp(browser, tmp_path):
         expected = [api.post("/predict", files={"file": ("x.jpg", p.read_bytes(), "image/jpeg")}).json() for p in picks]
         rows = page.eval_on_selector_all("#batch-table tbody tr", """els => els.map(e => ({
             verdict: e.dataset.verdict, name: e.cells[1].textContent, conf: e.cells[4].textContent,
+            shown: e.cells[2].textContent, why: e.cells[3].textContent,
             thumb: e.querySelector('img')?.src, loaded: e.querySelector('img')?.naturalWidth }))""")
         assert [r["name"] for r in rows[:5]] == [p.name for p in picks] + ["notes.txt"]
         assert [r["verdict"] for r in rows[:5]] == [e["verdict"] for e in expected] + ["error"]
+        # the unreadable file: "error", and what went wrong in words (the API's code, then its detail)
+        assert rows[4]["shown"] == "error" and rows[4]["why"].startswith("not an image: "), rows[4]
         assert all(r["thumb"].startswith("blob:") and r["loaded"] > 0 for r in rows[:4])  # img-src blob: allowed
         # a not-fruit answer shows no fruit confidence (its top class's probability would read as
         # "that sure it is not fruit")
@@ -470,8 +473,12 @@ def test_every_view_accessible_and_fits(browser, tmp_path, size):
         page.set_input_files("#file", str(sorted((FRUITS / "test" / "rottenapples").glob("*.jpg"))[0]))
         page.wait_for_selector("#heatmap:not([hidden])")
         view("photo-explained")
-        page.set_input_files("#file", [str(sorted((FRUITS / "test" / c).glob("*.jpg"))[4]) for c in ("freshbanana", "rottenoranges", "freshapples")])
+        batch = [sorted((FRUITS / "test" / c).glob("*.jpg"))[4] for c in ("freshbanana", "rottenoranges", "freshapples")]
+        broken = tmp_path / "broken.jpg"  # a row the server cannot read: its error in words, checked too
+        broken.write_bytes(batch[0].read_bytes()[:3000])
+        page.set_input_files("#file", [str(p) for p in batch] + [str(broken)])
         page.wait_for_selector("#batch-csv:not([hidden])")
+        assert page.text_content("#batch-table tbody tr:last-child td:nth-child(4)").startswith("truncated: ")
         page.click("#batch-table tbody tr:first-child .feedback-open")  # a row's feedback form, open
         view("batch")
         page.click("#admin-btn")

@@ -26,6 +26,17 @@ def test_better_everywhere_is_promoted():
     assert d.promote and "no worse" in d.reason
 
 
+def test_reason_gives_percentages_with_one_decimal_and_p_values_with_three():
+    """One format in the reason and the CLI summary beside it (fruitpipe.commands.retrain._figures):
+    percentages, one decimal (more only where one decimal would show two different figures as one)."""
+    d = gate.decide({"accuracy": 0.9689, "macro_f1": 0.97312, "ood_rejected_rate": 1.0},
+                    {"accuracy": 0.9662, "macro_f1": 0.97304, "ood_rejected_rate": 1.0})
+    assert d.promote and ("accuracy 96.9% vs 96.6%, macro_f1 97.31% vs 97.30%, "
+                          "ood_rejected_rate 100.0% vs 100.0%") in d.reason
+    d = gate.decide({**LIVE, "accuracy": 0.9689}, LIVE)
+    assert not d.promote and "accuracy 96.9% < live 98.0%" in d.reason and "0.9689" not in d.reason
+
+
 @pytest.mark.parametrize("key", ["accuracy", "macro_f1"])
 def test_worse_on_accuracy_or_f1_is_rejected(key):
     d = gate.decide({**LIVE, key: LIVE[key] - 0.001}, LIVE)
@@ -98,7 +109,7 @@ def test_a_large_loss_is_rejected_even_when_not_significant():
     live = "1" * 50
     cand = "000" + "1" * 47  # -6 points on 50 photos, p = 0.125
     d = gate.decide(_paired(cand), _paired(live))
-    assert not d.promote and "more than 0.020 below live" in d.reason and "significantly" not in d.reason
+    assert not d.promote and "more than 2.0 points below live" in d.reason and "significantly" not in d.reason
 
 
 def test_strict_mode_and_unpaired_records_keep_the_no_worse_rule():
@@ -135,7 +146,7 @@ def test_a_chain_of_small_losses_stops_at_the_anchor():
     # step3 is 15 lost, 6 gained (p = 0.039, -1.5 points): stopped
     d = gate.decide(step3, step2, reference=shipped, reference_version="shipped")
     assert not d.promote and "best version so far" in d.reason and "reference shipped" in d.reason
-    assert "significantly worse" in d.reason and "more than 0.010 below reference shipped" in d.reason
+    assert "significantly worse" in d.reason and "more than 1.0 points below reference shipped" in d.reason
 
 
 def test_the_anchor_bounds_the_total_loss_to_the_margin():
@@ -145,7 +156,7 @@ def test_the_anchor_bounds_the_total_loss_to_the_margin():
     assert gate.decide(_paired(cand), _paired(live), reference=_paired(ref), reference_version="r").promote
     cand3 = "000" + "1" * 47  # -3 photos: more than the bound below the reference
     d = gate.decide(_paired(cand3), _paired("00" + "1" * 48), reference=_paired(ref), reference_version="r")
-    assert not d.promote and "more than 0.020 below reference r" in d.reason
+    assert not d.promote and "more than 2.0 points below reference r" in d.reason
 
 
 def test_the_anchor_within_chance_promotes_and_says_so():

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import UsageError, command, default_model
+from ..cli import UsageError, add_store_arg, command, model_arg
 from ..labels import LABELS
 
 
@@ -101,7 +101,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="folder of <class>/ folders; any other folder (e.g. not_fruit/) must be rejected. "
                         "<set>/@split-<name> scores one split (train, val, test) of a set with a MANIFEST.csv, "
                         "e.g. ../shared/data/fruits_extra/@split-test")
-    p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
+    add_store_arg(which)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--backbone", default=None, help="a local copy of the backbone the bundle names (file or folder)")
 
@@ -120,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         dataset_items(args.data)  # a bad split root says so before the model loads
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    clf = Classifier(args.model or default_model(), backbone_path=args.backbone)
+    clf = Classifier(model_arg(args), backbone_path=args.backbone)
     try:
         # a bar for a person on a terminal; for a program, nothing (progress= lines are the training job's protocol)
         result = evaluate(clf, args.data, progress=not args.json and sys.stderr.isatty())

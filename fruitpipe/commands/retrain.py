@@ -208,17 +208,29 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 SCORED_ON = {"frozen": "frozen set", "manifest": "test split"}
 
 
+def scored_on(m: dict[str, Any]) -> str:
+    """What a version's shown figures (:func:`fruitpipe.version_metrics.shown`) were scored on, with
+    the image counts, e.g. ``"frozen set (740 fruit, 586 not-fruit)"``; "–" when nothing comparable."""
+    where = SCORED_ON.get(m.get("source") or "")
+    if where is None:
+        return "–"
+    counts = [f"{m[k]} {what}" for k, what in (("n", "fruit"), ("ood_n", "not-fruit")) if m.get(k)]
+    return f"{where} ({', '.join(counts)})" if counts else where
+
+
 def versions_table(versions: list[dict[str, Any]]) -> str:
-    """The versions as a text table: version, created, status, accuracy, macro-F1, not-fruit
-    rejection, what they were scored on and, for a rejected one, the gate's reason. The figures are
-    the top-level ones of ``GET /models`` (:func:`fruitpipe.version_metrics.shown`): the frozen
-    evaluation set where the version has a score on it, else a held-out test score, else "–"."""
-    rows = [("version", "created", "status", "accuracy", "macro-F1", "rejection", "scored on", "reason")]
+    """The versions as a text table: version, created, status, accuracy, macro-F1, the share of
+    not-fruit images rejected (``ood_rejected_rate``), what they were scored on (with the fruit and
+    not-fruit image counts ``n``, ``ood_n``) and, for a rejected one, the gate's reason. The figures
+    are the top-level ones of ``GET /models`` (:func:`fruitpipe.version_metrics.shown`): the frozen
+    evaluation set where the version has a score on it (accuracy and macro-F1 over its fruit
+    photos, every source pooled), else a held-out test score, else "–"."""
+    rows = [("version", "created", "status", "accuracy", "macro-F1", "not-fruit rejected", "scored on", "reason")]
     for v in versions:
         m = version_metrics.shown(v.get("metrics") or {})
         rows.append((v["version"], str(v.get("created", "")).replace("T", " ").replace("Z", "")[:19],
                      v.get("status", ""), _pct(m["accuracy"]), _pct(m["macro_f1"]), _pct(m["ood_rejected_rate"]),
-                     SCORED_ON.get(m["source"], "–"), (v.get("reason") or "") if v.get("status") == "rejected" else ""))
+                     scored_on(m), (v.get("reason") or "") if v.get("status") == "rejected" else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(7)]
     return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[7]).rstrip() for r in rows)
 

@@ -159,6 +159,8 @@ function setPreview(img, blob) {
 }
 
 const verdictText = (v) => v.replace("_", " ");
+// a batch item the server could not read ({error, detail} of POST /predict/batch) in words
+const errorText = (r) => [(r.error || "error").replaceAll("_", " "), r.detail].filter(Boolean).join(": ");
 function classText(p) {
   return p.verdict === "not_fruit" ? "doesn't look like an apple, banana or orange" : `${NICE[p.predicted_class]} · ${pct(p.confidence)}`;
 }
@@ -331,8 +333,10 @@ async function predictBatch(files) {
       const tr = h("tr", { "data-verdict": p?.verdict || "error" },
         h("td", {}, thumbnail(url)),
         h("td", { class: "fname" }, photo.filename),
-        h("td", {}, p ? h("span", { class: `pill v-${p.verdict}` }, verdictText(p.verdict)) : h("span", { class: "pill rejected" }, r.error || "error")),
-        h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : (r.detail || "")),
+        // a file the server could not read: "error" where a verdict would be, and what went wrong in
+        // words beside it (the API's code with spaces, then its detail): "truncated: image data ..."
+        h("td", {}, p ? h("span", { class: `pill v-${p.verdict}` }, verdictText(p.verdict)) : h("span", { class: "pill rejected" }, "error")),
+        h("td", {}, p ? (p.verdict === "not_fruit" ? "–" : NICE[p.predicted_class]) : errorText(r)),
         // a not-fruit answer has no fruit confidence: its top class's probability would read as
         // "this sure it is not fruit"
         p?.verdict === "not_fruit" ? h("td", { class: "num", title: "no fruit confidence: not a fruit" }, "–")
