@@ -33,19 +33,37 @@ def predict(c) -> str:  # type: ignore[no-untyped-def]
 
 
 @needs_shared
-def test_a_promotion_of_another_shape_that_breaks_the_latency_bar_is_rolled_back(tmp_path, caplog):
+def test_a_promotion_of_another_shape_that_breaks_the_latency_bar_is_rolled_back(tmp_path, caplog, capsys):
+    """Over real HTTP; then `fruitpipe models` (table and --json) says why the previous version is live."""
+    import httpx
+
+    from fruitpipe.cli import main
+
+    from .service_support import live_server
     store = tmp_path / "store"
     app = make_app(make_backend(store), rollback_bars=RollbackBars(min_requests=5, max_p95_ms=0.001))
-    with TestClient(app) as c, caplog.at_level(logging.ERROR, logger="fruitpipe.rollback"):
+    with (live_server(app) as url, httpx.Client(base_url=url, timeout=60) as c,
+          caplog.at_level(logging.ERROR, logger="fruitpipe.rollback")):
         new = candidate(store, "n", hidden=256)  # a wider head: its compute can differ
         assert c.post(f"/models/{new}/activate", headers=AUTH).status_code == 200
         assert [predict(c) for _ in range(5)] == [new] * 5  # watched: 5 requests, then the verdict
-        assert predict(c) == LIVE
+        deadline = time.monotonic() + 30
+        while predict(c) != LIVE and time.monotonic() < deadline:
+            time.sleep(0.05)  # the fifth request is counted once its answer is sent
         models = c.get("/models").json()
+        capsys.readouterr()
+        assert main(["models", "--api", url]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert main(["models", "--api", url, "--json"]) == 0
+        listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert models["live"] == LIVE
     (event,) = models["rollbacks"]
     assert event["from"] == new and event["to"] == LIVE and "p95 latency" in event["reason"]
     assert any("ROLLBACK" in r.message for r in caplog.records)
+    assert models["live_pointer"]["previous"] == new and models["live_pointer"]["reason"].startswith("automatic rollback")
+    assert table[-1].startswith(f"live: {LIVE} since ") and f", from {new}: automatic rollback: p95 latency" in table[-1]
+    (live,) = [v for v in listed if v["status"] == "live"]
+    assert live["version"] == LIVE and "p95 latency" in live["live_pointer"]["reason"]
 
 
 @needs_shared
