@@ -59,7 +59,9 @@ pools, feed the ``PostPromotion`` composite alarm that invokes the rollback Lamb
 (:mod:`fruitpipe.pipeline.rollback`). The guard still watches there and pairs each answer with the
 previous model's; ``on_pair`` emits the outcome (:func:`fruitpipe.aws_metrics.record_pair`), and
 the ``PostPromotionNotFruit`` alarm applies the not-fruit bar above to the pooled counts
-(docs/operations.md).
+(docs/operations.md). Its latency member stays the absolute API Gateway p95 (``ApiP95Latency``):
+a Lambda environment serves one request at a time, so a burst scales out instead of queueing, and
+that alarm needs two of three 5-minute periods over its bar.
 """
 
 from __future__ import annotations
