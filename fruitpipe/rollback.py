@@ -4,10 +4,26 @@ the previous one when it crosses a bar.
 The API's model holder calls :meth:`RollbackGuard.on_swap` when the live version changes (an
 activation, a retrain's publish, a shadow's promotion); from then on, for ``window_seconds``, every
 ``/predict`` answer is counted (:meth:`RollbackGuard.observe`: status and latency). Once at least
-``min_requests`` were seen, crossing any bar (5xx rate, p95 latency, or, with at least
-``min_reviews`` reviews of the new version, the label-based accuracy) re-activates the previous
-version through the registry, logs an ``ERROR`` line and keeps the event for ``GET /models``
-(``rollbacks``) and the dashboard.
+``min_requests`` were seen, crossing any bar (5xx rate, p95 latency when the new version's
+serving cost can differ, or, with at least ``min_reviews`` reviews of the new version, the
+label-based accuracy) re-activates the previous version through the registry, logs an ``ERROR``
+line and keeps the event for ``GET /models`` (``rollbacks``), the live pointer's ``reason``
+(``fruitpipe models`` shows it) and the dashboard.
+
+**Latency is judged only when it can be the model's.** The p95 of ``/predict`` measures the machine
+and the traffic as much as the model: a burst of 16 concurrent uploads on a 2-core machine right
+after ``fruitpipe models --activate`` queues requests to a p95 above the bar whichever version
+serves them. What a version alone decides is its compute per request, and that is fixed by its
+serving shape (:func:`serving_shape`: the backbone's name and sha256, the block's and the head's
+dtype, feature recipe and layer sizes, the input size, the rejection method and whether it takes a
+zoomed second look). Two versions of the same shape run the same operations on the same tensor
+sizes, so a slower p95 after the swap is the load's, not the model's, and the p95 bar does not judge
+it; a version of another shape (another backbone, a wider head) is judged by it as before. When a
+manifest cannot be read the bar judges (the safe side). Chosen over timing both models on the same
+requests: the timings would share the same noisy, loaded machine, and the shape answers the
+question exactly. A retrain of the same shape can still move its rejection bars and so how often
+the zoomed second look runs (at most one more backbone pass on the images the first look would
+reject); that difference is left to the shadow's latency ratio before a promotion.
 
 **Not-fruit answers are judged against the previous model, on the same requests.** A high
 not-fruit rate by itself says as much about the traffic as about the model: a user testing
@@ -43,7 +59,9 @@ pools, feed the ``PostPromotion`` composite alarm that invokes the rollback Lamb
 (:mod:`fruitpipe.pipeline.rollback`). The guard still watches there and pairs each answer with the
 previous model's; ``on_pair`` emits the outcome (:func:`fruitpipe.aws_metrics.record_pair`), and
 the ``PostPromotionNotFruit`` alarm applies the not-fruit bar above to the pooled counts
-(docs/operations.md).
+(docs/operations.md). Its latency member stays the absolute API Gateway p95 (``ApiP95Latency``):
+a Lambda environment serves one request at a time, so a burst scales out instead of queueing, and
+that alarm needs two of three 5-minute periods over its bar.
 """
 
 from __future__ import annotations
@@ -58,6 +76,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .backends.base import ModelRegistry
+from .bundle import Manifest, read_manifest
 from .gate import mcnemar_p_value
 from .shadow import LiveAnswer, predict_beside
 
@@ -71,13 +90,28 @@ class RollbackBars:
     window_seconds: float = 3600.0  # how long after a promotion the new model is watched
     min_requests: int = 50  # no verdict on fewer /predict requests
     max_error_rate: float = 0.02  # share of /predict answers that are 5xx
-    max_p95_ms: float = 150.0  # /predict p95 (the FruitpipePredictLatencyHigh alert's bar)
+    # /predict p95 (the FruitpipePredictLatencyHigh alert's bar); judged only for a version of another
+    # serving shape than the previous one (module doc)
+    max_p95_ms: float = 150.0
     # not_fruit answers beyond the previous model's on the same requests (share of paired requests);
     # the shadow's bound on the not-fruit rate difference (fruitpipe.shadow.Bounds.max_not_fruit_diff)
     max_not_fruit_excess: float = 0.05
     not_fruit_alpha: float = 0.001  # one-sided significance of that excess (McNemar), tested at every request
     min_label_accuracy: float = 0.80  # on captures reviewed since the promotion ...
     min_reviews: int = 30  # ... once there are this many
+
+
+def serving_shape(manifest: Manifest) -> dict[str, Any]:
+    """What a request's compute cost depends on in a bundle's manifest (module doc): backbone
+    ``name``/``sha256``; the head's and the block's fields but their file names (``dtype``,
+    ``features``, ``layers`` units and activations, ``outputs``, the block's ``input_tensor``);
+    the input ``size``; the rejection ``method`` and whether a zoom bar (second look) is set."""
+    head = {k: v for k, v in manifest.head.items() if k not in ("file", "block")}
+    block = {k: v for k, v in (manifest.head.get("block") or {}).items() if k != "file"}
+    return {"backbone": [manifest.backbone_name, manifest.raw.get("backbone", {}).get("sha256")],
+            "head": head, "block": block, "size": manifest.preprocessing.get("size"),
+            "rejection": manifest.rejection.get("method"),
+            "zoom": manifest.rejection.get("min_similarity_zoom") is not None}
 
 
 def _age_seconds(stamp: Any) -> float | None:
@@ -134,13 +168,29 @@ class RollbackGuard:
             since -= age
         if old is None or old == new:
             return
+        judge_latency = self._cost_can_differ(old, new) if self.bars.enabled else False
         with self._lock:
             self._watch = {"version": new, "previous": old, "since": since, "n": 0, "errors": 0,
-                           "paired": 0, "new_only": 0, "previous_only": 0, "model": None}
+                           "paired": 0, "new_only": 0, "previous_only": 0, "model": None,
+                           "judge_latency": judge_latency}
             self._latencies = []
         if since < self.clock():
             log.info("resuming the post-promotion watch of %s (live since %.0f s, previous %s)", new,
                      self.clock() - since, old)
+
+    def _cost_can_differ(self, old: str, new: str) -> bool:
+        """Whether ``new``'s serving cost can differ from ``old``'s: their :func:`serving_shape`
+        differ, or a manifest cannot be read (then True, logged)."""
+        try:
+            shapes = [serving_shape(read_manifest(self.registry.fetch(v))) for v in (old, new)]
+        except Exception as exc:  # noqa: BLE001 - unknown shape: the latency bar judges, as before
+            log.warning("cannot compare the serving shapes of %s and %s (%s): the p95 latency bar judges %s",
+                        old, new, exc, new)
+            return True
+        if shapes[0] == shapes[1]:
+            log.info("%s has the serving shape of %s: its p95 latency is not judged (the load's, not the model's)",
+                     new, old)
+        return shapes[0] != shapes[1]
 
     def _live_record(self) -> dict[str, Any]:
         try:
@@ -254,7 +304,9 @@ class RollbackGuard:
             p95 = float(np.percentile(self._latencies, 95))
             checks += [(w["errors"] / w["n"] > b.max_error_rate,
                         f"5xx rate {w['errors'] / w['n']:.3f} > {b.max_error_rate}"),
-                       (p95 > b.max_p95_ms, f"p95 latency {p95:.1f} ms > {b.max_p95_ms} ms")]
+                       (w["judge_latency"] and p95 > b.max_p95_ms,
+                        f"p95 latency {p95:.1f} ms > {b.max_p95_ms} ms (serving shape differs from "
+                        f"{w['previous']}'s)")]
             if self.accuracy is not None:
                 acc = self.accuracy(w["version"])["all"]
                 if acc["n"] >= b.min_reviews and acc["accuracy"] < b.min_label_accuracy:

@@ -123,8 +123,9 @@ def test_invalid_image_over_http_is_json_4xx(server):
 
 def test_fruitpipe_serve_command(tmp_path):
     """`fruitpipe serve`: generates the admin token once (0600), prints its path (never the token),
-    serves, stops cleanly."""
+    logs with levels shown, serves, stops cleanly."""
     import os
+    import re
     import signal
     import stat
     import subprocess
@@ -151,6 +152,8 @@ def test_fruitpipe_serve_command(tmp_path):
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+        # fruitpipe's own log lines show their level as uvicorn's do (an automatic rollback's ERROR too)
+        assert re.search(r"^INFO: +fruitpipe\.api: serving model v", log.read_text(), re.M), log.read_text()
         token = (store / "admin-token").read_text().strip()
         assert stat.S_IMODE((store / "admin-token").stat().st_mode) == 0o600
         assert token not in log.read_text() and f"TOKEN=$(cat {store / 'admin-token'})" in log.read_text()

@@ -1,10 +1,12 @@
-"""Automatic rollback on the local backend with the real model: a promoted model that breaks the
-latency bar, or that rejects real fruit its predecessor accepted, is rolled back after its minimum
-requests; one within the bars stays, also under a stream of not-fruit photos; each bar alone; the
-watch survives a restart; the not-fruit test's false-alarm rate."""
+"""Automatic rollback on the local backend with the real model: a promoted model of another serving
+shape that breaks the latency bar, or one that rejects real fruit its predecessor accepted, is
+rolled back after its minimum requests; one within the bars stays, also under a stream of not-fruit
+photos and under a concurrent burst that queues past the latency bar (same serving shape); each bar
+alone; the watch survives a restart; the not-fruit test's false-alarm rate."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -31,19 +33,37 @@ def predict(c) -> str:  # type: ignore[no-untyped-def]
 
 
 @needs_shared
-def test_a_promotion_that_breaks_the_latency_bar_is_rolled_back(tmp_path, caplog):
+def test_a_promotion_of_another_shape_that_breaks_the_latency_bar_is_rolled_back(tmp_path, caplog, capsys):
+    """Over real HTTP; then `fruitpipe models` (table and --json) says why the previous version is live."""
+    import httpx
+
+    from fruitpipe.cli import main
+
+    from .service_support import live_server
     store = tmp_path / "store"
     app = make_app(make_backend(store), rollback_bars=RollbackBars(min_requests=5, max_p95_ms=0.001))
-    with TestClient(app) as c, caplog.at_level(logging.ERROR, logger="fruitpipe.rollback"):
-        new = candidate(store, "n")
+    with (live_server(app) as url, httpx.Client(base_url=url, timeout=60) as c,
+          caplog.at_level(logging.ERROR, logger="fruitpipe.rollback")):
+        new = candidate(store, "n", hidden=256)  # a wider head: its compute can differ
         assert c.post(f"/models/{new}/activate", headers=AUTH).status_code == 200
         assert [predict(c) for _ in range(5)] == [new] * 5  # watched: 5 requests, then the verdict
-        assert predict(c) == LIVE
+        deadline = time.monotonic() + 30
+        while predict(c) != LIVE and time.monotonic() < deadline:
+            time.sleep(0.05)  # the fifth request is counted once its answer is sent
         models = c.get("/models").json()
+        capsys.readouterr()
+        assert main(["models", "--api", url]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert main(["models", "--api", url, "--json"]) == 0
+        listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert models["live"] == LIVE
     (event,) = models["rollbacks"]
     assert event["from"] == new and event["to"] == LIVE and "p95 latency" in event["reason"]
     assert any("ROLLBACK" in r.message for r in caplog.records)
+    assert models["live_pointer"]["previous"] == new and models["live_pointer"]["reason"].startswith("automatic rollback")
+    assert table[-1].startswith(f"live: {LIVE} since ") and f", from {new}: automatic rollback: p95 latency" in table[-1]
+    (live,) = [v for v in listed if v["status"] == "live"]
+    assert live["version"] == LIVE and "p95 latency" in live["live_pointer"]["reason"]
 
 
 @needs_shared
@@ -58,9 +78,16 @@ def test_a_promotion_within_the_bars_stands(tmp_path):
 
 
 class FakeRegistry:
-    def __init__(self, record: dict | None = None) -> None:
+    """The registry calls the guard makes; ``fetch`` finds a bundle folder in ``bundles`` (version ->
+    folder), or raises KeyError as a registry raises NotFound."""
+
+    def __init__(self, record: dict | None = None, bundles: dict | None = None) -> None:
         self.activated: list[str] = []
         self.record = record
+        self.bundles = bundles or {}
+
+    def fetch(self, version: str) -> Path:
+        return self.bundles[version]
 
     def activate(self, version: str, *, reason: str = "") -> None:
         self.activated.append(version)
@@ -133,6 +160,68 @@ def test_each_bar_and_the_window():
     for _ in range(10):
         guard.observe(500, 5.0)
     assert len(reg.activated) == 3
+
+
+def test_latency_is_judged_only_when_the_serving_shape_differs(tmp_path):
+    """Same backbone, block and head shapes: a slow p95 is the load's and rolls nothing back; a head
+    of another width (or a manifest that cannot be read) is judged by the p95 bar."""
+    wide = json.loads((DEFAULT_MODEL / "manifest.json").read_text())
+    wide["head"]["layers"][0]["units"] = 256
+    (tmp_path / "wide").mkdir()
+    (tmp_path / "wide" / "manifest.json").write_text(json.dumps(wide))
+    reg = FakeRegistry(bundles={"v1": DEFAULT_MODEL, "v2": DEFAULT_MODEL, "v3": tmp_path / "wide"})
+    guard = RollbackGuard(reg, RollbackBars(min_requests=4, max_p95_ms=150.0))
+    guard.on_swap("v1", "v2")  # same shape
+    for _ in range(10):
+        guard.observe(200, 900.0)
+    assert reg.activated == [] and guard.watching["n"] == 10
+    guard.on_swap("v1", "v3")  # a wider head, as slow
+    for _ in range(4):
+        guard.observe(200, 900.0)
+    assert reg.activated == ["v1"] and "p95 latency 900.0 ms > 150.0 ms" in guard.events[-1]["reason"]
+    guard.on_swap("v1", "gone")  # no manifest: judged
+    for _ in range(4):
+        guard.observe(200, 900.0)
+    assert reg.activated == ["v1", "v1"]
+
+
+@needs_shared
+@pytest.mark.slow
+def test_a_concurrent_burst_after_an_activation_does_not_roll_back_on_latency(tmp_path):
+    """The new-user trial: activate a version of the live one's serving shape, then send 60 fruit
+    photos 16 at a time over real HTTP. Queueing lifts the p95 past the bar (here 1 ms, so whatever
+    this machine does, the bar would roll back if it judged); the shape is the same, so it stands."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from .service_support import live_server
+    labels = ["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges"]
+    photos = [fruit(labels[i % 6], i // 6) for i in range(60)]
+    store = tmp_path / "store"
+    app = make_app(make_backend(store), rollback_bars=RollbackBars(max_p95_ms=1.0))  # min_requests 50
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        new = candidate(store, "b")
+        assert c.post(f"/models/{new}/activate", headers=AUTH).status_code == 200
+
+        def send(photo: bytes) -> tuple[int, str, float]:
+            t0 = time.perf_counter()
+            r = c.post("/predict", files={"file": ("p.jpg", photo, "image/jpeg")})
+            return r.status_code, r.json().get("model_version"), (time.perf_counter() - t0) * 1000
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(send, photos))
+        guard = app.state.fruitpipe.rollback
+        deadline = time.monotonic() + 30
+        while guard.watching["n"] < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the middleware counts a request once its answer is sent
+        models = c.get("/models").json()
+        watch = guard.watching
+    p95 = float(np.percentile([ms for _, _, ms in answers], 95))
+    print(f"burst of 60, 16 at a time: client p95 {p95:.0f} ms")
+    assert {(status, version) for status, version, _ in answers} == {(200, new)}
+    assert p95 > 1.0 and watch["n"] == 60 and not watch["judge_latency"]
+    assert models["live"] == new and models["rollbacks"] == []
 
 
 def test_an_answer_by_another_model_or_a_missing_previous_model_is_not_paired(caplog):
@@ -261,7 +350,7 @@ def test_the_dashboard_shows_the_rollback(tmp_path):
     store = tmp_path / "store"
     app = make_app(make_backend(store), rollback_bars=RollbackBars(min_requests=2, max_p95_ms=0.001))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as c, sync_api.sync_playwright() as p:
-        new = candidate(store, "d")
+        new = candidate(store, "d", hidden=256)
         assert c.post(f"/models/{new}/activate", headers=AUTH).status_code == 200
         for _ in range(2):
             predict(c)

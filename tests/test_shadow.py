@@ -26,10 +26,13 @@ pytestmark = needs_shared
 LIVE = bundle.verify(DEFAULT_MODEL).version
 
 
-def candidate(store, suffix: str, shuffle: bool = False, rejection: dict | None = None) -> str:
+def candidate(store, suffix: str, shuffle: bool = False, rejection: dict | None = None,
+              hidden: int | None = None) -> str:
     """A real, verified bundle registered as a new version: the live model itself, or the live
     model with its six outputs permuted (what training with shuffled labels gives: confident, wrong),
-    or with some ``rejection`` settings replaced (e.g. ``max_not_fruit`` 0: it rejects everything)."""
+    or with some ``rejection`` settings replaced (e.g. ``max_not_fruit`` 0: it rejects everything),
+    or with ``hidden`` units in the head's hidden layer (another serving shape, same answers: the
+    extra units are zero)."""
     m = bundle.verify(DEFAULT_MODEL)
     raw = m.to_dict()
     if rejection:
@@ -37,11 +40,19 @@ def candidate(store, suffix: str, shuffle: bool = False, rejection: dict | None 
     raw["version"] = f"v20990101-000000-{suffix * 6}"[:24]
     raw["created"] = "2099-01-01T00:00:00Z"
     files = {name: (DEFAULT_MODEL / name).read_bytes() for name in m.files}
+    head = dict(np.load(io.BytesIO(files["head.npz"])))
     if shuffle:
-        head = dict(np.load(io.BytesIO(files["head.npz"])))
         # fresh <-> rotten; a seventh not_fruit output (issue 11) stays where it is
         order = [3, 4, 5, 0, 1, 2, *range(6, head["bias_1"].shape[0])]
         head["kernel_1"], head["bias_1"] = head["kernel_1"][:, order], head["bias_1"][order]
+    if hidden:
+        extra = hidden - head["bias_0"].shape[0]
+        head["kernel_0"] = np.pad(head["kernel_0"], ((0, 0), (0, extra)))
+        head["bias_0"] = np.pad(head["bias_0"], (0, extra))
+        head["kernel_1"] = np.pad(head["kernel_1"], ((0, extra), (0, 0)))
+        head["kernel_1_scale"] = np.pad(head["kernel_1_scale"], (0, extra), constant_values=1.0)
+        raw["head"]["layers"][0] = {**raw["head"]["layers"][0], "units": hidden}
+    if shuffle or hidden:
         out = io.BytesIO()
         np.savez(out, **head)
         files["head.npz"] = out.getvalue()

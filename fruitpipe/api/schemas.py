@@ -98,6 +98,8 @@ class ModelsResponse(BaseModel):
                                              "(running/promoted/held/stopped), reason, reason_code, result, bounds")
     rollbacks: list[dict[str, Any]] = Field(default_factory=list, description="automatic rollbacks by this "
                                             "server: at, from, to, reason, requests, bars (newest last)")
+    live_pointer: Optional[dict[str, Any]] = Field(None, description="the live pointer: version, updated (when "
+                                                   "it moved), previous, reason ('automatic rollback: ...' after one)")
 
 
 class ShadowRequest(BaseModel):

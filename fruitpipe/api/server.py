@@ -12,11 +12,15 @@
   (slowloris) is disconnected then, instead of holding its connection for ever. The same timer
   bounds the rest of a body we answered without reading (a refused upload): uvicorn discards
   it as it comes, and closes the connection when the timer fires.
+* Logging (:func:`log_config`): the ``fruitpipe.*`` loggers write through uvicorn's own handler
+  and formatter, so a line shows its level as uvicorn's do (``ERROR:    fruitpipe.rollback:
+  ROLLBACK: ...``), at ``fruitpipe serve --log-level``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import socket
 import threading
 import time
@@ -25,6 +29,7 @@ from typing import Any, Iterator
 
 import h11
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11
 
 from .middleware import MAX_REQUEST_HEAD_BYTES  # request line + headers
@@ -61,6 +66,17 @@ class H11Protocol(_UvicornH11):
         refused_body = self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY
         if (waiting_for_head or refused_body) and not self.transport.is_closing():
             self.transport.close()
+
+
+def log_config(level: str = "info") -> dict[str, Any]:
+    """uvicorn's logging config (:data:`uvicorn.config.LOGGING_CONFIG`, a :func:`logging.config.dictConfig`
+    dict) with the ``fruitpipe`` logger added at ``level`` (``info``, ``warning``, ...): uvicorn's
+    stderr handler, its level prefix, then the logger's name. It still propagates (to pytest's capture)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["fruitpipe"] = {**config["formatters"]["default"], "fmt": "%(levelprefix)s %(name)s: %(message)s"}
+    config["handlers"]["fruitpipe"] = {**config["handlers"]["default"], "formatter": "fruitpipe"}
+    config["loggers"]["fruitpipe"] = {"handlers": ["fruitpipe"], "level": level.upper()}
+    return config
 
 
 def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> uvicorn.Config:

@@ -127,6 +127,14 @@ class ModelRegistry(ABC):
         return None
 
 
+def pointer_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a live pointer (:meth:`ModelRegistry.live_record`) tells a person: ``version``,
+    ``updated``, ``previous``, ``reason`` (None where not recorded); None without a pointer."""
+    if not record:
+        return None
+    return {key: record.get(key) for key in ("version", "updated", "previous", "reason")}
+
+
 class Trainer(ABC):
     @abstractmethod
     def start(self, trigger: str = "manual", force: bool = False) -> RetrainStatus:

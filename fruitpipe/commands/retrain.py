@@ -235,16 +235,29 @@ def versions_table(versions: list[dict[str, Any]]) -> str:
     return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[7]).rstrip() for r in rows)
 
 
-def _print_versions(versions: list[dict[str, Any]], as_json: bool, shadow: dict[str, Any] | None = None) -> None:
-    """The versions (``--json``: one object each), then, in a table, the latest shadow's line."""
+def _print_versions(versions: list[dict[str, Any]], as_json: bool, shadow: dict[str, Any] | None = None,
+                    pointer: dict[str, Any] | None = None) -> None:
+    """The versions (``--json``: one object each, the live one with ``live_pointer``: the live
+    pointer's record), then, in a table, the latest shadow's line and why the live version is live
+    when the pointer says (:func:`live_line`)."""
     if as_json:
         for v in versions:
-            print(json.dumps(v, default=str))
+            print(json.dumps({**v, "live_pointer": pointer} if pointer and v["version"] == pointer.get("version")
+                             else v, default=str))
         return
     print(versions_table(versions))
-    line = shadow_line(shadow)
-    if line:
-        print(line)
+    for line in (shadow_line(shadow), live_line(pointer)):
+        if line:
+            print(line)
+
+
+def live_line(pointer: dict[str, Any] | None) -> str | None:
+    """One line on why the live version is live when its pointer records a reason (an automatic
+    rollback, locally or by the AWS rollback Lambda), e.g. ``live: W since T, from V: automatic
+    rollback: p95 ...``; None otherwise. ``pointer``: :func:`fruitpipe.backends.base.pointer_summary`."""
+    if not pointer or not pointer.get("reason"):
+        return None
+    return f"live: {pointer.get('version')} since {pointer.get('updated')}, from {pointer.get('previous')}: {pointer['reason']}"
 
 
 def shadow_line(state: dict[str, Any] | None) -> str | None:
@@ -319,7 +332,7 @@ def _models(args: argparse.Namespace) -> int:
                     return 1
                 raise
         listing = client.models()
-        _print_versions(listing["versions"], args.json, listing.get("shadow"))
+        _print_versions(listing["versions"], args.json, listing.get("shadow"), listing.get("live_pointer"))
     except ClientError as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -338,7 +351,7 @@ def _models_aws(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..backends.aws import S3ModelRegistry
-    from ..backends.base import NotFound, NotRunning
+    from ..backends.base import NotFound, NotRunning, pointer_summary
     from ..backends.shadow_pointers import S3ShadowPointer
     from ..models_path import default_model_dir
     from ..shadow import Shadow, ShadowRunning
@@ -375,5 +388,5 @@ def _models_aws(args: argparse.Namespace) -> int:
         print(f"live: {registry.live_version()}")
         return 0
     _print_versions([{**v.as_dict(), "metrics": version_metrics.shown(v.metrics)} for v in registry.versions()],
-                    args.json, S3ShadowPointer(bucket).read())
+                    args.json, S3ShadowPointer(bucket).read(), pointer_summary(registry.live_record()))
     return 0

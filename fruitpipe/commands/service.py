@@ -71,6 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.fruits is not None and not (args.fruits / "train").is_dir():
         raise UsageError(f"--fruits {args.fruits} has no train/ folder")
     _check_port_free(args.host, args.port)  # fail before the banner, not after it
+    import logging.config
+
+    from ..api.server import log_config
+    logging.config.dictConfig(log_config(args.log_level))  # from the model load on: levels shown as uvicorn's
     from ..imaging import return_freed_rasters_to_the_os
     return_freed_rasters_to_the_os()  # decoded images go back to the OS, whichever thread freed them
     app, _ = build_app(args.store, args.workers, args.fruits, args.cache, warm_up=not args.no_warm_up,
@@ -82,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"fruitpipe: dashboard http://{args.host}:{args.port}/  API docs http://{args.host}:{args.port}/docs",
           file=sys.stderr, flush=True)
     config = uvicorn_config(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log,
-                            timeout_graceful_shutdown=5)
+                            log_config=log_config(args.log_level), timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     try:
         server.run()

@@ -148,7 +148,10 @@ class Monitoring(Construct):
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
         # Any of these soon after a promotion means the new model is at fault: roll it back (the
         # rollback Lambda checks how long ago the live version went live; fruitpipe.pipeline.rollback).
-        # Not DriftNotFruitRise: a rise of not-fruit traffic is no fault of the new model.
+        # Not DriftNotFruitRise: a rise of not-fruit traffic is no fault of the new model. The latency
+        # member stays the absolute ApiP95Latency (the local guard judges p95 only for a version of
+        # another serving shape, fruitpipe.rollback): a Lambda environment serves one request at a
+        # time (a burst scales out rather than queues) and the bar must hold for 2 of 3 periods.
         self.post_promotion_alarm = cw.CompositeAlarm(
             self, "PostPromotion", alarm_description="A bar crossed; within the window after a promotion the "
             "previous model is re-activated automatically",

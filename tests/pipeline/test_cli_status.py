@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from fruitpipe.cli import main
-from fruitpipe.pipeline import publish, s3util, trainer
+from fruitpipe.pipeline import publish, rollback, s3util, trainer
 from tests.conftest import needs_shared
 from tests.pipeline.conftest import make_bundle
 
@@ -54,6 +54,18 @@ def test_cli_models_rollback_keeps_baseline(aws, tmp_path, capsys):
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {v["version"]: v["status"] for v in listed}["v20260101-000000-aaaaaa"] == "live"
     assert main(["models", "--aws", "--bucket", MODELS, "--activate", "v20990101-000000-cccccc"]) == 2
+    capsys.readouterr()
+    # the PostPromotion alarm fires: the rollback Lambda's step moves the pointer back, and the CLI says why
+    outcome = rollback.handle({"detail": {"alarmName": "PostPromotion"}}, s3=s3, sns=None, models_bucket=MODELS,
+                              topic_arn=None)
+    assert outcome["rolled_back"] and outcome["to"] == "v20260102-000000-bbbbbb"
+    assert main(["models", "--aws", "--bucket", MODELS]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("live: v20260102-000000-bbbbbb since ") and ", from v20260101-000000-aaaaaa: " \
+        "automatic rollback: PostPromotion fired" in line
+    assert main(["models", "--aws", "--bucket", MODELS, "--json"]) == 0
+    live = next(v for v in map(json.loads, capsys.readouterr().out.splitlines()) if v["status"] == "live")
+    assert live["live_pointer"]["reason"].startswith("automatic rollback: PostPromotion fired")
 
 
 def upload_candidate_to(s3, bundle_dir):

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..deps import require_admin, state
 from ... import version_metrics
-from ...backends.base import VersionRejected
+from ...backends.base import VersionRejected, pointer_summary
 from ...shadow import ShadowRunning
 from ..errors import ApiError
 from ..schemas import ActivateResponse, ModelInfoResponse, ModelsResponse, ModelVersionResponse, ShadowRequest
@@ -34,10 +34,12 @@ def model_info(request: Request) -> ModelInfoResponse:
 
 @router.get("/models", response_model=ModelsResponse)
 def models(request: Request) -> ModelsResponse:
-    """Every version (newest first) with its metrics; which one is live; why rejected ones were."""
+    """Every version (newest first) with its metrics; which one is live and why (the live pointer:
+    since when, from which version, e.g. an automatic rollback's reason); why rejected ones were."""
     st = state(request)
     reg = st.backend.registry
     return ModelsResponse(live=reg.live_version(), shadow=st.shadow.state(), rollbacks=st.rollback.events,
+                          live_pointer=pointer_summary(reg.live_record()),
                           versions=[ModelVersionResponse(**{**v.as_dict(), "metrics": version_metrics.shown(v.metrics)})
                                     for v in reg.versions()])
 
