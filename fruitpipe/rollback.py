@@ -242,7 +242,7 @@ class RollbackGuard:
                 w["paired"] += 1
                 w["new_only"] += int(new_nf and not old_nf)
                 w["previous_only"] += int(old_nf and not new_nf)
-                reason = self._crossed(w)
+                reason = self._not_fruit_excess(w)  # the other bars are observe()'s
             if reason:
                 self._roll_back(w, reason)
         except Exception:  # noqa: BLE001 - watching must never fail a request
@@ -290,8 +290,11 @@ class RollbackGuard:
         n, b, c = w["paired"], w["new_only"], w["previous_only"]
         if n < self.bars.min_requests:
             return None
-        p, excess = mcnemar_p_value(b, c), (b - c) / n
-        if p < self.bars.not_fruit_alpha and excess > self.bars.max_not_fruit_excess:
+        excess = (b - c) / n
+        if excess <= self.bars.max_not_fruit_excess:
+            return None
+        p = mcnemar_p_value(b, c)  # exact: O(b + c), only once the excess is there
+        if p < self.bars.not_fruit_alpha:
             return (f"answers not_fruit on {b - c} more of {n} requests than {w['previous']} does on the same "
                     f"images (excess {excess:.3f} > {self.bars.max_not_fruit_excess}; {b} only by {w['version']}, "
                     f"{c} only by {w['previous']}; one-sided p={p:.2g} < {self.bars.not_fruit_alpha})")
@@ -301,12 +304,12 @@ class RollbackGuard:
         b = self.bars
         checks: list[tuple[bool, str]] = []
         if w["n"] >= b.min_requests:
-            p95 = float(np.percentile(self._latencies, 95))
-            checks += [(w["errors"] / w["n"] > b.max_error_rate,
-                        f"5xx rate {w['errors'] / w['n']:.3f} > {b.max_error_rate}"),
-                       (w["judge_latency"] and p95 > b.max_p95_ms,
-                        f"p95 latency {p95:.1f} ms > {b.max_p95_ms} ms (serving shape differs from "
-                        f"{w['previous']}'s)")]
+            checks.append((w["errors"] / w["n"] > b.max_error_rate,
+                           f"5xx rate {w['errors'] / w['n']:.3f} > {b.max_error_rate}"))
+            if w["judge_latency"]:
+                p95 = float(np.percentile(self._latencies, 95))
+                checks.append((p95 > b.max_p95_ms, f"p95 latency {p95:.1f} ms > {b.max_p95_ms} ms (serving "
+                                                   f"shape differs from {w['previous']}'s)"))
             if self.accuracy is not None:
                 acc = self.accuracy(w["version"])["all"]
                 if acc["n"] >= b.min_reviews and acc["accuracy"] < b.min_label_accuracy:

@@ -240,11 +240,12 @@ class Shadow:
 
     # -- state ----------------------------------------------------------------------------------
 
-    def state(self, force: bool = False) -> dict[str, Any] | None:
+    def state(self, force: bool = False, seen: bool = True) -> dict[str, Any] | None:
         """The shadow pointer (re-read at most every ``refresh_seconds``), with the running counts
-        (this process's and the others' as last read) under ``seen`` while it runs. A running
-        shadow past its deadline is decided here first (never raises for that)."""
-        out = self._read(force)
+        (this process's and the others' as last read) under ``seen`` while it runs (unless ``seen``
+        is False: the request path does not need them). A running shadow past its deadline is
+        decided here first (never raises for that)."""
+        out = self._read(force, seen)
         if out is None or out.get("status") != "running":
             return out
         try:
@@ -255,7 +256,7 @@ class Shadow:
             log.exception("shadow deadline check failed")
         return out
 
-    def _read(self, force: bool) -> dict[str, Any] | None:
+    def _read(self, force: bool, seen: bool = True) -> dict[str, Any] | None:
         if self.pointer is None:
             return None
         if force or time.monotonic() >= self._next_read:
@@ -269,7 +270,7 @@ class Shadow:
             if self._state is None:
                 return None
             out = dict(self._state)
-            if out.get("status") != "running":
+            if out.get("status") != "running" or not seen:
                 return out
             out["seen"] = Stats.merged([self._stats, self._others]).summary()
             return out
@@ -300,7 +301,7 @@ class Shadow:
         """After an answer (:func:`predict_live`): maybe shadow this request. Never raises; never
         waits: locally the work goes to the worker's queue, or is dropped (``dropped``) when full."""
         try:
-            state = self.state()
+            state = self.state(seen=False)
             if not state or state.get("status") != "running" or self.rng.random() >= state.get("sample_rate", 1.0):
                 return
             if self.clock() >= _deadline(state):
@@ -332,6 +333,8 @@ class Shadow:
 
     def _run(self, state: dict[str, Any], live: LiveAnswer) -> None:
         with self._lock:
+            if self._state is None or run_id(self._state) != run_id(state):
+                return  # queued under a run that has ended since: neither its model nor its counts
             if self._clf is None:
                 self._clf = self.load(state["version"])
             clf = self._clf

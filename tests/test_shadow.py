@@ -375,3 +375,40 @@ def test_the_cli_starts_a_shadow_and_lists_it(tmp_path, capsys):
         capsys.readouterr()
         assert main(["models", "--api", a]) == 0
         assert capsys.readouterr().out.splitlines()[-1].startswith(f"shadow: {cand} stopped: ")
+
+
+def test_a_request_queued_under_an_ended_run_counts_for_no_run():
+    """A shadowed request still queued when its run ends (stopped, then another version shadowed)
+    must neither load its old version as the new run's model nor add to the new run's counts."""
+    from types import SimpleNamespace
+
+    from fruitpipe.shadow import LiveAnswer, Shadow, plan
+
+    class Pointer:
+        def __init__(self) -> None:
+            self.state, self.counts = None, {}
+
+        def read(self):  # type: ignore[no-untyped-def]
+            return self.state
+
+        def write(self, state) -> None:  # type: ignore[no-untyped-def]
+            self.state = dict(state)
+
+        def write_counts(self, run, instance, counts) -> None:  # type: ignore[no-untyped-def]
+            self.counts.setdefault(run, {})[instance] = counts
+
+        def read_counts(self, run):  # type: ignore[no-untyped-def]
+            return dict(self.counts.get(run, {}))
+
+    registry = SimpleNamespace(live_version=lambda: "vL", versions=lambda: [], fetch=lambda v: v)
+    loaded: list[str] = []
+    pointer = Pointer()
+    shadow = Shadow(pointer, registry, lambda v: loaded.append(v), in_thread=False, refresh_seconds=0)  # type: ignore[arg-type]
+    now = datetime.now(timezone.utc)
+    pointer.write(plan("vA", "vL", now, requests=100))
+    queued_under_a = shadow.state()
+    pointer.write(plan("vB", "vL", now, requests=100))
+    shadow.state(force=True)
+    answer = SimpleNamespace(predicted_class="freshapples", verdict="fresh", model_version="vL")
+    shadow._run(queued_under_a, LiveAnswer(np.zeros((224, 224, 3), np.uint8), answer, 1.0, None, (None, None, None), 1.0))
+    assert loaded == [] and shadow.state()["seen"]["n"] == 0 and pointer.counts == {}

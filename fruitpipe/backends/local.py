@@ -553,7 +553,10 @@ class LocalTrainer(Trainer):
             kill_group(pid if isinstance(pid, int) else None)
             proc = self._procs.pop(pid, None) if isinstance(pid, int) else None
             if proc is not None:
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:  # SIGKILL was sent to the group; the runner reaps it
+                    log.warning("cancelled run %s has not exited after 30 s", data.get("run_id"))
             fresh = self._read()
             if fresh.get("run_id") == data.get("run_id") and fresh.get("state") != "running":
                 return to_status(fresh)  # it ended on its own just before the kill

@@ -44,6 +44,11 @@ class StepFunctionsTrainer(Trainer):
         (``Promote?``, ``Publish``, ``Reject`` or the report). Step Functions stops the running
         ``.sync`` SageMaker training job itself when its execution is stopped.
 
+        The check reads the history, then stops: Step Functions has no atomic "stop unless in state X",
+        so an execution that enters its decision in between is stopped there. A ``Publish`` Lambda
+        already running still finishes (moving ``live.json`` is idempotent), only ``Report`` is
+        skipped; the local backend's decision lock has no such window.
+
         Raises:
             NotRunning: no execution is running, or it has reached its gate's decision.
         """
