@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, fn) in _COMMANDS.items():
         summary, description = _doc(fn)
-        p = sub.add_parser(name, help=summary, description=description)
+        p = sub.add_parser(name, help=summary, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         configure(p)
         p.set_defaults(handler=fn)
     return parser

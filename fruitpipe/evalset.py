@@ -17,7 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Iterable
 
 import numpy as np
 from PIL import Image
@@ -81,10 +81,10 @@ class Index:
     thumbs: np.ndarray  # float32 [N, 256]
     names: np.ndarray  # str [N]
 
-    def match(self, sha: str, thumb: np.ndarray | None, near: float = NEAR_DUPLICATE) -> str | None:
-        """The name of an image with this sha256 or a thumbnail within ``near`` (mean absolute
-        difference), else None."""
-        hit = np.flatnonzero(self.shas == sha)
+    def match(self, shas: str | Iterable[str], thumb: np.ndarray | None, near: float = NEAR_DUPLICATE) -> str | None:
+        """The name of an image with one of these sha256s (one or several) or a thumbnail within
+        ``near`` (mean absolute difference), else None."""
+        hit = np.flatnonzero(np.isin(self.shas, [shas] if isinstance(shas, str) else list(shas)))
         if len(hit):
             return str(self.names[hit[0]])
         if thumb is None or not len(self.thumbs) or float(np.abs(thumb - 128.0).max()) < 1e-3:
@@ -176,16 +176,14 @@ class UploadGuard:
             thumb: np.ndarray | None = thumbnail(raw)
         except imaging.InvalidImage:
             thumb = None
-        raw_sha = hashlib.sha256(raw).hexdigest()
-        for sha, view in ((raw_sha, thumb), (stored_sha, thumb),
-                          (raw_sha, mirrored(thumb) if thumb is not None else None)):
-            hit = evaluation.match(sha, view, EVAL_NEAR_DUPLICATE)
+        shas = {hashlib.sha256(raw).hexdigest(), stored_sha}
+        for view in (thumb, mirrored(thumb) if thumb is not None else None):  # one index scan each
+            hit = evaluation.match(shas, view, EVAL_NEAR_DUPLICATE)
             if hit:
                 return ("rejected", "in_evaluation_set",
                         f"this image is (a copy of) {hit} in the frozen evaluation set, which no model may "
                         "train on: it would make the gate's comparison meaningless")
-        for sha in {raw_sha, stored_sha}:
-            hit = training.match(sha, thumb)
-            if hit:
-                return ("duplicate", "in_seed_data", f"already in the seed training data as {hit}")
+        hit = training.match(shas, thumb)
+        if hit:
+            return ("duplicate", "in_seed_data", f"already in the seed training data as {hit}")
         return None

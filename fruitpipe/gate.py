@@ -6,7 +6,7 @@ Both models are evaluated on the same images, the frozen evaluation set that nei
 
 * **Not significantly worse, on the same photos** (a retrain that learned new images). Two fits of
   the same data differ by about ±0.7 points on the 614 test photos (±4 photos), so "no worse by any
-  amount" rejected about half of honest retrains. When both models carry per-image outcomes
+  amount" rejected 3 of the 4 honest retrains of docs/ml.md's "Local retrains" table. When both models carry per-image outcomes
   (``metrics["paired"]``, :func:`fruitpipe.evaluation.paired_outcomes`), the gate counts the fruit
   photos only the live model gets right (``b``) and only the candidate gets right (``c``) and
   rejects the candidate when the one-sided exact McNemar test finds it worse (P(X >= b) < ``alpha``

@@ -39,7 +39,8 @@ far stricter than the gate's 0.05 because the test is repeated at every request 
 simulation, ``pytest tests/test_rollback.py -k false_alarms -s``, two equally good models that
 disagree on 20% of the requests' not-fruit verdicts roll back in 1 of 300 2000-request windows; the
 test holds it under 3%; a model that answers ``not_fruit``
-on 10 requests its predecessor accepted, and on none the other way, already reaches it) and the
+on 10 requests its predecessor accepted, and on none the other way, already reaches it here; the
+AWS alarm uses the test's normal approximation, which needs 12) and the
 excess ``(b - c) / n`` is above
 ``max_not_fruit_excess`` (0.05, the shadow's bound on the not-fruit rate difference), over at least
 ``min_requests`` paired requests. Traffic of not-fruit photos moves both models alike (*b* and *c*
@@ -256,8 +257,13 @@ class RollbackGuard:
         return False
 
     def _previous_model(self, w: dict[str, Any]) -> Any:
-        """The previous version's classifier, loaded once per watch; None (logged once) if it cannot be."""
-        with self._load_lock:
+        """The previous version's classifier, loaded once per watch; None (logged once) if it cannot be.
+        Requests whose task comes while it loads wait for it (once per watch, a bundle read: the
+        backbone is shared), so every request is paired."""
+        if w["model"] is not None:  # loaded (or failed) already: no lock on the hot path
+            return w["model"] or None
+        self._load_lock.acquire()
+        try:
             if w["model"] is None:
                 try:
                     w["model"] = self.load(w["previous"])  # type: ignore[misc]
@@ -266,6 +272,8 @@ class RollbackGuard:
                     log.warning("cannot load the previous model %s (%s): not-fruit answers of %s are not "
                                 "judged in this watch", w["previous"], exc, w["version"])
             return w["model"] or None
+        finally:
+            self._load_lock.release()
 
     def observe(self, status: int, latency_ms: float) -> None:
         """One ``/predict`` request's outcome: status and latency (the metrics middleware's). Never raises."""

@@ -83,7 +83,7 @@ class StackConfig:
     upload_origins: tuple[str, ...] = ()
     retain: bool = True
     # Backbones packaged in the API and pipeline functions (MobileNetV2 always). Each other one
-    # adds its file (2.6-6.2 MB) to every function; a live bundle on a backbone not packaged fails
+    # adds its file (2.6-6.2 MB: `du -b ../shared/models/*/*.tflite`) to every function; a live bundle on a backbone not packaged fails
     # to load and the previous model stays live (docs/deploy.md).
     backbones: tuple[str, ...] = ("mobilenet_v2",)
 

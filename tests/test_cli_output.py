@@ -72,6 +72,10 @@ def test_help_shows_whole_sentences_and_every_command_describes_itself() -> None
         description = sub.choices[choice.dest].description
         assert description and " ".join(description.split()).startswith(choice.help[:-1]), choice.dest
     assert "--shadow V" in sub.choices["models"].format_help() and "exit codes:" in parser.format_help()
+    # a description of several paragraphs keeps them apart in the rendered help
+    name, desc = next((n, p.description) for n, p in sub.choices.items() if p.description and "\n\n" in p.description)
+    second = desc.split("\n\n")[1].split("\n")[0].strip()
+    assert f"\n\n{second}" in sub.choices[name].format_help().replace("\n  ", "\n"), name
 
 
 def _store(tmp_path: Path) -> tuple[Path, str]:

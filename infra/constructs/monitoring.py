@@ -130,7 +130,9 @@ class Monitoring(Construct):
         # The bar is the in-process guard's: n >= min_requests, (b - c) / n > max_not_fruit_excess and
         # McNemar's one-sided test at not_fruit_alpha, here in its normal form with continuity
         # correction, (b - c - 1)^2 > z^2 (b + c) (z: the standard normal quantile), written with
-        # products and nested IFs only.
+        # products and nested IFs only. It is a little more lenient than the exact test in process
+        # on few disagreements (b = 10, c = 0: exact p = 1/1024 fires there; here b = 12 is needed).
+        # The period is the rollback window, aligned to the clock rather than to the promotion.
         bars = RollbackBars()
         z2 = NormalDist().inv_cdf(1 - bars.not_fruit_alpha) ** 2
         after = Duration.minutes(int(cfg["rollbackWindowMinutes"]))
