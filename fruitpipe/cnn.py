@@ -48,7 +48,7 @@ class CnnConfig:
     size: int = 64  # input side in pixels
     filters: tuple[int, ...] = (16, 32, 64, 128, 256)
     dropout: float = 0.3
-    epochs: int = 12
+    epochs: int = 10  # what `make compare` trains (compare.FULL_CNN)
     batch_size: int = 64
     learning_rate: float = 2e-3
     representative: int = 200  # training images that calibrate the int8 quantization

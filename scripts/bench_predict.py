@@ -4,7 +4,7 @@ Ours: bytes of a 640x480 JPEG → decode + preprocess (fruitpipe.imaging) → in
 numpy head + rejection, one thread. Baseline: Keras ``model.predict`` of a float MobileNetV2
 (``weights=None``: same architecture and cost; no weights can be downloaded here) on the same
 image, decoded and resized the way the reference project did. Also a not-fruit photo, which pays
-for the rejection's second look (four more backbone passes). Medians; writes results/bench_predict.json.
+for the rejection's second look (four more backbone passes). Medians; writes results/bench_predict.json (``--name``: another file).
 """
 
 from __future__ import annotations
@@ -49,7 +49,12 @@ def timed(fn, runs: int, warmup: int = 3) -> list[float]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="bench_predict", help="results/<name>.json (the bundle: $FRUITPIPE_MODEL)")
+    args = parser.parse_args(argv)
     from fruitpipe.classifier import Classifier
     from fruitpipe.models_path import default_model_dir
 
@@ -96,7 +101,7 @@ def main() -> int:
     }
     result["speedup"] = result["keras_median_ms"] / result["ours_median_ms"]
     (REPO / "results").mkdir(exist_ok=True)
-    (REPO / "results" / "bench_predict.json").write_text(json.dumps(result, indent=2) + "\n")
+    (REPO / "results" / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| path (640x480 JPEG, 1 thread) | median ms |\n|---|---:|")
     print(f"| fruitpipe predict_bytes (decode+preprocess+int8 LiteRT+head+rejection) | {result['ours_median_ms']:.2f} |")
     print(f"| of which decode + preprocess | {result['decode_preprocess_median_ms']:.2f} |")

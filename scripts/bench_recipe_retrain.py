@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=("shipped", "candidate"), default="shipped")
+    parser.add_argument("--recipe", choices=("studio", "candidate"), default="candidate",
+                        help="candidate: issue 11's recipe (the shipped one); studio: the Kaggle photos alone")
     parser.add_argument("--base-model", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--uploads", type=int, default=100)
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bench-recipe-") as tmp_name:
         tmp = Path(tmp_name)
-        recipe = rc.shipped(tmp) if args.recipe == "shipped" else rc.candidate(tmp)
+        recipe = rc.studio(tmp) if args.recipe == "studio" else rc.candidate(tmp)
         recipe.prepare()
         uploads = tmp / "uploads"
         pools = {lab: sorted((rc.default_fruits() / "test" / lab).glob("*.jpg")) for lab in LABELS}

@@ -24,7 +24,7 @@ go backwards. Writes results/bench_retrain.json and prints a table. The machine'
 recorded before each step: on a shared machine timings are noisy.
 
     python scripts/bench_retrain.py [--cache DIR] [--repeat N]
-    python scripts/bench_retrain.py --labels 50 --repeat 3
+    python scripts/bench_retrain.py --labels 50 --repeat 4
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from fruitpipe.classifier import Backbone
     from fruitpipe.embeddings import EmbeddingCache
-    from fruitpipe.training import balance_weights
+    from fruitpipe.training import balance_weights, not_fruit_bar
 
     started = time.monotonic()
     backbone, cache = Backbone(None, num_threads=int(os.environ.get("FRUITPIPE_THREADS", "2"))), EmbeddingCache(args.cache)
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             p = fit_head(x, y, w, len(LABELS) + 1, seed).predict(x_va, verbose=0, batch_size=512)
             nf_p = p[:, len(LABELS)]
             pred = p[:, :len(LABELS)].argmax(axis=1)
-            # The most lenient bar that rejects at most the budget of each fruit val set.
-            bar = max(float(np.sort(nf_p[idx])[::-1][int(np.floor(args.budget * len(idx)))]) for idx in fruit_sets.values())
+            # The most lenient bar that rejects at most the budget of each fruit val set (as the job sets it).
+            bar = not_fruit_bar([nf_p[idx] for idx in fruit_sets.values()], args.budget)
             rej = nf_p > bar
             row: dict[str, Any] = {"variant": name, "seed": seed, "rows": int(len(y)), "bar": bar,
                                    "fit_seconds": round(time.monotonic() - t0, 1)}

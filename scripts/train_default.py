@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra hyperparameter for a candidate recipe (e.g. features=emb+b17mm+156mm)")
     parser.add_argument("--results", default="default_model",
                         help="name of the results file: results/<name>.json (candidates: not default_model)")
-    parser.add_argument("--recipe", choices=("shipped", "candidate"), default="shipped",
+    parser.add_argument("--recipe", choices=("shipped", "candidate", "studio"), default="shipped",
                         help="candidate: issue 11's recipe (fruitpipe.recipe.candidate: + fruits_extra, + real not-fruit "
-                             "photos, 7th output); evaluated on all three test splits")
+                             "photos, 7th output), evaluated on all three test splits; shipped: the candidate when those "
+                             "sets are beside --data; studio: the Kaggle photos alone (the model shipped before issue 11)")
     args = parser.parse_args(argv)
     if not (args.data / "train").is_dir():
         print(f"error: {args.data}/train not found (../shared beside the checkout?)", file=sys.stderr)
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fruitpipe-default-") as tmp_name:
         tmp = Path(tmp_name)
         py = sys.executable
-        shipped = (rc.shipped(generated=tmp, fruits=args.data) if args.recipe == "shipped"
-                   else rc.candidate(generated=tmp, fruits=args.data))
+        shipped = {"shipped": rc.shipped, "candidate": rc.candidate, "studio": rc.studio}[args.recipe](
+            generated=tmp, fruits=args.data)
         shipped.prepare()
         rc.link_dataset(tmp / "train", shipped.train)
         rc.link_dataset(tmp / "validation", shipped.validation)

@@ -306,7 +306,7 @@ def test_readme_retrain_timings_are_the_measured_ones() -> None:
     r0 = d["runs"][0]
     second = r0["retrain_after_100"]
     text = " ".join((REPO / "README.md").read_text().split())
-    loads = [r0["load_at_start"], r0["load_before_first"], r0["load_before_second"]]
+    loads = [r[k] for r in d["runs"] for k in ("load_at_start", "load_before_first", "load_before_second") if k in r]
     claim = (f"Measured {d['when'][:10]} on this shared 2-core machine at load average {min(loads):.1f}-{max(loads):.1f}: "
              f"first-start warm-up {r0['warm_up']['seconds']:.0f} s")
     assert claim in text
