@@ -113,9 +113,7 @@ def select(names: Sequence[str] | None, quick: bool) -> list[Variant]:
 
 def test_sets() -> list[tuple[str, Path]]:
     """(name, root) of the three test sets."""
-    extra, not_fruit = rc.default_extra()
-    return [("fruits/test", rc.default_fruits() / "test"), ("fruits_extra/test", rc.split_root(extra, "test")),
-            ("not_fruit/test", rc.split_root(not_fruit, "test"))]
+    return list(rc.split_roots("test", named=True).items())
 
 
 def subset(items: Sequence[tuple[str, Path]], caps: tuple[int, int] | None) -> list[tuple[str, Path]]:

@@ -156,6 +156,15 @@ def default_extra() -> tuple[Path, Path]:
     return data / "fruits_extra", data / "not_fruit"
 
 
+def split_roots(split: str, named: bool = False) -> dict[str, Path]:
+    """One split of the three photo sets beside ``FRUITS``: ``fruits`` (``FRUITS/<split>``),
+    ``fruits_extra`` and ``not_fruit`` (:func:`split_root`); keys ``<set>/<split>`` when ``named``."""
+    extra, not_fruit = default_extra()
+    roots = {"fruits": default_fruits() / split, "fruits_extra": split_root(extra, split),
+             "not_fruit": split_root(not_fruit, split)}
+    return {f"{k}/{split}" if named else k: v for k, v in roots.items()}
+
+
 def candidate(generated: Path, fruits: Path | None = None, extra: Path | None = None,
               not_fruit: Path | None = None) -> Recipe:
     """Issue 11's recipe (shipped when its sets are there, :func:`shipped`): :func:`studio` plus the train / val / test

@@ -68,13 +68,9 @@ def sets(split_names: list[str], generated: Path) -> list[tuple[str, Path]]:
     are made under ``generated``."""
     from fruitpipe import ood
 
-    fruits = rc.default_fruits()
-    extra, not_fruit = rc.default_extra()
     out = []
     for s in split_names:
-        out += [(f"fruits/{s}", fruits / s), (f"fruits_extra/{s}", rc.split_root(extra, s)),
-                (f"not_fruit/{s}", rc.split_root(not_fruit, s)),
-                (f"generated_not_fruit/{s}", ood.ensure(generated, GENERATED[s]))]
+        out += [*rc.split_roots(s, named=True).items(), (f"generated_not_fruit/{s}", ood.ensure(generated, GENERATED[s]))]
     return out
 
 

@@ -39,7 +39,7 @@ from fruitpipe import recipe as rc  # noqa: E402
 from fruitpipe.labels import LABELS  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
-from experiment_open_set import fit_head, load, split_roots  # noqa: E402
+from experiment_open_set import fit_head, load  # noqa: E402
 
 BASE = ("orig", "flip")
 # name -> (views for every training image, views for the real-photo sources only, balance power)
@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     backbone, cache = Backbone(None, num_threads=int(os.environ.get("FRUITPIPE_THREADS", "2"))), EmbeddingCache(args.cache)
     wanted = sorted({v for name in args.variants for v in (*VARIANTS[name][0], *VARIANTS[name][1])})
     views = (*BASE, *wanted)
-    tr = load(split_roots("train"), views, backbone, cache)
+    tr = load(rc.split_roots("train"), views, backbone, cache)
     cache.flush()
-    va = load(split_roots("val", named=True), ("orig",), backbone, cache)
+    va = load(rc.split_roots("val", named=True), ("orig",), backbone, cache)
     cache.flush()
     print(f"embedded in {time.monotonic() - started:.0f} s", flush=True)
 

@@ -64,15 +64,6 @@ RULES: dict[str, tuple[str, tuple[str, ...]]] = {  # name -> (head, signals)
 }
 
 
-def split_roots(split: str, named: bool = False) -> dict[str, Path]:
-    """The three sets' roots of one split: ``fruits``, ``fruits_extra``, ``not_fruit`` (keys
-    ``<set>/<split>`` when ``named``), through :func:`fruitpipe.recipe.split_root`."""
-    extra, not_fruit = rc.default_extra()
-    roots = {"fruits": rc.default_fruits() / split, "fruits_extra": rc.split_root(extra, split),
-             "not_fruit": rc.split_root(not_fruit, split)}
-    return {f"{k}/{split}" if named else k: v for k, v in roots.items()}
-
-
 def load(roots: dict[str, Path], views: tuple[str, ...], backbone, cache) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Cached backbone outputs of every image of ``roots`` (set name -> root), rows tagged by set."""
     from fruitpipe.embeddings import Item, embed_items
@@ -141,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     backbone, cache = Backbone(None, num_threads=1), EmbeddingCache(args.cache)
-    tr = load(split_roots("train"), ("orig", "flip"), backbone, cache)
-    va = load(split_roots("val", named=True), ("orig",), backbone, cache)
+    tr = load(rc.split_roots("train"), ("orig", "flip"), backbone, cache)
+    va = load(rc.split_roots("val", named=True), ("orig",), backbone, cache)
     cache.flush()
 
     views = ("orig", "flip")
